@@ -1,0 +1,61 @@
+"""``jdxmail validate-config``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from jdxmail.cli.common import ConfigOption, JsonOption, exit_for_config_error
+from jdxmail.cli.exitcodes import ExitCode
+from jdxmail.cli.render import print_json, render_findings
+from jdxmail.findings import Severity, sort_findings
+
+__all__ = ["validate_config"]
+
+
+def validate_config(config: ConfigOption = None, json_output: JsonOption = False) -> None:
+    """Check the config: unknown keys, wrong types, and the setup mistakes of the guide.
+
+    Exit 0 when there are no errors (warnings allowed), 1 on errors, 2 when the file
+    cannot be read or parsed.
+    """
+    from jdxmail.settings.checks import check_settings  # noqa: PLC0415
+    from jdxmail.settings.files import (  # noqa: PLC0415
+        ConfigError,
+        ConfigParseError,
+        builtin_source,
+        find_config,
+        inspect_source,
+        read_source,
+    )
+
+    path = find_config(config)
+    try:
+        source = builtin_source() if path is None else read_source(path)
+    except ConfigError as error:
+        if not json_output:
+            raise exit_for_config_error(error) from None
+        report: dict[str, Any] = {"config": str(path), "valid": False, "error": str(error)}
+        if isinstance(error, ConfigParseError):
+            report["line"], report["column"] = error.line, error.column
+        print_json(report)
+        raise typer.Exit(ExitCode.USAGE) from None
+    settings, findings = inspect_source(source)
+    if settings is not None:
+        resolved = settings.with_environment().with_base_dir(source.base_dir)
+        findings += check_settings(resolved, source)
+    findings = sort_findings(findings)
+    valid = not any(f.severity is Severity.ERROR for f in findings)
+    if json_output:
+        print_json(
+            {
+                "config": source.name,
+                "format": source.format,
+                "valid": valid,
+                "findings": [f.to_json() for f in findings],
+            }
+        )
+    else:
+        render_findings(source.name, findings)
+    raise typer.Exit(ExitCode.OK if valid else ExitCode.FAILED)

@@ -1,0 +1,137 @@
+"""What jdxmail knows about the big mail providers, in one table.
+
+Used by validate-config (username rules, ports), and by the diagnostics for hints and
+host typo suggestions. Figures are the providers' published defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+__all__ = ["PROVIDERS", "Provider", "provider_for_host", "suggest_host"]
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A mail provider's SMTP submission facts."""
+
+    key: str
+    label: str
+    hosts: tuple[str, ...]
+    #: port → True for implicit TLS, False for STARTTLS
+    ports: dict[int, bool]
+    #: a fixed username the provider requires (SendGrid: ``apikey``), else None
+    fixed_username: str | None = None
+    username_is_address: bool = False
+    daily_limit: int | None = None
+    #: how to get the right password, shown with an authentication failure
+    password_hint: str = ""
+    #: pattern a host of this provider matches (SES has one host per region)
+    host_pattern: str | None = None
+
+    def matches(self, host: str) -> bool:
+        """True when *host* is one of this provider's submission hosts."""
+        name = host.strip().lower().rstrip(".")
+        if name in self.hosts:
+            return True
+        return bool(self.host_pattern and re.fullmatch(self.host_pattern, name))
+
+
+PROVIDERS: tuple[Provider, ...] = (
+    Provider(
+        key="gmail",
+        label="Gmail",
+        hosts=("smtp.gmail.com",),
+        ports={587: False, 465: True},
+        username_is_address=True,
+        daily_limit=500,
+        password_hint=(
+            "Gmail needs an app password (16 letters, spaces allowed), not your Google "
+            "password: turn on 2-Step Verification, then create one at "
+            "https://myaccount.google.com/apppasswords"
+        ),
+    ),
+    Provider(
+        key="outlook",
+        label="Outlook.com / Microsoft 365",
+        hosts=("smtp-mail.outlook.com", "smtp.office365.com"),
+        ports={587: False},
+        username_is_address=True,
+        daily_limit=300,
+        password_hint=(
+            "Outlook needs SMTP AUTH enabled for the mailbox and, with 2-step "
+            "verification on, an app password"
+        ),
+    ),
+    Provider(
+        key="yahoo",
+        label="Yahoo Mail",
+        hosts=("smtp.mail.yahoo.com",),
+        ports={587: False, 465: True},
+        username_is_address=True,
+        daily_limit=500,
+        password_hint="Yahoo needs an app password from Account Security → Generate app password",
+    ),
+    Provider(
+        key="sendgrid",
+        label="SendGrid",
+        hosts=("smtp.sendgrid.net",),
+        ports={587: False, 25: False, 2525: False, 465: True},
+        fixed_username="apikey",
+        daily_limit=100,
+        password_hint="SendGrid takes Username `apikey` and an API key (SG.…) as Password",
+    ),
+    Provider(
+        key="ses",
+        label="Amazon SES",
+        hosts=(),
+        ports={587: False, 2587: False, 25: False, 465: True, 2465: True},
+        host_pattern=r"email-smtp(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com",
+        daily_limit=200,
+        password_hint=(
+            "Amazon SES needs SMTP credentials created in the SES console "
+            "(SMTP settings → Create SMTP credentials), not IAM access keys"
+        ),
+    ),
+    Provider(
+        key="mailgun",
+        label="Mailgun",
+        hosts=("smtp.mailgun.org", "smtp.eu.mailgun.org"),
+        ports={587: False, 465: True, 2525: False},
+        username_is_address=True,
+        password_hint="Mailgun takes the SMTP login and password of your sending domain",
+    ),
+    Provider(
+        key="icloud",
+        label="iCloud Mail",
+        hosts=("smtp.mail.me.com",),
+        ports={587: False},
+        username_is_address=True,
+        daily_limit=1000,
+        password_hint="iCloud needs an app-specific password from appleid.apple.com",
+    ),
+    Provider(
+        key="zoho",
+        label="Zoho Mail",
+        hosts=("smtp.zoho.com", "smtp.zoho.eu"),
+        ports={587: False, 465: True},
+        username_is_address=True,
+    ),
+)
+
+
+def provider_for_host(host: str) -> Provider | None:
+    """The provider whose submission host *host* is, or None."""
+    return next((p for p in PROVIDERS if p.matches(host)), None)
+
+
+def suggest_host(host: str) -> str | None:
+    """A known provider host that *host* looks like a typo of (``smtp.gmial.com``)."""
+    name = host.strip().lower().rstrip(".")
+    if provider_for_host(name) is not None:
+        return None
+    known = [h for p in PROVIDERS for h in p.hosts]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    return close[0] if close else None

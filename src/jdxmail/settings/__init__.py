@@ -1,0 +1,1 @@
+"""Settings: the model, reading and writing config files, and semantic checks."""

@@ -1,0 +1,246 @@
+"""Editing a config file in place: users added, removed, re-passworded.
+
+Only the edited value changes: JSON keeps every comment, key order and indentation
+outside it; TOML is edited through tomlkit, which keeps comments and layout. The
+result is validated before it is written, and written atomically (temporary file,
+fsync, rename), keeping the file's permissions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.items import AoT, Table
+
+from jdxmail.findings import Finding, KeyPath, Severity
+from jdxmail.settings import jsonc, tomlfile
+from jdxmail.settings.files import (
+    ConfigError,
+    ConfigInvalidError,
+    ConfigSource,
+    inspect_source,
+    read_source,
+    source_from_text,
+)
+from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, UserSettings
+
+__all__ = ["ConfigWriteError", "UserEdit", "UserNotFoundError", "edit_users"]
+
+
+class ConfigWriteError(ConfigError, OSError):
+    """The config file cannot be written (troubleshooting row F1)."""
+
+    def __init__(self, path: Path, reason: str, fix: str) -> None:
+        super().__init__(f"cannot write config file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.fix = fix
+
+
+class UserNotFoundError(ConfigError, KeyError):
+    """No user of that name is in the config."""
+
+    def __init__(self, name: str, source: ConfigSource) -> None:
+        super().__init__(f"no user {name!r} in {source.name}")
+        self.name = name
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class UserEdit:
+    """One change to SmtpServer.Users: add, remove, or replace a user's password."""
+
+    action: str  # "add", "remove" or "passwd"
+    user_name: str
+    password: str | None = None  # the stored form (already hashed)
+    hash_type: str | None = None
+
+
+def _user_index(source: ConfigSource, name: str) -> int | None:
+    settings, _ = inspect_source(source)
+    users = settings.smtp_server.users if settings is not None else []
+    for index, user in enumerate(users):
+        if user.user_name.casefold() == name.casefold():
+            return index
+    return None
+
+
+def _edit_json(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) -> str:
+    smtp_path = (*prefix, "SmtpServer")
+    users_path = (*smtp_path, "Users")
+    root = jsonc.parse(text)
+    if edit.action == "add":
+        entry = {"UserName": edit.user_name, "Password": edit.password, "HashType": edit.hash_type}
+        if jsonc.find(root, smtp_path)[0] is None:
+            return jsonc.set_member(text, prefix, "SmtpServer", {"Users": [entry]})
+        if jsonc.find(root, users_path)[0] is None:
+            return jsonc.set_member(text, smtp_path, "Users", [entry])
+        return jsonc.append_item(text, users_path, entry)
+    assert index is not None
+    if edit.action == "remove":
+        return jsonc.remove_item(text, users_path, index)
+    text = jsonc.set_member(text, (*users_path, index), "Password", edit.password)
+    return jsonc.set_member(text, (*users_path, index), "HashType", edit.hash_type)
+
+
+def _edit_toml(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) -> str:
+    document = tomlfile.parse(text)
+    container: Any = tomlfile.lookup(document, prefix) if prefix else document
+    try:
+        smtp = tomlfile.lookup(container, ("SmtpServer",))
+    except KeyError:
+        smtp = tomlkit.table()
+        container.add("SmtpServer", smtp)
+        smtp = tomlfile.lookup(container, ("SmtpServer",))
+    try:
+        users = tomlfile.lookup(smtp, ("Users",))
+    except KeyError:
+        users = None
+    if edit.action == "add":
+        fields = {"UserName": edit.user_name, "Password": edit.password, "HashType": edit.hash_type}
+        if users is None:
+            aot = tomlkit.aot()
+            table = tomlkit.table()
+            table.update(fields)
+            aot.append(table)
+            smtp.add("Users", aot)
+        elif isinstance(users, AoT):
+            table = tomlkit.table()
+            table.update(fields)
+            users.append(table)
+        else:
+            inline = tomlkit.inline_table()
+            inline.update(fields)
+            users.append(inline)
+        return tomlkit.dumps(document)
+    assert index is not None
+    assert users is not None
+    if edit.action == "remove":
+        del users[index]
+        return tomlkit.dumps(document)
+    user: Table | Any = users[index]
+    for key, value in (("Password", edit.password), ("HashType", edit.hash_type)):
+        existing = [k for k in user if str(k).casefold() == key.casefold()]
+        user[existing[0] if existing else key] = value
+    return tomlkit.dumps(document)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace *path* with *text*, or create it; raise ConfigWriteError (row F1)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    mode = None
+    with contextlib.suppress(FileNotFoundError):
+        mode = stat.S_IMODE(path.stat().st_mode)
+    if path.exists() and not os.access(path, os.W_OK):
+        owner = _owner(path)
+        raise ConfigWriteError(
+            path,
+            f"permission denied (mode {mode or 0:04o}, owner {owner})",
+            f"make it writable with `chmod u+w {path}`, or run as {owner}",
+        )
+    try:
+        handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError:
+        raise ConfigWriteError(
+            path,
+            f"the folder {folder} is not writable by this user",
+            f"give this user write access to {folder}, or run as its owner ({_owner(folder)})",
+        ) from None
+    except OSError as exc:
+        raise ConfigWriteError(
+            path, exc.strerror or str(exc), "check the disk and the folder"
+        ) from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, mode if mode is not None else 0o600)
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise ConfigWriteError(
+            path, exc.strerror or str(exc), "check the disk and the folder"
+        ) from None
+
+
+def _owner(path: Path) -> str:
+    try:
+        return path.owner()
+    except (KeyError, OSError, NotImplementedError):
+        return "its owner"
+
+
+def edit_users(path: Path, edit: UserEdit, *, create: bool = False) -> ConfigSource:
+    """Apply *edit* to the config file at *path* and return the new source.
+
+    With *create*, a missing file is made from the built-in default config (JSON or
+    TOML by the file's suffix). Raises ConfigFileError/ConfigParseError when the file
+    cannot be read, UserNotFoundError, ConfigInvalidError when the edited config would
+    not be valid, and ConfigWriteError (row F1) when it cannot be written.
+    """
+    if create and not path.exists():
+        text = DEFAULT_CONFIG_TEXT
+        if path.suffix.lower() == ".toml":
+            text = _default_toml()
+        source = source_from_text(path, text)
+    else:
+        source = read_source(path)
+    index = _user_index(source, edit.user_name)
+    if edit.action == "add" and index is not None:
+        raise ConfigInvalidError(
+            source,
+            [_duplicate_finding(source, edit.user_name, index)],
+        )
+    if edit.action != "add" and index is None:
+        raise UserNotFoundError(edit.user_name, source)
+    editor = _edit_toml if source.format == "toml" else _edit_json
+    new_text = editor(source.text, source.prefix, edit, index)
+    new_source = source_from_text(path, new_text)
+    settings, findings = inspect_source(new_source)
+    if settings is None:
+        raise ConfigInvalidError(new_source, findings)
+    _write_atomically(path, new_text)
+    return new_source
+
+
+def _default_toml() -> str:
+    return (
+        "# jdxmail config (TOML). Keys as in appsettings.json; see docs/configuration.md.\n"
+        "[SmtpServer]\n"
+        "Enabled = true\n"
+        'BindAddress = "127.0.0.1"\n'
+        "Port = 2525\n"
+        'TrustedNetworks = ["127.0.0.0/8", "::1/128"]\n'
+    )
+
+
+def _duplicate_finding(source: ConfigSource, name: str, index: int) -> Finding:
+    path = ("SmtpServer", "Users", index, "UserName")
+    return Finding(
+        Severity.ERROR,
+        "users.duplicate",
+        f"user {name!r} already exists",
+        f"change its password with `jdxmail user passwd {name}`",
+        path,
+        source.line_of(path),
+    )
+
+
+def user_from(source: ConfigSource, name: str) -> UserSettings:
+    """The user *name* of *source*; raise UserNotFoundError."""
+    settings, _ = inspect_source(source)
+    for user in settings.smtp_server.users if settings else []:
+        if user.user_name.casefold() == name.casefold():
+            return user
+    raise UserNotFoundError(name, source)

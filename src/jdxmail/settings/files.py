@@ -1,0 +1,394 @@
+"""Finding, reading and validating config files (JSON with comments, or TOML).
+
+Lookup order: ``--config PATH``, ``$JDXMAIL_CONFIG``, ``./appsettings.json``,
+``./jdxmail.toml``, then the built-in default. The same sections are accepted at the
+top level or under a ``"Jdx"`` object (the JumboDogX layout); keys match
+case-insensitively, as .NET's configuration binder does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel
+
+from jdxmail.findings import Finding, KeyPath, Severity
+from jdxmail.settings import jsonc, tomlfile
+from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, Settings, section_aliases
+
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "ConfigFileError",
+    "ConfigInvalidError",
+    "ConfigParseError",
+    "ConfigSource",
+    "LoadedConfig",
+    "builtin_source",
+    "find_config",
+    "inspect_source",
+    "load_settings",
+    "read_source",
+    "source_from_text",
+]
+
+CONFIG_ENV = "JDXMAIL_CONFIG"
+DEFAULT_NAMES = ("appsettings.json", "jdxmail.toml")
+_SECRET_KEYS = {"password"}
+_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+Format = Literal["json", "toml", "builtin"]
+
+
+class ConfigError(Exception):
+    """Base of every config problem; ``str()`` is a message fit for users."""
+
+
+class ConfigFileError(ConfigError, OSError):
+    """The config file cannot be found or read."""
+
+    def __init__(self, path: Path, reason: str, fix: str = "") -> None:
+        super().__init__(f"cannot read config file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.fix = fix
+
+
+class ConfigParseError(ConfigError, ValueError):
+    """The config file is not valid JSON/TOML; carries the 1-based line and column."""
+
+    def __init__(self, path: Path, reason: str, line: int, column: int) -> None:
+        super().__init__(f"{path}:{line}:{column}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.line = line
+        self.column = column
+
+
+class ConfigInvalidError(ConfigError, ValueError):
+    """The config file parses but its keys or values are wrong; holds the findings."""
+
+    def __init__(self, source: ConfigSource, findings: list[Finding]) -> None:
+        errors = [f for f in findings if f.severity is Severity.ERROR]
+        first = errors[0] if errors else findings[0]
+        where = f"{first.key}: " if first.key else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{source.name}: {where}{first.message}{more}")
+        self.source = source
+        self.findings = findings
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """A config document as read: where from, its format, its text and parsed data."""
+
+    path: Path | None
+    format: Format
+    text: str
+    data: Mapping[str, Any]
+    #: ``("Jdx",)`` when the sections sit under a top-level Jdx object
+    prefix: KeyPath = ()
+    _lines: dict[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The file path as text, or ``built-in defaults``."""
+        return str(self.path) if self.path is not None else "built-in defaults"
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the config are resolved under."""
+        return self.path.parent.resolve() if self.path is not None else Path.cwd()
+
+    @functools.cached_property
+    def _json_root(self) -> jsonc.Node:
+        return jsonc.parse(self.text)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line where *path* (below the prefix) or its nearest ancestor is written."""
+        full = (*self.prefix, *path)
+        if self.format == "toml":
+            lowered = tuple(p.lower() if isinstance(p, str) else p for p in full)
+            for depth in range(len(lowered), 0, -1):
+                line = self._lines.get(lowered[:depth])
+                if line is not None:
+                    return line
+            return None
+        root = self._json_root
+        for depth in range(len(full), -1, -1):
+            node, offset = jsonc.find(root, full[:depth])
+            if node is not None and offset is not None:
+                return jsonc.line_col(self.text, offset)[0]
+        return None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Valid settings and the source they came from, with non-error findings."""
+
+    source: ConfigSource
+    settings: Settings
+    findings: list[Finding]
+
+
+def find_config(
+    explicit: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Path | None:
+    """The config file to use, by the lookup order; None means the built-in default.
+
+    A path given with ``--config`` or ``$JDXMAIL_CONFIG`` is returned even when it does
+    not exist, so that reading it reports the problem.
+    """
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    folder = cwd if cwd is not None else Path.cwd()
+    for name in DEFAULT_NAMES:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def builtin_source() -> ConfigSource:
+    """The built-in default config as a source (a dev inbox on 127.0.0.1:2525)."""
+    return source_from_text(None, DEFAULT_CONFIG_TEXT, "builtin")
+
+
+def read_source(path: Path) -> ConfigSource:
+    """Read and parse *path*; raise ConfigFileError or ConfigParseError."""
+    try:
+        if path.is_dir():
+            raise ConfigFileError(path, "it is a directory", "name the file, not its folder")
+        size = path.stat().st_size
+        if size > _MAX_CONFIG_BYTES:
+            raise ConfigFileError(path, f"it is {size} bytes, too large for a config file")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigFileError(
+            path, "no such file", "check the path, or run without --config for the defaults"
+        ) from None
+    except PermissionError:
+        raise ConfigFileError(
+            path,
+            "permission denied",
+            f"give this user read access, e.g. `chmod u+r {path}`, or run as its owner",
+        ) from None
+    except OSError as exc:
+        raise ConfigFileError(path, exc.strerror or str(exc)) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigParseError(path, "the file is not UTF-8 text", line, column) from None
+    return source_from_text(path, text)
+
+
+def source_from_text(path: Path | None, text: str, fmt: Format | None = None) -> ConfigSource:
+    """Parse *text* as the config file *path* would be (format by suffix unless given);
+    raise ConfigParseError."""
+    if fmt is None:
+        fmt = "toml" if path is not None and path.suffix.lower() == ".toml" else "json"
+    shown = path if path is not None else Path("<built-in>")
+    lines: dict[KeyPath, int] = {}
+    data: Any
+    if fmt == "toml":
+        try:
+            data = tomlfile.parse(text).unwrap()
+        except tomlfile.TomlError as exc:
+            raise ConfigParseError(shown, exc.reason, exc.line, exc.column) from None
+        lines = dict(tomlfile.key_lines(text))
+    else:
+        try:
+            data = jsonc.to_python(jsonc.parse(text))
+        except jsonc.JsoncError as exc:
+            raise ConfigParseError(shown, exc.reason, exc.line, exc.column) from None
+        if not isinstance(data, dict):
+            raise ConfigParseError(shown, "the top level must be an object { … }", 1, 1)
+    prefix: KeyPath = ()
+    for key, value in data.items():
+        if key.casefold() == "jdx" and isinstance(value, dict):
+            prefix, data = (key,), value
+            break
+    return ConfigSource(path, fmt, text, data, prefix, lines)
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The settings model inside *annotation* and whether it is a list of them."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if origin is list:
+        inner, _ = _model_in(typing.get_args(annotation)[0])
+        return inner, inner is not None
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            inner, is_list = _model_in(arg)
+            if inner is not None:
+                return inner, is_list
+    return None, False
+
+
+def _canonical(
+    data: Any,
+    model: type[BaseModel],
+    path: KeyPath,
+    source: ConfigSource,
+    findings: list[Finding],
+) -> Any:
+    """Rename keys to their canonical spelling and report unknown keys."""
+    if not isinstance(data, dict):
+        return data
+    aliases = section_aliases(model)
+    out: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in data.items():
+        known = aliases.get(key.casefold())
+        if known is None:
+            where = (*path, key)
+            shown_at = (*source.prefix, *where)
+            close = difflib.get_close_matches(
+                key.casefold(), list(aliases), n=1, cutoff=0.75 if path else 0.8
+            )
+            if not path and not close:
+                ignored.append(key)
+                continue
+            hint = f"did you mean {aliases[close[0]][0]!r}?" if close else ""
+            allowed = ", ".join(alias for alias, _ in aliases.values())
+            findings.append(
+                Finding(
+                    Severity.ERROR,
+                    "schema.unknown-key",
+                    f"unknown key {key!r}" + (f"; {hint}" if hint else ""),
+                    fix=(
+                        f"rename it to {aliases[close[0]][0]!r}"
+                        if close
+                        else f"remove it; keys allowed here: {allowed}"
+                    ),
+                    path=shown_at,
+                    line=source.line_of(where),
+                )
+            )
+            continue
+        alias, annotation = known
+        inner, is_list = _model_in(annotation)
+        if inner is not None and is_list and isinstance(value, list):
+            out[alias] = [
+                _canonical(item, inner, (*path, alias, i), source, findings)
+                for i, item in enumerate(value)
+            ]
+        elif inner is not None:
+            out[alias] = _canonical(value, inner, (*path, alias), source, findings)
+        else:
+            out[alias] = value
+    if ignored:
+        findings.append(
+            Finding(
+                Severity.INFO,
+                "schema.ignored-section",
+                "not used by jdxmail, ignored: " + ", ".join(ignored),
+                line=source.line_of((ignored[0],)),
+            )
+        )
+    return out
+
+
+_TYPE_FIXES = {
+    "int": "write a whole number without quotes, e.g. 2525",
+    "bool": "write true or false, without quotes",
+    "string": 'write a text in double quotes, e.g. "value"',
+    "list": "write a list in brackets, e.g. [ … ]",
+    "dict": "write an object in braces, e.g. { … }",
+    "model": "write an object in braces, e.g. { … }",
+    "literal": "use one of the values named above",
+    "enum": "use one of the values named above",
+}
+
+
+def _describe_error(error: Mapping[str, Any]) -> tuple[str, str]:
+    """User-facing message and fix for one pydantic error, never echoing a secret."""
+    loc = tuple(error["loc"])
+    kind = str(error["type"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    key = str(loc[-1]) if loc else ""
+    if kind == "missing":
+        return f"required key {key!r} is missing", f"add {key!r} here"
+    secret = any(isinstance(p, str) and p.casefold() in _SECRET_KEYS for p in loc)
+    value = error.get("input")
+    shown = repr(value)
+    visible = not secret and not isinstance(value, dict | list) and value is not None
+    if visible and shown not in message:
+        message = f"{message}; got {shown}"
+    if kind == "string_too_short":
+        message = "must not be empty"
+    if kind in ("greater_than_equal", "less_than_equal") and key.lower().endswith("port"):
+        return message, "use a port number from 1 to 65535 (2525 needs no privilege)"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return message, "change the value to fit the range"
+    if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "enum"):
+        return message, _TYPE_FIXES.get(kind.split("_", maxsplit=1)[0], "")
+    return message, ""
+
+
+def inspect_source(source: ConfigSource) -> tuple[Settings | None, list[Finding]]:
+    """Validate *source* against the settings model.
+
+    Returns the settings (None when there are errors) and the schema findings: unknown
+    keys (with a "did you mean"), wrong types, missing keys, values out of range.
+    """
+    findings: list[Finding] = []
+    data = _canonical(dict(source.data), Settings, (), source, findings)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(data)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc: KeyPath = tuple(error["loc"])
+            message, fix = _describe_error(error)
+            findings.append(
+                Finding(
+                    Severity.ERROR,
+                    "schema.missing" if error["type"] == "missing" else "schema.invalid",
+                    message,
+                    fix=fix,
+                    path=(*source.prefix, *loc),
+                    line=source.line_of(loc),
+                )
+            )
+    if any(f.severity is Severity.ERROR for f in findings):
+        return None, findings
+    return settings, findings
+
+
+def load_settings(
+    explicit: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Find, read and validate the config, with relay passwords from the environment
+    and relative paths resolved.
+
+    Raises ConfigFileError / ConfigParseError (cannot read or parse) and
+    ConfigInvalidError (schema errors, with findings).
+    """
+    path = find_config(explicit, environ)
+    source = builtin_source() if path is None else read_source(path)
+    settings, findings = inspect_source(source)
+    if settings is None:
+        raise ConfigInvalidError(source, findings)
+    env = dict(os.environ if environ is None else environ)
+    settings = settings.with_environment(env).with_base_dir(source.base_dir)
+    return LoadedConfig(source, settings, findings)

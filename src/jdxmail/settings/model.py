@@ -1,0 +1,303 @@
+"""The one settings model of jdxmail, in the PascalCase keys of ``appsettings.json``.
+
+Every key, its type and default is here and nowhere else; docs/configuration.md
+describes them. Field names are snake_case; the file keys are their PascalCase aliases
+(``time_out`` ↔ ``TimeOut``, ``bind_address`` ↔ ``BindAddress``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_pascal
+
+from jdxmail.passwords import HashType
+
+__all__ = [
+    "DEFAULT_CONFIG_TEXT",
+    "PathSettings",
+    "RelaySettings",
+    "Settings",
+    "SmtpServerSettings",
+    "TlsSettings",
+    "UserSettings",
+    "relay_password_env",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: What ``jdxmail serve`` runs on when there is no config file: a dev inbox on
+#: 127.0.0.1:2525 that takes mail from this machine into local mailboxes.
+DEFAULT_CONFIG_TEXT = """\
+// jdxmail's built-in default: a development inbox on 127.0.0.1:2525.
+// Programs on this machine may send to any address without logging in;
+// with no relay configured, every message lands in data/smtp/mailbox/.
+{
+  "SmtpServer": {
+    "Enabled": true,
+    "BindAddress": "127.0.0.1",
+    "Port": 2525,
+    "TrustedNetworks": ["127.0.0.0/8", "::1/128"],
+    "Users": []
+  }
+}
+"""
+
+RELAY_PASSWORD_ENV = "JDXMAIL_RELAY_PASSWORD"
+
+
+def relay_password_env(name: str | None) -> str:
+    """Name of the environment variable that holds the password of relay *name*.
+
+    ``JDXMAIL_RELAY_PASSWORD`` for the single ``RelayServer`` (name None), else
+    ``JDXMAIL_RELAY_PASSWORD_<NAME>`` with the name upper-cased and every character
+    that is not a letter or digit turned into ``_``.
+    """
+    if name is None:
+        return RELAY_PASSWORD_ENV
+    return f"{RELAY_PASSWORD_ENV}_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}"
+
+
+def _upper_hash_type(value: object) -> object:
+    return HashType.parse(value) if isinstance(value, str) else value
+
+
+class Section(BaseModel):
+    """Base of every section: PascalCase keys, unknown keys refused, frozen values."""
+
+    model_config = ConfigDict(
+        alias_generator=to_pascal,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=True,
+    )
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class UserSettings(Section):
+    """An SMTP user who may log in with AUTH PLAIN or AUTH LOGIN."""
+
+    user_name: str = Field(min_length=1)
+    #: the stored form of the password (a hash, or the password itself for PLAIN)
+    password: SecretStr
+    hash_type: Annotated[HashType, BeforeValidator(_upper_hash_type)] = HashType.SHA256
+    #: envelope senders this user may use besides its own name; None = any sender.
+    #: An entry ``@example.com`` allows every address of that domain.
+    allowed_senders: list[str] | None = None
+
+
+class TlsSettings(Section):
+    """Certificate for STARTTLS and the optional implicit-TLS listener."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: a second listener that speaks TLS from the first byte (465 by convention)
+    implicit_tls_port: Port | None = None
+
+    @property
+    def configured(self) -> bool:
+        """True when both a certificate and a key file are named."""
+        return self.cert_file is not None and self.key_file is not None
+
+
+class SmtpServerSettings(Section):
+    """The SMTP server that apps, devices and test suites connect to."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: Port = 2525
+    #: name in the banner, EHLO reply and Received: headers; default: this host's name
+    host_name: str | None = None
+    #: seconds an idle client may wait between commands (and per relay step)
+    time_out: int = Field(default=30, ge=1, le=3600)
+    users: list[UserSettings] = Field(default_factory=list)
+    #: domains delivered to local mailboxes; default: localhost and HostName
+    local_domains: list[str] | None = None
+    #: networks whose clients may relay without AUTH
+    trusted_networks: list[IPNetwork] = Field(default_factory=list)
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1)
+    max_connections: int = Field(default=100, ge=1)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    #: allow AUTH over an unencrypted connection from off this machine
+    allow_plaintext_auth: bool = False
+    #: what to do with a bare CR or LF in message data (SMTP smuggling defence)
+    bare_line_endings: Literal["Reject", "Normalize"] = "Reject"
+    #: failed logins from one client address before it is disconnected with 421
+    auth_failure_limit: int = Field(default=5, ge=1)
+    #: seconds over which failed logins are counted
+    auth_failure_window: int = Field(default=300, ge=1)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        if value in ("*", ""):
+            return "0.0.0.0"
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if value.lower() != "localhost":
+                raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+        return value
+
+    @field_validator("local_domains")
+    @classmethod
+    def _lower_domains(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [d.strip().lower().rstrip(".") for d in value]
+
+    @property
+    def effective_host_name(self) -> str:
+        """HostName, or this machine's host name."""
+        return self.host_name or socket.gethostname() or "localhost"
+
+    @property
+    def effective_local_domains(self) -> list[str]:
+        """LocalDomains, or ``localhost`` and the host name."""
+        if self.local_domains is not None:
+            return self.local_domains
+        return sorted({"localhost", self.effective_host_name.lower()})
+
+
+class RelaySettings(Section):
+    """An upstream SMTP server (Gmail, Outlook, SendGrid, SES…) that mail is handed to."""
+
+    name: str | None = None
+    host: str = Field(min_length=1)
+    port: Port = 587
+    #: 465: TLS from the first byte; any other port: STARTTLS, required
+    use_tls: bool = True
+    username: str | None = None
+    password: SecretStr | None = None
+    #: messages per day this relay takes before mail waits or goes to the next relay
+    daily_quota: int | None = Field(default=None, ge=1)
+    verify_certificate: bool = True
+    ca_file: Path | None = None
+    #: seconds per step of the relay session; default: SmtpServer.TimeOut
+    time_out: int | None = Field(default=None, ge=1, le=3600)
+
+    @property
+    def display_name(self) -> str:
+        """Name, or ``host:port``."""
+        return self.name or f"{self.host}:{self.port}"
+
+    @property
+    def implicit_tls(self) -> bool:
+        """True when the session is TLS from the first byte (UseTls on port 465)."""
+        return self.use_tls and self.port == 465
+
+
+class PathSettings(Section):
+    """Where jdxmail keeps its files; relative paths are under the config file's folder."""
+
+    spool: Path = Path("data/smtp/spool")
+    mailbox: Path = Path("data/smtp/mailbox")
+    logs: Path = Path("logs")
+
+
+class Settings(Section):
+    """Everything jdxmail reads from ``appsettings.json`` or ``jdxmail.toml``."""
+
+    smtp_server: SmtpServerSettings = Field(default_factory=SmtpServerSettings)
+    relay_server: RelaySettings | None = None
+    relay_servers: list[RelaySettings] = Field(default_factory=list)
+    paths: PathSettings = Field(default_factory=PathSettings)
+
+    @model_validator(mode="after")
+    def _one_relay_form(self) -> Settings:
+        if self.relay_server is not None and self.relay_servers:
+            raise ValueError(
+                "both RelayServer and RelayServers are set; "
+                "move RelayServer into the RelayServers list"
+            )
+        names = [r.display_name.casefold() for r in self.relay_servers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"relay names must differ; used twice: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def relays(self) -> list[RelaySettings]:
+        """The relays in the order they are tried (the single RelayServer, or the list)."""
+        if self.relay_server is not None:
+            return [self.relay_server]
+        return list(self.relay_servers)
+
+    @property
+    def relay_key(self) -> str:
+        """The config key that holds the relays, for messages."""
+        return "RelayServer" if self.relay_server is not None else "RelayServers"
+
+    def with_environment(self, environ: dict[str, str] | None = None) -> Settings:
+        """A copy with relay passwords taken from the environment where set.
+
+        The variable wins over the file, so a secret can stay out of the config.
+        """
+        env = os.environ if environ is None else environ
+        if self.relay_server is not None:
+            secret = env.get(relay_password_env(None))
+            if secret:
+                relay = self.relay_server.model_copy(update={"password": SecretStr(secret)})
+                return self.model_copy(update={"relay_server": relay})
+            return self
+        relays = []
+        for index, relay in enumerate(self.relay_servers):
+            secret = env.get(relay_password_env(relay.display_name))
+            if not secret and index == 0:
+                secret = env.get(RELAY_PASSWORD_ENV)
+            relays.append(
+                relay.model_copy(update={"password": SecretStr(secret)}) if secret else relay
+            )
+        return self.model_copy(update={"relay_servers": relays})
+
+    def with_base_dir(self, base: Path) -> Settings:
+        """A copy whose relative file paths are resolved under *base*."""
+
+        def under(path: Path | None) -> Path | None:
+            return path if path is None or path.is_absolute() else base / path
+
+        paths = PathSettings(
+            spool=base / self.paths.spool,
+            mailbox=base / self.paths.mailbox,
+            logs=base / self.paths.logs,
+        )
+        tls = self.smtp_server.tls.model_copy(
+            update={
+                "cert_file": under(self.smtp_server.tls.cert_file),
+                "key_file": under(self.smtp_server.tls.key_file),
+            }
+        )
+        smtp = self.smtp_server.model_copy(update={"tls": tls})
+        resolved = self.model_copy(update={"paths": paths, "smtp_server": smtp})
+        if self.relay_server is not None:
+            relay = self.relay_server.model_copy(
+                update={"ca_file": under(self.relay_server.ca_file)}
+            )
+            return resolved.model_copy(update={"relay_server": relay})
+        relays = [r.model_copy(update={"ca_file": under(r.ca_file)}) for r in self.relay_servers]
+        return resolved.model_copy(update={"relay_servers": relays})
+
+
+def section_aliases(model: type[BaseModel]) -> dict[str, tuple[str, Any]]:
+    """Map each file key of *model* (casefolded) to its alias and field annotation."""
+    out: dict[str, tuple[str, Any]] = {}
+    for name, info in model.model_fields.items():
+        alias = info.alias or name
+        out[alias.casefold()] = (alias, info.annotation)
+    return out
