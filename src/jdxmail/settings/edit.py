@@ -107,15 +107,14 @@ def _edit_toml(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) ->
         users = None
     if edit.action == "add":
         fields = {"UserName": edit.user_name, "Password": edit.password, "HashType": edit.hash_type}
-        if users is None:
-            aot = tomlkit.aot()
+        if users is None or isinstance(users, AoT):
             table = tomlkit.table()
             table.update(fields)
-            aot.append(table)
-            smtp.add("Users", aot)
-        elif isinstance(users, AoT):
-            table = tomlkit.table()
-            table.update(fields)
+            # a blank line after the new table keeps it apart from the next section
+            table.add(tomlkit.nl())
+            if users is None:
+                users = tomlkit.aot()
+                smtp.add("Users", users)
             users.append(table)
         else:
             inline = tomlkit.inline_table()
@@ -221,7 +220,7 @@ def _default_toml() -> str:
         "Enabled = true\n"
         'BindAddress = "127.0.0.1"\n'
         "Port = 2525\n"
-        'TrustedNetworks = ["127.0.0.0/8", "::1/128"]\n'
+        'TrustedNetworks = ["127.0.0.0/8", "::1/128"]\n\n'
     )
 
 

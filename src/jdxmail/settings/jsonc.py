@@ -119,7 +119,8 @@ class _Parser:
             return self.array(depth)
         if char == '"':
             start = self.pos
-            return Node("string", start, self.pos, scalar=self.string())
+            decoded = self.string()
+            return Node("string", start, self.pos, scalar=decoded)
         number = _NUMBER.match(self.text, self.pos)
         if number:
             start, self.pos = self.pos, number.end()

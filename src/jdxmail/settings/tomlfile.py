@@ -34,7 +34,7 @@ def parse(text: str) -> tomlkit.TOMLDocument:
         return tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
         reason = str(exc).split(" at line ")[0]
-        raise TomlError(reason, exc.line, exc.col) from None
+        raise TomlError(reason, exc.line, exc.col + 1) from None  # tomlkit counts from 0
     except (tomlkit.exceptions.TOMLKitError, ValueError, RecursionError) as exc:
         raise TomlError(str(exc) or type(exc).__name__, 1, 1) from None
 
