@@ -114,7 +114,12 @@ class ConfigSource:
         return jsonc.parse(self.text)
 
     def line_of(self, path: KeyPath) -> int | None:
-        """The line where *path* (below the prefix) or its nearest ancestor is written."""
+        """The line where *path* (below the prefix) or its nearest ancestor is written.
+
+        None for the empty path (the whole file) and for the built-in defaults.
+        """
+        if not path or self.path is None:
+            return None
         full = (*self.prefix, *path)
         if self.format == "toml":
             lowered = tuple(p.lower() if isinstance(p, str) else p for p in full)
@@ -227,17 +232,17 @@ def source_from_text(path: Path | None, text: str, fmt: Format | None = None) ->
     return ConfigSource(path, fmt, text, data, prefix, lines)
 
 
-def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The settings model inside *annotation* and whether it is a list of them."""
     origin = typing.get_origin(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
     if origin is list:
-        inner, _ = _model_in(typing.get_args(annotation)[0])
+        inner, _ = nested_model(typing.get_args(annotation)[0])
         return inner, inner is not None
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
-            inner, is_list = _model_in(arg)
+            inner, is_list = nested_model(arg)
             if inner is not None:
                 return inner, is_list
     return None, False
@@ -285,7 +290,7 @@ def _canonical(
             )
             continue
         alias, annotation = known
-        inner, is_list = _model_in(annotation)
+        inner, is_list = nested_model(annotation)
         if inner is not None and is_list and isinstance(value, list):
             out[alias] = [
                 _canonical(item, inner, (*path, alias, i), source, findings)
