@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "JsoncError",
+    "PositionedSyntaxError",
     "Member",
     "Node",
     "append_item",
@@ -32,14 +33,18 @@ _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _LITERALS = {"true": True, "false": False, "null": None}
 
 
-class JsoncError(ValueError):
-    """The text is not valid JSON-with-comments; carries 1-based line and column."""
+class PositionedSyntaxError(ValueError):
+    """A config text does not parse; carries the reason and a 1-based line and column."""
 
     def __init__(self, message: str, line: int, column: int) -> None:
         super().__init__(f"{message} (line {line}, column {column})")
         self.reason = message
         self.line = line
         self.column = column
+
+
+class JsoncError(PositionedSyntaxError):
+    """The text is not valid JSON-with-comments."""
 
 
 @dataclass(slots=True)

@@ -12,20 +12,16 @@ import tomlkit.exceptions
 from tomlkit.container import Container
 from tomlkit.items import AoT, Table
 
+from jdxmail.settings.jsonc import PositionedSyntaxError
+
 __all__ = ["TomlError", "key_lines", "lookup", "parse"]
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
 _ASSIGN = re.compile(r'^\s*("[^"]*"|\'[^\']*\'|[A-Za-z0-9_.\-" ]+?)\s*=')
 
 
-class TomlError(ValueError):
-    """The text is not valid TOML; carries 1-based line and column."""
-
-    def __init__(self, message: str, line: int, column: int) -> None:
-        super().__init__(f"{message} (line {line}, column {column})")
-        self.reason = message
-        self.line = line
-        self.column = column
+class TomlError(PositionedSyntaxError):
+    """The text is not valid TOML."""
 
 
 def parse(text: str) -> tomlkit.TOMLDocument:
