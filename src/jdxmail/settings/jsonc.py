@@ -17,9 +17,9 @@ from typing import Any
 
 __all__ = [
     "JsoncError",
-    "PositionedSyntaxError",
     "Member",
     "Node",
+    "PositionedSyntaxError",
     "append_item",
     "find",
     "parse",
