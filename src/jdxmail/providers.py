@@ -10,7 +10,16 @@ import difflib
 import re
 from dataclasses import dataclass
 
-__all__ = ["PROVIDERS", "Provider", "provider_for_host", "suggest_host"]
+__all__ = [
+    "PROVIDERS",
+    "Provider",
+    "ReplyHint",
+    "provider_by_key",
+    "provider_for_banner",
+    "provider_for_host",
+    "reply_hint",
+    "suggest_host",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +144,104 @@ def suggest_host(host: str) -> str | None:
     known = [h for p in PROVIDERS for h in p.hosts]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
     return close[0] if close else None
+
+
+#: words in a banner or EHLO greeting that give the provider away (fake servers in tests
+#: and the real ones answer the same)
+_BANNER_MARKS = {
+    "gsmtp": "gmail",
+    "smtp.gmail.com": "gmail",
+    "outlook.com": "outlook",
+    "office365.com": "outlook",
+    "yahoo": "yahoo",
+    "sendgrid": "sendgrid",
+    " sg esmtp": "sendgrid",
+    "simpleemailservice": "ses",
+    "amazonaws.com": "ses",
+    "mailgun": "mailgun",
+}
+
+_SENDER_REFUSED = re.compile(
+    r"5\.7\.60|not verified|verified sender identity|permissions? to send as|"
+    r"sender (?:address )?(?:rejected|not allowed)|not owned by|not authori[sz]ed to send|"
+    r"sender not allowed|from address does not match",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyHint:
+    """What a provider's error reply means and how to fix it (a TROUBLESHOOTING-MAP row)."""
+
+    row: str
+    meaning: str
+    fix: str
+
+
+def provider_by_key(key: str) -> Provider | None:
+    """The provider with *key* (``gmail``, ``sendgrid``…), or None."""
+    return next((p for p in PROVIDERS if p.key == key.strip().lower()), None)
+
+
+def provider_for_banner(text: str) -> Provider | None:
+    """The provider whose greeting *text* is (``220 smtp.gmail.com ESMTP … - gsmtp``)."""
+    lowered = " " + text.lower()
+    for mark, key in _BANNER_MARKS.items():
+        if mark in lowered:
+            return provider_by_key(key)
+    return None
+
+
+def reply_hint(
+    provider: Provider | None, stage: str, code: int, text: str, username: str | None = None
+) -> ReplyHint | None:
+    """The meaning of error reply *code* *text* at *stage* (``AUTH``, ``MAIL``…), or None.
+
+    Knows Gmail's ``535 5.7.8`` (wrong or non-app password) and ``534 5.7.9`` (2-step
+    verification), SendGrid's ``apikey`` username, SES SMTP credentials versus IAM keys,
+    and the replies that refuse a sender the account may not use.
+    """
+    key = provider.key if provider else ""
+    if stage == "AUTH":
+        if code == 534 and ("5.7.9" in text or "InvalidSecondFactor" in text):
+            return ReplyHint(
+                "C5",
+                "Gmail wants an app password: the account has no 2-Step Verification, or "
+                "the account password was sent instead of an app password",
+                "turn on 2-Step Verification for the Google account, then create an app "
+                "password at https://myaccount.google.com/apppasswords and put it (16 "
+                "letters) in Password",
+            )
+        if key == "sendgrid" and username != "apikey":
+            return ReplyHint(
+                "C6",
+                f"SendGrid logs in with the Username `apikey`, not {username!r}",
+                'set "Username": "apikey" and an API key (SG.…) as Password',
+            )
+        if key == "ses":
+            iam = bool(username and re.fullmatch(r"AKIA[0-9A-Z]{16}", username))
+            return ReplyHint(
+                "C6",
+                "Amazon SES refused the login"
+                + (": this looks like an IAM access key pair" if iam else ""),
+                provider.password_hint if provider else "",
+            )
+        if code == 535 and (key == "gmail" or "5.7.8" in text):
+            hint = provider.password_hint if provider else ""
+            return ReplyHint(
+                "C4",
+                "the server refused the username or password"
+                + (" (Gmail: an app password is needed)" if key == "gmail" else ""),
+                hint or "check Username and Password (or $JDXMAIL_RELAY_PASSWORD)",
+            )
+        if code in (535, 534) and provider is not None and provider.password_hint:
+            return ReplyHint("C4", "the server refused the login", provider.password_hint)
+        return None
+    if stage in ("MAIL", "DATA", "RCPT") and code >= 500 and _SENDER_REFUSED.search(text):
+        return ReplyHint(
+            "C7",
+            "the relay does not let this account send as this sender address",
+            "send from the relay account's own address (or an address verified with the "
+            "provider); jdxmail can rewrite the envelope sender to the relay account",
+        )
+    return None

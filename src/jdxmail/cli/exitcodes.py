@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExitCode"]
+__all__ = ["ExitCode", "PortExit", "RelayExit"]
 
 
 class ExitCode(enum.IntEnum):
@@ -20,3 +20,37 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 70
     #: the command was interrupted (Ctrl-C)
     INTERRUPTED = 130
+
+
+class PortExit(enum.IntEnum):
+    """Exit codes of ``jdxmail check-port`` (docs/check-port.md)."""
+
+    #: the port is free (with --listening: the server answers)
+    FREE = 0
+    #: another process holds the port
+    IN_USE = 1
+    #: a privileged port and this process may not bind it
+    PRIVILEGE = 2
+    #: anything else: address not on this host, not answering, firewalled, bad config
+    OTHER = 3
+
+
+class RelayExit(enum.IntEnum):
+    """Exit codes of ``jdxmail test-relay`` and ``send-test``: the stage that failed.
+
+    docs/test-relay.md has the table; with several relays, the first failing one counts.
+    """
+
+    OK = 0
+    #: bad arguments or an unreadable config
+    USAGE = 2
+    DNS = 10
+    CONNECT = 11
+    BANNER = 12
+    EHLO = 13
+    TLS = 14
+    EHLO_TLS = 15
+    AUTH = 16
+    MAIL = 17
+    RCPT = 18
+    DATA = 19

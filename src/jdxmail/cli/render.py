@@ -20,6 +20,7 @@ __all__ = [
     "out_console",
     "print_json",
     "render_findings",
+    "render_stages",
     "summary_line",
 ]
 
@@ -77,3 +78,27 @@ def render_findings(
         console.print(Text("  " + finding.message))
         if finding.fix:
             console.print(Text("  fix: ", style="green").append(finding.fix))
+
+
+def render_stages(title: str, stages: Sequence[Any], console: Console | None = None) -> None:
+    """Print a staged checklist: ``✓``/``✗``/``-`` per stage, its time and what was seen.
+
+    *stages* are ``jdxmail.diagnostics.stages.StageResult`` values (name, ok,
+    elapsed_ms, detail).
+    """
+    console = console or out_console
+    console.print(Text(title, style="bold"))
+    width = max((len(s.name) for s in stages), default=0)
+    for stage in stages:
+        line = Text("  ")
+        if stage.ok is True:
+            line.append("✓", style="bold green")
+        elif stage.ok is False:
+            line.append("✗", style="bold red")
+        else:
+            line.append("-", style="dim")
+        line.append(f" {stage.name:<{width}}  ")
+        timing = "" if stage.elapsed_ms is None else f"{stage.elapsed_ms:.0f} ms"
+        line.append(f"{timing:>8}  ", style="dim")
+        line.append(stage.detail, style="red" if stage.ok is False else "")
+        console.print(line)

@@ -1,0 +1,581 @@
+"""``jdxmail check-port``, ``test-relay``, ``send-test``, ``auth-string`` and ``doctor``."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from jdxmail.cli.common import ConfigOption, JsonOption, read_password
+from jdxmail.cli.exitcodes import ExitCode, PortExit, RelayExit
+from jdxmail.cli.render import (
+    err_console,
+    fail,
+    out_console,
+    print_json,
+    render_findings,
+    render_stages,
+)
+
+if TYPE_CHECKING:
+    from jdxmail.diagnostics.port import PortReport
+    from jdxmail.diagnostics.relay_probe import RelayReport, RelayTarget
+    from jdxmail.findings import Finding
+    from jdxmail.settings.files import LoadedConfig
+
+__all__ = ["auth_string", "check_port", "doctor", "relay_test", "send_test"]
+
+
+class TlsChoice(enum.StrEnum):
+    """TLS modes on the command line."""
+
+    starttls = "starttls"
+    implicit = "implicit"
+    none = "none"
+    auto = "auto"
+
+
+PasswordStdin = Annotated[
+    bool,
+    typer.Option("--password-stdin", help="Read the password from one line of stdin."),
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        help="Seconds to wait at each stage (default: the relay's TimeOut, 15).",
+        min=0.05,
+        max=3600,
+        show_default=False,
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca", help="PEM file of the CA that signed the server's certificate.", show_default=False
+    ),
+]
+InsecureOption = Annotated[
+    bool,
+    typer.Option("--insecure", help="Do not verify the server's certificate (tests only)."),
+]
+UserOption = Annotated[
+    str | None, typer.Option("--user", "-u", help="Log in as this user.", show_default=False)
+]
+FromOption = Annotated[
+    str | None, typer.Option("--from", help="Envelope sender (MAIL FROM).", show_default=False)
+]
+
+
+def _with_lines(findings: list[Finding], loaded: LoadedConfig | None) -> list[Finding]:
+    """The findings with the config file's prefix and line numbers filled in."""
+    if loaded is None or loaded.source.path is None:
+        return findings
+    source = loaded.source
+    out = []
+    for finding in findings:
+        if finding.path and finding.line is None:
+            path = finding.path
+            out.append(replace(finding, path=(*source.prefix, *path), line=source.line_of(path)))
+        else:
+            out.append(finding)
+    return out
+
+
+def _load_quiet(config: Path | None) -> tuple[LoadedConfig | None, str | None]:
+    """The settings, or None and the reason they cannot be loaded."""
+    from jdxmail.settings.files import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        return load_settings(config), None
+    except ConfigError as error:
+        return None, str(error)
+
+
+# -- check-port ----------------------------------------------------------------------
+
+_PORT_EXIT = {
+    "free": PortExit.FREE,
+    "answering": PortExit.FREE,
+    "in-use": PortExit.IN_USE,
+    "privilege": PortExit.PRIVILEGE,
+}
+
+
+def port_exit(report: PortReport) -> PortExit:
+    """The exit code of check-port for *report*."""
+    return _PORT_EXIT.get(report.status.value, PortExit.OTHER)
+
+
+def _port_json(report: PortReport) -> dict[str, Any]:
+    facts = report.privilege
+    return {
+        "address": report.address,
+        "port": report.port,
+        "status": report.status.value,
+        "exit_code": int(port_exit(report)),
+        "holder": None
+        if report.holder is None
+        else {
+            "pid": report.holder.pid,
+            "name": report.holder.name,
+            "user": report.holder.user,
+            "cmdline": report.holder.cmdline,
+        },
+        "privilege": None
+        if facts is None
+        else {
+            "euid": facts.euid,
+            "cap_net_bind_service": facts.cap_net_bind_service,
+            "unprivileged_port_start": facts.unprivileged_port_start,
+        },
+        "probes": [p.to_json() for p in report.probes],
+        "findings": [f.to_json() for f in report.findings],
+    }
+
+
+def check_port(
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            "-p",
+            help="Port (default: SmtpServer.Port).",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
+    bind: Annotated[
+        str | None,
+        typer.Option(
+            "--bind", help="Address (default: SmtpServer.BindAddress).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    listening: Annotated[
+        bool,
+        typer.Option(
+            "--listening",
+            help="Check that a running server answers (banner) from loopback and from the network.",
+        ),
+    ] = False,
+    network_address: Annotated[
+        str | None,
+        typer.Option(
+            "--network-address",
+            help="With --listening: the non-loopback address of "
+            "this host to connect to (default: the first one found).",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Tell whether jdxmail can listen on its port now, and if not, why and how to fix it.
+
+    Exit codes: 0 free (with --listening: answering), 1 in use, 2 no privilege for a
+    port below 1024, 3 other (address not on this host, not answering, firewall,
+    unreadable config).
+    """
+    import asyncio  # noqa: PLC0415
+
+    from jdxmail.diagnostics import port as port_check  # noqa: PLC0415
+
+    loaded: LoadedConfig | None = None
+    if port is None or bind is None:
+        loaded, problem = _load_quiet(config)
+        if loaded is None:
+            err_console.print(f"error: {problem}", markup=False)
+            err_console.print("  fix: run `jdxmail validate-config`, or pass --port and --bind")
+            raise typer.Exit(int(PortExit.OTHER))
+        smtp = loaded.settings.smtp_server
+        port = port if port is not None else smtp.port
+        bind = bind if bind is not None else smtp.bind_address
+    if listening:
+        report = asyncio.run(port_check.check_listening(bind, port, other_address=network_address))
+    else:
+        report = port_check.check_port(bind, port)
+    report.findings = _with_lines(report.findings, loaded)
+    code = port_exit(report)
+    if json_output:
+        print_json(_port_json(report))
+        raise typer.Exit(int(code))
+    if report.probes:
+        render_stages(f"jdxmail on {bind}:{port}", report.probes)
+    render_findings(f"check-port {bind}:{port}", report.findings)
+    raise typer.Exit(int(code))
+
+
+# -- test-relay ----------------------------------------------------------------------
+
+
+def relay_exit(reports: list[RelayReport]) -> RelayExit:
+    """The exit code for the first failing report (0 when all passed)."""
+    for report in reports:
+        if report.failed is not None:
+            return RelayExit[report.failed.name]
+    return RelayExit.OK
+
+
+def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
+    t = report.target
+    provider = f", {t.provider.label}" if t.provider else ""
+    render_stages(f"{t.label}: {t.host}:{t.port} TLS {t.tls.value}{provider}", report.stages)
+    if transcript and report.transcript:
+        out_console.print("transcript (secrets masked):", style="bold")
+        for direction, line in report.transcript:
+            arrow = "→" if direction == "C" else "←"
+            out_console.print(f"  {arrow} {line}", markup=False)
+    problems = [f for f in report.findings if f.severity.label != "info"]
+    if problems:
+        render_findings("  result", problems)
+    else:
+        out_console.print("  result: ok", style="bold green")
+
+
+def _ask_password(user: str, from_stdin: bool) -> str:
+    return read_password(from_stdin=from_stdin, confirm=False, what=f"Password for {user}")
+
+
+def _cli_target(
+    provider: str | None,
+    host: str | None,
+    port: int | None,
+    tls: TlsChoice | None,
+    timeout: float | None,
+) -> RelayTarget:
+    from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
+        RelayTarget,
+        TlsMode,
+        provider_target,
+    )
+    from jdxmail.providers import provider_for_host  # noqa: PLC0415
+
+    mode = TlsMode(tls.value) if tls is not None else None
+    if provider is not None:
+        target = provider_target(provider, port=port, tls=mode)
+        if target is None:
+            fail(
+                f"unknown provider {provider!r}",
+                "use one of gmail, outlook, yahoo, sendgrid, ses:REGION, mailgun, icloud, zoho",
+                ExitCode.USAGE,
+            )
+        if host is not None:
+            target = replace(target, host=host, name=f"{target.name} (at {host})")
+    else:
+        assert host is not None
+        chosen = port or 587
+        default = TlsMode.IMPLICIT if chosen == 465 else TlsMode.STARTTLS
+        target = RelayTarget(host, chosen, mode or default, provider=provider_for_host(host))
+    return replace(target, timeout=timeout or target.timeout)
+
+
+def relay_test(
+    config: ConfigOption = None,
+    relay: Annotated[
+        str | None,
+        typer.Option("--relay", help="Only the relay with this Name.", show_default=False),
+    ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            "--provider",
+            help="A known provider instead of the config: gmail, "
+            "outlook, yahoo, sendgrid, ses:REGION, mailgun, icloud, zoho.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Relay host instead of the config.", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Relay port.", min=1, max=65535, show_default=False)
+    ] = None,
+    tls: Annotated[
+        TlsChoice | None,
+        typer.Option(
+            "--tls",
+            help="starttls, implicit or none (default: from the config or the port).",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
+    user: UserOption = None,
+    password_stdin: PasswordStdin = False,
+    mail_from: FromOption = None,
+    rcpt_to: Annotated[
+        str | None, typer.Option("--to", help="Recipient to try (RCPT TO).", show_default=False)
+    ] = None,
+    send: Annotated[
+        bool, typer.Option("--send", help="Also send a small test message (needs --from and --to).")
+    ] = False,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Walk an SMTP session with the relay(s) stage by stage and explain the first failure.
+
+    Stages: DNS, TCP connect, banner, EHLO, TLS, EHLO after TLS, AUTH, MAIL FROM, RCPT
+    TO, DATA (only with --send), QUIT. The exit code names the failing stage (see
+    docs/test-relay.md): 10 DNS, 11 connect, 12 banner, 13 EHLO, 14 TLS, 15 EHLO after
+    TLS, 16 AUTH, 17 MAIL FROM, 18 RCPT TO, 19 DATA; 2 bad arguments or config.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from pydantic import SecretStr  # noqa: PLC0415
+
+    from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
+        ProbeOptions,
+        TlsMode,
+        probe_relay,
+        target_from_relay,
+    )
+
+    if send and (mail_from is None or rcpt_to is None):
+        fail("--send needs --from and --to", code=ExitCode.USAGE)
+    if tls is TlsChoice.auto:
+        fail("--tls takes starttls, implicit or none here", code=ExitCode.USAGE)
+    if provider is None and host is None:
+        from jdxmail.cli.common import load_or_exit  # noqa: PLC0415
+
+        loaded = load_or_exit(config)
+        settings = loaded.settings
+        relays = settings.relays
+        if not relays:
+            fail(
+                "the config has no relay (RelayServer / RelayServers)",
+                "add one, or test a provider directly: `jdxmail test-relay --provider gmail "
+                "--user you@gmail.com`",
+                ExitCode.USAGE,
+            )
+        targets = []
+        for index, item in enumerate(relays):
+            key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
+            key = (*loaded.source.prefix, *key)
+            target = target_from_relay(item, key, 15.0 if item.time_out is None else item.time_out)
+            if relay is None or relay.casefold() == item.display_name.casefold():
+                targets.append(target)
+        if not targets:
+            names = ", ".join(r.display_name for r in relays)
+            fail(f"no relay named {relay!r}", f"use one of: {names}", ExitCode.USAGE)
+    else:
+        targets = [_cli_target(provider, host, port, tls, timeout)]
+    prepared = []
+    for target in targets:
+        changes: dict[str, Any] = {}
+        if user is not None:
+            changes["username"] = user
+        if user is not None or (target.username and target.password is None):
+            changes["password"] = SecretStr(
+                _ask_password(user or target.username or "", password_stdin)
+            )
+        if ca is not None:
+            changes["ca_file"] = ca
+        if insecure:
+            changes["verify"] = False
+        if timeout is not None:
+            changes["timeout"] = timeout
+        if tls is not None and provider is None and host is None:
+            changes["tls"] = TlsMode(tls.value)
+        prepared.append(replace(target, **changes))
+    options = ProbeOptions(mail_from=mail_from, rcpt_to=rcpt_to, send=send)
+
+    async def run_all() -> list[RelayReport]:
+        return [await probe_relay(t, options) for t in prepared]
+
+    reports = asyncio.run(run_all())
+    code = relay_exit(reports)
+    if json_output:
+        print_json(
+            {
+                "ok": code is RelayExit.OK,
+                "exit_code": int(code),
+                "relays": [r.to_json() for r in reports],
+            }
+        )
+    else:
+        for report in reports:
+            _render_relay(report)
+    raise typer.Exit(int(code))
+
+
+# -- send-test -----------------------------------------------------------------------
+
+
+def _split_server(server: str) -> tuple[str, int]:
+    host, sep, port_text = server.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        fail(
+            f"--server {server!r} is not HOST:PORT", "e.g. --server 127.0.0.1:2525", ExitCode.USAGE
+        )
+    return host.strip("[]") or "127.0.0.1", int(port_text)
+
+
+def send_test(
+    rcpt_to: Annotated[str, typer.Option("--to", help="Recipient of the test message.")],
+    mail_from: FromOption = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="HOST:PORT (default: the local jdxmail from the config, BindAddress and Port).",
+            show_default=False,
+        ),
+    ] = None,
+    user: UserOption = None,
+    password_stdin: PasswordStdin = False,
+    tls: Annotated[
+        TlsChoice,
+        typer.Option(
+            "--tls",
+            help="starttls, implicit, none, or auto (STARTTLS when offered).",
+            case_sensitive=False,
+        ),
+    ] = TlsChoice.auto,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    transcript: Annotated[
+        bool, typer.Option("--transcript", help="Show the SMTP conversation (secrets masked).")
+    ] = False,
+    config: ConfigOption = None,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send one test message through a server and show the SMTP transcript and final reply.
+
+    The exit code names the failing stage, as for test-relay (0: the server took it).
+    """
+    import asyncio  # noqa: PLC0415
+
+    from pydantic import SecretStr  # noqa: PLC0415
+
+    from jdxmail.diagnostics.port import connect_address  # noqa: PLC0415
+    from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
+        ProbeOptions,
+        RelayTarget,
+        TlsMode,
+        probe_relay,
+    )
+
+    mode = TlsMode(tls.value)
+    if server is not None:
+        host, port = _split_server(server)
+    else:
+        from jdxmail.cli.common import load_or_exit  # noqa: PLC0415
+
+        smtp = load_or_exit(config).settings.smtp_server
+        host = connect_address(smtp.bind_address)
+        port = smtp.port
+        if mode is TlsMode.IMPLICIT and smtp.tls.implicit_tls_port:
+            port = smtp.tls.implicit_tls_port
+    password = SecretStr(_ask_password(user, password_stdin)) if user else None
+    target = RelayTarget(
+        host,
+        port,
+        mode,
+        user,
+        password,
+        ca,
+        not insecure,
+        timeout or 15.0,
+        name="send-test",
+    )
+    sender = mail_from or (user if user and "@" in user else "jdxmail-test@localhost")
+    options = ProbeOptions(mail_from=sender, rcpt_to=rcpt_to, send=True)
+    report = asyncio.run(probe_relay(target, options))
+    code = relay_exit([report])
+    if json_output:
+        data = report.to_json()
+        data["exit_code"] = int(code)
+        if transcript:
+            data["transcript"] = [f"{d}: {line}" for d, line in report.transcript]
+        print_json(data)
+    else:
+        _render_relay(report, transcript=transcript)
+        if report.final_reply:
+            out_console.print(f"final reply: {report.final_reply}", markup=False)
+    raise typer.Exit(int(code))
+
+
+# -- auth-string ---------------------------------------------------------------------
+
+
+def auth_string(
+    user: Annotated[str, typer.Argument(help="The user name to log in as.")],
+    password_stdin: PasswordStdin = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Print the base64 lines for a manual AUTH PLAIN / AUTH LOGIN session (telnet, openssl).
+
+    The lines hold the password (base64 is an encoding, not encryption): do not paste
+    them into tickets or chats.
+    """
+    from jdxmail.diagnostics.authstring import auth_lines  # noqa: PLC0415
+
+    password = read_password(from_stdin=password_stdin, confirm=False)
+    lines = auth_lines(user, password)
+    if json_output:
+        print_json({"plain": lines.plain, "login": list(lines.login)})
+        return
+    err_console.print(
+        "note: these lines contain the password (base64 is reversible); do not share them"
+    )
+    out_console.print("# AUTH PLAIN: send this one line after EHLO, expect 235", markup=False)
+    out_console.print(lines.plain, markup=False)
+    out_console.print("", markup=False)
+    out_console.print("# AUTH LOGIN: send each line after the server's 334", markup=False)
+    for line in lines.login:
+        out_console.print(line, markup=False)
+
+
+# -- doctor --------------------------------------------------------------------------
+
+
+def doctor(
+    config: ConfigOption = None,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run every check: config, port, relays, config-file writability, logs, spool.
+
+    Prints one report with a row per TROUBLESHOOTING-MAP id (`JDX-A1 ✓ port 2525 free`)
+    and the fixes of the failures. Exit 0 when nothing failed, 1 otherwise.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from jdxmail.diagnostics.doctor import run_doctor  # noqa: PLC0415
+
+    report = asyncio.run(run_doctor(config, relay_timeout=timeout))
+    code = ExitCode.OK if report.ok else ExitCode.FAILED
+    if json_output:
+        print_json(report.to_json())
+        raise typer.Exit(int(code))
+    from rich.text import Text  # noqa: PLC0415
+
+    out_console.print(Text(f"jdxmail doctor: {report.config_name}", style="bold"))
+    for row in report.rows:
+        line = Text(f"  {row.label:<10} ")
+        if row.ok is True:
+            line.append("✓", style="bold green")
+        elif row.ok is False:
+            line.append("✗", style="bold red")
+        else:
+            line.append("!", style="yellow")
+        line.append(f" {row.summary}")
+        out_console.print(line)
+        if row.ok is not True and row.fix:
+            out_console.print(Text("               fix: ", style="green").append(row.fix))
+    failed = sum(1 for r in report.rows if r.ok is False)
+    summary = "all checks passed" if failed == 0 else f"{failed} check(s) failed"
+    out_console.print(Text(summary, style="bold green" if failed == 0 else "bold red"))
+    if sys.stdout.isatty() and failed:
+        out_console.print(
+            "details: `jdxmail test-relay`, `jdxmail check-port`, `jdxmail validate-config`"
+        )
+    raise typer.Exit(int(code))

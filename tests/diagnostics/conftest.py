@@ -1,0 +1,153 @@
+"""Fake providers for the diagnostics tests: aiosmtpd servers on port 0 that answer as
+Gmail, SendGrid and SES do, and raw listeners that misbehave (silent, TLS-only)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+GMAIL_BAD_PASSWORD = (
+    "535 5.7.8 Username and Password not accepted. Learn more at "
+    "https://support.google.com/mail/?p=BadCredentials"
+)
+GMAIL_APP_PASSWORD_REQUIRED = (
+    "534 5.7.9 Application-specific password required. Learn more at "
+    "https://support.google.com/mail/?p=InvalidSecondFactor"
+)
+SENDGRID_BAD_LOGIN = "535 Authentication failed: Bad username / password"
+SES_BAD_LOGIN = "535 Authentication Credentials Invalid"
+OUTLOOK_SEND_AS = "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+GOOD_USER = "app@example.com"
+GOOD_PASSWORD = "abcd efgh ijkl mnop"
+
+
+@dataclass
+class FakeProvider:
+    """A running fake SMTP server: where it listens and what it received."""
+
+    host: str
+    port: int
+    messages: list[Envelope] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProviderSpec:
+    """How a fake provider greets and answers."""
+
+    hostname: str = "smtp.gmail.com"
+    ident: str = "ESMTP fake1234 - gsmtp"
+    #: "starttls", "implicit" or "none"
+    tls: str = "starttls"
+    #: the reply to a wrong login (None: aiosmtpd's default)
+    auth_failure: str | None = GMAIL_BAD_PASSWORD
+    users: dict[str, str] = field(default_factory=lambda: {GOOD_USER: GOOD_PASSWORD})
+    #: reply to every MAIL FROM (None: accept)
+    mail_reply: str | None = None
+    queue_reply: str = "250 2.0.0 OK 1700000000 fake-queue-id - gsmtp"
+
+
+class _Handler:
+    def __init__(self, spec: ProviderSpec, fake: FakeProvider) -> None:
+        self.spec = spec
+        self.fake = fake
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.spec.mail_reply is not None:
+            return self.spec.mail_reply
+        envelope.mail_from = address
+        return "250 2.1.0 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.fake.messages.append(envelope)
+        return self.spec.queue_reply
+
+
+def _authenticator(spec: ProviderSpec, fake: FakeProvider) -> Callable[..., AuthResult]:
+    def check(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            user = data.login.decode()
+            fake.logins.append(user)
+            if spec.users.get(user) == data.password.decode():
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False, message=spec.auth_failure)
+
+    return check
+
+
+StartProvider = Callable[..., Awaitable[FakeProvider]]
+
+
+@pytest.fixture
+async def fake_provider(
+    server_cert: trustme.LeafCert,
+) -> AsyncIterator[StartProvider]:
+    """Start fake providers (``await fake_provider(ProviderSpec(...))``) on 127.0.0.1:0."""
+    servers: list[asyncio.Server] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(context)
+
+    async def start(spec: ProviderSpec | None = None) -> FakeProvider:
+        spec = spec or ProviderSpec()
+        fake = FakeProvider("127.0.0.1", 0)
+        handler = _Handler(spec, fake)
+
+        def factory() -> SMTP:
+            return SMTP(
+                handler,
+                hostname=spec.hostname,
+                ident=spec.ident,
+                tls_context=context if spec.tls == "starttls" else None,
+                authenticator=_authenticator(spec, fake),
+                auth_require_tls=spec.tls == "starttls",
+            )
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            factory, "127.0.0.1", 0, ssl=context if spec.tls == "implicit" else None
+        )
+        servers.append(server)
+        fake.port = server.sockets[0].getsockname()[1]
+        return fake
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def silent_listener() -> AsyncIterator[int]:
+    """A port that accepts connections and never says a word (a stuck server)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for writer in writers:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections (bound but never listening)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]

@@ -1,0 +1,226 @@
+"""check-port: rows A1 (in use), A2 (privilege), B4 (firewall), H1 (any port)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from jdxmail.cli.exitcodes import PortExit
+from jdxmail.diagnostics.port import PrivilegeFacts, firewall_commands
+from tests.conftest import WriteConfig, invoke
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held by a listening socket of this test process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _free_privileged_port() -> int:
+    for port in range(1023, 900, -1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024")
+
+
+def test_free_port_exits_0(runner: CliRunner) -> None:
+    """A free port is reported free with exit 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, out, _ = invoke(runner, "check-port", "--port", str(port), "--bind", "127.0.0.1")
+    assert code == PortExit.FREE
+    assert f"port {port} is free" in out
+
+
+def test_port_in_use_names_this_process_a1(
+    held_port: int, runner: CliRunner, write_config: WriteConfig
+) -> None:
+    """A port held by this test's socket exits 1 naming this PID and Port 2525 (JDX-A1)."""
+    path = write_config(json.dumps({"SmtpServer": {"Port": held_port}}, indent=2))
+    code, out, _ = invoke(runner, "check-port", "--config", str(path))
+    assert code == PortExit.IN_USE
+    assert f"PID {os.getpid()}" in out
+    assert "JDX-A1" in out
+    assert '"Port": 2525' in out
+    assert "SmtpServer.Port (line 3)" in out
+
+
+def test_port_in_use_json_has_holder(held_port: int, runner: CliRunner) -> None:
+    """--json names the holder's PID, user and command line."""
+    code, out, _ = invoke(
+        runner, "check-port", "--port", str(held_port), "--bind", "127.0.0.1", "--json"
+    )
+    data = json.loads(out)
+    assert code == 1
+    assert data["status"] == "in-use"
+    assert data["holder"]["pid"] == os.getpid()
+    assert data["holder"]["user"]
+    assert data["findings"][0]["row"] == "JDX-A1"
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root")
+def test_privileged_port_as_nobody_exits_2_a2() -> None:
+    """Run as uid 65534, a port below 1024 exits 2 naming CAP_NET_BIND_SERVICE and fixes."""
+    port = _free_privileged_port()
+    script = textwrap.dedent(
+        f"""
+        import io, os, sys
+        from typer.testing import CliRunner
+        from jdxmail.cli.app import app
+        runner = CliRunner()
+        # warm up every import as root: after setuid the interpreter's own files may
+        # be unreadable
+        runner.invoke(app, ["check-port", "--port", "{port}", "--bind", "127.0.0.1"])
+        os.setgid(65534)
+        os.setuid(65534)
+        result = runner.invoke(app, ["check-port", "--port", "{port}", "--bind", "127.0.0.1"])
+        sys.stdout.write(result.stdout)
+        sys.exit(result.exit_code)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    out = done.stdout
+    if "unprivileged_port_start is" in out and f"start is {port}" in out:
+        pytest.skip("this host lets every user bind low ports")
+    assert done.returncode == PortExit.PRIVILEGE, done.stdout + done.stderr
+    assert "JDX-A2" in out
+    assert "user id 65534 (not root)" in out
+    assert "does not have CAP_NET_BIND_SERVICE" in out
+    assert "setcap cap_net_bind_service=+ep" in out
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in out
+    assert '"Port": 2525' in out
+
+
+def test_privilege_decision_from_facts() -> None:
+    """The capability or a low ip_unprivileged_port_start lets a non-root user bind port 25."""
+    plain = PrivilegeFacts(euid=1000, cap_net_bind_service=False, unprivileged_port_start=1024)
+    capable = PrivilegeFacts(euid=1000, cap_net_bind_service=True, unprivileged_port_start=1024)
+    open_sysctl = PrivilegeFacts(euid=1000, cap_net_bind_service=False, unprivileged_port_start=0)
+    assert plain.is_privileged_port(25)
+    assert not plain.has_privilege
+    assert capable.has_privilege
+    assert not open_sysctl.is_privileged_port(25)
+    assert not plain.is_privileged_port(2525)
+
+
+def test_address_not_on_host_exits_3(runner: CliRunner) -> None:
+    """A BindAddress that is not on this host (TEST-NET-1) exits 3 and lists the choices."""
+    code, out, _ = invoke(runner, "check-port", "--port", "2525", "--bind", "192.0.2.1")
+    assert code == PortExit.OTHER
+    assert "192.0.2.1 is not an address of this host" in out
+    assert "0.0.0.0" in out
+
+
+def test_unreadable_config_exits_3(runner: CliRunner, write_config: WriteConfig) -> None:
+    """A config that does not parse exits 3 (other) with the reason, no traceback."""
+    path = write_config("{ not json")
+    code, _, err = invoke(runner, "check-port", "--config", str(path))
+    assert code == PortExit.OTHER
+    assert "error:" in err
+
+
+async def _banner_server(host: str) -> asyncio.Server:
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake jdxmail ESMTP ready\r\n")
+        await reader.readline()
+        writer.close()
+
+    return await asyncio.start_server(greet, host, 0)
+
+
+async def test_listening_only_on_loopback_prints_firewall_command_b4(runner: CliRunner) -> None:
+    """Answering on loopback but not on the network address exits 3 with the firewall fix."""
+    server = await _banner_server("127.0.0.1")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        code, out, _ = await asyncio.to_thread(
+            invoke,
+            runner,
+            "check-port",
+            "--listening",
+            "--port",
+            str(port),
+            "--bind",
+            "0.0.0.0",
+            "--network-address",
+            "127.0.0.2",
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == PortExit.OTHER
+    assert "JDX-B4" in out
+    assert "127.0.0.2" in out
+    assert any(cmd.split()[1] in out for cmd in firewall_commands(port))
+    assert "✓ banner from 127.0.0.1" in out
+    assert "✗ banner from 127.0.0.2" in out
+
+
+async def test_listening_from_everywhere_exits_0(runner: CliRunner) -> None:
+    """A server answering on loopback and the network address exits 0."""
+    server = await _banner_server("0.0.0.0")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        code, out, _ = await asyncio.to_thread(
+            invoke,
+            runner,
+            "check-port",
+            "--listening",
+            "--port",
+            str(port),
+            "--bind",
+            "0.0.0.0",
+            "--network-address",
+            "127.0.0.2",
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == PortExit.FREE, out
+    assert "220 fake jdxmail ESMTP ready" in out
+
+
+async def test_listening_nothing_answers_exits_3(runner: CliRunner) -> None:
+    """--listening on a port where nothing listens says to start jdxmail serve."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        code, out, _ = await asyncio.to_thread(
+            invoke,
+            runner,
+            "check-port",
+            "--listening",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+        )
+    assert code == PortExit.OTHER
+    assert "jdxmail serve" in out
+
+
+def test_firewall_commands_per_os() -> None:
+    """Each OS gets its own firewall command."""
+    assert "New-NetFirewallRule" in firewall_commands(2525, "win32")[0]
+    assert "socketfilterfw" in firewall_commands(2525, "darwin")[0]
+    linux = " ".join(firewall_commands(2525, "linux"))
+    assert "ufw" in linux or "firewall-cmd" in linux

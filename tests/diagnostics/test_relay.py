@@ -1,0 +1,426 @@
+"""test-relay against fake providers: every stage, and the causes of rows C1-C7 and E2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import trustme
+from typer.testing import CliRunner
+
+from jdxmail.cli.exitcodes import RelayExit
+from jdxmail.diagnostics.relay_probe import (
+    ProbeOptions,
+    RelayTarget,
+    Stage,
+    TlsMode,
+    probe_relay,
+)
+from tests.conftest import WriteConfig, invoke
+from tests.diagnostics.conftest import (
+    GMAIL_APP_PASSWORD_REQUIRED,
+    GOOD_PASSWORD,
+    GOOD_USER,
+    OUTLOOK_SEND_AS,
+    SENDGRID_BAD_LOGIN,
+    SES_BAD_LOGIN,
+    ProviderSpec,
+    StartProvider,
+)
+
+
+def _ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+async def _relay(runner: CliRunner, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    code, out, err = await asyncio.to_thread(invoke, runner, "test-relay", *args, input=stdin)
+    return code, out + err
+
+
+async def test_gmail_like_relay_passes_every_stage(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A good login over STARTTLS shows every stage with ✓, the certificate, and sends."""
+    fake = await fake_provider()
+    code, out = await _relay(
+        runner,
+        "--provider",
+        "gmail",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        GOOD_USER,
+        "--password-stdin",
+        "--from",
+        GOOD_USER,
+        "--to",
+        "friend@example.net",
+        "--send",
+        "--timeout",
+        "5",
+        stdin=GOOD_PASSWORD + "\n",
+    )
+    assert code == RelayExit.OK, out
+    for stage in (
+        "DNS",
+        "TCP connect",
+        "banner",
+        "EHLO after TLS",
+        "AUTH",
+        "MAIL FROM",
+        "RCPT TO",
+        "DATA",
+        "QUIT",
+    ):
+        assert f"✓ {stage}" in out
+    assert "TLSv1." in out
+    assert "hostname matches" in out
+    assert "127.0.0.1" in out
+    assert "250 2.0.0 OK" in out
+    assert GOOD_PASSWORD not in out
+    assert len(fake.messages) == 1
+    assert fake.messages[0].rcpt_tos == ["friend@example.net"]
+
+
+async def test_gmail_wrong_password_names_app_password_c4(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """Gmail's 535 5.7.8 stops at AUTH (exit 16) with the app-password hint (JDX-C4)."""
+    fake = await fake_provider()
+    code, out = await _relay(
+        runner,
+        "--provider",
+        "gmail",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        GOOD_USER,
+        "--password-stdin",
+        stdin="my-google-password\n",
+    )
+    assert code == RelayExit.AUTH
+    assert "✗ AUTH" in out
+    assert "535 5.7.8" in out
+    assert "JDX-C4" in out
+    assert "apppasswords" in out
+    assert "my-google-password" not in out
+
+
+async def test_gmail_534_names_two_step_verification_c5(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """Gmail's 534 5.7.9 is explained as 2-Step Verification / app password (JDX-C5)."""
+    fake = await fake_provider(ProviderSpec(auth_failure=GMAIL_APP_PASSWORD_REQUIRED))
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        GOOD_USER,
+        "--password-stdin",
+        stdin="wrong\n",
+    )
+    assert code == RelayExit.AUTH
+    assert "JDX-C5" in out
+    assert "2-Step Verification" in out
+    assert "534 5.7.9" in out
+
+
+async def test_sendgrid_wrong_username_says_apikey_c6(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A SendGrid-like server refusing a login says the Username must be apikey (JDX-C6)."""
+    spec = ProviderSpec(
+        hostname="smtp.sendgrid.net",
+        ident="ESMTP service ready",
+        auth_failure=SENDGRID_BAD_LOGIN,
+        users={"apikey": "SG.key"},
+    )
+    fake = await fake_provider(spec)
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        "me@example.com",
+        "--password-stdin",
+        stdin="SG.key\n",
+    )
+    assert code == RelayExit.AUTH
+    assert "JDX-C6" in out
+    assert '"Username": "apikey"' in out
+
+
+async def test_ses_iam_keys_say_smtp_credentials_c6(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """An SES-like refusal of IAM access keys says to create SMTP credentials (JDX-C6)."""
+    spec = ProviderSpec(
+        hostname="email-smtp.eu-west-1.amazonaws.com",
+        ident="ESMTP SimpleEmailService-d-FAKE",
+        auth_failure=SES_BAD_LOGIN,
+    )
+    fake = await fake_provider(spec)
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        "AKIAABCDEFGHIJKLMNOP",
+        "--password-stdin",
+        stdin="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+    )
+    assert code == RelayExit.AUTH
+    assert "JDX-C6" in out
+    assert "IAM access key" in out
+    assert "SMTP credentials" in out
+
+
+async def test_sender_not_allowed_c7(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A MAIL FROM refused with 550 5.7.60 stops at MAIL FROM (exit 17) with JDX-C7."""
+    fake = await fake_provider(ProviderSpec(mail_reply=OUTLOOK_SEND_AS))
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        GOOD_USER,
+        "--password-stdin",
+        "--from",
+        "boss@other.example",
+        stdin=GOOD_PASSWORD + "\n",
+    )
+    assert code == RelayExit.MAIL
+    assert "✓ AUTH" in out
+    assert "✗ MAIL FROM" in out
+    assert "JDX-C7" in out
+    assert "relay account's own address" in out
+
+
+async def test_tls_listener_on_plain_port_c3(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """STARTTLS mode against a port that speaks TLS from the first byte says --tls implicit."""
+    fake = await fake_provider(ProviderSpec(tls="implicit"))
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--tls",
+        "starttls",
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--timeout",
+        "0.5",
+    )
+    assert code == RelayExit.BANNER
+    assert "JDX-C3" in out
+    assert "implicit TLS" in out
+    assert "--tls implicit" in out
+
+
+async def test_tls_listener_config_fix_names_usetls_c3(
+    fake_provider: StartProvider,
+    runner: CliRunner,
+    ca: trustme.CA,
+    tmp_path: Path,
+    write_config: WriteConfig,
+) -> None:
+    """From a config, the TLS-mode mismatch fix names the keys UseTls and Port 465."""
+    fake = await fake_provider(ProviderSpec(tls="implicit"))
+    relay = {"Host": "127.0.0.1", "Port": fake.port, "UseTls": True, "TimeOut": 1}
+    relay["CaFile"] = _ca_file(ca, tmp_path)
+    path = write_config(json.dumps({"RelayServer": relay}))
+    code, out = await _relay(runner, "--config", str(path), "--timeout", "0.5")
+    assert code == RelayExit.BANNER
+    assert '"UseTls": true (RelayServer.UseTls)' in out
+    assert '"Port": 465' in out
+
+
+async def test_implicit_tls_on_plain_port_c3(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """Implicit TLS against a plain SMTP port fails at TLS and says --tls starttls."""
+    fake = await fake_provider()
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--tls",
+        "implicit",
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--timeout",
+        "2",
+    )
+    assert code == RelayExit.TLS
+    assert "JDX-C3" in out
+    assert "speaks plain SMTP" in out
+    assert "--tls starttls" in out
+
+
+async def test_silent_server_times_out_at_banner_c2(
+    silent_listener: int, runner: CliRunner
+) -> None:
+    """A server that accepts and never greets fails at the banner stage with a timeout."""
+    code, out = await _relay(
+        runner, "--host", "127.0.0.1", "--port", str(silent_listener), "--timeout", "0.3"
+    )
+    assert code == RelayExit.BANNER
+    assert "no banner within 0.3 s" in out
+    assert "JDX-C2" in out
+
+
+async def test_refused_port_c2(refused_port: int, runner: CliRunner) -> None:
+    """A closed port fails at TCP connect (exit 11) and says the connection was refused."""
+    code, out = await _relay(runner, "--host", "127.0.0.1", "--port", str(refused_port))
+    assert code == RelayExit.CONNECT
+    assert "connection refused" in out
+    assert "✓ DNS" in out
+    assert "✗ TCP connect" in out
+
+
+async def test_unresolvable_host_c2(runner: CliRunner) -> None:
+    """A host that does not resolve fails at DNS (exit 10) and names the host."""
+    code, out = await _relay(runner, "--host", "smtp.example.invalid", "--port", "587")
+    assert code == RelayExit.DNS
+    assert "smtp.example.invalid does not resolve" in out
+    assert "JDX-C2" in out
+
+
+async def test_host_typo_suggests_known_provider_c1(refused_port: int) -> None:
+    """A refused connection to smtp.gmial.com suggests smtp.gmail.com (JDX-C1)."""
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    target = RelayTarget(
+        "smtp.gmial.com", refused_port, TlsMode.STARTTLS, key=("RelayServer",), timeout=2
+    )
+    report = await probe_relay(target, resolver=resolver)
+    assert report.failed is Stage.CONNECT
+    typo = [f for f in report.findings if f.row == "C1"]
+    assert typo
+    assert "smtp.gmail.com" in typo[0].fix
+    assert '"Host": "smtp.gmail.com" (RelayServer.Host)' in typo[0].fix
+
+
+async def test_untrusted_certificate_fails_tls(
+    fake_provider: StartProvider, runner: CliRunner
+) -> None:
+    """Without --ca the test CA is not trusted: TLS fails (exit 14) and names CaFile."""
+    fake = await fake_provider()
+    code, out = await _relay(runner, "--host", "127.0.0.1", "--port", str(fake.port))
+    assert code == RelayExit.TLS
+    assert "not trusted" in out
+    assert "--ca" in out
+
+
+async def test_slow_banner_warns_with_latency_e2() -> None:
+    """A server that greets late gets a latency warning naming the stage (JDX-E2)."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.3)  # the cause under test: a slow relay
+        writer.write(b"220 slow.example ESMTP\r\n")
+        while line := await reader.readline():
+            writer.write(b"221 bye\r\n" if line.startswith(b"QUIT") else b"250 slow.example\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        target = RelayTarget("127.0.0.1", port, TlsMode.NONE, timeout=5)
+        report = await probe_relay(target, ProbeOptions(slow_ms=100))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert report.ok
+    slow_findings = [f for f in report.findings if f.row == "E2"]
+    assert slow_findings
+    assert slow_findings[0].message.startswith("banner took")
+    assert all(s.elapsed_ms is not None for s in report.stages if s.ok)
+
+
+async def test_config_relay_json_has_stages_and_no_secret(
+    fake_provider: StartProvider,
+    runner: CliRunner,
+    ca: trustme.CA,
+    tmp_path: Path,
+    write_config: WriteConfig,
+) -> None:
+    """A relay from the config passes; --json lists the stages and never the password."""
+    fake = await fake_provider()
+    relay = {"Name": "fake-gmail", "Host": "127.0.0.1", "Port": fake.port}
+    relay |= {"Username": GOOD_USER, "Password": GOOD_PASSWORD, "CaFile": _ca_file(ca, tmp_path)}
+    path = write_config(json.dumps({"RelayServers": [relay]}))
+    code, out = await _relay(runner, "--config", str(path), "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    relay = data["relays"][0]
+    assert relay["relay"] == "fake-gmail"
+    assert relay["ok"] is True
+    assert [s["stage"] for s in relay["stages"]][:3] == ["DNS", "TCP connect", "banner"]
+    tls = next(s for s in relay["stages"] if s["stage"] == "TLS")
+    assert tls["facts"]["chain_verified"] is True
+    assert "127.0.0.1" in tls["facts"]["sans"]
+    assert GOOD_PASSWORD not in out
+    assert fake.logins == [GOOD_USER]
+
+
+async def test_password_prompt_needed_without_terminal(runner: CliRunner) -> None:
+    """--user without --password-stdin and no terminal is a usage error, not a traceback."""
+    code, out = await _relay(runner, "--host", "127.0.0.1", "--user", "someone")
+    assert code == 2
+    assert "no password given" in out
+
+
+def test_exit_code_table_is_stable() -> None:
+    """The documented exit codes (docs/test-relay.md) keep their numbers."""
+    assert {e.name: int(e) for e in RelayExit} == {
+        "OK": 0,
+        "USAGE": 2,
+        "DNS": 10,
+        "CONNECT": 11,
+        "BANNER": 12,
+        "EHLO": 13,
+        "TLS": 14,
+        "EHLO_TLS": 15,
+        "AUTH": 16,
+        "MAIL": 17,
+        "RCPT": 18,
+        "DATA": 19,
+    }
