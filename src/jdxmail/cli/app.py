@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from jdxmail import __version__
-from jdxmail.cli import config_cmd, diag_cmds, password_cmd, user_cmd
+from jdxmail.cli import config_cmd, diag_cmds, password_cmd, serve_cmd, user_cmd
 
 __all__ = ["app"]
 
@@ -43,6 +43,7 @@ def _root(
     """jdxmail: a local SMTP relay and SMTP diagnostics toolkit."""
 
 
+app.command("serve")(serve_cmd.serve)
 app.command("validate-config")(config_cmd.validate_config)
 app.command("hash-password")(password_cmd.hash_password)
 app.add_typer(user_cmd.app, name="user")

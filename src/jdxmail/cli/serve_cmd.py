@@ -1,0 +1,154 @@
+"""``jdxmail serve``: run the SMTP server until SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from jdxmail.cli.common import ConfigOption, load_or_exit
+from jdxmail.cli.exitcodes import ExitCode
+from jdxmail.cli.render import fail
+
+if TYPE_CHECKING:
+    from jdxmail.server.app import SmtpServerApp
+    from jdxmail.settings.model import Settings
+
+__all__ = ["serve"]
+
+
+def _check_bind(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value in ("*", ""):
+        return "0.0.0.0"
+    if value.lower() == "localhost":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        fail(
+            f"--bind {value!r} is not an IP address",
+            "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or an address "
+            "of this machine",
+            ExitCode.USAGE,
+        )
+    return value
+
+
+def serve(
+    config: ConfigOption = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            "-p",
+            min=0,
+            max=65535,
+            help="Listen on this port instead of SmtpServer.Port (0: any free port).",
+            show_default=False,
+        ),
+    ] = None,
+    bind: Annotated[
+        str | None,
+        typer.Option(
+            "--bind",
+            help="Listen on this address instead of SmtpServer.BindAddress.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_port: Annotated[
+        int | None,
+        typer.Option(
+            "--tls-port",
+            min=0,
+            max=65535,
+            help="Implicit-TLS port instead of SmtpServer.Tls.ImplicitTlsPort (0: any).",
+            show_default=False,
+        ),
+    ] = None,
+    self_signed: Annotated[
+        bool,
+        typer.Option(
+            "--self-signed",
+            help="Without SmtpServer.Tls, make (once) and use a self-signed dev certificate "
+            "for STARTTLS.",
+        ),
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace", min=0, help="Seconds in-flight mail may take to finish on shutdown."
+        ),
+    ] = 10.0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log every SMTP command (DEBUG).")
+    ] = False,
+) -> None:
+    """Run the SMTP server: accept mail, store it durably, deliver or relay it.
+
+    With no config file this is a dev inbox on 127.0.0.1:2525 that stores every
+    message under data/smtp/mailbox/. Stops cleanly on SIGTERM or Ctrl-C; SIGHUP
+    reloads users and policy.
+    """
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from jdxmail.logs import LogSetupError, configure_logging  # noqa: PLC0415
+    from jdxmail.server.app import SmtpServerApp  # noqa: PLC0415
+    from jdxmail.settings.files import load_settings  # noqa: PLC0415
+
+    bind_address = _check_bind(bind)
+    loaded = load_or_exit(config)
+    settings = loaded.settings
+    if not settings.smtp_server.enabled:
+        line = loaded.source.line_of(("SmtpServer", "Enabled"))
+        where = f"{loaded.source.name}" + (f", line {line}" if line else "")
+        fail(
+            f"the SMTP server is disabled: SmtpServer.Enabled is false ({where}) [JDX-A3]",
+            'set "Enabled": true under "SmtpServer" in that file',
+            ExitCode.FAILED,
+        )
+    try:
+        log_file = configure_logging(
+            settings.paths.logs, level=logging.DEBUG if verbose else logging.INFO
+        )
+    except LogSetupError as exc:
+        fail(str(exc), "make the folder writable or set Paths.Logs", ExitCode.FAILED)
+
+    def reload() -> Settings:
+        return load_settings(config).settings
+
+    app = SmtpServerApp(
+        settings,
+        bind_address=bind_address,
+        port=port,
+        implicit_tls_port=tls_port if tls_port is not None else -1,
+        self_signed=self_signed,
+        reload_settings=reload,
+        grace=grace,
+    )
+    code = asyncio.run(_run(app, loaded.source.name, log_file, settings.paths.mailbox))
+    raise typer.Exit(int(code))
+
+
+async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: Path) -> ExitCode:
+    from jdxmail.server.errors import ServerError  # noqa: PLC0415
+
+    try:
+        addresses = await app.start()
+    except ServerError as exc:
+        row = f" [JDX-{exc.row}]" if exc.row else ""
+        fail(f"{exc}{row}", exc.fix, ExitCode.FAILED)
+    for address in addresses:
+        sys.stdout.write(f"jdxmail serve: listening on {address}\n")
+    sys.stdout.write(
+        f"jdxmail serve: config {source}; mailboxes in {mailbox}; "
+        f"log {log_file if log_file else '(console only)'}\n"
+    )
+    sys.stdout.flush()
+    await app.serve()
+    return ExitCode.OK

@@ -1,0 +1,157 @@
+"""Log lines for people and for grep: console plus a daily log file.
+
+Every line has the time, the level, a category and the session id::
+
+    2026-11-30 05:12:01.442 INFO  SMTP  [3f9a1c2e] 127.0.0.1:51234 connected
+
+The category is the last part of the logger name: ``jdxmail.smtp`` → ``SMTP``,
+``jdxmail.auth`` → ``Auth``, ``jdxmail.queue`` → ``Queue``, ``jdxmail.relay`` →
+``Relay``, so ``grep SMTP``, ``grep ERROR`` and ``grep Relay`` work as the guide shows.
+The file is ``<Paths.Logs>/jdxmail.log``; at midnight it is renamed to
+``jdxmail-YYYYMMDD.log`` and a new one starts.
+
+Messages pass through a masking filter: an ``AUTH <mechanism> <data>`` line and any
+value registered with :func:`register_secret` never reach a handler in clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+__all__ = [
+    "LOG_FILE_NAME",
+    "CategoryFormatter",
+    "DailyFileHandler",
+    "LogSetupError",
+    "MaskingFilter",
+    "category_of",
+    "configure_logging",
+    "register_secret",
+]
+
+LOG_FILE_NAME = "jdxmail.log"
+_CATEGORIES = {"smtp": "SMTP", "auth": "Auth", "queue": "Queue", "relay": "Relay"}
+_AUTH_LINE = re.compile(r"(?i)\b(AUTH\s+(?:PLAIN|LOGIN|CRAM-MD5|XOAUTH2)\s+)\S+")
+_MASK = "********"
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+class LogSetupError(OSError):
+    """The log folder or file cannot be created or opened."""
+
+
+def category_of(logger_name: str) -> str:
+    """The category shown for *logger_name*: SMTP, Auth, Queue, Relay, or its last part."""
+    last = logger_name.rsplit(".", 1)[-1]
+    return _CATEGORIES.get(last.lower(), last.capitalize() if last != "root" else "App")
+
+
+def register_secret(value: str) -> None:
+    """Never let *value* (a password, hash or relay secret) appear in a log line."""
+    if len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def _mask(text: str) -> str:
+    text = _AUTH_LINE.sub(lambda m: m.group(1) + _MASK, text)
+    with _secrets_lock:
+        found = [s for s in _secrets if s in text]
+    for secret in found:
+        text = text.replace(secret, _MASK)
+    return text
+
+
+class MaskingFilter(logging.Filter):
+    """Replace AUTH payloads and registered secrets in the message by ``********``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+class CategoryFormatter(logging.Formatter):
+    """``time level category [session] message``; ``-`` when there is no session."""
+
+    def __init__(self) -> None:
+        super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = f"{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d}"
+        session = getattr(record, "session", None) or "-"
+        line = (
+            f"{when} {record.levelname:<5} {category_of(record.name):<5} "
+            f"[{session}] {record.getMessage()}"
+        )
+        if record.exc_info:
+            # One line per record keeps grep useful: the error type and text, no traceback.
+            exc = record.exc_info[1]
+            line += f" ({type(exc).__name__}: {exc})"
+        return line
+
+
+class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
+    """``jdxmail.log``, renamed to ``jdxmail-YYYYMMDD.log`` at midnight (local time)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, when="midnight", encoding="utf-8", delay=False)
+        self.suffix = "%Y%m%d"
+        self.namer = self._name
+
+    @staticmethod
+    def _name(default: str) -> str:
+        # default is "<dir>/jdxmail.log.YYYYMMDD"
+        base, _, day = default.rpartition(".")
+        stem = Path(base)
+        return str(stem.with_name(f"{stem.stem}-{day}{stem.suffix}"))
+
+
+def configure_logging(
+    logs_dir: Path | None,
+    *,
+    level: int = logging.INFO,
+    console: TextIO | None = sys.stderr,
+) -> Path | None:
+    """Send jdxmail's log records to the console and to ``logs_dir/jdxmail.log``.
+
+    Replaces handlers installed by an earlier call. Returns the log file path (None
+    when *logs_dir* is None). Raises LogSetupError when the folder cannot be made.
+    """
+    root = logging.getLogger("jdxmail")
+    for handler in list(root.handlers):
+        if getattr(handler, "_jdxmail", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    root.propagate = False
+    formatter = CategoryFormatter()
+    masking = MaskingFilter()
+    handlers: list[logging.Handler] = []
+    if console is not None:
+        handlers.append(logging.StreamHandler(console))
+    path: Path | None = None
+    if logs_dir is not None:
+        path = logs_dir / LOG_FILE_NAME
+        try:
+            logs_dir.mkdir(parents=True, exist_ok=True)
+            handlers.append(DailyFileHandler(path))
+        except OSError as exc:
+            raise LogSetupError(
+                f"cannot write the log file {path}: {exc.strerror or exc}"
+            ) from None
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(masking)
+        handler._jdxmail = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    return path

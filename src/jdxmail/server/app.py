@@ -1,0 +1,347 @@
+"""The server's lifecycle: ``start()`` binds, ``serve()`` runs until a signal, ``stop()``.
+
+Order of things: the spool opens, the extra components start (the delivery engine),
+then the listeners bind. Stopping runs backwards: listeners close, idle clients get
+``421`` and in-flight transactions may finish within the grace period, components
+stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users and policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from jdxmail.logs import register_secret
+from jdxmail.queue.spool import Spool, SpoolError
+from jdxmail.server.errors import ServerDisabledError, StorageError, bind_error
+from jdxmail.server.policy import AuthThrottle, Policy
+from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
+from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
+from jdxmail.settings.model import Settings
+
+__all__ = ["BoundAddress", "Component", "SmtpServerApp"]
+
+logger = logging.getLogger("jdxmail.smtp")
+
+_UNSET: int = -1
+
+
+class Component(Protocol):
+    """Something that runs alongside the listeners (the delivery engine)."""
+
+    async def start(self) -> None:
+        """Start; raise a ServerError to abort the server's start."""
+        ...
+
+    async def stop(self, grace: float) -> None:
+        """Stop, finishing current work within *grace* seconds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAddress:
+    """A listening socket: its address, port, and whether it is implicit TLS."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+
+    def __str__(self) -> str:
+        scheme = "smtps" if self.implicit_tls else "smtp"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+class SmtpServerApp:
+    """The SMTP server: listeners, sessions, the spool and the components around them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bind_address: str | None = None,
+        port: int | None = None,
+        implicit_tls_port: int | None = _UNSET,
+        self_signed: bool = False,
+        store: MessageStore | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+        auth_failure_delay: float = 1.0,
+        grace: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        server = settings.smtp_server
+        self.bind_address = bind_address or server.bind_address
+        self.port = server.port if port is None else port
+        self.implicit_tls_port = (
+            server.tls.implicit_tls_port if implicit_tls_port == _UNSET else implicit_tls_port
+        )
+        self.self_signed = self_signed
+        self.auth_failure_delay = auth_failure_delay
+        self.grace = grace
+        self._own_spool: Spool | None = None
+        if store is None:
+            self._own_spool = Spool(settings.paths.spool, settings.paths.mailbox)
+            store = self._own_spool
+        self.store: MessageStore = store
+        self._reload_settings = reload_settings
+        self.tls_context: ssl.SSLContext | None = None
+        self.throttle = AuthThrottle(server.auth_failure_limit, server.auth_failure_window)
+        self.runtime = self._runtime(settings)
+        self.components: list[Component] = []
+        self.addresses: list[BoundAddress] = []
+        self._servers: list[asyncio.Server] = []
+        self._sessions: set[SmtpSession] = set()
+        self._started_components: list[Component] = []
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._stopped = False
+
+    # -- what sessions ask -------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() has begun."""
+        return self._stopping
+
+    def session_opened(self, session: SmtpSession) -> bool:
+        """Admit *session* unless MaxConnections sessions are open already."""
+        if self._stopping or len(self._sessions) >= self.runtime.server.max_connections:
+            return False
+        self._sessions.add(session)
+        return True
+
+    def session_closed(self, session: SmtpSession) -> None:
+        """Forget *session*."""
+        self._sessions.discard(session)
+
+    @property
+    def session_count(self) -> int:
+        """Open client sessions."""
+        return len(self._sessions)
+
+    # -- settings --------------------------------------------------------------------
+
+    def _runtime(self, settings: Settings) -> Runtime:
+        server = settings.smtp_server
+        for user in server.users:
+            register_secret(user.password.get_secret_value())
+        for relay in settings.relays:
+            if relay.password is not None:
+                register_secret(relay.password.get_secret_value())
+        tls_available = self.tls_context is not None or server.tls.configured or self.self_signed
+        policy = Policy(
+            server, relays_configured=bool(settings.relays), tls_available=tls_available
+        )
+        return Runtime(server=server, host_name=server.effective_host_name, policy=policy)
+
+    def _default_components(self) -> list[Component]:
+        """Components started with every server besides those added with add_component.
+
+        The delivery engine (issue 4) is created and returned here.
+        """
+        return []
+
+    def add_component(self, component: Component) -> None:
+        """Run *component* with the server: started before the listeners, stopped after."""
+        self.components.append(component)
+
+    def _make_tls_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.smtp_server.tls
+        if tls.cert_file is not None and tls.key_file is not None:
+            if self.self_signed:
+                logger.info("--self-signed ignored: SmtpServer.Tls names a certificate")
+            return server_context(tls.cert_file, tls.key_file)
+        if tls.cert_file is not None or tls.key_file is not None:
+            raise TlsSetupError(
+                "SmtpServer.Tls needs both CertFile and KeyFile",
+                "set both keys, or remove both (and use --self-signed for a dev certificate)",
+            )
+        if self.self_signed:
+            directory = self.settings.paths.spool.parent / "tls"
+            cert, key = ensure_self_signed(directory, self.runtime.host_name)
+            logger.info("using the self-signed dev certificate %s", cert)
+            return server_context(cert, key)
+        return None
+
+    def reload(self) -> bool:
+        """Read the settings again and apply users and policy to new commands (SIGHUP).
+
+        Open connections stay; a bad config is logged and the current settings kept.
+        """
+        if self._reload_settings is None:
+            logger.warning("reload requested, but this server has no config to reload")
+            return False
+        try:
+            settings = self._reload_settings()
+        except Exception as exc:  # any failure keeps the running settings
+            logger.error("reload failed, keeping the current settings: %s", exc)
+            return False
+        old = self.settings.smtp_server
+        new = settings.smtp_server
+        self.settings = settings
+        self.runtime = self._runtime(settings)
+        self.throttle.configure(new.auth_failure_limit, new.auth_failure_window)
+        restart_keys = [
+            key
+            for key, before, after in (
+                ("BindAddress", old.bind_address, new.bind_address),
+                ("Port", old.port, new.port),
+                ("Tls", old.tls, new.tls),
+                ("Enabled", old.enabled, new.enabled),
+            )
+            if before != after
+        ]
+        if restart_keys:
+            logger.warning(
+                "changes to SmtpServer.%s take effect after a restart",
+                ", SmtpServer.".join(restart_keys),
+            )
+        logger.info(
+            "settings reloaded: %d users, %d trusted networks, local domains %s",
+            len(new.users),
+            len(new.trusted_networks),
+            ", ".join(self.runtime.policy.local_domains),
+        )
+        return True
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> list[BoundAddress]:
+        """Open the spool, start components, bind the listeners; return their addresses.
+
+        Raises ServerDisabledError, TlsSetupError, StorageError or BindError (each
+        with ``fix``); nothing is left running when it raises.
+        """
+        if not self.settings.smtp_server.enabled:
+            raise ServerDisabledError(
+                "the SMTP server is disabled (SmtpServer.Enabled is false)",
+                'set "Enabled": true under SmtpServer',
+                row="A3",
+            )
+        self.tls_context = self._make_tls_context()
+        self.runtime = self._runtime(self.settings)
+        if self.implicit_tls_port is not None and self.tls_context is None:
+            raise TlsSetupError(
+                "SmtpServer.Tls.ImplicitTlsPort needs a certificate",
+                "set SmtpServer.Tls.CertFile and KeyFile, or run `jdxmail serve --self-signed`",
+            )
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown(0.0)
+            raise
+        for address in self.addresses:
+            logger.info("listening on %s", address)
+        return list(self.addresses)
+
+    async def _start(self) -> None:
+        if self._own_spool is not None:
+            try:
+                await self._own_spool.open()
+            except SpoolError as exc:
+                raise StorageError(
+                    str(exc),
+                    f"make {self.settings.paths.spool} writable for this user, or set "
+                    "Paths.Spool to a folder it may write",
+                ) from None
+        for component in [*self._default_components(), *self.components]:
+            await component.start()
+            self._started_components.append(component)
+        loop = asyncio.get_running_loop()
+        await self._listen(loop, self.port, None, "SmtpServer.Port")
+        if self.implicit_tls_port is not None:
+            await self._listen(
+                loop, self.implicit_tls_port, self.tls_context, "SmtpServer.Tls.ImplicitTlsPort"
+            )
+
+    async def _listen(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        port: int,
+        context: ssl.SSLContext | None,
+        key: str,
+    ) -> None:
+        implicit = context is not None
+        try:
+            server = await loop.create_server(
+                lambda: SmtpSession(self, implicit_tls=implicit),
+                self.bind_address,
+                port,
+                ssl=context,
+                ssl_handshake_timeout=float(self.settings.smtp_server.time_out)
+                if implicit
+                else None,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise bind_error(exc, self.bind_address, port, key) from None
+        self._servers.append(server)
+        for sock in server.sockets:
+            host, bound_port = sock.getsockname()[:2]
+            self.addresses.append(BoundAddress(str(host), int(bound_port), implicit))
+
+    def request_stop(self) -> None:
+        """Ask serve() to stop the server (safe to call from a signal handler)."""
+        self._stop_requested.set()
+
+    async def serve(self) -> None:
+        """Run until request_stop(), SIGTERM or SIGINT, then stop; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig, action in (
+                (signal.SIGTERM, self.request_stop),
+                (signal.SIGINT, self.request_stop),
+                (signal.SIGHUP, self.reload),
+            ):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, action)
+                    installed.append(sig)
+        try:
+            await self._stop_requested.wait()
+            logger.info("stopping: no new connections; in-flight mail may finish")
+            await self.stop(self.grace)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let transactions finish within *grace* seconds, close all."""
+        await self._shutdown(grace)
+
+    async def _shutdown(self, grace: float) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping = True
+        for server in self._servers:
+            server.close()
+        for session in list(self._sessions):
+            session.wake()
+        tasks = [s.task for s in self._sessions if s.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                logger.warning(
+                    "%d sessions still busy after %.0fs, closing them", len(pending), grace
+                )
+                for session in list(self._sessions):
+                    session.abort()
+                await asyncio.wait(pending, timeout=5)
+        for component in reversed(self._started_components):
+            try:
+                await component.stop(grace)
+            except Exception:
+                logger.exception("a component failed to stop")
+        self._started_components.clear()
+        if self._own_spool is not None:
+            await self._own_spool.close()
+        self._servers.clear()
+        logger.info("stopped")

@@ -1,0 +1,955 @@
+"""One SMTP session: the ESMTP protocol with one client, from banner to QUIT.
+
+This is an :class:`asyncio.Protocol` of our own rather than aiosmtpd's ``SMTP``
+class: jdxmail needs enhanced status codes on every reply, DATA read in large chunks
+with the size limit enforced while streaming, its own decision about AUTH on the
+implicit-TLS listener, bare CR/LF handling before anything is stored, and STARTTLS
+without reaching into aiosmtpd's private SSL plumbing. The wire behaviour follows
+aiosmtpd ≥ 1.4.6 where it is right (only ``CRLF.CRLF`` ends DATA, the input buffer
+is dropped after STARTTLS, the session is reset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import logging
+import re
+import secrets
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from jdxmail import replies
+from jdxmail.queue.spool import AcceptedMessage, SpoolError
+from jdxmail.replies import Reply
+from jdxmail.server.auth import SaslError, check_password, decode_response, parse_plain
+from jdxmail.server.policy import AuthThrottle, Policy, Route
+
+if TYPE_CHECKING:
+    from jdxmail.settings.model import SmtpServerSettings
+
+__all__ = ["MessageStore", "Runtime", "SessionHost", "SmtpSession"]
+
+logger = logging.getLogger("jdxmail.smtp")
+auth_logger = logging.getLogger("jdxmail.auth")
+
+COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
+AUTH_LINE_LIMIT = 12288  # RFC 4954 4
+TEXT_LINE_LIMIT = 1000  # RFC 5321 4.5.3.1.6, including CRLF (plus one for a stuffed dot)
+BAD_COMMAND_LIMIT = 10
+_READ_HIGH_WATER = 256 * 1024
+_END_OF_DATA = b"\r\n.\r\n"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_VERB = re.compile(r"[A-Za-z]{1,16}")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+_DOMAIN = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
+)
+_PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_PRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
+class MessageStore(Protocol):
+    """Durable storage for accepted messages (the spool)."""
+
+    async def store(self, message: AcceptedMessage) -> str:
+        """Store *message* on stable storage and return its queue id; raise SpoolError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What sessions read from the current settings; replaced as a whole on reload."""
+
+    server: SmtpServerSettings
+    host_name: str
+    policy: Policy
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server that runs it."""
+
+    runtime: Runtime
+    throttle: AuthThrottle
+    store: MessageStore
+    tls_context: ssl.SSLContext | None
+    auth_failure_delay: float
+
+    @property
+    def stopping(self) -> bool:
+        """True once the server is shutting down."""
+        ...
+
+    def session_opened(self, session: SmtpSession) -> bool:
+        """Register *session*; False when the server is full (MaxConnections)."""
+        ...
+
+    def session_closed(self, session: SmtpSession) -> None:
+        """Forget *session*."""
+        ...
+
+
+class _Closed(Exception):
+    """The client went away."""
+
+
+class _TooLong(Exception):
+    """A line was longer than allowed; it has been read and dropped."""
+
+
+class _Phase(enum.Enum):
+    IDLE = "idle"
+    READING = "reading"  # waiting for a command
+    BUSY = "busy"  # handling a command, reading DATA, storing
+
+
+@dataclass
+class _Transaction:
+    mail_from: str
+    smtputf8: bool
+    options: tuple[str, ...]
+    local: list[str] = field(default_factory=list)
+    relay: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.local) + len(self.relay)
+
+
+class _SyntaxProblem(ValueError):
+    """A MAIL/RCPT argument is malformed; carries the reply to send."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+class SmtpSession(asyncio.Protocol):
+    """The server side of one SMTP connection."""
+
+    def __init__(self, host: SessionHost, *, implicit_tls: bool = False) -> None:
+        self.host = host
+        self.id = secrets.token_hex(4)
+        self.implicit_tls = implicit_tls
+        self.tls_active = implicit_tls
+        self.client_ip = "?"
+        self.client_port = 0
+        self.helo: str | None = None
+        self.esmtp = False
+        self.auth_user: str | None = None
+        self.transaction: _Transaction | None = None
+        self.phase = _Phase.IDLE
+        self.task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._data_ready = asyncio.Event()
+        self._closed = False
+        self._paused = False
+        self._messages = 0
+        self._log = logging.LoggerAdapter(logger, {"session": self.id})
+        self._auth_log = logging.LoggerAdapter(auth_logger, {"session": self.id})
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the session task for a new connection."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        """Buffer client input; stop reading while the buffer is full (bounded memory)."""
+        self._buffer += data
+        self._data_ready.set()
+        if len(self._buffer) > _READ_HIGH_WATER and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client closed its side: end the session."""
+        self._closed = True
+        self._data_ready.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: wake the session task so it ends."""
+        self._closed = True
+        self._data_ready.set()
+
+    # -- I/O ------------------------------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between MAIL and the reply to DATA (or RSET)."""
+        return self.transaction is not None or self.phase is _Phase.BUSY
+
+    def send(self, reply: Reply) -> None:
+        """Write one reply."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(reply.encode())
+
+    def _send_raw(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        """Close the connection (buffered replies are sent first)."""
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+        self._data_ready.set()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        self._data_ready.set()
+
+    def wake(self) -> None:
+        """Interrupt a wait for the next command (used on shutdown)."""
+        self._data_ready.set()
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        if self._paused and len(self._buffer) < _READ_HIGH_WATER // 2 and self._transport:
+            self._paused = False
+            self._transport.resume_reading()
+        return out
+
+    async def _fill(self) -> None:
+        """Wait for more input; raise _Closed on EOF and TimeoutError when idle too long."""
+        if self._closed:
+            raise _Closed
+        if self.host.stopping and self.phase is _Phase.READING and self.transaction is None:
+            raise _Closed
+        self._data_ready.clear()
+        async with asyncio.timeout(self.host.runtime.server.time_out):
+            await self._data_ready.wait()
+        if self._closed and not self._buffer:
+            raise _Closed
+
+    async def _read_line(self, limit: int) -> bytes:
+        """One line up to and including LF; raise _TooLong after dropping a longer one."""
+        scanned = 0
+        while True:
+            index = self._buffer.find(b"\n", scanned)
+            if index >= 0:
+                if index + 1 > limit:
+                    self._take(index + 1)
+                    raise _TooLong
+                return self._take(index + 1)
+            scanned = len(self._buffer)
+            if scanned > limit:
+                # Drop what we have and keep reading until the end of this line.
+                self._take(scanned)
+                while True:
+                    await self._fill()
+                    index = self._buffer.find(b"\n")
+                    if index >= 0:
+                        self._take(index + 1)
+                        raise _TooLong
+                    self._take(len(self._buffer))
+            await self._fill()
+
+    # -- the session ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        runtime = self.host.runtime
+        if not self.host.session_opened(self):
+            self._log.warning(
+                "%s refused: MaxConnections (%d) reached",
+                self.client_ip,
+                runtime.server.max_connections,
+            )
+            self.send(replies.TOO_MANY_CONNECTIONS.format(host=runtime.host_name))
+            self.close()
+            return
+        self._log.info(
+            "%s:%d connected%s",
+            self.client_ip,
+            self.client_port,
+            " (TLS)" if self.tls_active else "",
+        )
+        try:
+            self.send(replies.BANNER.format(host=runtime.host_name))
+            await self._command_loop()
+        except _Closed:
+            pass
+        except TimeoutError:
+            self._log.info(
+                "%s idle for %ds, closing", self.client_ip, self.host.runtime.server.time_out
+            )
+            self.send(replies.TIMEOUT.format(host=self.host.runtime.host_name))
+        except Exception:
+            self._log.exception("session failed")
+        finally:
+            self.close()
+            self.host.session_closed(self)
+            self._log.info("%s disconnected", self.client_ip)
+
+    async def _command_loop(self) -> None:
+        bad_commands = 0
+        while not self._closed:
+            if self.host.stopping and self.transaction is None:
+                self.send(replies.SHUTTING_DOWN.format(host=self.host.runtime.host_name))
+                return
+            self.phase = _Phase.READING
+            try:
+                raw = await self._read_line(COMMAND_LIMIT)
+            except _TooLong:
+                raw = None
+            except _Closed:
+                if self.host.stopping and not self._closed:
+                    self.send(replies.SHUTTING_DOWN.format(host=self.host.runtime.host_name))
+                raise
+            self.phase = _Phase.BUSY
+            reply = self._decode_command(raw)
+            if isinstance(reply, Reply):
+                bad_commands += 1
+                self.send(reply)
+            else:
+                verb, arg = reply
+                handler = getattr(self, f"_cmd_{verb}", None)
+                if handler is None:
+                    bad_commands += 1
+                    self._log.debug("unknown command %r", verb[:16])
+                    self.send(replies.UNKNOWN_COMMAND)
+                else:
+                    self._log.debug(">> %s", verb if verb == "AUTH" else f"{verb} {arg}".strip())
+                    await handler(arg)
+            if bad_commands >= BAD_COMMAND_LIMIT:
+                self._log.warning("%s sent too many bad commands, closing", self.client_ip)
+                self.send(replies.TOO_MANY_ERRORS.format(host=self.host.runtime.host_name))
+                return
+
+    def _decode_command(self, raw: bytes | None) -> Reply | tuple[str, str]:
+        if raw is None:
+            return replies.LINE_TOO_LONG
+        line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        if b"\r" in line:
+            return replies.BARE_LINE_ENDING_COMMAND
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return replies.NOT_UTF8
+        verb, _, arg = text.strip(" \t").partition(" ")
+        if not _VERB.fullmatch(verb):
+            return replies.UNKNOWN_COMMAND
+        return verb.upper(), arg.strip(" \t")
+
+    def _reset_transaction(self) -> None:
+        self.transaction = None
+
+    # -- simple commands -------------------------------------------------------------
+
+    async def _cmd_EHLO(self, arg: str) -> None:
+        await self._greet(arg, esmtp=True)
+
+    async def _cmd_HELO(self, arg: str) -> None:
+        await self._greet(arg, esmtp=False)
+
+    async def _greet(self, arg: str, *, esmtp: bool) -> None:
+        runtime = self.host.runtime
+        name = arg.split(" ", 1)[0]
+        if not name:
+            self.send(replies.SYNTAX_HELO.format(verb="EHLO" if esmtp else "HELO"))
+            return
+        self._reset_transaction()
+        self.helo, self.esmtp = name, esmtp
+        if not esmtp:
+            self.send(replies.HELO_OK.format(host=runtime.host_name))
+            return
+        keywords: list[str] = []
+        availability = runtime.policy.auth_availability(
+            client_ip=self.client_ip, tls_active=self.tls_active
+        )
+        if availability.offered and self.auth_user is None:
+            keywords.append("AUTH PLAIN LOGIN")
+        keywords += [
+            f"SIZE {runtime.server.max_message_size}",
+            "8BITMIME",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.host.tls_context is not None and not self.tls_active:
+            keywords.append("STARTTLS")
+        keywords.append("SMTPUTF8")
+        self._send_raw(replies.ehlo_reply(runtime.host_name, keywords))
+
+    async def _cmd_NOOP(self, arg: str) -> None:
+        self.send(replies.OK)
+
+    async def _cmd_RSET(self, arg: str) -> None:
+        if arg:
+            self.send(replies.SYNTAX_NO_ARGUMENT.format(verb="RSET"))
+            return
+        self._reset_transaction()
+        self.send(replies.RESET_OK)
+
+    async def _cmd_QUIT(self, arg: str) -> None:
+        self.send(replies.BYE)
+        self.close()
+
+    async def _cmd_VRFY(self, arg: str) -> None:
+        if not arg:
+            self.send(replies.SYNTAX_NO_ARGUMENT.format(verb="VRFY"))
+            return
+        self.send(replies.VRFY_CANNOT)
+
+    async def _cmd_HELP(self, arg: str) -> None:
+        self.send(replies.HELP)
+
+    async def _cmd_EXPN(self, arg: str) -> None:
+        self.send(replies.NOT_IMPLEMENTED)
+
+    _cmd_TURN = _cmd_EXPN
+    _cmd_ETRN = _cmd_EXPN
+    _cmd_BDAT = _cmd_EXPN
+
+    # -- STARTTLS (RFC 3207) ---------------------------------------------------------
+
+    async def _cmd_STARTTLS(self, arg: str) -> None:
+        context = self.host.tls_context
+        if arg:
+            self.send(replies.SYNTAX_NO_ARGUMENT.format(verb="STARTTLS"))
+            return
+        if self.tls_active:
+            self.send(replies.TLS_ALREADY)
+            return
+        if context is None:
+            self.send(replies.TLS_NOT_AVAILABLE)
+            return
+        transport = self._transport
+        assert transport is not None
+        self.send(replies.TLS_READY)
+        # RFC 3207 §4.2 / CVE-2021-33515 class: anything the client pipelined after
+        # STARTTLS arrived in plaintext and must not be read as if it were encrypted.
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._paused = False  # start_tls resumes reading on the raw transport itself
+        if dropped:
+            self._log.warning("dropped %d bytes sent after STARTTLS before the handshake", dropped)
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=float(self.host.runtime.server.time_out),
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self._log.info("TLS handshake with %s failed: %s", self.client_ip, exc)
+            self.abort()
+            raise _Closed from None
+        if new_transport is None:
+            raise _Closed
+        self._transport = new_transport
+        self.tls_active = True
+        # RFC 3207 §4.2: forget everything learned before TLS, including any login.
+        self.helo, self.esmtp, self.auth_user = None, False, None
+        self._reset_transaction()
+        self._log.info("TLS started (%s)", new_transport.get_extra_info("cipher", ("?",))[0])
+
+    # -- AUTH (RFC 4954) -------------------------------------------------------------
+
+    async def _cmd_AUTH(self, arg: str) -> None:
+        runtime = self.host.runtime
+        if self.helo is None or not self.esmtp:
+            self.send(replies.NEED_HELO)
+            return
+        if self.auth_user is not None:
+            self.send(replies.AUTH_ALREADY)
+            return
+        if self.transaction is not None:
+            self.send(replies.AUTH_IN_TRANSACTION)
+            return
+        availability = runtime.policy.auth_availability(
+            client_ip=self.client_ip, tls_active=self.tls_active
+        )
+        if not availability.offered:
+            assert availability.refusal is not None
+            self.send(availability.refusal)
+            return
+        if self.host.throttle.blocked(self.client_ip):
+            self._auth_log.warning("%s is throttled after failed logins", self.client_ip)
+            self.send(replies.AUTH_THROTTLED)
+            self.close()
+            return
+        parts = arg.split()
+        if not parts or len(parts) > 2:
+            self.send(replies.AUTH_SYNTAX)
+            return
+        mechanism = parts[0].upper()
+        initial = parts[1] if len(parts) == 2 else None
+        try:
+            if mechanism == "PLAIN":
+                credentials = await self._sasl_plain(initial)
+            elif mechanism == "LOGIN":
+                credentials = await self._sasl_login(initial)
+            else:
+                self.send(replies.AUTH_UNKNOWN_MECHANISM)
+                return
+        except SaslError as exc:
+            self.send(replies.AUTH_BAD_BASE64 if exc.kind == "base64" else replies.AUTH_BAD_PLAIN)
+            return
+        if credentials is None:
+            return
+        authzid, username, password = credentials
+        user = runtime.policy.user(username)
+        outcome = await check_password(user, password)
+        if outcome.success and authzid in ("", username) and user is not None:
+            self.auth_user = user.user_name
+            self._auth_log.info(
+                "%s logged in as %s (%s)", self.client_ip, user.user_name, mechanism
+            )
+            self.send(replies.AUTH_OK)
+            return
+        await self._auth_failed(
+            username, outcome.sent_stored_hash, outcome.broken_hash, user is None
+        )
+
+    async def _auth_failed(
+        self, username: str, sent_hash: bool, broken_hash: str | None, unknown: bool
+    ) -> None:
+        shown = _PRINTABLE.sub("?", username)[:64]
+        failures = self.host.throttle.record_failure(self.client_ip)
+        limit = self.host.throttle.limit
+        reason = "unknown user" if unknown else "wrong password"
+        if broken_hash:
+            reason = "the stored password of this user is unusable"
+            self._auth_log.error(
+                "user %s: %s; run `jdxmail validate-config` (JDX-B2)", shown, broken_hash
+            )
+        self._auth_log.warning(
+            "%s login failed for user %s: %s (%d of %d failures allowed)",
+            self.client_ip,
+            shown,
+            reason,
+            failures,
+            limit,
+        )
+        if sent_hash:
+            self._auth_log.warning(
+                "user %s: the client sent the stored password hash instead of the password; "
+                "log in with the plain password, e.g. server.login(user, 'password') (JDX-D2)",
+                shown,
+            )
+        delay = self.host.auth_failure_delay * min(failures, 5)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if failures >= limit:
+            self._auth_log.warning(
+                "%s reached AuthFailureLimit (%d), disconnecting", self.client_ip, limit
+            )
+            self.send(replies.AUTH_THROTTLED)
+            self.close()
+            return
+        self.send(replies.AUTH_FAILED)
+
+    async def _challenge(self, prompt: Reply) -> bytes | None:
+        """Send a 334 prompt and decode the answer; None when the client cancelled."""
+        self.send(prompt)
+        try:
+            raw = await self._read_line(AUTH_LINE_LIMIT)
+        except _TooLong:
+            raise SaslError("base64") from None
+        text = raw.rstrip(b"\r\n").decode("ascii", "replace").strip()
+        if text == "*":
+            self.send(replies.AUTH_CANCELLED)
+            return None
+        return decode_response(text)
+
+    async def _sasl_plain(self, initial: str | None) -> tuple[str, str, str] | None:
+        if initial is None:
+            blob = await self._challenge(replies.AUTH_PLAIN_CONTINUE)
+            if blob is None:
+                return None
+        else:
+            blob = decode_response(initial)
+        return parse_plain(blob)
+
+    async def _sasl_login(self, initial: str | None) -> tuple[str, str, str] | None:
+        if initial is None:
+            user_blob = await self._challenge(replies.AUTH_LOGIN_USERNAME)
+            if user_blob is None:
+                return None
+        else:
+            user_blob = decode_response(initial)
+        password_blob = await self._challenge(replies.AUTH_LOGIN_PASSWORD)
+        if password_blob is None:
+            return None
+        user = user_blob.decode("utf-8", "surrogateescape")
+        password = password_blob.decode("utf-8", "surrogateescape")
+        return "", user, password
+
+    # -- MAIL / RCPT ---------------------------------------------------------------------
+
+    async def _cmd_MAIL(self, arg: str) -> None:
+        runtime = self.host.runtime
+        if self.helo is None:
+            self.send(replies.NEED_HELO)
+            return
+        if self.transaction is not None:
+            self.send(replies.NESTED_MAIL)
+            return
+        try:
+            address, params = _parse_path(arg, "FROM:", replies.SYNTAX_MAIL, null_ok=True)
+            options, smtputf8 = self._mail_params(params)
+            _check_address(address, smtputf8)
+        except _SyntaxProblem as problem:
+            self.send(problem.reply)
+            return
+        if self.auth_user is not None:
+            user = runtime.policy.user(self.auth_user)
+            if user is not None and not runtime.policy.sender_allowed(user, address):
+                self._log.warning(
+                    "user %s may not send as <%s> (AllowedSenders)", self.auth_user, address
+                )
+                self.send(replies.SENDER_NOT_ALLOWED.format(user=self.auth_user))
+                return
+        self.transaction = _Transaction(address, smtputf8, options)
+        self.send(replies.SENDER_OK)
+
+    def _mail_params(self, params: list[str]) -> tuple[tuple[str, ...], bool]:
+        limit = self.host.runtime.server.max_message_size
+        options: list[str] = []
+        smtputf8 = False
+        for param in params:
+            name, eq, value = param.partition("=")
+            key = name.upper()
+            if not _PARAM.fullmatch(name) or (eq and not value):
+                raise _SyntaxProblem(replies.BAD_PARAMETER.format(name=name[:32] or "?"))
+            if key == "SIZE":
+                if not value.isdigit() or len(value) > 20:
+                    raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="SIZE"))
+                if int(value) > limit:
+                    raise _SyntaxProblem(replies.TOO_BIG.format(limit=limit))
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="BODY"))
+            elif key == "SMTPUTF8":
+                if eq:
+                    raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="SMTPUTF8"))
+                smtputf8 = True
+            elif key == "AUTH":
+                # RFC 4954 §5: the submitter's identity; we note our own login instead.
+                continue
+            else:
+                raise _SyntaxProblem(replies.UNKNOWN_PARAMETER.format(name=key[:32]))
+            options.append(f"{key}={value}" if eq else key)
+        return tuple(options), smtputf8
+
+    async def _cmd_RCPT(self, arg: str) -> None:
+        runtime = self.host.runtime
+        transaction = self.transaction
+        if self.helo is None:
+            self.send(replies.NEED_HELO)
+            return
+        if transaction is None:
+            self.send(replies.NEED_MAIL)
+            return
+        try:
+            address, params = _parse_path(arg, "TO:", replies.SYNTAX_RCPT, null_ok=False)
+            if params:
+                name = params[0].partition("=")[0].upper()
+                raise _SyntaxProblem(replies.UNKNOWN_PARAMETER.format(name=name[:32]))
+            _check_address(address, transaction.smtputf8)
+        except _SyntaxProblem as problem:
+            self.send(problem.reply)
+            return
+        policy = runtime.policy
+        if transaction.count >= runtime.server.max_recipients:
+            self.send(replies.TOO_MANY_RECIPIENTS.format(limit=runtime.server.max_recipients))
+            return
+        if not policy.may_send_to(
+            address, client_ip=self.client_ip, authenticated=self.auth_user is not None
+        ):
+            self._log.warning(
+                "%s may not relay to <%s> without logging in (from <%s>)",
+                self.client_ip,
+                address,
+                transaction.mail_from,
+            )
+            self.send(replies.RELAY_DENIED)
+            return
+        target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
+        if address.casefold() not in (a.casefold() for a in target):
+            target.append(address)
+        self.send(replies.RECIPIENT_OK)
+
+    # -- DATA ----------------------------------------------------------------------------
+
+    async def _cmd_DATA(self, arg: str) -> None:
+        transaction = self.transaction
+        if self.helo is None:
+            self.send(replies.NEED_HELO)
+            return
+        if transaction is None:
+            self.send(replies.NEED_MAIL)
+            return
+        if transaction.count == 0:
+            self.send(replies.NEED_RCPT)
+            return
+        if arg:
+            self.send(replies.SYNTAX_NO_ARGUMENT.format(verb="DATA"))
+            return
+        runtime = self.host.runtime
+        self.send(replies.START_DATA)
+        limit = runtime.server.max_message_size
+        content = await self._read_data(limit)
+        self.transaction = None
+        if content is None:
+            self._log.warning(
+                "message from <%s> refused: larger than MaxMessageSize (%d bytes)",
+                transaction.mail_from,
+                limit,
+            )
+            self.send(replies.TOO_BIG.format(limit=limit))
+            return
+        normalize = runtime.server.bare_line_endings == "Normalize"
+        body, problem = clean_data(content, normalize=normalize)
+        if problem is not None:
+            self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
+            self.send(problem)
+            return
+        self._messages += 1
+        received_at = time.time()
+        data, message_id = add_trace_headers(
+            body,
+            helo=self.helo,
+            client_ip=self.client_ip,
+            host_name=runtime.host_name,
+            protocol=self._protocol_name(transaction.smtputf8),
+            transaction_id=f"{self.id}.{self._messages}",
+            auth_user=self.auth_user,
+            recipients=[*transaction.local, *transaction.relay],
+            when=received_at,
+        )
+        message = AcceptedMessage(
+            mail_from=transaction.mail_from,
+            relay_recipients=tuple(transaction.relay),
+            local_recipients=tuple(transaction.local),
+            data=data,
+            message_id=message_id,
+            auth_user=self.auth_user,
+            client_address=self.client_ip,
+            session_id=self.id,
+            received_at=received_at,
+            mail_options=transaction.options,
+        )
+        try:
+            queue_id = await self.host.store.store(message)
+        except SpoolError as exc:
+            self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
+            self.send(replies.STORE_FAILED)
+            return
+        except Exception:
+            self._log.exception("could not store the message from <%s>", transaction.mail_from)
+            self.send(replies.STORE_FAILED)
+            return
+        self._log.info(
+            "accepted %s from <%s> size=%d local=%s relay=%s queue id %s",
+            f"<{message_id}>",
+            transaction.mail_from,
+            len(data),
+            ",".join(transaction.local) or "-",
+            ",".join(transaction.relay) or "-",
+            queue_id,
+        )
+        self.send(replies.QUEUED.format(queue_id=queue_id))
+
+    def _protocol_name(self, smtputf8: bool) -> str:
+        # RFC 3848 / RFC 6531 "with" protocol types.
+        name = "ESMTP" if self.esmtp else "SMTP"
+        if smtputf8:
+            name = "UTF8SMTP"
+        if self.tls_active:
+            name += "S"
+        if self.auth_user is not None:
+            name += "A"
+        return name
+
+    async def _read_data(self, limit: int) -> bytes | None:
+        """Read message data up to CRLF.CRLF; None when it was larger than *limit*.
+
+        Input is read in chunks; past the limit only the last four bytes are kept (to
+        find the terminator), so memory stays bounded by the limit.
+        """
+        data = bytearray(b"\r\n")  # the DATA line's CRLF: ".\r\n" at once is the end
+        scan_from = 0
+        too_big = False
+        while True:
+            index = data.find(_END_OF_DATA, scan_from)
+            if index >= 0:
+                rest = bytes(data[index + len(_END_OF_DATA) :])
+                if rest:
+                    self._buffer[0:0] = rest
+                if too_big:
+                    return None
+                return bytes(data[2 : index + 2])
+            if not too_big and len(data) - 2 > limit + 3:
+                too_big = True
+            if too_big:
+                del data[:-4]
+            scan_from = max(0, len(data) - 4)
+            if not self._buffer:
+                await self._fill()
+            data += self._take(len(self._buffer))
+
+
+def clean_data(content: bytes, *, normalize: bool) -> tuple[bytes, Reply | None]:
+    """Check line endings and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
+
+    *content* is the data as received, ending in CRLF (or empty). A bare CR or LF is
+    refused (550) unless *normalize*, which turns every line ending into CRLF.
+    """
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+        if not normalize:
+            return b"", replies.BARE_LINE_ENDING
+        content = _LINE_END.sub(b"\r\n", content)
+    if len(content) > TEXT_LINE_LIMIT and any(
+        len(line) > TEXT_LINE_LIMIT - 1 for line in content.split(b"\r\n")
+    ):
+        return b"", replies.DATA_LINE_TOO_LONG
+    unstuffed = (b"\r\n" + content).replace(b"\r\n.", b"\r\n")[2:]
+    return unstuffed, None
+
+
+def add_trace_headers(
+    body: bytes,
+    *,
+    helo: str | None,
+    client_ip: str,
+    host_name: str,
+    protocol: str,
+    transaction_id: str,
+    auth_user: str | None,
+    recipients: list[str],
+    when: float,
+) -> tuple[bytes, str]:
+    """Prepend a Received: header (RFC 5321 4.4) and a Message-ID when there is none.
+
+    Returns the new data and the message id (without angle brackets).
+    """
+    header_end = body.find(b"\r\n\r\n")
+    head = body if header_end < 0 else body[: header_end + 2]
+    found = _MESSAGE_ID.search(b"\r\n" + head if head else b"")
+    date = email.utils.formatdate(when, localtime=True)
+    lines = [
+        f"Received: from {_clean(helo or 'unknown')} ([{client_ip}])",
+        f"\tby {_clean(host_name)} (jdxmail) with {protocol} id {transaction_id}",
+    ]
+    if auth_user is not None:
+        lines.append(f"\t(authenticated user {_clean(auth_user)})")
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{_clean(recipients[0])}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    message_id = ""
+    if found is not None:
+        value = found.group(1).replace(b"\r\n", b"").decode("utf-8", "replace").strip()
+        message_id = _clean(value).strip("<>").strip()[:250]
+    if not message_id:
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(when))
+        message_id = f"{stamp}.{secrets.token_hex(8)}@{_clean(host_name)}"
+        if found is None:
+            lines.append(f"Message-ID: <{message_id}>")
+    prefix = ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+    first_line = body.split(b"\r\n", 1)[0]
+    if body and first_line and not _HEADER_LINE.match(first_line):
+        # The client sent no header section: keep its first line out of ours.
+        prefix += b"\r\n"
+    return prefix + body, message_id
+
+
+def _clean(text: str) -> str:
+    """Printable text for a header: no control characters, no folding."""
+    return re.sub(r"[\x00-\x1f\x7f()]", "?", text)[:255]
+
+
+def _parse_path(arg: str, keyword: str, syntax: Reply, *, null_ok: bool) -> tuple[str, list[str]]:
+    """Split ``FROM:<address> params`` into the address and the parameter list."""
+    if not arg[: len(keyword)].upper() == keyword:
+        raise _SyntaxProblem(syntax)
+    rest = arg[len(keyword) :].lstrip(" ")
+    if rest.startswith("<"):
+        end = _closing_bracket(rest)
+        if end < 0:
+            raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="missing >"))
+        address, params_text = rest[1:end], rest[end + 1 :]
+        if params_text and not params_text.startswith(" "):
+            raise _SyntaxProblem(syntax)
+        if address.startswith("@"):
+            # A source route (RFC 5321 4.1.2: accept and ignore): @a,@b:user@c
+            _, colon, address = address.partition(":")
+            if not colon:
+                raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad source route"))
+    else:
+        address, _, params_text = rest.partition(" ")
+        if not address:
+            raise _SyntaxProblem(syntax)
+    if not address and not null_ok:
+        raise _SyntaxProblem(syntax)
+    return address, params_text.split()
+
+
+def _closing_bracket(text: str) -> int:
+    quoted = escaped = False
+    for index, char in enumerate(text[1:], start=1):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return index
+    return -1
+
+
+def _check_address(address: str, smtputf8: bool) -> None:
+    """Refuse addresses that could not be delivered or would corrupt a header."""
+    if not address:
+        return
+    if any(ord(c) < 0x20 or c == "\x7f" for c in address):
+        raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="control character"))
+    if not address.isascii() and not smtputf8:
+        raise _SyntaxProblem(replies.NON_ASCII_ADDRESS)
+    if len(address) > 254:
+        raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="too long"))
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+        if address.casefold() != "postmaster":
+            raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="no domain"))
+    if not local or len(local.encode("utf-8")) > 64:
+        raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad local part"))
+    quoted = len(local) >= 2 and local.startswith('"') and local.endswith('"')
+    if not quoted:
+        atoms_ok = _DOT_ATOM.fullmatch(local) is not None if local.isascii() else " " not in local
+        if not atoms_ok or ".." in local or local.startswith(".") or local.endswith("."):
+            raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad local part"))
+    if domain:
+        if domain.startswith("[") and domain.endswith("]"):
+            return
+        ascii_domain = domain
+        if not domain.isascii():
+            try:
+                ascii_domain = domain.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain")) from None
+        if len(ascii_domain) > 253 or not _DOMAIN.fullmatch(ascii_domain):
+            raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain"))
