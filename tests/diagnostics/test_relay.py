@@ -265,7 +265,7 @@ async def test_tls_listener_config_fix_names_usetls_c3(
     path = write_config(json.dumps({"RelayServer": relay}))
     code, out = await _relay(runner, "--config", str(path), "--timeout", "0.5")
     assert code == RelayExit.BANNER
-    assert '"UseTls": true (RelayServer.UseTls)' in out
+    assert '"Port": 465 (RelayServer.Port)' in out
     assert '"Port": 465' in out
 
 

@@ -223,8 +223,10 @@ def relay_exit(reports: list[RelayReport]) -> RelayExit:
 
 def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
     t = report.target
-    provider = f", {t.provider.label}" if t.provider else ""
-    render_stages(f"{t.label}: {t.host}:{t.port} TLS {t.tls.value}{provider}", report.stages)
+    provider = f", {t.provider.label}" if t.provider and t.provider.label not in t.label else ""
+    where = f"{t.host}:{t.port}"
+    head = f"{t.name}: {where}" if t.name and t.name != where else where
+    render_stages(f"{head} (TLS {t.tls.value}{provider})", report.stages)
     if transcript and report.transcript:
         out_console.print("transcript (secrets masked):", style="bold")
         for direction, line in report.transcript:
@@ -265,7 +267,7 @@ def _cli_target(
                 ExitCode.USAGE,
             )
         if host is not None:
-            target = replace(target, host=host, name=f"{target.name} (at {host})")
+            target = replace(target, host=host)
     else:
         assert host is not None
         chosen = port or 587
@@ -341,6 +343,7 @@ def relay_test(
         fail("--send needs --from and --to", code=ExitCode.USAGE)
     if tls is TlsChoice.auto:
         fail("--tls takes starttls, implicit or none here", code=ExitCode.USAGE)
+    loaded: LoadedConfig | None = None
     if provider is None and host is None:
         from jdxmail.cli.common import load_or_exit  # noqa: PLC0415
 
@@ -357,7 +360,6 @@ def relay_test(
         targets = []
         for index, item in enumerate(relays):
             key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
-            key = (*loaded.source.prefix, *key)
             target = target_from_relay(item, key, 15.0 if item.time_out is None else item.time_out)
             if relay is None or relay.casefold() == item.display_name.casefold():
                 targets.append(target)
@@ -390,6 +392,8 @@ def relay_test(
         return [await probe_relay(t, options) for t in prepared]
 
     reports = asyncio.run(run_all())
+    for report in reports:
+        report.findings = _with_lines(report.findings, loaded)
     code = relay_exit(reports)
     if json_output:
         print_json(

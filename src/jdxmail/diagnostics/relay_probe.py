@@ -627,9 +627,14 @@ class _Prober:
 
     def tls_mismatch(self, started: float, detail: str) -> None:
         mode = "plain text" if self.target.tls is TlsMode.NONE else "STARTTLS mode"
-        if self.target.key:
-            fix = self.setting("UseTls", "true") + ' with "Port": 465 (jdxmail speaks TLS from '
-            fix += "the first byte on 465), or use the provider's STARTTLS port 587"
+        key = "Port"
+        if self.target.key and self.target.tls is TlsMode.NONE:
+            key = "UseTls"
+            fix = self.setting("UseTls", "true") + ' and "Port": 465 (jdxmail speaks TLS '
+            fix += "from the first byte on 465), or the provider's STARTTLS port 587"
+        elif self.target.key:
+            fix = self.setting("Port", "465") + " (with UseTls true, jdxmail speaks TLS from "
+            fix += "the first byte on 465), or the provider's STARTTLS port 587"
         else:
             fix = "--tls implicit (or use the STARTTLS port 587)"
         self.fail(
@@ -639,7 +644,7 @@ class _Prober:
             f"port {self.target.port} speaks TLS from the first byte (implicit TLS), but "
             f"the session was started in {mode}",
             fix,
-            "UseTls",
+            key,
             "C3",
             "relay.tls-mode",
         )
@@ -692,7 +697,13 @@ class _Prober:
         if self.provider is None:
             self.provider = provider_for_banner(reply.lines[0] if reply.lines else "")
         auth = self.extensions.get("AUTH", "")
-        detail = ", ".join(self.extensions) or "no extensions"
+        detail = (
+            ", ".join(
+                f"{k} {v}".strip() if k in ("AUTH", "SIZE") else k
+                for k, v in self.extensions.items()
+            )
+            or "no extensions"
+        )
         self.stage(name, True, started, detail, extensions=list(self.extensions), auth=auth)
         return True
 
