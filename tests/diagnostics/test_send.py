@@ -102,7 +102,9 @@ async def test_send_test_shows_masked_transcript_and_final_reply(
     assert GOOD_PASSWORD not in out
     assert base64.b64encode(f"\0{GOOD_USER}\0{GOOD_PASSWORD}".encode()).decode() not in out
     assert len(fake.messages) == 1
-    assert b"Subject: jdxmail test message" in fake.messages[0].original_content
+    content = fake.messages[0].original_content
+    assert content is not None
+    assert b"Subject: jdxmail test message" in content
 
 
 async def test_send_test_defaults_to_the_configured_server(
@@ -119,7 +121,7 @@ async def test_send_test_defaults_to_the_configured_server(
     assert fake.messages[0].mail_from == "jdxmail-test@localhost"
 
 
-async def test_send_test_refused_recipient_exits_rcpt(refused_port: int, runner: CliRunner) -> None:
+async def test_send_test_server_down_exits_connect(refused_port: int, runner: CliRunner) -> None:
     """A server that is down fails at TCP connect with exit 11."""
     code, out = await _send(
         runner, "--to", "x@example.net", "--server", f"127.0.0.1:{refused_port}"
