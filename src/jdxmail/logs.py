@@ -106,10 +106,10 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
     def __init__(self, path: Path) -> None:
         super().__init__(path, when="midnight", encoding="utf-8", delay=False)
         self.suffix = "%Y%m%d"
-        self.namer = self._name
+        self.namer = self._dated_name
 
     @staticmethod
-    def _name(default: str) -> str:
+    def _dated_name(default: str) -> str:
         # default is "<dir>/jdxmail.log.YYYYMMDD"
         base, _, day = default.rpartition(".")
         stem = Path(base)

@@ -138,6 +138,7 @@ def serve(
 async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: Path) -> ExitCode:
     from jdxmail.server.errors import ServerError  # noqa: PLC0415
 
+    app.install_signal_handlers()
     try:
         addresses = await app.start()
     except ServerError as exc:

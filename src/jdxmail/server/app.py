@@ -102,6 +102,7 @@ class SmtpServerApp:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._stopped = False
+        self._signals: list[signal.Signals] = []
 
     # -- what sessions ask -------------------------------------------------------------
 
@@ -291,26 +292,35 @@ class SmtpServerApp:
         """Ask serve() to stop the server (safe to call from a signal handler)."""
         self._stop_requested.set()
 
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads (main thread only; serve() does it too).
+
+        Call before start() so that a signal during startup is not lost.
+        """
+        if self._signals or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig, action in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.reload),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, action)
+                self._signals.append(sig)
+
     async def serve(self) -> None:
         """Run until request_stop(), SIGTERM or SIGINT, then stop; SIGHUP reloads."""
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if threading.current_thread() is threading.main_thread():
-            for sig, action in (
-                (signal.SIGTERM, self.request_stop),
-                (signal.SIGINT, self.request_stop),
-                (signal.SIGHUP, self.reload),
-            ):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, action)
-                    installed.append(sig)
+        self.install_signal_handlers()
         try:
             await self._stop_requested.wait()
             logger.info("stopping: no new connections; in-flight mail may finish")
             await self.stop(self.grace)
         finally:
-            for sig in installed:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
                 loop.remove_signal_handler(sig)
+            self._signals.clear()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let transactions finish within *grace* seconds, close all."""
