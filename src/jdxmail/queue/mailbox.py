@@ -1,0 +1,103 @@
+"""Local mailboxes: ``<mailbox root>/<recipient>/<message-id>.eml``, the guide's layout.
+
+Addresses and Message-IDs come from the network, so they are never used as paths
+as they are: every character outside letters, digits and ``._+-=@`` becomes ``_``,
+a leading dot is replaced, names are kept under 200 bytes, and a recipient whose
+name had to change gets a short hash of the real address appended (so two different
+odd addresses never share a mailbox). A second message with the same Message-ID in
+the same mailbox gets ``-1``, ``-2``… before ``.eml``; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MailboxDelivery",
+    "mailbox_dir_for",
+    "mailbox_name",
+    "message_file_name",
+    "safe_name",
+]
+
+_ALLOWED_PUNCTUATION = frozenset("._+-=@")
+_MAX_NAME_BYTES = 200
+_MAX_COLLISIONS = 10_000
+
+
+def safe_name(text: str, max_bytes: int = _MAX_NAME_BYTES) -> str:
+    """*text* with every character unsafe in a file name replaced by ``_``.
+
+    Letters and digits (any script) and ``._+-=@`` are kept; a leading ``.`` becomes
+    ``_`` (no hidden files, no ``.``/``..``); the UTF-8 form is cut to *max_bytes*.
+    """
+    chars = [c if (c.isalnum() or c in _ALLOWED_PUNCTUATION) else "_" for c in text]
+    name = "".join(chars)
+    if name.startswith("."):
+        name = "_" + name[1:]
+    encoded = name.encode("utf-8")
+    if len(encoded) > max_bytes:
+        name = encoded[:max_bytes].decode("utf-8", errors="ignore")
+    return name
+
+
+def mailbox_name(recipient: str) -> str:
+    """The folder name of *recipient*'s mailbox: the address in lower case, made safe."""
+    address = recipient.strip().strip("<>").lower()
+    name = safe_name(address, _MAX_NAME_BYTES - 9)
+    if name != address or not name:
+        digest = hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"{name}~{digest}"
+    return name
+
+
+def mailbox_dir_for(mailbox_root: Path, recipient: str) -> Path:
+    """The mailbox folder of *recipient* under *mailbox_root* (always a direct child)."""
+    return mailbox_root / mailbox_name(recipient)
+
+
+def message_file_name(message_id: str, fallback: str) -> str:
+    """``<message-id>`` made safe, without ``.eml``; *fallback* when nothing is left."""
+    name = safe_name(message_id.strip().strip("<>"))
+    return name if name.strip("_") else fallback
+
+
+@dataclass(slots=True)
+class MailboxDelivery:
+    """One message file for one local mailbox, written to *tmp* then linked in place."""
+
+    recipient: str
+    tmp: Path
+    directory: Path
+    name: str
+
+    def ensure_directory(self) -> set[Path]:
+        """Create the mailbox folder if needed; return the folders whose entries changed."""
+        try:
+            self.directory.mkdir()
+        except FileExistsError:
+            return set()
+        except FileNotFoundError:
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(exist_ok=True)
+        return {self.directory.parent}
+
+    def link_into_place(self) -> Path:
+        """Link the tmp file under a free name (suffix on collision), drop the tmp name.
+
+        Uses ``link`` so an existing message is never replaced, even by another
+        process delivering the same Message-ID at the same moment.
+        """
+        for attempt in range(_MAX_COLLISIONS):
+            suffix = "" if attempt == 0 else f"-{attempt}"
+            final = self.directory / f"{self.name}{suffix}.eml"
+            try:
+                os.link(self.tmp, final)
+            except FileExistsError:
+                continue
+            os.unlink(self.tmp)
+            return final
+        raise FileExistsError(f"{self.directory}: too many messages named {self.name}")

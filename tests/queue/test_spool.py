@@ -1,0 +1,293 @@
+"""The durable spool: what is on disk when store() returns, and what is not."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jdxmail.queue.spool import (
+    AcceptedMessage,
+    CorruptSpoolFile,
+    Spool,
+    SpoolError,
+    read_queued_message,
+    spool_stats,
+)
+
+
+def make_message(
+    n: int = 1,
+    *,
+    relay: tuple[str, ...] = ("bob@example.net",),
+    local: tuple[str, ...] = (),
+    message_id: str | None = None,
+    size: int = 300,
+) -> AcceptedMessage:
+    """A message as the server would hand it over."""
+    mid = message_id if message_id is not None else f"msg{n}@test"
+    data = f"Message-ID: <{mid}>\r\nSubject: test {n}\r\n\r\n".encode() + b"y" * size + b"\r\n"
+    return AcceptedMessage(
+        mail_from="alice@example.com",
+        relay_recipients=relay,
+        local_recipients=local,
+        data=data,
+        message_id=mid,
+        auth_user="alice",
+        client_address="127.0.0.1",
+        session_id="s1",
+        received_at=time.time(),
+        mail_options=("BODY=8BITMIME",),
+    )
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    """An open spool under the test's folder."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    yield spool
+    await spool.close()
+
+
+def all_files(root: Path) -> list[Path]:
+    """Every regular file under *root*."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+async def test_store_leaves_complete_queue_file(spool: Spool, tmp_path: Path) -> None:
+    """After store() returns, the queue file holds the exact envelope and data."""
+    message = make_message()
+    queue_id = await spool.store(message)
+    queued = read_queued_message(spool.queue_path(queue_id))
+    assert queued.data == message.data
+    assert queued.mail_from == "alice@example.com"
+    assert queued.recipients == ("bob@example.net",)
+    assert queued.mail_options == ("BODY=8BITMIME",)
+    assert queued.auth_user == "alice"
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["batch", "batch-fsync", "per-message"])
+async def test_every_commit_mode_stores(tmp_path: Path, mode: str) -> None:
+    """Each commit design (the benchmark compares them) stores queue and mailbox files."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox", commit_mode=mode)  # type: ignore[arg-type]
+    async with spool:
+        queue_id = await spool.store(make_message(local=("carol@localhost",)))
+    assert spool.queue_path(queue_id).is_file()
+    assert (tmp_path / "mailbox" / "carol@localhost" / "msg1@test.eml").is_file()
+
+
+async def test_local_recipients_get_mailbox_files(spool: Spool, tmp_path: Path) -> None:
+    """Each local recipient gets <mailbox>/<recipient>/<message-id>.eml with the data."""
+    message = make_message(relay=(), local=("carol@localhost", "Dave@LOCALHOST"))
+    queue_id = await spool.store(message)
+    assert (tmp_path / "mailbox" / "carol@localhost" / "msg1@test.eml").read_bytes() == (
+        message.data
+    )
+    assert (tmp_path / "mailbox" / "dave@localhost" / "msg1@test.eml").read_bytes() == (
+        message.data
+    )
+    assert not spool.queue_path(queue_id).exists()
+    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+
+
+async def test_mixed_message_goes_to_both(spool: Spool, tmp_path: Path) -> None:
+    """A message with local and relay recipients is queued once and filed locally."""
+    queue_id = await spool.store(make_message(local=("carol@localhost",)))
+    assert read_queued_message(spool.queue_path(queue_id)).recipients == ("bob@example.net",)
+    assert (tmp_path / "mailbox" / "carol@localhost" / "msg1@test.eml").is_file()
+
+
+async def test_same_message_id_gets_suffix(spool: Spool, tmp_path: Path) -> None:
+    """A second message with the same Message-ID is kept beside the first, not over it."""
+    first = make_message(1, relay=(), local=("carol@localhost",), message_id="same@x")
+    second = make_message(2, relay=(), local=("carol@localhost",), message_id="same@x")
+    await spool.store(first)
+    await spool.store(second)
+    box = tmp_path / "mailbox" / "carol@localhost"
+    assert (box / "same@x.eml").read_bytes() == first.data
+    assert (box / "same@x-1.eml").read_bytes() == second.data
+
+
+@pytest.mark.parametrize(
+    ("recipient", "message_id"),
+    [
+        ("../../etc/passwd@localhost", "../../../evil"),
+        ("a/b@localhost", "x/../../y@z"),
+        (".hidden@localhost", ".."),
+        ("..@localhost", "<>"),
+        ("nul\x00byte@localhost", "id\x00with\nnewline"),
+        ("ü" * 300 + "@localhost", "m" * 400),
+    ],
+)
+async def test_odd_names_stay_inside_mailbox_root(
+    spool: Spool, tmp_path: Path, recipient: str, message_id: str
+) -> None:
+    """Addresses and Message-IDs with slashes, dots or control characters never escape."""
+    message = make_message(relay=(), local=(recipient,), message_id=message_id)
+    await spool.store(message)
+    root = tmp_path / "mailbox"
+    files = [p for p in all_files(root) if ".tmp" not in p.parts]
+    assert len(files) == 1
+    stored = files[0]
+    assert stored.parent.parent == root
+    assert not stored.parent.name.startswith(".")
+    assert not stored.name.startswith(".")
+    assert stored.read_bytes() == message.data
+    assert all(not p.is_file() for p in (tmp_path / "etc", tmp_path.parent / "evil"))
+
+
+async def test_different_odd_addresses_get_different_mailboxes(
+    spool: Spool, tmp_path: Path
+) -> None:
+    """Two addresses that sanitise to the same text still land in separate mailboxes."""
+    await spool.store(make_message(1, relay=(), local=("a/b@localhost",)))
+    await spool.store(make_message(2, relay=(), local=("a?b@localhost",)))
+    boxes = [p for p in (tmp_path / "mailbox").iterdir() if p.name != ".tmp"]
+    assert len(boxes) == 2
+
+
+async def test_concurrent_stores_all_land(spool: Spool) -> None:
+    """Many concurrent store() calls each return a distinct id whose file is intact."""
+    messages = [make_message(n, size=n * 37) for n in range(200)]
+    ids = await asyncio.gather(*(spool.store(m) for m in messages))
+    assert len(set(ids)) == 200
+    for queue_id, message in zip(ids, messages, strict=True):
+        assert read_queued_message(spool.queue_path(queue_id)).data == message.data
+    assert spool_stats(spool.spool_dir).queued == 200
+
+
+async def test_open_removes_unfinished_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half-written files left by a crash are removed at startup and counted in the log."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    async with spool:
+        kept = await spool.store(make_message())
+    (tmp_path / "spool" / "tmp" / "crashed.1.tmp").write_bytes(b"JDXSPOOL 1\n{trunc")
+    (tmp_path / "mailbox" / ".tmp" / "crashed.2.tmp").write_bytes(b"partial")
+    caplog.set_level(logging.INFO, logger="jdxmail.queue")
+    async with Spool(tmp_path / "spool", tmp_path / "mailbox"):
+        pass
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+    assert spool.queue_path(kept).is_file()
+    assert "1 queued" in caplog.text
+    assert "removed 2 unfinished writes" in caplog.text
+
+
+def _make_unwritable(path: Path) -> bool:
+    """Make *path* refuse new files, even for root (chattr +i); False if impossible."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return True
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        return False
+    done = subprocess.run([chattr, "+i", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        chattr = shutil.which("chattr")
+        if chattr is not None:
+            subprocess.run([chattr, "-i", str(path)], capture_output=True, check=False)
+    else:
+        path.chmod(0o755)
+
+
+async def test_unwritable_spool_raises_and_leaves_nothing(spool: Spool, tmp_path: Path) -> None:
+    """A spool that refuses writes gives SpoolError and no visible queue or mailbox file."""
+    target = tmp_path / "spool" / "tmp"
+    if not _make_unwritable(target):
+        pytest.skip("cannot make a directory read-only for root here (no chattr)")
+    try:
+        with pytest.raises(SpoolError, match="cannot store the message"):
+            await spool.store(make_message(local=("carol@localhost",)))
+    finally:
+        _make_writable(target)
+    assert spool_stats(tmp_path / "spool").queued == 0
+    assert all_files(tmp_path / "mailbox") == []
+    assert list(target.iterdir()) == []
+
+
+async def test_failure_midway_undoes_the_queue_file(spool: Spool, tmp_path: Path) -> None:
+    """When a mailbox cannot be written, the already-placed queue file is removed too."""
+    (tmp_path / "mailbox" / "carol@localhost").write_bytes(b"a file where a folder goes")
+    with pytest.raises(SpoolError):
+        await spool.store(make_message(local=("carol@localhost",)))
+    assert spool_stats(tmp_path / "spool").queued == 0
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+    ok = await spool.store(make_message(2))
+    assert spool.queue_path(ok).is_file()
+
+
+async def test_store_on_closed_spool_raises(tmp_path: Path) -> None:
+    """Storing into a spool that is not open is refused with SpoolError."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    with pytest.raises(SpoolError, match="not open"):
+        await spool.store(make_message())
+
+
+async def test_open_fails_cleanly_when_spool_is_a_file(tmp_path: Path) -> None:
+    """A spool path that is a file gives SpoolError at open, not a traceback."""
+    (tmp_path / "spool").write_text("not a folder")
+    with pytest.raises(SpoolError, match="cannot create the spool directories"):
+        await Spool(tmp_path / "spool", tmp_path / "mailbox").open()
+
+
+async def test_close_finishes_pending_stores(tmp_path: Path) -> None:
+    """Stores submitted before close() still complete and are on disk afterwards."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    tasks = [asyncio.create_task(spool.store(make_message(n))) for n in range(20)]
+    await asyncio.sleep(0)
+    await spool.close()
+    ids = await asyncio.gather(*tasks)
+    assert all(spool.queue_path(i).is_file() for i in ids)
+
+
+async def test_truncated_queue_file_is_reported_corrupt(spool: Spool) -> None:
+    """A queue file cut short is detected by its size and checksum, not half-read."""
+    path = spool.queue_path(await spool.store(make_message()))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CorruptSpoolFile, match="checksum"):
+        read_queued_message(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CorruptSpoolFile, match="not a jdxmail spool file"):
+        read_queued_message(path)
+
+
+async def test_spool_stats_counts(spool: Spool, tmp_path: Path) -> None:
+    """spool_stats reports queued and failed counts and the oldest message's age."""
+    assert spool_stats(tmp_path / "spool").queued == 0
+    assert spool_stats(tmp_path / "spool").oldest_queued_age is None
+    first = await spool.store(make_message(1))
+    await spool.store(make_message(2))
+    failed = spool.spool_dir / "failed" / f"{first}.msg"
+    spool.queue_path(first).rename(failed)
+    stats = spool_stats(tmp_path / "spool")
+    assert (stats.queued, stats.failed, stats.corrupt) == (1, 1, 0)
+    assert stats.oldest_queued_age is not None
+    assert 0 <= stats.oldest_queued_age < 3600
+
+
+def test_spool_stats_of_missing_spool(tmp_path: Path) -> None:
+    """spool_stats of a spool that was never created reports zeros."""
+    stats = spool_stats(tmp_path / "nowhere")
+    assert (stats.queued, stats.failed, stats.corrupt, stats.oldest_queued_age) == (
+        0,
+        0,
+        0,
+        None,
+    )
