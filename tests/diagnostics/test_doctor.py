@@ -48,6 +48,9 @@ def _config(port: int, relay: dict[str, Any] | None = None) -> str:
 
 
 async def _doctor(runner: CliRunner, *args: str) -> tuple[int, str]:
+    # never let a check connect to this machine's real interface addresses
+    if "--network-address" not in args:
+        args = (*args, "--network-address", "127.0.0.2")
     code, out, err = await asyncio.to_thread(invoke, runner, "doctor", *args)
     return code, out + err
 
@@ -165,7 +168,7 @@ def test_read_only_config_fails_f1_as_another_user(shared_dir: Path) -> None:
         from typer.testing import CliRunner
         from jdxmail.cli.app import app
         runner = CliRunner()
-        args = ["doctor", "--config", {str(config)!r}]
+        args = ["doctor", "--config", {str(config)!r}, "--network-address", "127.0.0.2"]
         runner.invoke(app, args)  # warm up every import while the interpreter is readable
         os.setgid(65534)
         os.setuid(65534)
@@ -187,3 +190,43 @@ def test_read_only_config_fails_f1_as_another_user(shared_dir: Path) -> None:
     assert "JDX-F1     ✗" in out
     assert "is not writable by this user (owner root, mode 644)" in out
     assert f"chmod u+w {config}" in out
+
+
+@pytest.fixture
+def running_jdxmail(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A real `jdxmail serve` on 0.0.0.0:PORT (probed only via 127.x), until the test ends."""
+    port = _free_port()
+    config = tmp_path / "appsettings.json"
+    config.write_text(
+        json.dumps({"SmtpServer": {"BindAddress": "0.0.0.0", "Port": port}}), encoding="utf-8"
+    )
+    config.chmod(0o600)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jdxmail", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail("jdxmail serve did not start")
+        yield config, port
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+async def test_running_jdxmail_is_checked_for_answers(
+    running_jdxmail: tuple[Path, int], runner: CliRunner
+) -> None:
+    """With jdxmail already on the port, doctor checks that it answers instead of failing A1."""
+    config, port = running_jdxmail
+    code, out = await _doctor(runner, "--config", str(config))
+    assert code == 0, out
+    assert f"JDX-A1     ✓ port {port}: jdxmail is running" in out
+    assert "JDX-B4     ✓ the server answers" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -224,3 +225,91 @@ def test_firewall_commands_per_os() -> None:
     assert "socketfilterfw" in firewall_commands(2525, "darwin")[0]
     linux = " ".join(firewall_commands(2525, "linux"))
     assert "ufw" in linux or "firewall-cmd" in linux
+
+
+_NETNS_SCRIPT = """
+import socket, sys, threading
+from typer.testing import CliRunner
+from jdxmail.cli.app import app
+
+server = socket.socket()
+server.bind(("0.0.0.0", 0))
+server.listen()
+port = server.getsockname()[1]
+
+def greet():
+    while True:
+        conn, _ = server.accept()
+        conn.sendall(b"220 netns jdxmail ESMTP\\r\\n")
+        conn.close()
+
+threading.Thread(target=greet, daemon=True).start()
+# the firewall: drop what arrives for this port on the network address
+import subprocess
+subprocess.run(["nft", "add", "rule", "inet", "jdxtest", "input", "ip", "daddr",
+                sys.argv[1], "tcp", "dport", str(port), "drop"], check=True)
+result = CliRunner().invoke(app, ["check-port", "--listening", "--port", str(port),
+    "--bind", "0.0.0.0", "--network-address", sys.argv[1], "--timeout", "1"])
+sys.stdout.write(result.stdout)
+sys.exit(result.exit_code)
+"""
+
+
+@pytest.fixture
+def firewalled_netns() -> Iterator[str]:
+    """A network namespace of our own: loopback, a veth with 198.18.0.1, an nft input chain."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
+        pytest.skip("needs root, ip and nft")
+    name = f"jdxmail-b4-{os.getpid()}"
+
+    def run(*args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", name, *args], check=True, capture_output=True)
+
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        run("ip", "link", "set", "lo", "up")
+        run("ip", "link", "add", "jdx0", "type", "veth", "peer", "name", "jdx1")
+        run("ip", "addr", "add", "198.18.0.1/24", "dev", "jdx0")
+        run("ip", "link", "set", "jdx0", "up")
+        run("ip", "link", "set", "jdx1", "up")
+        run("nft", "add", "table", "inet", "jdxtest")
+        run(
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "jdxtest",
+            "input",
+            "{ type filter hook input priority 0; }",
+        )
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def test_firewall_drop_in_a_netns_is_reported_b4(firewalled_netns: str) -> None:
+    """With nft dropping the port on the network address, only loopback answers: exit 3, B4."""
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            firewalled_netns,
+            sys.executable,
+            "-c",
+            _NETNS_SCRIPT,
+            "198.18.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == PortExit.OTHER, out + done.stderr
+    assert "✓ banner from 127.0.0.1" in out
+    assert "✗ banner from 198.18.0.1" in out
+    assert "no banner within 1 s" in out
+    assert "JDX-B4" in out
+    assert "a firewall blocks the port" in out
+    assert "ufw allow" in out or "firewall-cmd" in out

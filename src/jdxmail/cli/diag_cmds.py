@@ -71,6 +71,17 @@ FromOption = Annotated[
 ]
 
 
+NetworkAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--network-address",
+        help="When checking a running server: the non-loopback address of this host to "
+        "connect to (default: the first one found on the interfaces).",
+        show_default=False,
+    ),
+]
+
+
 def _with_lines(findings: list[Finding], loaded: LoadedConfig | None) -> list[Finding]:
     """The findings with the config file's prefix and line numbers filled in."""
     if loaded is None or loaded.source.path is None:
@@ -164,15 +175,16 @@ def check_port(
             help="Check that a running server answers (banner) from loopback and from the network.",
         ),
     ] = False,
-    network_address: Annotated[
-        str | None,
+    network_address: NetworkAddressOption = None,
+    timeout: Annotated[
+        float,
         typer.Option(
-            "--network-address",
-            help="With --listening: the non-loopback address of "
-            "this host to connect to (default: the first one found).",
-            show_default=False,
+            "--timeout",
+            help="With --listening: seconds to wait for each banner.",
+            min=0.05,
+            max=600,
         ),
-    ] = None,
+    ] = 5.0,
     json_output: JsonOption = False,
 ) -> None:
     """Tell whether jdxmail can listen on its port now, and if not, why and how to fix it.
@@ -196,7 +208,9 @@ def check_port(
         port = port if port is not None else smtp.port
         bind = bind if bind is not None else smtp.bind_address
     if listening:
-        report = asyncio.run(port_check.check_listening(bind, port, other_address=network_address))
+        report = asyncio.run(
+            port_check.check_listening(bind, port, other_address=network_address, wait=timeout)
+        )
     else:
         report = port_check.check_port(bind, port)
     report.findings = _with_lines(report.findings, loaded)
@@ -544,6 +558,7 @@ def auth_string(
 def doctor(
     config: ConfigOption = None,
     timeout: TimeoutOption = None,
+    network_address: NetworkAddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run every check: config, port, relays, config-file writability, logs, spool.
@@ -555,7 +570,7 @@ def doctor(
 
     from jdxmail.diagnostics.doctor import run_doctor  # noqa: PLC0415
 
-    report = asyncio.run(run_doctor(config, relay_timeout=timeout))
+    report = asyncio.run(run_doctor(config, relay_timeout=timeout, network_address=network_address))
     code = ExitCode.OK if report.ok else ExitCode.FAILED
     if json_output:
         print_json(report.to_json())

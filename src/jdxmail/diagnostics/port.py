@@ -189,7 +189,7 @@ def find_holder(port: int) -> PortHolder:
             process = psutil.Process(conn.pid)
             name = process.name()
             user = process.username()
-            cmdline = " ".join(process.cmdline())[:300] or None
+            cmdline = " ".join(" ".join(process.cmdline()).split())[:300] or None
         except (psutil.Error, OSError):
             pass
         return PortHolder(conn.pid, name, user, cmdline)
