@@ -265,6 +265,10 @@ class SmtpSession(asyncio.Protocol):
 
     async def _run(self) -> None:
         runtime = self.host.runtime
+        if self.host.stopping:
+            self.send(replies.SHUTTING_DOWN.format(host=runtime.host_name))
+            self.close()
+            return
         if not self.host.session_opened(self):
             self._log.warning(
                 "%s refused: MaxConnections (%d) reached",
