@@ -188,8 +188,8 @@ def test_read_only_config_fails_f1_as_another_user(shared_dir: Path) -> None:
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
     assert "JDX-F1     ✗" in out
-    assert "is not writable by this user (owner root, mode 644)" in out
-    assert f"chmod u+w {config}" in out
+    assert "is not writable by this user (nobody; owner root, mode 644)" in out
+    assert f"sudo chown nobody {config}" in out
 
 
 @pytest.fixture

@@ -208,12 +208,19 @@ def _check_writable(report: DoctorReport, path: Path | None) -> None:
     folder = path.resolve().parent
     if not os.access(path, os.W_OK):
         owner = _owner(path)
+        me = _user_name(os.geteuid()) if hasattr(os, "geteuid") else owner
+        fix = (
+            f"`chmod u+w {path}`"
+            if owner == me
+            else f"`sudo chown {me} {path}` (the user who runs jdxmail owns its config), "
+            f"or run the command as {owner}"
+        )
         report.add(
             "F1",
             False,
-            f"{path} is not writable by this user (owner {owner}, mode "
+            f"{path} is not writable by this user ({me}; owner {owner}, mode "
             f"{path.stat().st_mode & 0o777:o}): `jdxmail user add` cannot save it",
-            f"`chmod u+w {path}` as its owner, or run as {owner}",
+            fix,
         )
     elif not os.access(folder, os.W_OK | os.X_OK):
         report.add(
@@ -224,6 +231,15 @@ def _check_writable(report: DoctorReport, path: Path | None) -> None:
         )
     else:
         report.add("F1", True, f"{path} is writable")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd  # noqa: PLC0415 - POSIX only
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 def _owner(path: Path) -> str:
