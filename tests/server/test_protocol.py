@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 from pathlib import Path
 
@@ -270,3 +271,37 @@ async def test_aiosmtplib_client_sends(start_server: StartServer, tmp_path: Path
     files = list((tmp_path / "mailbox" / "x@localhost").glob("*.eml"))
     assert len(files) == 1
     assert b"(authenticated user test@example.com)" in files[0].read_bytes()
+
+
+async def test_random_garbage_never_crashes_a_session(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hundreds of random command lines get SMTP replies; no session fails, mail still flows."""
+    import random
+
+    rng = random.Random(20261130)  # noqa: S311 - seeded, so a failure can be replayed
+    verbs = ["EHLO", "HELO", "MAIL", "RCPT", "RSET", "NOOP", "VRFY", "AUTH", "HELP", "XYZ", ""]
+    pieces = ["FROM:", "TO:", "<", ">", "@", " ", "=", "SIZE", "BODY", '"', "\\", "PLAIN", "LOGIN"]
+    app = await start_server(Users=[user_entry()], TrustedNetworks=[])
+    client = await Client.connect(port_of(app))
+    codes: set[int] = set()
+    for _ in range(600):
+        arg = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        noise = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 8)))
+        line = (rng.choice(verbs) + " " + arg).encode() + noise.replace(b"\n", b"")
+        client.send(line.replace(b"\r", b"") + b"\r\n")
+        try:
+            code, _ = await client.reply()
+        except ConnectionError:
+            client = await Client.connect(port_of(app))
+            continue
+        codes.add(code)
+        if code == 421:
+            assert await client.closed()
+            client = await Client.connect(port_of(app))
+    assert codes <= {214, 235, 250, 252, 334, 421, 500, 501, 502, 503, 504, 530, 535, 553, 555}
+    assert {250, 500, 501, 503}.issubset(codes)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    fresh = await Client.connect(port_of(app))
+    await fresh.ehlo()
+    assert await fresh.cmd("MAIL FROM:<a@localhost>") == "250 2.1.0 Sender OK"
