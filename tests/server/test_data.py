@@ -253,3 +253,26 @@ def test_clean_data_normalizes_every_bare_ending() -> None:
     _, refused = clean_data(raw, normalize=False)
     assert refused is not None
     assert refused.code == 550
+
+
+async def test_oversized_stream_keeps_memory_bounded(start_server: StartServer) -> None:
+    """Streaming 24 MB into a 64 KB limit never holds the message in memory."""
+    import tracemalloc
+
+    store = RecordingStore()
+    app = await start_server(MaxMessageSize=65536, store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    chunk = (b"x" * 998 + b"\r\n") * 1000  # 1 MB of valid lines
+    tracemalloc.start()
+    try:
+        for _ in range(24):
+            client.send(chunk)
+            await client.writer.drain()
+        client.send(b".\r\n")
+        reply = await client.line()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply == "552 5.3.4 Message too big (limit 65536 bytes)"
+    assert peak < 8 * 1024 * 1024

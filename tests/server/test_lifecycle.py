@@ -20,7 +20,7 @@ import pytest
 from jdxmail.server.errors import PortPermissionError, bind_error
 from tests.server.conftest import PASSWORD, USER, user_entry
 
-ADDRESS = re.compile(r"listening on smtp://127\.0\.0\.1:(\d+)")
+ADDRESS = re.compile(r"listening on smtp://(127\.0\.0\.1|\[::1\]):(\d+)")
 
 
 class ServeProcess:
@@ -35,11 +35,13 @@ class ServeProcess:
             text=True,
         )
         self.port = 0
+        self.host = ""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             found = ADDRESS.search(line)
             if found:
-                self.port = int(found.group(1))
+                self.host = found.group(1).strip("[]")
+                self.port = int(found.group(2))
                 break
         if not self.port:
             self.proc.kill()
@@ -97,7 +99,7 @@ def smtp_client(port: int) -> smtplib.SMTP:
 
 
 def test_serve_without_config_is_a_dev_inbox(tmp_path: Path, serve: list[ServeProcess]) -> None:
-    """With no config file, mail to any address from this machine lands in a mailbox."""
+    """With no config file mail to any address lands in a mailbox; SIGINT exits 0."""
     server = ServeProcess(tmp_path)
     serve.append(server)
     with smtp_client(server.port) as client:
@@ -105,7 +107,7 @@ def test_serve_without_config_is_a_dev_inbox(tmp_path: Path, serve: list[ServePr
             "app@localhost", ["someone@gmail.com"], "Subject: dev\r\n\r\nhi\r\n"
         )
     assert refused == {}
-    code, _ = server.stop()
+    code, _ = server.stop(signal.SIGINT)
     assert code == 0
     files = list((tmp_path / "data" / "smtp" / "mailbox" / "someone@gmail.com").glob("*.eml"))
     assert len(files) == 1
@@ -261,3 +263,15 @@ def test_privileged_port_error_explains_the_three_fixes() -> None:
     assert "setcap 'cap_net_bind_service=+ep'" in error.fix
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in error.fix
     assert "--port 2525" in error.fix
+
+
+def test_bind_option_overrides_the_config(tmp_path: Path, serve: list[ServeProcess]) -> None:
+    """--bind ::1 listens on IPv6 loopback, where IPv6 clients can send."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    server = ServeProcess(tmp_path, "--bind", "::1")
+    serve.append(server)
+    assert server.host == "::1"
+    with smtplib.SMTP("::1", server.port, timeout=10) as client:
+        assert client.noop()[0] == 250
+    assert server.stop()[0] == 0
