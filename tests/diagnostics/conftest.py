@@ -4,8 +4,12 @@ Gmail, SendGrid and SES do, and raw listeners that misbehave (silent, TLS-only).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +56,8 @@ class ProviderSpec:
     users: dict[str, str] = field(default_factory=lambda: {GOOD_USER: GOOD_PASSWORD})
     #: reply to every MAIL FROM (None: accept)
     mail_reply: str | None = None
+    #: reply to every RCPT TO (None: accept)
+    rcpt_reply: str | None = None
     queue_reply: str = "250 2.0.0 OK 1700000000 fake-queue-id - gsmtp"
 
 
@@ -67,6 +73,14 @@ class _Handler:
             return self.spec.mail_reply
         envelope.mail_from = address
         return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.spec.rcpt_reply is not None:
+            return self.spec.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.fake.messages.append(envelope)
@@ -151,3 +165,78 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         yield holder.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class NetNs:
+    """A network namespace made by the test: loopback, a veth with 198.18.0.1/24 (a test
+    host of our own, RFC 2544 range), no default route, and an empty nft input chain."""
+
+    name: str
+    address: str = "198.18.0.1"
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run *args* inside the namespace and return the finished process."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def drop(self, port: int) -> None:
+        """Make the namespace's firewall drop TCP to the veth address on *port*."""
+        done = self.run(
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "jdxtest",
+            "input",
+            "ip",
+            "daddr",
+            self.address,
+            "tcp",
+            "dport",
+            str(port),
+            "drop",
+        )
+        assert done.returncode == 0, done.stderr
+
+
+_NETNS_COUNT = itertools.count()
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNs]:
+    """A network namespace of our own (skipped without root, ip and nft); removed after."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
+        pytest.skip("needs root, ip and nft")
+    namespace = NetNs(f"jdxmail-test-{os.getpid()}-{next(_NETNS_COUNT)}")
+    made = subprocess.run(["ip", "netns", "add", namespace.name], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {made.stderr.decode().strip()}")
+    try:
+        for args in (
+            ("ip", "link", "set", "lo", "up"),
+            ("ip", "link", "add", "jdx0", "type", "veth", "peer", "name", "jdx1"),
+            ("ip", "addr", "add", f"{namespace.address}/24", "dev", "jdx0"),
+            ("ip", "link", "set", "jdx0", "up"),
+            ("ip", "link", "set", "jdx1", "up"),
+            ("nft", "add", "table", "inet", "jdxtest"),
+            (
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "jdxtest",
+                "input",
+                "{ type filter hook input priority 0; }",
+            ),
+        ):
+            done = namespace.run(*args)
+            assert done.returncode == 0, f"{args}: {done.stderr}"
+        yield namespace
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace.name], capture_output=True, check=False)

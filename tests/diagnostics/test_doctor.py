@@ -230,3 +230,33 @@ async def test_running_jdxmail_is_checked_for_answers(
     assert code == 0, out
     assert f"JDX-A1     ✓ port {port}: jdxmail is running" in out
     assert "JDX-B4     ✓ the server answers" in out
+
+
+async def test_config_causes_are_rows_with_fixes_a3_b2_b3(
+    runner: CliRunner, write_config: WriteConfig
+) -> None:
+    """A disabled server (A3), a hash that does not fit HashType (B2) and a relay nobody may
+    use (B3) each get their row and fix; the errors make doctor exit 1."""
+    data = {
+        "SmtpServer": {
+            "Enabled": False,
+            "Port": _free_port(),
+            "Users": [{"UserName": "app", "Password": "password", "HashType": "SHA256"}],
+        },
+        "RelayServer": {"Host": "smtp.example.invalid", "Port": 587},
+    }
+    path = write_config(json.dumps(data, indent=2))
+    code, out = await _doctor(runner, "--config", str(path), "--json")
+    rows = {r["id"]: r for r in json.loads(out)["rows"]}
+    assert code == 1
+    assert rows["JDX-A3"]["ok"] is None
+    assert rows["JDX-A3"]["fix"] == 'set "Enabled": true'
+    assert rows["JDX-B2"]["ok"] is False
+    assert "jdxmail hash-password" in rows["JDX-B2"]["fix"]
+    data["SmtpServer"]["Users"] = []
+    path = write_config(json.dumps(data, indent=2))
+    code, out = await _doctor(runner, "--config", str(path), "--json")
+    rows = {r["id"]: r for r in json.loads(out)["rows"]}
+    assert code == 1
+    assert rows["JDX-B3"]["ok"] is False
+    assert "jdxmail user add" in rows["JDX-B3"]["fix"]

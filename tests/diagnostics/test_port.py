@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from jdxmail.cli.exitcodes import PortExit
 from jdxmail.diagnostics.port import PrivilegeFacts, firewall_commands
 from tests.conftest import WriteConfig, invoke
+from tests.diagnostics.conftest import NetNs
 
 
 @pytest.fixture
@@ -255,60 +255,13 @@ sys.exit(result.exit_code)
 """
 
 
-@pytest.fixture
-def firewalled_netns() -> Iterator[str]:
-    """A network namespace of our own: loopback, a veth with 198.18.0.1, an nft input chain."""
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
-        pytest.skip("needs root, ip and nft")
-    name = f"jdxmail-b4-{os.getpid()}"
-
-    def run(*args: str) -> None:
-        subprocess.run(["ip", "netns", "exec", name, *args], check=True, capture_output=True)
-
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        run("ip", "link", "set", "lo", "up")
-        run("ip", "link", "add", "jdx0", "type", "veth", "peer", "name", "jdx1")
-        run("ip", "addr", "add", "198.18.0.1/24", "dev", "jdx0")
-        run("ip", "link", "set", "jdx0", "up")
-        run("ip", "link", "set", "jdx1", "up")
-        run("nft", "add", "table", "inet", "jdxtest")
-        run(
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "jdxtest",
-            "input",
-            "{ type filter hook input priority 0; }",
-        )
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-
-
-def test_firewall_drop_in_a_netns_is_reported_b4(firewalled_netns: str) -> None:
+def test_firewall_drop_in_a_netns_is_reported_b4(netns: NetNs) -> None:
     """With nft dropping the port on the network address, only loopback answers: exit 3, B4."""
-    done = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            firewalled_netns,
-            sys.executable,
-            "-c",
-            _NETNS_SCRIPT,
-            "198.18.0.1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = netns.run(sys.executable, "-c", _NETNS_SCRIPT, netns.address)
     out = done.stdout
     assert done.returncode == PortExit.OTHER, out + done.stderr
     assert "✓ banner from 127.0.0.1" in out
-    assert "✗ banner from 198.18.0.1" in out
+    assert f"✗ banner from {netns.address}" in out
     assert "no banner within 1 s" in out
     assert "JDX-B4" in out
     assert "a firewall blocks the port" in out

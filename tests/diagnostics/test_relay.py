@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import trustme
@@ -25,6 +26,7 @@ from tests.diagnostics.conftest import (
     OUTLOOK_SEND_AS,
     SENDGRID_BAD_LOGIN,
     SES_BAD_LOGIN,
+    NetNs,
     ProviderSpec,
     StartProvider,
 )
@@ -405,7 +407,8 @@ async def test_password_prompt_needed_without_terminal(runner: CliRunner) -> Non
     """--user without --password-stdin and no terminal is a usage error, not a traceback."""
     code, out = await _relay(runner, "--host", "127.0.0.1", "--user", "someone")
     assert code == 2
-    assert "no password given" in out
+    assert "a password is needed for 'someone'" in out
+    assert "--password-stdin" in out
 
 
 def test_exit_code_table_is_stable() -> None:
@@ -424,3 +427,83 @@ def test_exit_code_table_is_stable() -> None:
         "RCPT": 18,
         "DATA": 19,
     }
+
+
+def test_connect_timeout_behind_a_dropping_firewall_c2(netns: NetNs) -> None:
+    """A relay whose port a firewall drops times out at TCP connect and says so (exit 11)."""
+    netns.drop(587)
+    done = netns.run(
+        sys.executable,
+        "-m",
+        "jdxmail",
+        "test-relay",
+        "--host",
+        netns.address,
+        "--port",
+        "587",
+        "--timeout",
+        "0.5",
+    )
+    assert done.returncode == RelayExit.CONNECT, done.stdout + done.stderr
+    assert f"no answer from {netns.address}:587 within 0.5 s" in done.stdout
+    assert "firewall drops the traffic" in done.stdout
+    assert "JDX-C2" in done.stdout
+
+
+def test_unreachable_network_c2(netns: NetNs) -> None:
+    """With no route to the relay's network, TCP connect says unreachable (exit 11)."""
+    done = netns.run(
+        sys.executable,
+        "-m",
+        "jdxmail",
+        "test-relay",
+        "--host",
+        "198.51.100.7",
+        "--port",
+        "587",
+        "--timeout",
+        "2",
+    )
+    assert done.returncode == RelayExit.CONNECT, done.stdout + done.stderr
+    assert "198.51.100.7 is unreachable" in done.stdout
+    assert "no route" in done.stdout
+    assert "JDX-C2" in done.stdout
+
+
+async def test_refused_recipient_stops_at_rcpt(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A 550 5.1.1 for the recipient (a typo) stops at RCPT TO with exit 18 and the reply."""
+    fake = await fake_provider(
+        ProviderSpec(
+            rcpt_reply="550 5.1.1 The email account that you tried to reach does not exist"
+        )
+    )
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--ca",
+        _ca_file(ca, tmp_path),
+        "--user",
+        GOOD_USER,
+        "--password-stdin",
+        "--from",
+        GOOD_USER,
+        "--to",
+        "frend@example.net",
+        stdin=GOOD_PASSWORD + "\n",
+    )
+    assert code == RelayExit.RCPT
+    assert "✗ RCPT TO" in out
+    assert "frend@example.net refused: 550 5.1.1" in out
+    assert fake.messages == []
+
+
+async def test_bad_host_name_is_refused_before_any_lookup(runner: CliRunner) -> None:
+    """A host with a space fails at DNS as not a host name, without a lookup (exit 10)."""
+    code, out = await _relay(runner, "--host", "smtp gmail.com")
+    assert code == RelayExit.DNS
+    assert "is not a host name" in out

@@ -56,7 +56,12 @@ TimeoutOption = Annotated[
 CaOption = Annotated[
     Path | None,
     typer.Option(
-        "--ca", help="PEM file of the CA that signed the server's certificate.", show_default=False
+        "--ca",
+        help="PEM file of the CA that signed the server's certificate.",
+        show_default=False,
+        exists=True,
+        dir_okay=False,
+        readable=True,
     ),
 ]
 InsecureOption = Annotated[
@@ -254,7 +259,26 @@ def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
 
 
 def _ask_password(user: str, from_stdin: bool) -> str:
+    if not from_stdin and not sys.stdin.isatty():
+        fail(
+            f"a password is needed for {user!r} and stdin is not a terminal",
+            "pass it on one line of standard input with --password-stdin (or set it in the "
+            "config / its environment variable)",
+            ExitCode.USAGE,
+        )
     return read_password(from_stdin=from_stdin, confirm=False, what=f"Password for {user}")
+
+
+def _load_or_usage(config: Path | None) -> LoadedConfig:
+    """The settings, or the reason printed and exit 2 (the usage code of these commands)."""
+    from jdxmail.cli.common import exit_for_config_error  # noqa: PLC0415
+    from jdxmail.settings.files import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        return load_settings(config)
+    except ConfigError as error:
+        exit_for_config_error(error)
+        raise typer.Exit(int(ExitCode.USAGE)) from None
 
 
 def _cli_target(
@@ -359,9 +383,7 @@ def relay_test(
         fail("--tls takes starttls, implicit or none here", code=ExitCode.USAGE)
     loaded: LoadedConfig | None = None
     if provider is None and host is None:
-        from jdxmail.cli.common import load_or_exit  # noqa: PLC0415
-
-        loaded = load_or_exit(config)
+        loaded = _load_or_usage(config)
         settings = loaded.settings
         relays = settings.relays
         if not relays:
@@ -485,9 +507,7 @@ def send_test(
     if server is not None:
         host, port = _split_server(server)
     else:
-        from jdxmail.cli.common import load_or_exit  # noqa: PLC0415
-
-        smtp = load_or_exit(config).settings.smtp_server
+        smtp = _load_or_usage(config).settings.smtp_server
         host = connect_address(smtp.bind_address)
         port = smtp.port
         if mode is TlsMode.IMPLICIT and smtp.tls.implicit_tls_port:

@@ -14,6 +14,7 @@ import base64
 import enum
 import errno
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -308,6 +309,24 @@ def _tls_context(target: RelayTarget) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _host_name_problem(host: str) -> str | None:
+    """Why *host* cannot be a DNS name (checked before any lookup), or None."""
+    if not host:
+        return "it is empty"
+    try:
+        ascii_name = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return "it cannot be written as a DNS name (IDNA)"
+    if len(ascii_name) > 253:
+        return "it is longer than 253 characters"
+    if not all(_LABEL.fullmatch(label) for label in ascii_name.split(".")):
+        return "only letters, digits, '-' and '.' are allowed, in labels of 1 to 63"
+    return None
+
+
 def _looks_like_tls(data: bytes) -> bool:
     """True for the start of a TLS record (handshake or alert, version 3.x)."""
     return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03
@@ -448,6 +467,19 @@ class _Prober:
         else:
             self.stage(Stage.DNS, True, started, f"{host} is an IP address", addresses=[host])
             return [host]
+        problem = _host_name_problem(host)
+        if problem is not None:
+            self.fail(
+                Stage.DNS,
+                started,
+                problem,
+                f"{host!r} is not a host name: {problem}",
+                self.setting("Host", '"smtp.example.com"'),
+                "Host",
+                "C1",
+                "relay.bad-host",
+            )
+            return None
         try:
             name = host.rstrip(".").lower()
             if name == "invalid" or name.endswith(".invalid"):
