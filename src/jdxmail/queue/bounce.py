@@ -1,0 +1,129 @@
+"""Bounces: RFC 3464 delivery status notifications to the envelope sender.
+
+A bounce is a ``multipart/report; report-type=delivery-status`` message with three
+parts: a plain-text explanation, the ``message/delivery-status`` fields (one block
+per failed recipient, with the upstream's reply as ``Diagnostic-Code``) and the
+original message's header (``text/rfc822-headers``). It is sent with the null
+sender ``<>`` so that it can never bounce back (RFC 5321 §6.1); a message whose
+sender is ``<>`` gets no bounce at all.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["FailedRecipient", "build_dsn"]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecipient:
+    """A recipient given up on: its status (``5.1.1``), the reply, the relay that said it."""
+
+    recipient: str
+    status: str
+    reply: str
+    relay: str
+    last_attempt: float
+
+
+def _header_block(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def _original_header(data: bytes, name: bytes) -> str:
+    for line in _header_block(data).split(b"\r\n"):
+        if line[: len(name) + 1].lower() == name.lower() + b":":
+            return line[len(name) + 1 :].strip().decode("utf-8", "replace")
+    return ""
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace("\r", " ").replace("\n", " ").split())
+
+
+def build_dsn(
+    *,
+    reporting_host: str,
+    original_sender: str,
+    original_data: bytes,
+    queue_id: str,
+    received_at: float,
+    failed: Sequence[FailedRecipient],
+    expired: bool = False,
+    now: float | None = None,
+) -> tuple[bytes, str]:
+    """The bytes (CRLF) and Message-ID of a DSN telling *original_sender* of *failed*."""
+    now = time.time() if now is None else now
+    boundary = f"=_jdxmail_{secrets.token_hex(12)}"
+    message_id = f"{queue_id}.{secrets.token_hex(4)}.dsn@{reporting_host}"
+    subject = _original_header(original_data, b"Subject")
+    reason = (
+        "could not be delivered in time (the relays kept failing)"
+        if expired
+        else "could not be delivered"
+    )
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{reporting_host}>",
+        f"To: <{original_sender}>",
+        f"Subject: Undelivered Mail Returned to Sender{': ' + _clean(subject) if subject else ''}",
+        f"Date: {email.utils.formatdate(now, localtime=False)}",
+        f"Message-ID: <{message_id}>",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated delivery status notification.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        f"This is the mail system at {reporting_host}.",
+        "",
+        f"Your message (queue id {queue_id}) {reason} to these recipients:",
+        "",
+    ]
+    for item in failed:
+        lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
+        if item.relay:
+            lines.append(f"    (reported by relay {item.relay})")
+    lines += [
+        "",
+        "The delivery status and the header of your message follow.",
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "",
+        f"Reporting-MTA: dns; {reporting_host}",
+        f"X-Jdxmail-Queue-ID: {queue_id}",
+        f"Arrival-Date: {email.utils.formatdate(received_at, localtime=False)}",
+    ]
+    for item in failed:
+        lines += [
+            "",
+            f"Final-Recipient: rfc822; {item.recipient}",
+            "Action: failed",
+            f"Status: {item.status}",
+        ]
+        if item.relay:
+            lines.append(f"Remote-MTA: dns; {_clean(item.relay)}")
+        lines.append(f"Diagnostic-Code: smtp; {_clean(item.reply)}")
+        if item.last_attempt:
+            lines.append(
+                f"Last-Attempt-Date: {email.utils.formatdate(item.last_attempt, localtime=False)}"
+            )
+    lines += [
+        "",
+        f"--{boundary}",
+        "Content-Type: text/rfc822-headers",
+        "",
+    ]
+    head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
+    original = _header_block(original_data)
+    tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+    return head + original + tail, message_id

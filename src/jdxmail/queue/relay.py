@@ -1,0 +1,533 @@
+"""Sessions to upstream relays with aiosmtplib, and what each upstream error means.
+
+``UseTls`` on port 465 is TLS from the first byte; on any other port STARTTLS is
+*required* (``start_tls=True``: if the relay does not offer it, the attempt fails
+rather than sending in plaintext). Certificates are verified unless a relay says
+``VerifyCertificate: false``. AUTH uses a mechanism the relay offers (PLAIN, else
+LOGIN), since some providers (Outlook) do not offer PLAIN.
+
+Every upstream failure becomes a :class:`Verdict` through :data:`OUTCOME_TABLE`,
+the one place that decides retry / bounce / fail over / count against the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import re
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from jdxmail.settings.model import RelaySettings
+
+__all__ = [
+    "OUTCOME_TABLE",
+    "AttemptResult",
+    "Outcome",
+    "RecipientResult",
+    "RelayPool",
+    "RelayUnusable",
+    "Scope",
+    "Stage",
+    "StageError",
+    "Verdict",
+    "classify",
+    "enhanced_status",
+]
+
+logger = logging.getLogger("jdxmail.relay")
+
+
+class Stage(enum.Enum):
+    """Where in the relay session something happened."""
+
+    CONNECT = "connect"
+    TLS = "tls"
+    EHLO = "ehlo"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class Outcome(enum.Enum):
+    """What becomes of a recipient after an attempt."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    BOUNCE = "bounce"
+
+
+class Scope(enum.Enum):
+    """Whom a failure concerns: the relay (try another), the message, or one recipient."""
+
+    RELAY = "relay"
+    MESSAGE = "message"
+    RECIPIENT = "recipient"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision for one failure: outcome, scope, fail over, count against the relay."""
+
+    outcome: Outcome
+    scope: Scope
+    failover: bool
+    trips_breaker: bool
+    status: str
+    code: int
+    reply: str
+    row: str
+
+    @property
+    def text(self) -> str:
+        """The reply as a user sees it: ``550 5.1.1 no such user``."""
+        return f"{self.code} {self.reply}" if self.code else self.reply
+
+
+class RelayUnusable(Exception):
+    """The relay session cannot be used for this attempt (STARTTLS missing, no AUTH...)."""
+
+    def __init__(self, message: str, *, stage: Stage, status: str = "4.7.0") -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.status = status
+
+
+ErrorTest = Callable[[Stage, BaseException], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of the outcome table."""
+
+    name: str
+    test: ErrorTest
+    outcome: Outcome
+    scope: Scope
+    failover: bool
+    trips_breaker: bool
+    status: str
+
+
+def _code(exc: BaseException) -> int:
+    return exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else 0
+
+
+def _is_4xx(exc: BaseException) -> bool:
+    return 400 <= _code(exc) < 500
+
+
+def _is_5xx(exc: BaseException) -> bool:
+    return 500 <= _code(exc) < 600
+
+
+def _network(exc: BaseException) -> bool:
+    return isinstance(exc, OSError | TimeoutError | aiosmtplib.SMTPServerDisconnected) or (
+        isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPTimeoutError)
+        and not isinstance(exc, aiosmtplib.SMTPResponseException)
+    )
+
+
+#: The one table from an upstream failure to what happens to the mail. First match
+#: wins; each row is tested in tests/queue/test_outcomes.py.
+OUTCOME_TABLE: tuple[Row, ...] = (
+    Row(
+        "certificate not trusted",
+        lambda s, e: isinstance(e, ssl.SSLCertVerificationError),
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.5",
+    ),
+    Row(
+        "TLS handshake failed",
+        lambda s, e: isinstance(e, ssl.SSLError),
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
+    ),
+    Row(
+        "relay unusable (no STARTTLS, no usable AUTH)",
+        lambda s, e: isinstance(e, RelayUnusable),
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
+    ),
+    Row(
+        "service closing (421)",
+        lambda s, e: _code(e) == 421,
+        Outcome.RETRY, Scope.RELAY, True, True, "4.3.2",
+    ),
+    Row(
+        "greeting or EHLO refused",
+        lambda s, e: s in (Stage.CONNECT, Stage.EHLO, Stage.TLS) and _code(e) > 0,
+        Outcome.RETRY, Scope.RELAY, True, True, "4.4.2",
+    ),
+    Row(
+        "authentication refused (our configuration, never the sender's fault)",
+        lambda s, e: s is Stage.AUTH,
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.8",
+    ),
+    Row(
+        "connection failed, dropped or timed out",
+        lambda s, e: _network(e),
+        Outcome.RETRY, Scope.RELAY, True, True, "4.4.1",
+    ),
+    Row(
+        "relay lacks a needed extension (SMTPUTF8)",
+        lambda s, e: isinstance(e, aiosmtplib.SMTPNotSupported),
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.7",
+    ),
+    Row(
+        "address the relay cannot take (bad syntax)",
+        lambda s, e: isinstance(e, ValueError),
+        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.1.3",
+    ),
+    Row(
+        "sender refused for now (MAIL 4xx)",
+        lambda s, e: s is Stage.MAIL and _is_4xx(e),
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.0.0",
+    ),
+    Row(
+        "sender refused (MAIL 5xx)",
+        lambda s, e: s is Stage.MAIL and _is_5xx(e),
+        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.0.0",
+    ),
+    Row(
+        "recipient refused for now (RCPT 4xx)",
+        lambda s, e: s is Stage.RCPT and _is_4xx(e),
+        Outcome.RETRY, Scope.RECIPIENT, False, False, "4.0.0",
+    ),
+    Row(
+        "recipient refused (RCPT 5xx)",
+        lambda s, e: s is Stage.RCPT and _is_5xx(e),
+        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.0.0",
+    ),
+    Row(
+        "message refused for now (DATA 4xx)",
+        lambda s, e: s is Stage.DATA and _is_4xx(e),
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.0.0",
+    ),
+    Row(
+        "message refused (DATA 5xx)",
+        lambda s, e: s is Stage.DATA and _is_5xx(e),
+        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.0.0",
+    ),
+    Row(
+        "anything else (unexpected reply or error)",
+        lambda s, e: True,
+        Outcome.RETRY, Scope.RELAY, True, True, "4.0.0",
+    ),
+)  # fmt: skip
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def enhanced_status(code: int, text: str, default: str) -> str:
+    """The RFC 3463 status in *text* (``5.1.1``), else *default* with the code's class."""
+    match = _ENHANCED.match(text.strip())
+    if match:
+        return ".".join(match.groups())
+    if code >= 200:
+        return f"{code // 100}{default[1:]}"
+    return default
+
+
+def classify(stage: Stage, exc: BaseException) -> Verdict:
+    """Decide what an upstream failure at *stage* means, by :data:`OUTCOME_TABLE`."""
+    for row in OUTCOME_TABLE:
+        if row.test(stage, exc):
+            code = _code(exc)
+            if isinstance(exc, aiosmtplib.SMTPResponseException):
+                reply = exc.message
+            else:
+                reply = f"{stage.value}: {_describe(exc)}"
+            status = enhanced_status(code, reply, row.status)
+            if isinstance(exc, RelayUnusable):
+                status = exc.status
+            return Verdict(
+                outcome=row.outcome,
+                scope=row.scope,
+                failover=row.failover,
+                trips_breaker=row.trips_breaker,
+                status=status,
+                code=code,
+                reply=" ".join(reply.split()),
+                row=row.name,
+            )
+    raise AssertionError("the last row matches everything")  # pragma: no cover
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted ({exc.verify_message or exc.reason})"
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """What happened to one recipient in one attempt."""
+
+    recipient: str
+    outcome: Outcome
+    status: str
+    reply: str
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """One attempt at one relay: per-recipient results and the final reply."""
+
+    relay: str
+    recipients: list[RecipientResult] = field(default_factory=list)
+    #: the upstream's reply to DATA (it holds the provider's queue id), when delivered
+    final_reply: str = ""
+    #: set when the attempt failed as a whole (not per recipient)
+    failure: Verdict | None = None
+
+
+def _tls_context(relay: RelaySettings) -> ssl.SSLContext:
+    if relay.ca_file is not None:
+        context = ssl.create_default_context(cafile=str(relay.ca_file))
+    else:
+        context = ssl.create_default_context()
+    if not relay.verify_certificate:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _mail_options(
+    options: Sequence[str], client: aiosmtplib.SMTP, size: int
+) -> tuple[list[str], bool]:
+    """The MAIL FROM parameters to pass on, and whether SMTPUTF8 is needed."""
+    passed: list[str] = []
+    utf8 = False
+    for option in options:
+        upper = option.upper()
+        if upper == "SMTPUTF8":
+            utf8 = True
+        elif upper.startswith("BODY=") and client.supports_extension("8bitmime"):
+            passed.append(upper)
+    if client.supports_extension("size"):
+        passed.insert(0, f"SIZE={size}")
+    return passed, utf8
+
+
+class RelayConnection:
+    """One connected, authenticated session to a relay, reused for several messages."""
+
+    def __init__(self, relay: RelaySettings, client: aiosmtplib.SMTP) -> None:
+        self.relay = relay
+        self.client = client
+        self.messages = 0
+
+    async def close(self) -> None:
+        """QUIT politely; drop the connection if that fails."""
+        with contextlib.suppress(Exception):
+            if self.client.is_connected:
+                await asyncio.wait_for(self.client.quit(), timeout=5)
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: bytes,
+        options: Sequence[str],
+    ) -> AttemptResult:
+        """Send one message; per-recipient results, or ``failure`` for the whole attempt.
+
+        Raises (aiosmtplib/OS errors) only when the session broke; the caller
+        classifies those with the stage in ``self.stage``.
+        """
+        result = AttemptResult(relay=self.relay.display_name)
+        client = self.client
+        if self.messages:
+            self.stage = Stage.MAIL
+            await client.rset()
+        self.messages += 1
+        passed, utf8 = _mail_options(options, client, len(data))
+        encoding = "ascii"
+        if utf8:
+            if not client.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported(
+                    "the message needs SMTPUTF8 and the relay does not offer it"
+                )
+            passed.append("SMTPUTF8")
+            encoding = "utf-8"
+        self.stage = Stage.MAIL
+        try:
+            await client.mail(mail_from, options=passed, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
+            result.failure = classify(Stage.MAIL, exc)
+            return result
+        accepted: list[str] = []
+        self.stage = Stage.RCPT
+        for recipient in recipients:
+            try:
+                await client.rcpt(recipient, encoding=encoding)
+            except (aiosmtplib.SMTPResponseException, ValueError) as exc:
+                verdict = classify(Stage.RCPT, exc)
+                if verdict.scope is not Scope.RECIPIENT:
+                    await self._reset()
+                    result.failure = verdict
+                    return result
+                result.recipients.append(
+                    RecipientResult(recipient, verdict.outcome, verdict.status, verdict.text)
+                )
+            else:
+                accepted.append(recipient)
+        if not accepted:
+            await self._reset()
+            return result
+        self.stage = Stage.DATA
+        try:
+            reply = await client.data(data)
+        except aiosmtplib.SMTPResponseException as exc:
+            verdict = classify(Stage.DATA, exc)
+            if verdict.scope is Scope.RELAY:
+                raise
+            await self._reset()
+            result.recipients.extend(
+                RecipientResult(r, verdict.outcome, verdict.status, verdict.text) for r in accepted
+            )
+            return result
+        text = " ".join(f"{reply.code} {reply.message}".split())
+        result.final_reply = text
+        status = enhanced_status(reply.code, reply.message, "2.0.0")
+        result.recipients.extend(
+            RecipientResult(r, Outcome.DELIVERED, status, text) for r in accepted
+        )
+        return result
+
+    stage: Stage = Stage.MAIL
+
+    async def _reset(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.rset()
+
+
+class RelayPool:
+    """Reusable sessions to one relay, at most *size* at a time."""
+
+    def __init__(
+        self,
+        relay: RelaySettings,
+        *,
+        local_hostname: str,
+        step_timeout: float,
+        size: int,
+    ) -> None:
+        self.relay = relay
+        self.local_hostname = local_hostname
+        self.step_timeout = step_timeout
+        self.size = size
+        self.slots = asyncio.Semaphore(size)
+        self._idle: list[RelayConnection] = []
+        self._context = _tls_context(relay)
+
+    @property
+    def name(self) -> str:
+        """The relay's display name."""
+        return self.relay.display_name
+
+    async def connect(self) -> RelayConnection:
+        """A new session: connect, TLS as configured, EHLO, AUTH. Raises StageError."""
+        relay = self.relay
+        implicit = relay.implicit_tls
+        client = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            local_hostname=self.local_hostname,
+            use_tls=implicit,
+            start_tls=False,
+            tls_context=self._context if relay.use_tls else None,
+            timeout=self.step_timeout,
+        )
+        stage = Stage.TLS if implicit else Stage.CONNECT
+        try:
+            await client.connect()
+            stage = Stage.EHLO
+            await client.ehlo()
+            if relay.use_tls and not implicit:
+                stage = Stage.TLS
+                if not client.supports_extension("starttls"):
+                    raise RelayUnusable(
+                        f"{relay.display_name} does not offer STARTTLS and UseTls is true; "
+                        "not sending in plaintext",
+                        stage=Stage.TLS,
+                        status="4.7.10",
+                    )
+                await client.starttls(server_hostname=relay.host, tls_context=self._context)
+                stage = Stage.EHLO
+                await client.ehlo()
+            if relay.username:
+                stage = Stage.AUTH
+                await self._login(client)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                client.close()
+            raise StageError(stage, exc) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.close()
+            raise
+        return RelayConnection(relay, client)
+
+    async def _login(self, client: aiosmtplib.SMTP) -> None:
+        relay = self.relay
+        assert relay.username is not None
+        password = relay.password.get_secret_value() if relay.password is not None else ""
+        offered = client.server_auth_methods
+        if not client.supports_extension("auth") or not offered:
+            raise RelayUnusable(
+                f"{relay.display_name} does not offer AUTH on this connection "
+                f"({'TLS' if relay.use_tls else 'plaintext'}); check UseTls and Port",
+                stage=Stage.AUTH,
+                status="4.7.0",
+            )
+        if "plain" in offered:
+            await client.auth_plain(relay.username, password)
+        elif "login" in offered:
+            await client.auth_login(relay.username, password)
+        else:
+            raise RelayUnusable(
+                f"{relay.display_name} offers AUTH {' '.join(m.upper() for m in offered)}; "
+                "jdxmail speaks PLAIN and LOGIN",
+                stage=Stage.AUTH,
+                status="4.7.0",
+            )
+
+    async def acquire(self) -> RelayConnection:
+        """An idle session if one is still alive, else a new one. Raises StageError."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.client.is_connected:
+                return connection
+            await connection.close()
+        return await self.connect()
+
+    def release(self, connection: RelayConnection, *, healthy: bool) -> None:
+        """Keep *connection* for the next message, or drop it."""
+        if healthy and connection.client.is_connected:
+            self._idle.append(connection)
+        else:
+            connection.client.close()
+
+    async def close(self) -> None:
+        """QUIT every idle session."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(c.close() for c in idle))
+
+
+class StageError(Exception):
+    """A relay session failed at *stage*; the cause is the upstream error."""
+
+    def __init__(self, stage: Stage, cause: BaseException) -> None:
+        super().__init__(f"{stage.value}: {cause}")
+        self.stage = stage
+        self.cause = cause

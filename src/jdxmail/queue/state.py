@@ -1,0 +1,133 @@
+"""The mutable delivery state of a queued message (``state/ID.json``) and failed records.
+
+The queue file never changes; what the delivery engine learns (attempts, next try,
+last upstream reply, each recipient's outcome) lives beside it and is replaced
+atomically (write a temporary file, rename over). Losing a state file (a power cut
+right after a rename) costs at most a duplicate delivery, never a message: without
+a state file every recipient counts as pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PENDING",
+    "DeliveryState",
+    "RecipientState",
+    "StateError",
+    "read_json",
+    "write_json_atomic",
+]
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+class StateError(ValueError):
+    """A state file cannot be parsed."""
+
+
+@dataclass(slots=True)
+class RecipientState:
+    """One recipient's outcome so far."""
+
+    status: str = PENDING
+    #: the enhanced status code of the last reply (``2.0.0``, ``4.2.1``, ``5.1.1``)
+    code: str = ""
+    reply: str = ""
+    relay: str = ""
+    at: float = 0.0
+
+
+@dataclass(slots=True)
+class DeliveryState:
+    """What the engine knows about a queued message besides its envelope."""
+
+    attempts: int = 0
+    next_try: float = 0.0
+    first_try: float = 0.0
+    last_try: float = 0.0
+    last_reply: str = ""
+    last_relay: str = ""
+    #: why the message waits without an attempt (quota spent, relays skipped)
+    waiting_for: str = ""
+    recipients: dict[str, RecipientState] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, recipients: tuple[str, ...]) -> DeliveryState:
+        """The state of a message never tried: every recipient pending, due now."""
+        return cls(recipients={r: RecipientState() for r in recipients})
+
+    def pending(self) -> list[str]:
+        """Recipients still to be delivered."""
+        return [r for r, s in self.recipients.items() if s.status == PENDING]
+
+    def failed(self) -> dict[str, RecipientState]:
+        """Recipients given up on."""
+        return {r: s for r, s in self.recipients.items() if s.status == FAILED}
+
+    def delivered(self) -> dict[str, RecipientState]:
+        """Recipients the relay accepted."""
+        return {r: s for r, s in self.recipients.items() if s.status == DELIVERED}
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, recipients: tuple[str, ...]) -> DeliveryState:
+        """Parse a state file's content; recipients missing from it count as pending."""
+        try:
+            state = cls(
+                attempts=int(data["attempts"]),
+                next_try=float(data["next_try"]),
+                first_try=float(data.get("first_try", 0.0)),
+                last_try=float(data.get("last_try", 0.0)),
+                last_reply=str(data.get("last_reply", "")),
+                last_relay=str(data.get("last_relay", "")),
+                waiting_for=str(data.get("waiting_for", "")),
+                recipients={
+                    str(r): RecipientState(**s) for r, s in dict(data["recipients"]).items()
+                },
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"unreadable delivery state: {exc}") from None
+        for recipient in recipients:
+            state.recipients.setdefault(recipient, RecipientState())
+        return state
+
+
+def write_json_atomic(path: Path, data: Any, *, sync: bool = False) -> None:
+    """Replace *path* with *data* as JSON so a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, ensure_ascii=False, indent=1)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def read_json(path: Path) -> Any:
+    """Parse *path*; None when it does not exist. Raises StateError when unparsable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StateError(f"{path.name}: not JSON ({exc})") from None

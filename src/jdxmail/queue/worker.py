@@ -1,0 +1,742 @@
+"""The delivery engine: takes due messages from the spool and hands them to relays.
+
+Inside ``serve`` it runs as a component (``start()`` / ``stop(grace)``). For each due
+message a worker claims the queue file (an exclusive ``flock``, so several processes
+and the ``queue`` CLI can share the spool), tries the relays in order, records each
+recipient's outcome in ``state/ID.json`` and then either reschedules the message
+(exponential backoff with jitter), removes it (all delivered), or bounces it (an RFC
+3464 DSN stored in the spool like any message) and keeps it in ``failed/``.
+
+Crash safety: the queue file is removed only after every recipient is resolved and
+any bounce is durably stored, so a SIGKILL at any moment loses nothing; a message
+that was being handed over when the process died is sent again (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import heapq
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosmtplib
+
+from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.quota import QuotaBook, next_utc_midnight
+from jdxmail.queue.relay import (
+    AttemptResult,
+    Outcome,
+    RelayConnection,
+    RelayPool,
+    Stage,
+    StageError,
+    classify,
+)
+from jdxmail.queue.spool import (
+    AcceptedMessage,
+    CorruptSpoolFile,
+    QueuedMessage,
+    Spool,
+    SpoolError,
+    decode_queued,
+)
+from jdxmail.queue.state import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    DeliveryState,
+    RecipientState,
+    StateError,
+    read_json,
+    write_json_atomic,
+)
+from jdxmail.settings.model import Settings
+
+__all__ = [
+    "FLUSH_FILE",
+    "CircuitBreaker",
+    "DeliveryEngine",
+    "DeliveryOptions",
+    "backoff_delay",
+    "claim",
+]
+
+logger = logging.getLogger("jdxmail.queue")
+relay_log = logging.getLogger("jdxmail.relay")
+
+#: touched by ``jdxmail queue flush`` / ``retry``: running engines rescan at once
+FLUSH_FILE = "flush"
+_RESCAN_SECONDS = 30.0
+_POLL_SECONDS = 1.0
+
+
+def backoff_delay(attempts: int, first: float, cap: float, rng: Callable[[], float]) -> float:
+    """Seconds before the next try after *attempts* tries: doubling from *first* up to
+    *cap*, with ±20 % jitter so that many waiting messages do not retry in lockstep."""
+    base = min(cap, first * (2 ** max(0, attempts - 1)))
+    return max(1.0, float(base * (0.8 + 0.4 * rng())))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    """Retry schedule and session counts of the delivery engine."""
+
+    #: seconds a message may wait for a relay before it bounces (5 days)
+    message_lifetime: float = 5 * 24 * 3600
+    #: seconds before the first retry; doubled each attempt, with jitter
+    retry_delay: float = 60
+    #: the longest wait between two attempts
+    retry_max_delay: float = 3600
+    #: parallel sessions per relay (reused for consecutive messages)
+    connections_per_relay: int = 4
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """Skips a relay that keeps failing, for a cool-down that grows while it fails."""
+
+    name: str
+    threshold: int = 3
+    cooldown: float = 30.0
+    max_cooldown: float = 600.0
+    failures: int = 0
+    open_until: float = 0.0
+
+    def allows(self, now: float) -> bool:
+        """True when the relay may be tried (closed, or the cool-down is over)."""
+        return now >= self.open_until
+
+    def success(self) -> None:
+        """The relay worked: close the breaker."""
+        if self.failures >= self.threshold:
+            relay_log.info("relay %s works again; no longer skipped", self.name)
+        self.failures = 0
+        self.open_until = 0.0
+
+    def failure(self, now: float) -> None:
+        """The relay failed; open the breaker after *threshold* failures in a row."""
+        self.failures += 1
+        if self.failures >= self.threshold:
+            wait = min(self.max_cooldown, self.cooldown * 2 ** (self.failures - self.threshold))
+            self.open_until = now + wait
+            relay_log.warning(
+                "relay %s failed %d times in a row; skipping it for %.0f s",
+                self.name,
+                self.failures,
+                wait,
+            )
+
+
+def claim(path: Path) -> int | None:
+    """Open and lock queue file *path* for delivery; None if gone or taken by another.
+
+    The lock is held until the returned descriptor is closed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        here = os.stat(path)
+        mine = os.fstat(fd)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_nlink == 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """A claimed message with its state, or the reason it could not be read."""
+
+    fd: int
+    message: QueuedMessage | None = None
+    state: DeliveryState | None = None
+    corrupt: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class DeliveryEngine:
+    """Delivers queued mail to the configured relays; a component of ``serve``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        *,
+        options: DeliveryOptions | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.clock = clock
+        self.rng = rng
+        delivery = options or DeliveryOptions()
+        self.options = delivery
+        self.lifetime = float(delivery.message_lifetime)
+        self.retry_delay = float(delivery.retry_delay)
+        self.retry_max_delay = float(delivery.retry_max_delay)
+        server = settings.smtp_server
+        self.host_name = server.effective_host_name
+        self.local_domains = {d.lower() for d in server.effective_local_domains}
+        self.pools = [
+            RelayPool(
+                relay,
+                local_hostname=self.host_name,
+                step_timeout=float(relay.time_out or server.time_out),
+                size=delivery.connections_per_relay,
+            )
+            for relay in settings.relays
+        ]
+        self.breakers = {p.name: CircuitBreaker(p.name) for p in self.pools}
+        self.quota = QuotaBook(spool.spool_dir)
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}
+        self._seq = 0
+        self._in_flight: set[str] = set()
+        self._work: asyncio.Queue[str] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._flush_mtime = 0.0
+        self._last_rescan = 0.0
+        self._last_flush_check = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Scan the spool (logging what a previous run left), start the workers."""
+        for pool in self.pools:
+            if not pool.relay.verify_certificate:
+                relay_log.warning(
+                    "relay %s: VerifyCertificate is false; its certificate is not checked "
+                    "(anyone on the path can read the mail and the password)",
+                    pool.name,
+                )
+            if not pool.relay.use_tls and pool.relay.username:
+                relay_log.warning(
+                    "relay %s: UseTls is false; the password crosses the network in clear",
+                    pool.name,
+                )
+        counts = await asyncio.to_thread(self._recover)
+        logger.info(
+            "delivery engine: %d queued (%d being retried, %d due now), %d failed kept; relays: %s",
+            counts["queued"],
+            counts["retrying"],
+            counts["due"],
+            counts["failed"],
+            ", ".join(p.name for p in self.pools) or "none",
+        )
+        self.spool.on_queued = self.enqueue
+        self._last_rescan = self.clock()
+        workers = max(1, sum(p.size for p in self.pools))
+        self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
+        self._tasks += [
+            asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
+            for n in range(workers)
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages; let attempts in progress finish within *grace* seconds."""
+        self._stopping = True
+        if self.spool.on_queued == self.enqueue:
+            self.spool.on_queued = None
+        self._wake.set()
+        tasks, self._tasks = self._tasks, []
+        if self._in_flight:
+            busy = [t for t in tasks if not t.done()]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    while self._in_flight:
+                        self._idle.clear()
+                        await self._idle.wait()
+            del busy
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(p.close() for p in self.pools), return_exceptions=True)
+
+    def enqueue(self, queue_id: str) -> None:
+        """A new message is in the spool: deliver it as soon as a worker is free."""
+        self._schedule(queue_id, 0.0)
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Make every queued message due now (``queue flush``), skipping breaker waits."""
+        for breaker in self.breakers.values():
+            breaker.open_until = 0.0
+        for queue_id in list(self._due):
+            self._schedule(queue_id, 0.0)
+        self._last_rescan = 0.0
+        self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is being delivered and nothing is due now (for tests)."""
+        while True:
+            now = self.clock()
+            due = any(when <= now for when in self._due.values())
+            if not self._in_flight and not due and self._work.empty():
+                return
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- scheduling ------------------------------------------------------------------
+
+    def _schedule(self, queue_id: str, when: float) -> None:
+        self._due[queue_id] = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, queue_id))
+
+    def _recover(self) -> dict[str, int]:
+        """Startup scan: every queued message is scheduled; leftovers are cleaned."""
+        for leftover in self.spool.state_dir.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        now = self.clock()
+        retrying = due = 0
+        ids = self.spool.queued_ids()
+        for queue_id in ids:
+            when = self._next_try_on_disk(queue_id)
+            if when > 0:
+                retrying += 1
+            if when <= now:
+                due += 1
+            self._schedule(queue_id, when)
+        failed = sum(1 for p in self.spool.failed_dir.glob("*.msg"))
+        return {"queued": len(ids), "retrying": retrying, "due": due, "failed": failed}
+
+    def _next_try_on_disk(self, queue_id: str) -> float:
+        try:
+            data = read_json(self.spool.state_dir / f"{queue_id}.json")
+        except (StateError, OSError):
+            return 0.0
+        if isinstance(data, dict):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                return float(data["next_try"])
+        return 0.0
+
+    def _rescan(self) -> list[tuple[str, float]]:
+        """Messages on disk this engine does not know (other processes, the CLI)."""
+        found = []
+        for queue_id in self.spool.queued_ids():
+            if queue_id not in self._due and queue_id not in self._in_flight:
+                found.append((queue_id, self._next_try_on_disk(queue_id)))
+        return found
+
+    def _flush_requested(self) -> bool:
+        try:
+            mtime = (self.spool.spool_dir / FLUSH_FILE).stat().st_mtime
+        except OSError:
+            return False
+        if mtime > self._flush_mtime:
+            first = self._flush_mtime == 0.0
+            self._flush_mtime = mtime
+            return not first or mtime > self.clock() - _RESCAN_SECONDS
+        return False
+
+    async def _scheduler(self) -> None:
+        while not self._stopping:
+            now = self.clock()
+            if now - self._last_flush_check >= _POLL_SECONDS:
+                self._last_flush_check = now
+                if await asyncio.to_thread(self._flush_requested):
+                    self.flush()
+                    now = self.clock()
+            if now - self._last_rescan >= _RESCAN_SECONDS:
+                self._last_rescan = now
+                for queue_id, when in await asyncio.to_thread(self._rescan):
+                    if queue_id not in self._due:
+                        self._schedule(queue_id, when)
+            while self._heap and self._heap[0][0] <= now:
+                when, _, queue_id = heapq.heappop(self._heap)
+                if self._due.get(queue_id) != when or queue_id in self._in_flight:
+                    continue
+                del self._due[queue_id]
+                self._in_flight.add(queue_id)
+                self._work.put_nowait(queue_id)
+            self._signal_idle()
+            timeout = _POLL_SECONDS
+            if self._heap:
+                timeout = max(0.0, min(timeout, self._heap[0][0] - self.clock()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    def _signal_idle(self) -> None:
+        self._idle.set()
+
+    async def _worker(self) -> None:
+        while True:
+            queue_id = await self._work.get()
+            try:
+                await self._deliver(queue_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s: delivery failed unexpectedly; retrying later", queue_id)
+                self._schedule(queue_id, self.clock() + self.retry_delay)
+            finally:
+                self._in_flight.discard(queue_id)
+                if queue_id in self._due:
+                    self._schedule(queue_id, self._due[queue_id])
+                self._work.task_done()
+                self._wake.set()
+                self._signal_idle()
+
+    # -- one message -----------------------------------------------------------------
+
+    def _load(self, queue_id: str) -> _Loaded | None:
+        fd = claim(self.spool.queue_path(queue_id))
+        if fd is None:
+            return None
+        loaded = _Loaded(fd)
+        try:
+            loaded.message = decode_queued(_read_fd(fd), queue_id)
+        except CorruptSpoolFile as exc:
+            loaded.corrupt = str(exc)
+            return loaded
+        except BaseException:
+            os.close(fd)
+            raise
+        state_path = self.spool.state_dir / f"{queue_id}.json"
+        try:
+            data = read_json(state_path)
+            if data is not None:
+                loaded.state = DeliveryState.from_json(data, loaded.message.recipients)
+        except StateError as exc:
+            loaded.notes.append(f"state file unreadable ({exc}); starting over")
+            with contextlib.suppress(OSError):
+                os.replace(state_path, self.spool.corrupt_dir / f"{queue_id}.json")
+        if loaded.state is None:
+            loaded.state = DeliveryState.fresh(loaded.message.recipients)
+        return loaded
+
+    def _move_corrupt(self, queue_id: str) -> None:
+        os.replace(self.spool.queue_path(queue_id), self.spool.corrupt_dir / f"{queue_id}.msg")
+        state = self.spool.state_dir / f"{queue_id}.json"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(state, self.spool.corrupt_dir / f"{queue_id}.json")
+
+    async def _deliver(self, queue_id: str) -> None:
+        loaded = await asyncio.to_thread(self._load, queue_id)
+        if loaded is None:
+            return
+        try:
+            if loaded.corrupt:
+                await asyncio.to_thread(self._move_corrupt, queue_id)
+                logger.error(
+                    "%s: spool file is corrupt (%s); moved to %s",
+                    queue_id,
+                    loaded.corrupt,
+                    self.spool.corrupt_dir,
+                )
+                return
+            assert loaded.message is not None
+            assert loaded.state is not None
+            for note in loaded.notes:
+                logger.warning("%s: %s", queue_id, note)
+            await self._attempt_message(loaded.message, loaded.state)
+        finally:
+            os.close(loaded.fd)
+
+    async def _attempt_message(self, message: QueuedMessage, state: DeliveryState) -> None:
+        queue_id = message.queue_id
+        now = self.clock()
+        if not state.first_try:
+            state.first_try = now
+        waits: list[tuple[float, str]] = []
+        tried = False
+        for pool in self.pools:
+            pending = state.pending()
+            if not pending:
+                break
+            breaker = self.breakers[pool.name]
+            if not breaker.allows(now):
+                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
+                continue
+            quota = pool.relay.daily_quota
+            if quota is not None and not await asyncio.to_thread(
+                self.quota.take, pool.name, quota, now
+            ):
+                waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
+                relay_log.info(
+                    "%s: %s daily quota of %d spent; next relay", queue_id, pool.name, quota
+                )
+                continue
+            async with pool.slots:
+                result = await self._attempt(pool, message, pending)
+            tried = True
+            delivered = self._apply(queue_id, state, result, self.clock())
+            if quota is not None and not delivered:
+                await asyncio.to_thread(self.quota.give_back, pool.name, now)
+            failure = result.failure
+            if failure is not None and failure.trips_breaker:
+                breaker.failure(self.clock())
+            else:
+                breaker.success()
+            if failure is None or not failure.failover:
+                break
+        now = self.clock()
+        if tried:
+            state.attempts += 1
+            state.last_try = now
+        pending = state.pending()
+        if pending and now - message.received_at >= self.lifetime:
+            days = self.lifetime / 86400
+            for recipient in pending:
+                last = state.recipients[recipient]
+                reply = last.reply or state.last_reply or "no relay could be reached"
+                state.recipients[recipient] = RecipientState(
+                    status=FAILED,
+                    code="4.4.7",
+                    reply=f"message expired after {days:g} days in the queue; last reply: {reply}",
+                    relay=last.relay,
+                    at=now,
+                )
+            pending = []
+        if pending:
+            await self._reschedule(message, state, tried, waits, now)
+            return
+        await self._finish(message, state)
+
+    async def _reschedule(
+        self,
+        message: QueuedMessage,
+        state: DeliveryState,
+        tried: bool,
+        waits: list[tuple[float, str]],
+        now: float,
+    ) -> None:
+        if tried:
+            delay = backoff_delay(state.attempts, self.retry_delay, self.retry_max_delay, self.rng)
+            state.next_try = now + delay
+            state.waiting_for = ""
+        elif waits:
+            until = min(waits)[0]
+            state.next_try = max(until, now + 1.0)
+            state.waiting_for = "; ".join(w for _, w in waits)
+        else:
+            state.next_try = now + self.retry_delay
+            state.waiting_for = "no relay configured"
+        path = self.spool.state_dir / f"{message.queue_id}.json"
+        await asyncio.to_thread(write_json_atomic, path, state.to_json())
+        self._schedule(message.queue_id, state.next_try)
+        logger.info(
+            "%s: %d recipient(s) still pending after %d attempt(s); next try in %.0f s%s",
+            message.queue_id,
+            len(state.pending()),
+            state.attempts,
+            state.next_try - now,
+            f" ({state.waiting_for})" if state.waiting_for else "",
+        )
+
+    async def _attempt(
+        self, pool: RelayPool, message: QueuedMessage, recipients: list[str]
+    ) -> AttemptResult:
+        """One attempt at *pool*'s relay, within the total deadline of an attempt.
+
+        A reused session that the relay closed while idle is replaced once, silently.
+        """
+        deadline = pool.step_timeout * 10
+        retried = False
+        while True:
+            connection: RelayConnection | None = None
+            reused = False
+            try:
+                async with asyncio.timeout(deadline):
+                    connection = await pool.acquire()
+                    reused = connection.messages > 0
+                    result = await connection.send(
+                        message.mail_from, recipients, message.data, message.mail_options
+                    )
+            except StageError as exc:
+                return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
+            except Exception as exc:  # the session broke or the deadline passed
+                stage = Stage.CONNECT
+                if connection is not None:
+                    stage = connection.stage
+                    pool.release(connection, healthy=False)
+                    dropped = isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
+                    if reused and dropped and stage is Stage.MAIL and not retried:
+                        retried = True
+                        continue
+                if isinstance(exc, TimeoutError) and not str(exc):
+                    exc = TimeoutError(f"no answer within {deadline:g} s")
+                return AttemptResult(pool.name, failure=classify(stage, exc))
+            pool.release(connection, healthy=True)
+            return result
+
+    def _apply(
+        self, queue_id: str, state: DeliveryState, result: AttemptResult, now: float
+    ) -> bool:
+        """Record *result* in *state*; log it under Relay; True if anything was delivered."""
+        state.last_relay = result.relay
+        failure = result.failure
+        if failure is not None:
+            state.last_reply = failure.text
+            bounce = failure.outcome is Outcome.BOUNCE
+            for recipient in state.pending():
+                state.recipients[recipient] = RecipientState(
+                    status=FAILED if bounce else PENDING,
+                    code=failure.status,
+                    reply=failure.text,
+                    relay=result.relay,
+                    at=now,
+                )
+            level = logging.WARNING
+            what = "refused the message" if bounce else "failed"
+            relay_log.log(
+                level,
+                "%s: relay %s %s: %s [%s]%s",
+                queue_id,
+                result.relay,
+                what,
+                failure.text,
+                failure.row,
+                "; trying the next relay" if failure.failover and len(self.pools) > 1 else "",
+            )
+            return False
+        delivered: list[str] = []
+        for item in result.recipients:
+            status = {
+                Outcome.DELIVERED: DELIVERED,
+                Outcome.BOUNCE: FAILED,
+                Outcome.RETRY: PENDING,
+            }[item.outcome]
+            state.recipients[item.recipient] = RecipientState(
+                status=status, code=item.status, reply=item.reply, relay=result.relay, at=now
+            )
+            if item.outcome is Outcome.DELIVERED:
+                delivered.append(item.recipient)
+            else:
+                relay_log.warning(
+                    "%s: relay %s refused <%s>%s: %s",
+                    queue_id,
+                    result.relay,
+                    item.recipient,
+                    " for now" if item.outcome is Outcome.RETRY else "",
+                    item.reply,
+                )
+        state.last_reply = result.final_reply or (
+            result.recipients[-1].reply if result.recipients else ""
+        )
+        if delivered:
+            relay_log.info(
+                "%s: delivered to %s via %s: %s",
+                queue_id,
+                ", ".join(f"<{r}>" for r in delivered),
+                result.relay,
+                result.final_reply,
+            )
+        return bool(delivered)
+
+    async def _finish(self, message: QueuedMessage, state: DeliveryState) -> None:
+        """Every recipient is resolved: bounce what failed, then remove the message."""
+        failed = state.failed()
+        queue_id = message.queue_id
+        if failed:
+            if message.mail_from:
+                await self._bounce(message, state)
+            else:
+                logger.warning(
+                    "%s: %d recipient(s) failed; no bounce for a message from <>",
+                    queue_id,
+                    len(failed),
+                )
+            await asyncio.to_thread(self._move_failed, message, state)
+            logger.warning(
+                "%s: kept in %s (%d failed, %d delivered)",
+                queue_id,
+                self.spool.failed_dir,
+                len(failed),
+                len(state.delivered()),
+            )
+        else:
+            await asyncio.to_thread(self._remove, queue_id)
+
+    async def _bounce(self, message: QueuedMessage, state: DeliveryState) -> None:
+        failed = [
+            FailedRecipient(r, s.code or "5.0.0", s.reply, s.relay, s.at)
+            for r, s in state.failed().items()
+        ]
+        expired = any(s.code == "4.4.7" for s in state.failed().values())
+        data, message_id = build_dsn(
+            reporting_host=self.host_name,
+            original_sender=message.mail_from,
+            original_data=message.data,
+            queue_id=message.queue_id,
+            received_at=message.received_at,
+            failed=failed,
+            expired=expired,
+            now=self.clock(),
+        )
+        sender = message.mail_from
+        local = sender.rsplit("@", 1)[-1].lower() in self.local_domains
+        bounce = AcceptedMessage(
+            mail_from="",
+            relay_recipients=() if local else (sender,),
+            local_recipients=(sender,) if local else (),
+            data=data,
+            message_id=message_id,
+            auth_user=None,
+            client_address="",
+            session_id=f"bounce-{message.queue_id}",
+            received_at=self.clock(),
+        )
+        try:
+            bounce_id = await self.spool.store(bounce)
+        except SpoolError:
+            logger.exception("%s: could not store the bounce; retrying later", message.queue_id)
+            raise
+        logger.info(
+            "%s: bounce %s to <%s> for %d recipient(s)",
+            message.queue_id,
+            bounce_id,
+            sender,
+            len(failed),
+        )
+
+    def _move_failed(self, message: QueuedMessage, state: DeliveryState) -> None:
+        record = {
+            "queue_id": message.queue_id,
+            "mail_from": message.mail_from,
+            "message_id": message.message_id,
+            "received_at": message.received_at,
+            "failed_at": self.clock(),
+            "state": state.to_json(),
+        }
+        failed_dir = self.spool.failed_dir
+        write_json_atomic(failed_dir / f"{message.queue_id}.json", record, sync=True)
+        os.replace(self.spool.queue_path(message.queue_id), failed_dir / f"{message.queue_id}.msg")
+        with contextlib.suppress(FileNotFoundError):
+            (self.spool.state_dir / f"{message.queue_id}.json").unlink()
+
+    def _remove(self, queue_id: str) -> None:
+        self.spool.queue_path(queue_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.spool.state_dir / f"{queue_id}.json").unlink()

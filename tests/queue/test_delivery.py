@@ -1,0 +1,520 @@
+"""The delivery engine against real aiosmtpd upstreams: TLS, AUTH, retries, bounces."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import trustme
+from tests.queue.conftest import (
+    RELAY_PASSWORD,
+    RELAY_USER,
+    RunEngine,
+    StartUpstream,
+    UpstreamSpec,
+    message,
+    relay_for,
+    settings_for,
+)
+
+from jdxmail.queue.spool import read_queued_message, spool_stats
+from jdxmail.queue.state import DeliveryState
+from jdxmail.queue.worker import DeliveryOptions
+
+
+def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
+    """The test CA written to a PEM file, as a user's CaFile."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def state_of(spool_dir: Path, queue_id: str) -> DeliveryState:
+    """The delivery state on disk of *queue_id*."""
+    data = json.loads((spool_dir / "state" / f"{queue_id}.json").read_text())
+    return DeliveryState.from_json(data, ())
+
+
+def parse(data: bytes) -> EmailMessage:
+    """Parse a received message."""
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+async def test_plain_relay_delivers_and_logs_upstream_reply(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A queued message reaches the relay, leaves the queue, and the 250 reply is logged."""
+    caplog.set_level(logging.INFO)
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream, name="dev")))
+    queue_id = await running.spool.store(message())
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    got = upstream.received[0]
+    assert got.mail_from == "alice@example.com"
+    assert got.rcpt_tos == ["bob@example.net"]
+    assert b"Subject: test 1" in got.data
+    assert spool_stats(running.spool.spool_dir).queued == 0
+    line = next(r for r in caplog.records if r.name == "jdxmail.relay" and queue_id in r.message)
+    assert "queued as UP0001" in line.getMessage()
+    assert "via dev" in line.getMessage()
+
+
+async def test_starttls_required_and_auth_plain(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    ca: trustme.CA,
+) -> None:
+    """UseTls on port 587 upgrades with STARTTLS, verifies the CA file, logs in with PLAIN."""
+    upstream = await upstream_factory(
+        UpstreamSpec(tls="starttls", users={RELAY_USER: RELAY_PASSWORD})
+    )
+    relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
+    running = await run_engine(settings_for(tmp_path, relay))
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    assert upstream.received[0].tls
+    assert upstream.mechanisms == ["PLAIN"]
+
+
+async def test_auth_login_when_plain_not_offered(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    ca: trustme.CA,
+) -> None:
+    """A relay that offers only LOGIN (like Outlook) gets AUTH LOGIN, not PLAIN."""
+    upstream = await upstream_factory(
+        UpstreamSpec(tls="starttls", users={RELAY_USER: RELAY_PASSWORD}, exclude_auth=["PLAIN"])
+    )
+    relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
+    running = await run_engine(settings_for(tmp_path, relay))
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    assert upstream.mechanisms == ["LOGIN"]
+
+
+async def test_wrong_relay_password_retries_never_bounces(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    ca: trustme.CA,
+) -> None:
+    """A 535 from the relay is our configuration's fault: the mail waits, no bounce."""
+    upstream = await upstream_factory(UpstreamSpec(tls="starttls", users={RELAY_USER: "other"}))
+    relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
+    running = await run_engine(settings_for(tmp_path, relay))
+    queue_id = await running.spool.store(message())
+    await running.engine.wait_idle()
+    state = state_of(running.spool.spool_dir, queue_id)
+    assert state.attempts == 1
+    assert state.last_reply.startswith("535")
+    assert upstream.received == []
+    assert spool_stats(running.spool.spool_dir).failed == 0
+
+
+async def test_relay_without_starttls_is_not_used_in_plaintext(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """UseTls with a relay that does not offer STARTTLS fails the attempt; nothing is sent."""
+    upstream = await upstream_factory(UpstreamSpec(tls="none"))
+    relay = relay_for(upstream, use_tls=True)
+    running = await run_engine(settings_for(tmp_path, relay))
+    queue_id = await running.spool.store(message())
+    await running.engine.wait_idle()
+    assert upstream.received == []
+    state = state_of(running.spool.spool_dir, queue_id)
+    assert "does not offer STARTTLS" in state.last_reply
+    assert state.pending() == ["bob@example.net"]
+
+
+async def test_untrusted_certificate_is_refused(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A relay certificate from an unknown CA fails the attempt; the mail stays queued."""
+    stranger = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    upstream = await upstream_factory(UpstreamSpec(tls="starttls", cert=stranger))
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    queue_id = await running.spool.store(message())
+    await running.engine.wait_idle()
+    assert upstream.received == []
+    state = state_of(running.spool.spool_dir, queue_id)
+    assert "certificate not trusted" in state.last_reply
+    assert state.recipients["bob@example.net"].code == "4.7.5"
+
+
+async def test_verify_certificate_false_is_warned_and_works(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """VerifyCertificate false accepts any certificate and says so in the log."""
+    stranger = trustme.CA().issue_cert("127.0.0.1")
+    upstream = await upstream_factory(UpstreamSpec(tls="starttls", cert=stranger))
+    relay = relay_for(upstream, name="lab", verify_certificate=False)
+    running = await run_engine(settings_for(tmp_path, relay))
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    assert upstream.received[0].tls
+    assert "relay lab: VerifyCertificate is false" in caplog.text
+
+
+async def test_implicit_tls_on_port_465(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine, ca: trustme.CA
+) -> None:
+    """UseTls on port 465 speaks TLS from the first byte."""
+    a, b, c = (1 + secrets.randbelow(250) for _ in range(3))
+    host = f"127.{a}.{b}.{c + 1}"
+    cert = ca.issue_cert(host)
+    try:
+        upstream = await upstream_factory(
+            UpstreamSpec(tls="implicit", cert=cert, users={RELAY_USER: RELAY_PASSWORD}),
+            port=465,
+            host=host,
+        )
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            pytest.skip(f"cannot listen on {host}:465 here ({exc.strerror})")
+        raise
+    relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
+    assert relay.implicit_tls
+    running = await run_engine(settings_for(tmp_path, relay))
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    assert upstream.received[0].tls
+    assert upstream.mechanisms == ["PLAIN"]
+
+
+async def test_temporary_failure_then_success(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A 451 schedules a retry with backoff; the retry delivers the message once."""
+    upstream = await upstream_factory(
+        UpstreamSpec(data_reply="451 4.3.0 Try again later", refusals=1)
+    )
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    before = time.time()
+    queue_id = await running.spool.store(message())
+    await running.engine.wait_idle()
+    state = state_of(running.spool.spool_dir, queue_id)
+    assert state.attempts == 1
+    assert state.last_reply == "451 4.3.0 Try again later"
+    assert before + 40 < state.next_try < before + 80
+    running.engine.flush()
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    assert upstream.recipients() == ["bob@example.net"]
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def test_permanent_failure_bounces_with_dsn(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A 550 for the recipient sends an RFC 3464 DSN to the sender and keeps the mail."""
+    upstream = await upstream_factory(
+        UpstreamSpec(rcpt_replies={"bob@example.net": "550 5.1.1 <bob@example.net>: no such user"})
+    )
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream, name="up")))
+    queue_id = await running.spool.store(message())
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    dsn = upstream.received[0]
+    assert dsn.mail_from == "<>"  # MAIL FROM:<>, as aiosmtpd reports it
+    assert dsn.rcpt_tos == ["alice@example.com"]
+    report = parse(dsn.data)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    parts = list(report.iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "text/rfc822-headers",
+    ]
+    status = parts[1].as_string()
+    assert "Final-Recipient: rfc822; bob@example.net" in status
+    assert "Status: 5.1.1" in status
+    assert "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: no such user" in status
+    assert "Subject: test 1" in parts[2].as_string()
+    failed = running.spool.spool_dir / "failed"
+    record = json.loads((failed / f"{queue_id}.json").read_text())
+    assert "no such user" in record["state"]["recipients"]["bob@example.net"]["reply"]
+    assert read_queued_message(failed / f"{queue_id}.msg").recipients == ("bob@example.net",)
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def test_null_sender_gets_no_bounce(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A refused message from <> is kept in failed/ but no DSN is sent."""
+    upstream = await upstream_factory(
+        UpstreamSpec(rcpt_replies={"bob@example.net": "550 5.1.1 no such user"})
+    )
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    await running.spool.store(message(sender=""))
+    await running.engine.wait_idle()
+    assert upstream.received == []
+    assert spool_stats(running.spool.spool_dir).failed == 1
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def test_partial_recipient_refusal(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """Accepted recipients are delivered; only the refused one is bounced."""
+    upstream = await upstream_factory(
+        UpstreamSpec(rcpt_replies={"carol@example.net": "550 5.1.1 unknown"})
+    )
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    await running.spool.store(message(to=("bob@example.net", "carol@example.net")))
+    await upstream.wait_for(2)
+    await running.engine.wait_idle()
+    first, dsn = upstream.received
+    assert first.rcpt_tos == ["bob@example.net"]
+    assert dsn.rcpt_tos == ["alice@example.com"]
+    status = parse(dsn.data).as_string()
+    assert "Final-Recipient: rfc822; carol@example.net" in status
+    assert "bob@example.net\r\nAction" not in status
+    assert "Final-Recipient: rfc822; bob@example.net" not in status
+
+
+async def test_recipient_deferred_is_retried_alone(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A 450 for one recipient retries only that recipient; the other gets no duplicate."""
+    spec = UpstreamSpec(rcpt_replies={"carol@example.net": "450 4.2.1 mailbox busy"})
+    upstream = await upstream_factory(spec)
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    queue_id = await running.spool.store(message(to=("bob@example.net", "carol@example.net")))
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    assert state_of(running.spool.spool_dir, queue_id).pending() == ["carol@example.net"]
+    spec.rcpt_replies.clear()
+    running.engine.flush()
+    await upstream.wait_for(2)
+    await running.engine.wait_idle()
+    assert upstream.recipients() == ["bob@example.net", "carol@example.net"]
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def test_failover_to_second_relay(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the first relay cannot be reached, the next relay in the list gets the mail."""
+    down = await upstream_factory()
+    await down.close()
+    backup = await upstream_factory()
+    settings = settings_for(
+        tmp_path, relay_for(down, name="primary"), relay_for(backup, name="backup")
+    )
+    running = await run_engine(settings)
+    await running.spool.store(message())
+    await backup.wait_for(1)
+    await running.engine.wait_idle()
+    assert "relay primary failed" in caplog.text
+    assert "trying the next relay" in caplog.text
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def test_failing_relay_is_skipped_by_circuit_breaker(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """After three failures in a row a relay is skipped for a while; the next one serves."""
+    down = await upstream_factory()
+    await down.close()
+    backup = await upstream_factory()
+    settings = settings_for(
+        tmp_path, relay_for(down, name="primary"), relay_for(backup, name="backup")
+    )
+    running = await run_engine(settings, DeliveryOptions(connections_per_relay=1))
+    for n in range(5):
+        await running.spool.store(message(n))
+        await backup.wait_for(n + 1)
+        await running.engine.wait_idle()
+    breaker = running.engine.breakers["primary"]
+    assert breaker.failures == 3
+    assert breaker.open_until > time.time()
+
+
+async def test_quota_spills_over_and_survives_restart(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """Past its DailyQuota a relay gets nothing more, even after a restart; the next does."""
+    gmail = await upstream_factory()
+    backup = await upstream_factory()
+    settings = settings_for(
+        tmp_path,
+        relay_for(gmail, name="gmail", daily_quota=2),
+        relay_for(backup, name="backup"),
+    )
+    running = await run_engine(settings, DeliveryOptions(connections_per_relay=1))
+    for n in range(3):
+        await running.spool.store(message(n))
+        await running.engine.wait_idle()
+    assert len(gmail.received) == 2
+    assert len(backup.received) == 1
+    await running.engine.stop(1.0)
+    await running.spool.close()
+    again = await run_engine(settings)
+    await again.spool.store(message(9))
+    await backup.wait_for(2)
+    assert len(gmail.received) == 2
+    quota = json.loads((again.spool.spool_dir / "quota.json").read_text())
+    assert quota["sent"] == {"gmail": 2}
+
+
+async def test_quota_spent_on_only_relay_waits(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """With the only relay's quota spent, mail waits in the queue and says why."""
+    gmail = await upstream_factory()
+    settings = settings_for(tmp_path, relay_for(gmail, name="gmail", daily_quota=1))
+    running = await run_engine(settings)
+    await running.spool.store(message(1))
+    await gmail.wait_for(1)
+    await running.engine.wait_idle()
+    queue_id = await running.spool.store(message(2))
+    await running.engine.wait_idle()
+    state = state_of(running.spool.spool_dir, queue_id)
+    assert state.attempts == 0
+    assert "gmail daily quota of 1 spent" in state.waiting_for
+    assert len(gmail.received) == 1
+
+
+async def test_expired_message_bounces(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A message still undelivered after its lifetime bounces with status 4.4.7."""
+    flaky = await upstream_factory(UpstreamSpec(data_reply="451 4.3.0 later"))
+    running = await run_engine(settings_for(tmp_path, relay_for(flaky)))
+    old = message()
+    old = type(old)(**{**{f: getattr(old, f) for f in old.__slots__}, "received_at": 1.0})
+    await running.spool.store(old)
+    await running.engine.wait_idle()
+    assert spool_stats(running.spool.spool_dir).failed == 1
+    record = next((running.spool.spool_dir / "failed").glob("*.json"))
+    bob = json.loads(record.read_text())["state"]["recipients"]["bob@example.net"]
+    assert bob["code"] == "4.4.7"
+    assert "expired after 5 days" in bob["reply"]
+    assert "451 4.3.0 later" in bob["reply"]
+
+
+async def test_sessions_are_reused(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """Consecutive messages share one upstream connection (RSET between them)."""
+    upstream = await upstream_factory()
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+    )
+    for n in range(4):
+        await running.spool.store(message(n))
+        await upstream.wait_for(n + 1)
+        await running.engine.wait_idle()
+    assert upstream.connections == 1
+
+
+async def test_corrupt_spool_file_moved_aside(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A corrupt queue file is moved to corrupt/ and reported; other mail still flows."""
+    upstream = await upstream_factory()
+    queue_dir = tmp_path / "spool" / "queue"
+    queue_dir.mkdir(parents=True)
+    (queue_dir / "00000000000000000000bad1.msg").write_bytes(b'JDXSPOOL 1\n{"broken\n')
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    assert (tmp_path / "spool" / "corrupt" / "00000000000000000000bad1.msg").is_file()
+    assert spool_stats(tmp_path / "spool").queued == 0
+    assert "spool file is corrupt" in caplog.text
+
+
+async def test_recovery_at_start_is_logged_and_delivered(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Messages left queued by a previous run are counted in the log and delivered."""
+    caplog.set_level(logging.INFO)
+    upstream = await upstream_factory()
+    settings = settings_for(tmp_path, relay_for(upstream))
+    from jdxmail.queue.spool import Spool
+
+    async with Spool(settings.paths.spool, settings.paths.mailbox) as spool:
+        for n in range(3):
+            await spool.store(message(n))
+    await run_engine(settings)
+    await upstream.wait_for(3)
+    assert "delivery engine: 3 queued (0 being retried, 3 due now)" in caplog.text
+
+
+async def test_message_locked_by_another_process_is_left_alone(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A queue file another process holds (flock) is not delivered twice."""
+    upstream = await upstream_factory()
+    settings = settings_for(tmp_path, relay_for(upstream))
+    from jdxmail.queue.spool import Spool
+
+    async with Spool(settings.paths.spool, settings.paths.mailbox) as spool:
+        queue_id = await spool.store(message())
+    fd = os.open(spool.queue_path(queue_id), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        running = await run_engine(settings)
+        await running.engine.wait_idle()
+        assert upstream.received == []
+    finally:
+        os.close(fd)
+    running.engine.flush()
+    await upstream.wait_for(1)
+
+
+async def test_upstream_down_then_back(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """Mail queued while the relay is down is delivered once it is back."""
+    first = await upstream_factory()
+    port = first.port
+    await first.close()
+    relay = relay_for(first)
+    running = await run_engine(settings_for(tmp_path, relay))
+    ids = [await running.spool.store(message(n)) for n in range(3)]
+    await running.engine.wait_idle()
+    assert all(state_of(running.spool.spool_dir, i).attempts >= 1 for i in ids)
+    try:
+        back = await upstream_factory(port=port)
+    except OSError as exc:  # the port was taken meanwhile
+        pytest.skip(str(exc))
+    running.engine.flush()
+    await back.wait_for(3)
+    assert sorted(m.data.split(b"Subject: ")[1][:6] for m in back.received) == [
+        b"test 0",
+        b"test 1",
+        b"test 2",
+    ]
