@@ -59,6 +59,8 @@ class ProviderSpec:
     #: reply to every RCPT TO (None: accept)
     rcpt_reply: str | None = None
     queue_reply: str = "250 2.0.0 OK 1700000000 fake-queue-id - gsmtp"
+    #: names on the server's certificate (None: localhost, 127.0.0.1, ::1)
+    cert_names: tuple[str, ...] | None = None
 
 
 class _Handler:
@@ -106,15 +108,16 @@ StartProvider = Callable[..., Awaitable[FakeProvider]]
 
 @pytest.fixture
 async def fake_provider(
-    server_cert: trustme.LeafCert,
+    ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> AsyncIterator[StartProvider]:
     """Start fake providers (``await fake_provider(ProviderSpec(...))``) on 127.0.0.1:0."""
     servers: list[asyncio.Server] = []
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(context)
 
     async def start(spec: ProviderSpec | None = None) -> FakeProvider:
         spec = spec or ProviderSpec()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert = ca.issue_cert(*spec.cert_names) if spec.cert_names else server_cert
+        cert.configure_cert(context)
         fake = FakeProvider("127.0.0.1", 0)
         handler = _Handler(spec, fake)
 

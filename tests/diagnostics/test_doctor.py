@@ -260,3 +260,48 @@ async def test_config_causes_are_rows_with_fixes_a3_b2_b3(
     assert code == 1
     assert rows["JDX-B3"]["ok"] is False
     assert "jdxmail user add" in rows["JDX-B3"]["fix"]
+
+
+async def test_spool_counts_queued_and_failed(
+    runner: CliRunner, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """Messages in the spool are counted; a failed one turns the queue row into a warning."""
+    from jdxmail.queue.spool import AcceptedMessage, Spool
+
+    path = write_config(_config(_free_port()))
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    try:
+        ids = [
+            await spool.store(
+                AcceptedMessage(
+                    mail_from="app@example.com",
+                    relay_recipients=("x@example.net",),
+                    local_recipients=(),
+                    data=b"Subject: t\r\n\r\nhi\r\n",
+                    message_id=f"<{n}@test>",
+                    auth_user=None,
+                    client_address="127.0.0.1",
+                    session_id="s",
+                    received_at=0.0,
+                )
+            )
+            for n in range(2)
+        ]
+    finally:
+        await spool.close()
+    code, out = await _doctor(runner, "--config", str(path), "--json")
+    queue = next(r for r in json.loads(out)["rows"] if r["id"] == "queue")
+    assert code == 0
+    assert queue["ok"] is True
+    assert queue["summary"].startswith("spool: 2 queued, 0 failed, oldest waiting")
+    failed_dir = tmp_path / "spool" / "failed"
+    failed_dir.mkdir(exist_ok=True)
+    queued = tmp_path / "spool" / "queue" / f"{ids[0]}.msg"
+    queued.rename(failed_dir / queued.name)
+    code, out = await _doctor(runner, "--config", str(path), "--json")
+    queue = next(r for r in json.loads(out)["rows"] if r["id"] == "queue")
+    assert code == 0
+    assert queue["ok"] is None
+    assert "1 queued, 1 failed" in queue["summary"]
+    assert "jdxmail queue" in queue["fix"]

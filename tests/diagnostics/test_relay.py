@@ -507,3 +507,62 @@ async def test_bad_host_name_is_refused_before_any_lookup(runner: CliRunner) -> 
     code, out = await _relay(runner, "--host", "smtp gmail.com")
     assert code == RelayExit.DNS
     assert "is not a host name" in out
+
+
+async def test_certificate_for_another_name_says_which_names_it_holds(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A certificate for smtp.example.test reached as 127.0.0.1 fails TLS and names the SAN."""
+    fake = await fake_provider(ProviderSpec(cert_names=("smtp.example.test",)))
+    code, out = await _relay(
+        runner, "--host", "127.0.0.1", "--port", str(fake.port), "--ca", _ca_file(ca, tmp_path)
+    )
+    assert code == RelayExit.TLS
+    assert "IP address mismatch" in out
+    assert "SANs smtp.example.test" in out
+    assert '--host "smtp.example.test"' in out
+
+
+async def test_insecure_shows_the_certificate_unverified(
+    fake_provider: StartProvider, runner: CliRunner
+) -> None:
+    """--insecure passes TLS without the CA but says the certificate was NOT verified."""
+    fake = await fake_provider()
+    code, out = await _relay(runner, "--host", "127.0.0.1", "--port", str(fake.port), "--insecure")
+    assert code == RelayExit.OK, out
+    assert "certificate NOT verified" in out
+    assert "SANs localhost, 127.0.0.1" in out
+
+
+async def test_relay_option_picks_one_relay_of_the_config(
+    fake_provider: StartProvider, runner: CliRunner, write_config: WriteConfig
+) -> None:
+    """--relay NAME tests only that relay of RelayServers."""
+    fake = await fake_provider(ProviderSpec(tls="none"))
+    relays = [
+        {"Name": "broken", "Host": "smtp.broken.invalid", "UseTls": False},
+        {"Name": "local", "Host": "127.0.0.1", "Port": fake.port, "UseTls": False},
+    ]
+    path = write_config(json.dumps({"RelayServers": relays}))
+    code, out = await _relay(runner, "--config", str(path), "--relay", "local")
+    assert code == RelayExit.OK, out
+    assert "local: 127.0.0.1" in out
+    assert "broken" not in out
+    code, out = await _relay(runner, "--config", str(path))
+    assert code == RelayExit.DNS
+    code, out = await _relay(runner, "--config", str(path), "--relay", "nope")
+    assert code == RelayExit.USAGE
+    assert "use one of: broken, local" in out
+
+
+def test_provider_targets() -> None:
+    """--provider fills in host, port and TLS mode; ses:REGION picks the regional host."""
+    from jdxmail.diagnostics.relay_probe import provider_target
+
+    gmail = provider_target("gmail")
+    ses = provider_target("ses:eu-west-1", port=465)
+    assert gmail is not None
+    assert (gmail.host, gmail.port, gmail.tls) == ("smtp.gmail.com", 587, TlsMode.STARTTLS)
+    assert ses is not None
+    assert (ses.host, ses.tls) == ("email-smtp.eu-west-1.amazonaws.com", TlsMode.IMPLICIT)
+    assert provider_target("nope") is None

@@ -7,7 +7,6 @@ check), test-relay for each relay (no message is sent), the config file's writab
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from jdxmail.diagnostics.port import (
 )
 from jdxmail.diagnostics.relay_probe import RelayReport, probe_relay, target_from_relay
 from jdxmail.findings import Severity
+from jdxmail.queue.spool import spool_stats
 from jdxmail.settings.model import Settings
 
 __all__ = ["DoctorReport", "DoctorRow", "run_doctor"]
@@ -306,12 +306,6 @@ def _check_spool(report: DoctorReport, settings: Settings) -> None:
     spool = settings.paths.spool
     if not spool.exists():
         report.add("queue", True, f"spool {spool} is empty (not created yet)")
-        return
-    try:
-        # imported by name: the queue package may be absent from a partial install
-        spool_stats = importlib.import_module("jdxmail.queue.spool").spool_stats
-    except (ImportError, AttributeError):
-        report.add("queue", None, "the spool cannot be read by this version of jdxmail")
         return
     try:
         stats = spool_stats(spool)

@@ -49,6 +49,7 @@ __all__ = [
     "Resolver",
     "Stage",
     "TlsMode",
+    "describe_certificate",
     "probe_relay",
     "provider_target",
     "sample_message",
@@ -334,6 +335,42 @@ def _looks_like_tls(data: bytes) -> bool:
 
 def _name_list(names: Any) -> str:
     return ", ".join("=".join(pair) for rdn in names for pair in rdn)
+
+
+def describe_certificate(der: bytes) -> dict[str, Any]:
+    """Subject, issuer, SANs, days to expiry and self-signedness of a DER certificate.
+
+    Used where the ssl module gives no details: an unverified or untrusted certificate.
+    Returns {} for bytes that are not a certificate.
+    """
+    from cryptography import x509  # noqa: PLC0415 - only when a certificate is described
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return {}
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = [*alt.get_values_for_type(x509.DNSName)]
+        sans += [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        sans = []
+    remaining = cert.not_valid_after_utc - datetime.now(UTC)
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "sans": sans,
+        "days_to_expiry": remaining.days,
+        "self_signed": cert.issuer == cert.subject,
+    }
+
+
+def _certificate_text(facts: dict[str, Any]) -> str:
+    text = f"cert {facts['subject'] or '(no subject)'} issued by {facts['issuer']}"
+    if facts.get("self_signed"):
+        text += " (self-signed)"
+    text += f", SANs {', '.join(facts['sans']) or 'none'}"
+    return text + f", {facts['days_to_expiry']} days left"
 
 
 class _Prober:
@@ -786,7 +823,7 @@ class _Prober:
             async with asyncio.timeout(self.target.timeout):
                 await session.writer.start_tls(context, server_hostname=self.target.host)
         except ssl.SSLCertVerificationError as exc:
-            self.cert_fail(started, exc)
+            await self.cert_fail(started, exc, implicit=implicit)
             return False
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             await self.handshake_fail(started, exc, implicit=implicit)
@@ -794,13 +831,18 @@ class _Prober:
         self.tls_success(started, implicit=implicit)
         return True
 
-    def cert_fail(self, started: float, exc: ssl.SSLCertVerificationError) -> None:
+    async def cert_fail(
+        self, started: float, exc: ssl.SSLCertVerificationError, *, implicit: bool
+    ) -> None:
         reason = exc.verify_message or str(exc)
+        der = await self.fetch_certificate(implicit=implicit)
+        facts = describe_certificate(der) if der else {}
+        seen = f" ({_certificate_text(facts)})" if facts else ""
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
-            fix = "connect by a name the certificate holds: " + self.setting(
-                "Host", '"<the name on the certificate>"'
-            )
-            row = "C1"
+            names = [n for n in facts.get("sans", []) if not n.startswith("*")]
+            name = f'"{names[0]}"' if names else '"<a name on the certificate>"'
+            fix = "connect by a name the certificate holds: " + self.setting("Host", name)
+            row: str | None = "C1"
         elif "expired" in reason.lower():
             fix = "the relay's certificate has expired: tell its operator"
             row = None
@@ -811,16 +853,48 @@ class _Prober:
                 + "; keep certificate checks on"
             )
             row = None
-        self.fail(
-            Stage.TLS,
-            started,
-            f"certificate not trusted: {reason}",
-            f"the certificate of {self.target.host} is not trusted: {reason}",
+        result = StageResult(
+            Stage.TLS.value, False, _ms(started), f"certificate not trusted: {reason}", facts
+        )
+        self.report.stages.append(result)
+        self.report.failed = self.report.failed or Stage.TLS
+        self.finding(
+            Severity.ERROR,
+            "relay.certificate",
+            f"TLS: the certificate of {self.target.host} is not trusted: {reason}{seen}",
             fix,
             "CaFile",
             row,
-            "relay.certificate",
         )
+
+    async def fetch_certificate(self, *, implicit: bool) -> bytes | None:
+        """The server's certificate (DER), from a fresh session that does not verify it."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        host, port = self.target.host, self.target.port
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.target.timeout):
+                if implicit:
+                    _, writer = await asyncio.open_connection(
+                        host, port, ssl=context, server_hostname=host
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(host, port)
+                    session = _Session(reader, writer, self.target.timeout, [])
+                    await session.reply()
+                    await session.command(f"EHLO {self.options.ehlo_name}")
+                    if (await session.command("STARTTLS")).code != 220:
+                        return None
+                    await writer.start_tls(context, server_hostname=host)
+                ssl_object: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
+                return ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        except (OSError, TimeoutError, ssl.SSLError, _ProtocolError):
+            return None
+        finally:
+            if writer is not None:
+                writer.close()
 
     async def handshake_fail(self, started: float, exc: BaseException, *, implicit: bool) -> None:
         reason = (
@@ -898,7 +972,12 @@ class _Prober:
                     "chain verified"
                 )
             else:
+                der = ssl_object.getpeercert(binary_form=True)
+                described = describe_certificate(der) if der else {}
+                facts.update(described)
                 facts["chain_verified"] = False
+                if described:
+                    parts.append(_certificate_text(described))
                 parts.append("certificate NOT verified (--insecure / VerifyCertificate false)")
         stage_name = Stage.TLS
         self.stage(stage_name, True, started, "; ".join(parts), **facts)
