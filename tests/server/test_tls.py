@@ -76,6 +76,7 @@ async def test_commands_pipelined_after_starttls_are_discarded(
     # Had the injected MAIL been run, this would be 503 nested MAIL / a 250 for RCPT.
     assert await client.cmd("RCPT TO:<x@localhost>") == "503 5.5.1 Send MAIL first"
     assert await client.cmd("MAIL FROM:<me@localhost>") == "250 2.1.0 Sender OK"
+    await client.close()
 
 
 async def test_starttls_unavailable_without_certificate(start_server: StartServer) -> None:
