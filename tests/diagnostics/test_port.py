@@ -15,7 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from jdxmail.cli.exitcodes import PortExit
-from jdxmail.diagnostics.port import PrivilegeFacts, firewall_commands
+from jdxmail.diagnostics.port import (
+    PortStatus,
+    PrivilegeFacts,
+    check_port,
+    firewall_commands,
+    privilege_fix,
+)
 from tests.conftest import WriteConfig, invoke
 from tests.diagnostics.conftest import NetNs
 
@@ -76,31 +82,42 @@ def test_port_in_use_json_has_holder(held_port: int, runner: CliRunner) -> None:
     assert data["findings"][0]["row"] == "JDX-A1"
 
 
-@pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root")
-def test_privileged_port_as_nobody_exits_2_a2() -> None:
-    """Run as uid 65534, a port below 1024 exits 2 naming CAP_NET_BIND_SERVICE and fixes."""
-    port = _free_privileged_port()
+def _check_port_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``check-port ARGS`` in a child that drops to uid/gid 65534 first."""
     script = textwrap.dedent(
         f"""
-        import io, os, sys
+        import os, sys
         from typer.testing import CliRunner
         from jdxmail.cli.app import app
         runner = CliRunner()
+        args = ["check-port", *{list(args)!r}]
         # warm up every import as root: after setuid the interpreter's own files may
         # be unreadable
-        runner.invoke(app, ["check-port", "--port", "{port}", "--bind", "127.0.0.1"])
+        runner.invoke(app, args)
         os.setgid(65534)
         os.setuid(65534)
-        result = runner.invoke(app, ["check-port", "--port", "{port}", "--bind", "127.0.0.1"])
+        result = runner.invoke(app, args)
         sys.stdout.write(result.stdout)
         sys.exit(result.exit_code)
         """
     )
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
+
+
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root to drop privileges"
+)
+
+
+@needs_root
+def test_privileged_port_as_nobody_exits_2_a2() -> None:
+    """Run as uid 65534, a port below 1024 exits 2 naming CAP_NET_BIND_SERVICE and fixes."""
+    port = _free_privileged_port()
+    done = _check_port_as_nobody("--port", str(port), "--bind", "127.0.0.1")
     out = done.stdout
-    if "unprivileged_port_start is" in out and f"start is {port}" in out:
+    if f"unprivileged_port_start is {port}" in out or "free" in out:
         pytest.skip("this host lets every user bind low ports")
     assert done.returncode == PortExit.PRIVILEGE, done.stdout + done.stderr
     assert "JDX-A2" in out
@@ -109,6 +126,36 @@ def test_privileged_port_as_nobody_exits_2_a2() -> None:
     assert "setcap cap_net_bind_service=+ep" in out
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in out
     assert '"Port": 2525' in out
+
+
+@needs_root
+def test_port_of_another_user_is_held_by_another_process_a1(held_port: int) -> None:
+    """Run as uid 65534, a port held by root's socket is in use by "another process"."""
+    done = _check_port_as_nobody("--port", str(held_port), "--bind", "127.0.0.1")
+    out = done.stdout
+    assert done.returncode == PortExit.IN_USE, out + done.stderr
+    assert "in use by another process (not permitted to see which" in out
+    assert f"sudo ss -ltnp 'sport = :{held_port}'" in out
+
+
+def test_in_use_fix_per_os(held_port: int) -> None:
+    """The stop command fits the OS: kill on macOS, Stop-Process on Windows."""
+    mac = check_port("127.0.0.1", held_port, platform="darwin")
+    windows = check_port("127.0.0.1", held_port, platform="win32")
+    assert mac.status is PortStatus.IN_USE
+    assert f"sudo kill {os.getpid()}" in mac.findings[0].fix
+    assert f"Stop-Process -Id {os.getpid()}" in windows.findings[0].fix
+
+
+def test_privilege_fix_on_macos() -> None:
+    """On macOS the privilege fix is sudo or port 2525 (no setcap there)."""
+    facts = PrivilegeFacts(
+        euid=501, cap_net_bind_service=None, unprivileged_port_start=None, platform="darwin"
+    )
+    fix = privilege_fix(25, facts)
+    assert "sudo" in fix
+    assert '"Port": 2525' in fix
+    assert "setcap" not in fix
 
 
 def test_privilege_decision_from_facts() -> None:

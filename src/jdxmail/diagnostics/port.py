@@ -39,6 +39,7 @@ __all__ = [
     "holder_is_jdxmail",
     "network_address",
     "privilege_facts",
+    "privilege_fix",
 ]
 
 PORT_KEY: KeyPath = ("SmtpServer", "Port")
