@@ -259,7 +259,8 @@ def classify(stage: Stage, exc: BaseException) -> Verdict:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate not trusted ({exc.verify_message or exc.reason})"
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+        return f"certificate not trusted ({detail})"
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -147,7 +147,11 @@ class SmtpServerApp:
 
         The delivery engine (issue 4) is created and returned here.
         """
-        return []
+        if self._own_spool is None or not self.settings.relays:
+            return []
+        from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
+
+        return [DeliveryEngine(self.settings, self._own_spool)]
 
     def add_component(self, component: Component) -> None:
         """Run *component* with the server: started before the listeners, stopped after."""

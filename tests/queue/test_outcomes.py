@@ -1,0 +1,210 @@
+"""The outcome table, backoff, circuit breaker and DSN format, row by row."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import ssl
+
+import aiosmtplib
+import pytest
+
+from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.relay import (
+    OUTCOME_TABLE,
+    Outcome,
+    RelayUnusable,
+    Scope,
+    Stage,
+    classify,
+    enhanced_status,
+)
+from jdxmail.queue.worker import CircuitBreaker, backoff_delay
+
+# (stage, error, expected row, outcome, scope, failover, trips breaker, status)
+CASES: list[tuple[Stage, BaseException, str, Outcome, Scope, bool, bool, str]] = [
+    (
+        Stage.TLS,
+        ssl.SSLCertVerificationError(1, "certificate verify failed"),
+        "certificate not trusted",
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.5",
+    ),
+    (
+        Stage.TLS,
+        ssl.SSLError(1, "wrong version number"),
+        "TLS handshake failed",
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
+    ),
+    (
+        Stage.TLS,
+        RelayUnusable("no STARTTLS", stage=Stage.TLS, status="4.7.10"),
+        "relay unusable (no STARTTLS, no usable AUTH)",
+        Outcome.RETRY, Scope.RELAY, True, True, "4.7.10",
+    ),
+    (
+        Stage.DATA,
+        aiosmtplib.SMTPDataError(421, "4.3.2 shutting down"),
+        "service closing (421)",
+        Outcome.RETRY, Scope.RELAY, True, True, "4.3.2",
+    ),
+    (
+        Stage.CONNECT,
+        aiosmtplib.SMTPConnectResponseError(554, "no service for you"),
+        "greeting or EHLO refused",
+        Outcome.RETRY, Scope.RELAY, True, True, "5.4.2",
+    ),
+    (
+        Stage.AUTH,
+        aiosmtplib.SMTPAuthenticationError(535, "5.7.8 Username and Password not accepted"),
+        "authentication refused (our configuration, never the sender's fault)",
+        Outcome.RETRY, Scope.RELAY, True, True, "5.7.8",
+    ),
+    (
+        Stage.CONNECT,
+        ConnectionRefusedError(111, "Connection refused"),
+        "connection failed, dropped or timed out",
+        Outcome.RETRY, Scope.RELAY, True, True, "4.4.1",
+    ),
+    (
+        Stage.MAIL,
+        aiosmtplib.SMTPNotSupported("needs SMTPUTF8"),
+        "relay lacks a needed extension (SMTPUTF8)",
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.7",
+    ),
+    (
+        Stage.RCPT,
+        ValueError("Invalid address"),
+        "address the relay cannot take (bad syntax)",
+        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.1.3",
+    ),
+    (
+        Stage.MAIL,
+        aiosmtplib.SMTPSenderRefused(451, "4.7.1 greylisted", "a@b"),
+        "sender refused for now (MAIL 4xx)",
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.7.1",
+    ),
+    (
+        Stage.MAIL,
+        aiosmtplib.SMTPSenderRefused(550, "5.7.60 Client does not have permissions", "a@b"),
+        "sender refused (MAIL 5xx)",
+        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.7.60",
+    ),
+    (
+        Stage.RCPT,
+        aiosmtplib.SMTPRecipientRefused(450, "mailbox busy", "c@d"),
+        "recipient refused for now (RCPT 4xx)",
+        Outcome.RETRY, Scope.RECIPIENT, False, False, "4.0.0",
+    ),
+    (
+        Stage.RCPT,
+        aiosmtplib.SMTPRecipientRefused(550, "5.1.1 no such user", "c@d"),
+        "recipient refused (RCPT 5xx)",
+        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.1.1",
+    ),
+    (
+        Stage.DATA,
+        aiosmtplib.SMTPDataError(452, "4.3.1 insufficient storage"),
+        "message refused for now (DATA 4xx)",
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.3.1",
+    ),
+    (
+        Stage.DATA,
+        aiosmtplib.SMTPDataError(554, "5.7.1 spam"),
+        "message refused (DATA 5xx)",
+        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.7.1",
+    ),
+    (
+        Stage.DATA,
+        RuntimeError("something odd"),
+        "anything else (unexpected reply or error)",
+        Outcome.RETRY, Scope.RELAY, True, True, "4.0.0",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[2] for c in CASES])
+def test_each_row_of_the_outcome_table(
+    case: tuple[Stage, BaseException, str, Outcome, Scope, bool, bool, str],
+) -> None:
+    """Each upstream failure gets the outcome, scope and status its table row says."""
+    stage, error, row, outcome, scope, failover, trips, status = case
+    verdict = classify(stage, error)
+    assert verdict.row == row
+    assert (verdict.outcome, verdict.scope) == (outcome, scope)
+    assert (verdict.failover, verdict.trips_breaker) == (failover, trips)
+    assert verdict.status == status
+
+
+def test_every_row_has_a_case() -> None:
+    """No row of the table goes untested."""
+    assert {c[2] for c in CASES} == {row.name for row in OUTCOME_TABLE}
+
+
+def test_verdict_text_keeps_upstream_reply() -> None:
+    """The reply a user sees is the upstream's code and text, on one line."""
+    verdict = classify(Stage.RCPT, aiosmtplib.SMTPRecipientRefused(550, "5.1.1 no\nsuch", "x"))
+    assert verdict.text == "550 5.1.1 no such"
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "expected"),
+    [
+        (550, "5.1.1 unknown", "5.1.1"),
+        (550, "unknown", "5.0.0"),
+        (451, "try later", "4.0.0"),
+        (250, "2.0.0 Ok: queued as X", "2.0.0"),
+    ],
+)
+def test_enhanced_status(code: int, text: str, expected: str) -> None:
+    """The RFC 3463 status is taken from the reply, else made from the reply code."""
+    assert enhanced_status(code, text, "4.0.0") == expected
+
+
+def test_backoff_doubles_up_to_cap_with_jitter() -> None:
+    """Retry delays double from the first delay, stop at the cap, and vary by ±20 %."""
+    middle = [backoff_delay(n, 60, 3600, lambda: 0.5) for n in range(1, 9)]
+    assert middle == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert backoff_delay(1, 60, 3600, lambda: 0.0) == pytest.approx(48)
+    assert backoff_delay(1, 60, 3600, lambda: 1.0) == pytest.approx(72)
+
+
+def test_circuit_breaker_opens_after_three_and_grows() -> None:
+    """Three failures in a row skip the relay; more failures skip it longer; success resets."""
+    breaker = CircuitBreaker("r")
+    breaker.failure(100.0)
+    breaker.failure(100.0)
+    assert breaker.allows(100.0)
+    breaker.failure(100.0)
+    assert not breaker.allows(129.0)
+    assert breaker.allows(130.0)
+    breaker.failure(130.0)
+    assert not breaker.allows(189.0)
+    breaker.success()
+    assert breaker.allows(130.0)
+
+
+def test_dsn_is_rfc3464_multipart_report() -> None:
+    """A DSN has the explanation, per-recipient status fields and the original header."""
+    original = b"Subject: hello\r\nFrom: <a@x>\r\n\r\nsecret body\r\n"
+    data, message_id = build_dsn(
+        reporting_host="jdx.test",
+        original_sender="a@x",
+        original_data=original,
+        queue_id="Q1",
+        received_at=1_700_000_000.0,
+        failed=[FailedRecipient("b@y", "5.1.1", "550 5.1.1 no such user", "gmail", 1.7e9)],
+    )
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert parsed["To"] == "a@x"
+    assert parsed["Message-ID"] == f"<{message_id}>"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    assert "hello" in parsed["Subject"]
+    text, status, headers = parsed.iter_parts()
+    assert "<b@y>: 550 5.1.1 no such user" in text.get_content()
+    raw_status = status.as_string()
+    assert "Reporting-MTA: dns; jdx.test" in raw_status
+    assert "Action: failed" in raw_status
+    assert "Remote-MTA: dns; gmail" in raw_status
+    assert "Subject: hello" in headers.as_string()
+    assert b"secret body" not in data
+    assert b"\n" not in data.replace(b"\r\n", b"")
