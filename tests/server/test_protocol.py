@@ -305,3 +305,34 @@ async def test_random_garbage_never_crashes_a_session(
     fresh = await Client.connect(port_of(app))
     await fresh.ehlo()
     assert await fresh.cmd("MAIL FROM:<a@localhost>") == "250 2.1.0 Sender OK"
+
+
+async def test_half_closed_client_still_gets_every_reply(start_server: StartServer) -> None:
+    """A client that sends a whole session and then shuts its side (nc -N) gets all replies."""
+    app = await start_server()
+    client = await Client.connect(port_of(app))
+    client.send(
+        "EHLO nc\r\nMAIL FROM:<a@localhost>\r\nRCPT TO:<b@localhost>\r\nDATA\r\n"
+        "Subject: nc\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+    )
+    client.writer.write_eof()
+    assert (await client.reply())[0] == 250
+    replies = [await client.line() for _ in range(5)]
+    assert replies[:3] == [
+        "250 2.1.0 Sender OK",
+        "250 2.1.5 Recipient OK",
+        "354 End data with <CR><LF>.<CR><LF>",
+    ]
+    assert replies[3].startswith("250 2.0.0 OK: queued as")
+    assert replies[4] == "221 2.0.0 Bye"
+    assert await client.closed()
+
+
+async def test_half_closed_client_without_quit_is_closed(start_server: StartServer) -> None:
+    """A client that shuts its side without QUIT gets its replies, then the server closes."""
+    app = await start_server()
+    client = await Client.connect(port_of(app))
+    client.send("NOOP\r\nNOOP")
+    client.writer.write_eof()
+    assert await client.line() == "250 2.0.0 OK"
+    assert await client.closed()

@@ -149,6 +149,7 @@ class SmtpSession(asyncio.Protocol):
         self._buffer = bytearray()
         self._data_ready = asyncio.Event()
         self._closed = False
+        self._eof = False
         self._paused = False
         self._messages = 0
         self._log = logging.LoggerAdapter(logger, {"session": self.id})
@@ -174,10 +175,12 @@ class SmtpSession(asyncio.Protocol):
             self._transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        """The client closed its side: end the session."""
-        self._closed = True
+        """The client will send nothing more: answer what it sent, then close."""
+        self._eof = True
         self._data_ready.set()
-        return None
+        # Keep the plain transport open for our replies (a half-closed client such as
+        # `printf ... | nc -N` still reads them); TLS transports cannot half-close.
+        return not self.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: wake the session task so it ends."""
@@ -228,7 +231,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _fill(self) -> None:
         """Wait for more input; raise _Closed on EOF and TimeoutError when idle too long."""
-        if self._closed:
+        if self._closed or self._eof:
             raise _Closed
         if self.host.stopping and self.phase is _Phase.READING and self.transaction is None:
             raise _Closed
