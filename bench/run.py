@@ -800,45 +800,59 @@ def report(run: Run, workloads: list[Workload]) -> str:
 # -- profiling -------------------------------------------------------------------------
 
 
-def summarize_profile(raw: Path, top: int = 25) -> str:
-    """Where the samples of a py-spy ``raw`` (collapsed stacks) file went."""
-    self_time: Counter[str] = Counter()
+def summarize_profile(raw: Path, top: int = 20) -> str:
+    """Where the samples of a py-spy ``raw`` (collapsed stacks) file went.
+
+    Stacks inside an import (start-up, first use of a module) are counted apart and
+    left out of the rest, which shows the steady state under load: per thread, self
+    time by function, then inclusive time of jdxmail's own functions.
+    """
+    per_thread: dict[str, Counter[str]] = {}
+    names: dict[str, str] = {}
     inclusive: Counter[str] = Counter()
     by_file: Counter[str] = Counter()
-    threads: Counter[str] = Counter()
-    total = 0
+    total = imports = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, n_text = line.rpartition(" ")
         if not stack or not n_text.isdigit():
             continue
         n = int(n_text)
         frames = stack.split(";")
-        thread = "main"
+        tid = "?"
         if frames and frames[0].startswith(("thread", "process")):
-            thread = frames.pop(0)
+            head, _, name = frames.pop(0).partition(": ")
+            tid = head.split("(")[-1].rstrip(")")
+            if name:
+                names[tid] = name
         if not frames:
             continue
-        names = [_short_frame(f) for f in frames]
         total += n
-        threads[thread] += n
-        self_time[names[-1]] += n
-        by_file[names[-1].rsplit("(", 1)[-1].rstrip(")")] += n
-        for name in set(names):
-            inclusive[name] += n
+        if any("_find_and_load" in f for f in frames):
+            imports += n
+            continue
+        short = [_short_frame(f) for f in frames]
+        per_thread.setdefault(tid, Counter())[short[-1]] += n
+        by_file[short[-1].rsplit("(", 1)[-1].rstrip(")")] += n
+        for name in set(short):
+            if name.endswith("py)") and "jdxmail/" in name and "jdxmail/cli/" not in name:
+                inclusive[name] += n
     if not total:
         return "no samples"
 
     def pct(n: int) -> str:
         return f"{100 * n / total:5.1f}%"
 
-    out = [f"{total} samples"]
-    out.append("by thread:")
-    out += [f"  {pct(n)}  {name}" for name, n in threads.most_common(8)]
-    out.append("self time by file:")
+    out = [f"{total} samples; {pct(imports).strip()} inside imports (left out below)"]
+    ranked = sorted(per_thread.items(), key=lambda item: -sum(item[1].values()))
+    for tid, counter in ranked:
+        share = sum(counter.values())
+        if share < total * 0.02:
+            continue
+        out.append(f"thread {names.get(tid, tid)}: {pct(share).strip()} of samples; self time:")
+        out += [f"  {pct(n)}  {name}" for name, n in counter.most_common(top)]
+    out.append("self time by file (all threads):")
     out += [f"  {pct(n)}  {name}" for name, n in by_file.most_common(top)]
-    out.append("self time by function:")
-    out += [f"  {pct(n)}  {name}" for name, n in self_time.most_common(top)]
-    out.append("inclusive time by function:")
+    out.append("inclusive time of jdxmail functions (all threads):")
     out += [f"  {pct(n)}  {name}" for name, n in inclusive.most_common(top)]
     return "\n".join(out)
 
@@ -867,6 +881,8 @@ def run_profile(
     for workload in workloads:
         raw = outdir / f"{workload.key}.txt"
         wrapper = [pyspy, "record", "--nonblocking", "--threads", "--rate", "200"]
+        if args.profile_gil:
+            wrapper.append("--gil")
         wrapper += ["-f", "raw", "-o", str(raw), "--"]
         peer = JdxmailServe(bench.workdir / f"profile-{workload.key}", _upstream_port(bench),
                             wrapper=wrapper)  # fmt: skip
@@ -931,6 +947,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", metavar="DIR", help="profile jdxmail serve with py-spy instead"
     )
+    parser.add_argument(
+        "--profile-gil", action="store_true",
+        help="with --profile: only samples holding the GIL (Python CPU, not waits)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -984,6 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
     notice = raise_fd_limit(mode.idle_sessions * 2 + 512)
     if notice:
         notices.append(notice)
+    busy = psutil.cpu_percent(interval=1.0)
+    if busy > 20:
+        notices.append(
+            f"the machine was {busy:.0f}% busy before the run (other processes): "
+            "figures will be low and noisy; ratios suffer less (interleaved rounds)"
+        )
 
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="jdxbench-"))
     workdir.mkdir(parents=True, exist_ok=True)
