@@ -566,3 +566,28 @@ def test_provider_targets() -> None:
     assert ses is not None
     assert (ses.host, ses.tls) == ("email-smtp.eu-west-1.amazonaws.com", TlsMode.IMPLICIT)
     assert provider_target("nope") is None
+
+
+async def test_plain_session_where_auth_needs_tls_c3(
+    fake_provider: StartProvider, runner: CliRunner
+) -> None:
+    """--tls none to a server that offers AUTH only after STARTTLS says to use --tls starttls."""
+    fake = await fake_provider()
+    code, out = await _relay(
+        runner,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fake.port),
+        "--tls",
+        "none",
+        "--user",
+        GOOD_USER,
+        "--password-stdin",
+        stdin=GOOD_PASSWORD + "\n",
+    )
+    assert code == RelayExit.AUTH
+    assert "(the server offers STARTTLS)" in out
+    assert "the server does not offer AUTH here" in out
+    assert "--tls starttls" in out
+    assert fake.logins == []

@@ -393,7 +393,9 @@ class _Prober:
             path = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in self.target.key)
             path = path.replace(".[", "[")
             return f'"{key}": {value} ({path}.{key})'
-        flags = {"Port": "--port", "UseTls": "--tls", "Host": "--host", "CaFile": "--ca"}
+        if key == "UseTls":
+            return "--tls starttls" if value == "true" else "--tls none"
+        flags = {"Port": "--port", "Host": "--host", "CaFile": "--ca"}
         return f"{flags.get(key, key)} {value}"
 
     def stage(
@@ -1109,6 +1111,8 @@ class _Prober:
             session.transcript.append(("C", f"<message, {len(body)} bytes>"))
             session.transcript.append(("C", "."))
             session.writer.write(payload + b".\r\n")
+            async with asyncio.timeout(self.target.timeout):
+                await session.writer.drain()
             reply = await session.reply()
         except (OSError, TimeoutError, _ProtocolError) as exc:
             self.io_fail(Stage.DATA, started, exc)
