@@ -275,3 +275,23 @@ def test_bind_option_overrides_the_config(tmp_path: Path, serve: list[ServeProce
     with smtplib.SMTP("::1", server.port, timeout=10) as client:
         assert client.noop()[0] == 250
     assert server.stop()[0] == 0
+
+
+def test_self_signed_option_serves_starttls(tmp_path: Path, serve: list[ServeProcess]) -> None:
+    """--self-signed prints the certificate to trust; smtplib verifies it over STARTTLS."""
+    import ssl
+
+    server = ServeProcess(tmp_path, "--self-signed")
+    serve.append(server)
+    cert = tmp_path / "data" / "smtp" / "tls" / "selfsigned-cert.pem"
+    context = ssl.create_default_context(cafile=str(cert))
+    with smtplib.SMTP("localhost", server.port, timeout=10) as client:
+        client.starttls(context=context)
+        assert client.ehlo()[0] == 250
+        assert client.sendmail("a@localhost", ["b@localhost"], "Subject: tls\r\n\r\nx\r\n") == {}
+    assert server.proc.stdout is not None
+    server.proc.send_signal(signal.SIGTERM)
+    out = server.proc.stdout.read()
+    assert server.proc.wait(30) == 0
+    assert f"STARTTLS with the self-signed dev certificate {cert}" in out
+    assert f"--cacert {cert}" in out

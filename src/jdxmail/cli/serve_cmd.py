@@ -146,6 +146,14 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
         fail(f"{exc}{row}", exc.fix, ExitCode.FAILED)
     for address in addresses:
         sys.stdout.write(f"jdxmail serve: listening on {address}\n")
+    if app.certificate is not None:
+        kind = "self-signed dev certificate" if app.certificate_self_signed else "certificate"
+        sys.stdout.write(f"jdxmail serve: STARTTLS with the {kind} {app.certificate}\n")
+        if app.certificate_self_signed:
+            sys.stdout.write(
+                "jdxmail serve: clients must trust that file, e.g. "
+                f"curl --ssl-reqd --cacert {app.certificate} smtp://localhost:PORT ...\n"
+            )
     sys.stdout.write(
         f"jdxmail serve: config {source}; mailboxes in {mailbox}; "
         f"log {log_file if log_file else '(console only)'}\n"

@@ -16,6 +16,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from jdxmail.logs import register_secret
@@ -92,6 +93,10 @@ class SmtpServerApp:
         self.store: MessageStore = store
         self._reload_settings = reload_settings
         self.tls_context: ssl.SSLContext | None = None
+        #: the certificate clients are shown (set by start() when TLS is on)
+        self.certificate: Path | None = None
+        #: True when that certificate is the self-signed dev certificate
+        self.certificate_self_signed = False
         self.throttle = AuthThrottle(server.auth_failure_limit, server.auth_failure_window)
         self.runtime = self._runtime(settings)
         self.components: list[Component] = []
@@ -162,6 +167,7 @@ class SmtpServerApp:
         if tls.cert_file is not None and tls.key_file is not None:
             if self.self_signed:
                 logger.info("--self-signed ignored: SmtpServer.Tls names a certificate")
+            self.certificate = tls.cert_file
             return server_context(tls.cert_file, tls.key_file)
         if tls.cert_file is not None or tls.key_file is not None:
             raise TlsSetupError(
@@ -172,6 +178,7 @@ class SmtpServerApp:
             directory = self.settings.paths.spool.parent / "tls"
             cert, key = ensure_self_signed(directory, self.runtime.host_name)
             logger.info("using the self-signed dev certificate %s", cert)
+            self.certificate, self.certificate_self_signed = cert, True
             return server_context(cert, key)
         return None
 
