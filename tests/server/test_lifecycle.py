@@ -295,3 +295,23 @@ def test_self_signed_option_serves_starttls(tmp_path: Path, serve: list[ServePro
     assert server.proc.wait(30) == 0
     assert f"STARTTLS with the self-signed dev certificate {cert}" in out
     assert f"--cacert {cert}" in out
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("Spool", "cannot create the spool directories"),
+        ("Logs", "cannot write the log file"),
+    ],
+)
+def test_unusable_folder_is_one_clear_message(tmp_path: Path, key: str, message: str) -> None:
+    """A spool or log folder that cannot be made is named, exit 1, no traceback."""
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    config = write_json(
+        tmp_path / "appsettings.json", {"Paths": {key: str(tmp_path / "blocker" / "sub")}}
+    )
+    result = run_serve(tmp_path, "--config", str(config), "--port", "0")
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr
+    assert f"Paths.{key}" in result.stderr
+    assert "Traceback" not in result.stderr
