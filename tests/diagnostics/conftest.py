@@ -12,6 +12,7 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,6 +189,16 @@ class NetNs:
             check=False,
         )
 
+    @property
+    def etc(self) -> Path:
+        """``/etc/netns/NAME``: ``ip netns exec`` mounts its files over ``/etc``."""
+        return Path("/etc/netns") / self.name
+
+    def hosts(self, entries: dict[str, str]) -> None:
+        """Make *entries* (name → address) resolve inside the namespace via its hosts file."""
+        lines = ["127.0.0.1 localhost"] + [f"{ip} {name}" for name, ip in entries.items()]
+        (self.etc / "hosts").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
     def drop(self, port: int) -> None:
         """Make the namespace's firewall drop TCP to the veth address on *port*."""
         done = self.run(
@@ -221,6 +232,11 @@ def netns() -> Iterator[NetNs]:
     if made.returncode != 0:
         pytest.skip(f"cannot create a network namespace: {made.stderr.decode().strip()}")
     try:
+        # name lookups inside stay inside: the only DNS server is the namespace's own
+        # loopback (where nothing listens), and the hosts file is the test's
+        namespace.etc.mkdir(parents=True, exist_ok=True)
+        (namespace.etc / "resolv.conf").write_text("nameserver 127.0.0.1\n", encoding="utf-8")
+        namespace.hosts({})
         for args in (
             ("ip", "link", "set", "lo", "up"),
             ("ip", "link", "add", "jdx0", "type", "veth", "peer", "name", "jdx1"),
@@ -243,3 +259,4 @@ def netns() -> Iterator[NetNs]:
         yield namespace
     finally:
         subprocess.run(["ip", "netns", "del", namespace.name], capture_output=True, check=False)
+        shutil.rmtree(namespace.etc, ignore_errors=True)

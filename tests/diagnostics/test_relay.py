@@ -591,3 +591,32 @@ async def test_plain_session_where_auth_needs_tls_c3(
     assert "the server does not offer AUTH here" in out
     assert "--tls starttls" in out
     assert fake.logins == []
+
+
+def test_host_typo_is_named_when_it_resolves_or_not_c1(netns: NetNs) -> None:
+    """smtp.gmial.com gets "did you mean smtp.gmail.com?" whether it fails DNS or connect."""
+    netns.hosts({})
+    done = netns.run(
+        sys.executable, "-m", "jdxmail", "test-relay", "--host", "smtp.gmial.com", "--timeout", "2"
+    )
+    assert done.returncode == RelayExit.DNS, done.stdout + done.stderr
+    assert "did you mean 'smtp.gmail.com'?" in done.stdout
+    assert '--host "smtp.gmail.com"' in done.stdout
+    assert "JDX-C1" in done.stdout
+    netns.hosts({"smtp.gmial.com": "127.0.0.1"})
+    done = netns.run(
+        sys.executable,
+        "-m",
+        "jdxmail",
+        "test-relay",
+        "--host",
+        "smtp.gmial.com",
+        "--port",
+        "587",
+        "--timeout",
+        "2",
+    )
+    assert done.returncode == RelayExit.CONNECT, done.stdout + done.stderr
+    assert "✓ DNS" in done.stdout
+    assert "connection refused by 127.0.0.1:587" in done.stdout
+    assert "did you mean 'smtp.gmail.com'?" in done.stdout
