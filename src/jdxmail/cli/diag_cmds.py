@@ -225,7 +225,18 @@ def check_port(
         raise typer.Exit(int(code))
     if report.probes:
         render_stages(f"jdxmail on {bind}:{port}", report.probes)
-    render_findings(f"check-port {bind}:{port}", report.findings)
+    if report.ok:
+        from rich.text import Text  # noqa: PLC0415
+
+        for finding in report.findings:
+            line = Text("✓ ", style="bold green").append(finding.message)
+            if finding.row:
+                line.append(f" [JDX-{finding.row}]", style="dim")
+            out_console.print(line)
+            if finding.fix:
+                out_console.print(Text("  note: ", style="cyan").append(finding.fix))
+    else:
+        render_findings(f"check-port {bind}:{port}", report.findings)
     raise typer.Exit(int(code))
 
 
