@@ -12,7 +12,6 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -126,25 +125,33 @@ async def test_unparsable_config_is_a_failed_row(
 async def test_error_lines_of_today_are_shown(
     runner: CliRunner, write_config: WriteConfig, tmp_path: Path
 ) -> None:
-    """Today's ERROR lines of logs/jdxmail.log appear in the G1 row; older days do not."""
+    """Today's ERROR lines of logs/jdxmail.log (written by jdxmail's own logging) appear in
+    the G1 row; lines of older days do not."""
+    import logging
+
+    from jdxmail.logs import configure_logging
+
     path = write_config(_config(_free_port()))
     logs = tmp_path / "logs"
     logs.mkdir()
-    today = date.today().isoformat()
     (logs / "jdxmail.log").write_text(
-        f"2001-01-01 10:00:00,000 ERROR Relay old problem\n"
-        f"{today} 10:00:00,000 INFO SMTP started\n"
-        f"{today} 10:00:01,000 ERROR Relay relay gmail: 535 5.7.8 refused\n",
-        encoding="utf-8",
+        "2001-01-01 10:00:00.000 ERROR Relay [-] old problem\n", encoding="utf-8"
     )
+    configure_logging(logs, console=None)
+    try:
+        logging.getLogger("jdxmail.smtp").info("started")
+        logging.getLogger("jdxmail.relay").error("relay gmail: 535 5.7.8 refused")
+    finally:
+        configure_logging(None, console=None)
     code, out = await _doctor(runner, "--config", str(path), "--json")
     data = json.loads(out)
     g1 = next(r for r in data["rows"] if r["id"] == "JDX-G1")
     assert code == 0
     assert g1["ok"] is None
     assert "1 ERROR line" in g1["summary"]
-    assert "535 5.7.8 refused" in g1["summary"]
+    assert "Relay [-] relay gmail: 535 5.7.8 refused" in g1["summary"]
     assert "old problem" not in g1["summary"]
+    assert "grep ERROR" in g1["fix"]
 
 
 @pytest.fixture

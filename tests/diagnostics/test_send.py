@@ -135,3 +135,38 @@ def test_send_test_bad_server_argument(runner: CliRunner) -> None:
     code, _, err = invoke(runner, "send-test", "--to", "x@example.net", "--server", "localhost")
     assert code == 2
     assert "HOST:PORT" in err
+
+
+async def test_send_test_implicit_tls_uses_the_configured_implicit_port(
+    fake_provider: StartProvider,
+    runner: CliRunner,
+    write_config: WriteConfig,
+    ca: trustme.CA,
+    tmp_path: Path,
+) -> None:
+    """--tls implicit without --server goes to Tls.ImplicitTlsPort; --json has the transcript."""
+    fake = await fake_provider(ProviderSpec(tls="implicit"))
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    smtp = {"Port": 2525, "Tls": {"ImplicitTlsPort": fake.port}}
+    path = write_config(json.dumps({"SmtpServer": smtp}))
+    code, out = await _send(
+        runner,
+        "--to",
+        "x@example.net",
+        "--config",
+        str(path),
+        "--tls",
+        "implicit",
+        "--ca",
+        str(ca_path),
+        "--json",
+        "--transcript",
+    )
+    data = json.loads(out)
+    assert code == RelayExit.OK, out
+    assert data["port"] == fake.port
+    assert data["final_reply"].startswith("250 2.0.0 OK")
+    assert "C: MAIL FROM:<jdxmail-test@localhost>" in data["transcript"]
+    tls = next(s for s in data["stages"] if s["stage"] == "TLS")
+    assert tls["facts"]["mode"] == "implicit"
