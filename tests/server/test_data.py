@@ -110,7 +110,7 @@ async def test_oversized_message_is_refused_while_streaming(start_server: StartS
 
 
 async def test_message_at_the_size_limit_is_accepted(start_server: StartServer) -> None:
-    """A message of exactly MaxMessageSize bytes is accepted."""
+    """A message of exactly MaxMessageSize bytes is accepted; one byte more is not."""
     store = RecordingStore()
     app = await start_server(MaxMessageSize=4096, store=store)
     client = await Client.connect(port_of(app))
@@ -119,6 +119,9 @@ async def test_message_at_the_size_limit_is_accepted(start_server: StartServer) 
     assert len(body) == 4096
     client.send(body + ".\r\n")
     assert (await client.line()).startswith("250")
+    await open_data(client)
+    client.send("z" + body + ".\r\n")
+    assert await client.line() == "552 5.3.4 Message too big (limit 4096 bytes)"
 
 
 async def test_text_line_over_1000_bytes_is_refused(start_server: StartServer) -> None:
@@ -276,3 +279,16 @@ async def test_oversized_stream_keeps_memory_bounded(start_server: StartServer) 
         tracemalloc.stop()
     assert reply == "552 5.3.4 Message too big (limit 65536 bytes)"
     assert peak < 8 * 1024 * 1024
+
+
+async def test_large_message_arrives_intact(start_server: StartServer) -> None:
+    """A 3 MB message with dot-stuffed lines is stored byte for byte (unstuffed)."""
+    store = RecordingStore()
+    app = await start_server(store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    body = b"".join(b"." * (i % 3) + b"line %d\r\n" % i for i in range(300_000))
+    stuffed = body.replace(b"\r\n.", b"\r\n..")
+    client.send(b"Subject: big\r\n\r\n" + stuffed + b".\r\n")
+    assert (await client.line()).startswith("250 2.0.0 OK: queued as Q1")
+    assert store.messages[0].data.endswith(b"Subject: big\r\n\r\n" + body)

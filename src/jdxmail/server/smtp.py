@@ -41,6 +41,7 @@ AUTH_LINE_LIMIT = 12288  # RFC 4954 4
 TEXT_LINE_LIMIT = 1000  # RFC 5321 4.5.3.1.6, including CRLF (plus one for a stuffed dot)
 BAD_COMMAND_LIMIT = 10
 _READ_HIGH_WATER = 256 * 1024
+_INLINE_CLEAN_LIMIT = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
@@ -725,7 +726,11 @@ class SmtpSession(asyncio.Protocol):
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         normalize = runtime.server.bare_line_endings == "Normalize"
-        body, problem = clean_data(content, normalize=normalize)
+        if len(content) > _INLINE_CLEAN_LIMIT:
+            # Scanning megabytes takes milliseconds; keep other sessions responsive.
+            body, problem = await asyncio.to_thread(clean_data, content, normalize=normalize)
+        else:
+            body, problem = clean_data(content, normalize=normalize)
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
             self.send(problem)
@@ -802,7 +807,7 @@ class SmtpSession(asyncio.Protocol):
                 rest = bytes(data[index + len(_END_OF_DATA) :])
                 if rest:
                     self._buffer[0:0] = rest
-                if too_big:
+                if too_big or index > limit:
                     return None
                 return bytes(data[2 : index + 2])
             if not too_big and len(data) - 2 > limit + 3:
