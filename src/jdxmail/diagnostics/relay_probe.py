@@ -333,10 +333,6 @@ def _looks_like_tls(data: bytes) -> bool:
     return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03
 
 
-def _name_list(names: Any) -> str:
-    return ", ".join("=".join(pair) for rdn in names for pair in rdn)
-
-
 def describe_certificate(der: bytes) -> dict[str, Any]:
     """Subject, issuer, SANs, days to expiry and self-signedness of a DER certificate.
 
@@ -412,7 +408,7 @@ class _Prober:
     def finding(
         self, severity: Severity, code: str, message: str, fix: str, key: str, row: str | None
     ) -> None:
-        path: KeyPath = (*self.target.key, key) if self.target.key else ()
+        path: KeyPath = (*self.target.key, key) if self.target.key and key else ()
         self.report.findings.append(Finding(severity, code, message, fix, path, row=row))
 
     def fail(
@@ -442,7 +438,7 @@ class _Prober:
                 str(reply),
                 f"{what}: {reply} — {hint.meaning}",
                 hint.fix,
-                "Password" if name is Stage.AUTH else "Username",
+                "Password" if name is Stage.AUTH else "",
                 hint.row,
                 "relay.reply",
             )
@@ -454,7 +450,7 @@ class _Prober:
             "account without AUTH",
             Stage.DATA: "read the server's reply above; the message was not accepted",
         }.get(name, "read the server's reply above")
-        key = "Username" if name is Stage.AUTH else "Host"
+        key = "Username" if name is Stage.AUTH else ""
         self.fail(name, started, str(reply), f"{what}: {reply}", fix, key, None, "relay.reply")
 
     def io_fail(self, name: Stage, started: float, exc: BaseException) -> None:
@@ -947,42 +943,30 @@ class _Prober:
             facts["protocol"] = ssl_object.version()
             facts["cipher"] = cipher[0] if cipher else None
             parts.append(f"{facts['protocol']} {facts['cipher']}")
-            cert = ssl_object.getpeercert()
-            if cert:
-                facts["subject"] = _name_list(cert.get("subject", ()))
-                facts["issuer"] = _name_list(cert.get("issuer", ()))
-                facts["sans"] = [str(pair[1]) for pair in cert.get("subjectAltName", ())]
-                not_after = cert.get("notAfter")
-                if isinstance(not_after, str):
-                    days = int((ssl.cert_time_to_seconds(not_after) - time.time()) // 86400)
-                    facts["days_to_expiry"] = days
-                    if days < 14:
-                        self.finding(
-                            Severity.WARNING,
-                            "relay.cert-expiry",
-                            f"the certificate of {self.target.host} expires in {days} days",
-                            "tell the relay's operator",
-                            "Host",
-                            None,
-                        )
-                facts["hostname_match"] = True
-                facts["chain_verified"] = True
-                parts.append(
-                    f"cert {facts['subject']} issued by {facts['issuer']}, "
-                    f"SANs {', '.join(facts['sans']) or 'none'}, "
-                    f"{facts.get('days_to_expiry', '?')} days left, hostname matches, "
-                    "chain verified"
+            der = ssl_object.getpeercert(binary_form=True)
+            facts.update(describe_certificate(der) if der else {})
+            if "subject" in facts:
+                parts.append(_certificate_text(facts))
+            # with verification on, a completed handshake means both checks passed
+            verified = self.target.verify
+            facts["hostname_match"] = verified
+            facts["chain_verified"] = verified
+            parts.append(
+                "hostname matches, chain verified"
+                if verified
+                else "certificate NOT verified (--insecure / VerifyCertificate false)"
+            )
+            days = facts.get("days_to_expiry")
+            if isinstance(days, int) and days < 14:
+                self.finding(
+                    Severity.WARNING,
+                    "relay.cert-expiry",
+                    f"the certificate of {self.target.host} expires in {days} days",
+                    "tell the relay's operator",
+                    "",
+                    None,
                 )
-            else:
-                der = ssl_object.getpeercert(binary_form=True)
-                described = describe_certificate(der) if der else {}
-                facts.update(described)
-                facts["chain_verified"] = False
-                if described:
-                    parts.append(_certificate_text(described))
-                parts.append("certificate NOT verified (--insecure / VerifyCertificate false)")
-        stage_name = Stage.TLS
-        self.stage(stage_name, True, started, "; ".join(parts), **facts)
+        self.stage(Stage.TLS, True, started, "; ".join(parts), **facts)
 
     async def auth(self) -> bool:
         session = self.session
