@@ -12,6 +12,7 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class ProviderSpec:
     queue_reply: str = "250 2.0.0 OK 1700000000 fake-queue-id - gsmtp"
     #: names on the server's certificate (None: localhost, 127.0.0.1, ::1)
     cert_names: tuple[str, ...] | None = None
+    #: days until the server's certificate expires (None: the default, years)
+    cert_days: int | None = None
 
 
 class _Handler:
@@ -117,7 +120,12 @@ async def fake_provider(
     async def start(spec: ProviderSpec | None = None) -> FakeProvider:
         spec = spec or ProviderSpec()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert = ca.issue_cert(*spec.cert_names) if spec.cert_names else server_cert
+        cert = server_cert
+        if spec.cert_names or spec.cert_days is not None:
+            names = spec.cert_names or ("localhost", "127.0.0.1", "::1")
+            days = 365 if spec.cert_days is None else spec.cert_days
+            not_after = datetime.now(UTC) + timedelta(days=days, hours=12)
+            cert = ca.issue_cert(*names, not_after=not_after)
         cert.configure_cert(context)
         fake = FakeProvider("127.0.0.1", 0)
         handler = _Handler(spec, fake)

@@ -620,3 +620,16 @@ def test_host_typo_is_named_when_it_resolves_or_not_c1(netns: NetNs) -> None:
     assert "✓ DNS" in done.stdout
     assert "connection refused by 127.0.0.1:587" in done.stdout
     assert "did you mean 'smtp.gmail.com'?" in done.stdout
+
+
+async def test_certificate_about_to_expire_is_a_warning(
+    fake_provider: StartProvider, runner: CliRunner, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A certificate with 5 days left passes TLS but warns about its expiry."""
+    fake = await fake_provider(ProviderSpec(cert_days=5))
+    code, out = await _relay(
+        runner, "--host", "127.0.0.1", "--port", str(fake.port), "--ca", _ca_file(ca, tmp_path)
+    )
+    assert code == RelayExit.OK, out
+    assert "5 days left" in out
+    assert "the certificate of 127.0.0.1 expires in 5 days" in out
