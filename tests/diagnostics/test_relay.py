@@ -269,6 +269,9 @@ async def test_tls_listener_config_fix_names_usetls_c3(
     assert code == RelayExit.BANNER
     assert '"Port": 465 (RelayServer.Port)' in out
     assert '"Port": 465' in out
+    code, out = await _relay(runner, "--config", str(path), "--tls", "implicit")
+    assert code == RelayExit.OK, out
+    assert "✓ TLS" in out
 
 
 async def test_implicit_tls_on_plain_port_c3(

@@ -407,7 +407,7 @@ def relay_test(
         targets = []
         for index, item in enumerate(relays):
             key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
-            target = target_from_relay(item, key, 15.0 if item.time_out is None else item.time_out)
+            target = target_from_relay(item, key, 15.0)
             if relay is None or relay.casefold() == item.display_name.casefold():
                 targets.append(target)
         if not targets:
@@ -430,8 +430,12 @@ def relay_test(
             changes["verify"] = False
         if timeout is not None:
             changes["timeout"] = timeout
-        if tls is not None and provider is None and host is None:
-            changes["tls"] = TlsMode(tls.value)
+        if provider is None and host is None:
+            # overrides of the config's relay: "what if it were port 465 / implicit TLS?"
+            if tls is not None:
+                changes["tls"] = TlsMode(tls.value)
+            if port is not None:
+                changes["port"] = port
         prepared.append(replace(target, **changes))
     options = ProbeOptions(mail_from=mail_from, rcpt_to=rcpt_to, send=send)
 
