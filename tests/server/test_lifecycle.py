@@ -315,3 +315,41 @@ def test_unusable_folder_is_one_clear_message(tmp_path: Path, key: str, message:
     assert message in result.stderr
     assert f"Paths.{key}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+_AS_NOBODY = """
+import asyncio, os, sys
+from jdxmail.server.app import SmtpServerApp
+from jdxmail.server.errors import ServerError
+from jdxmail.settings.model import Settings
+
+class Store:
+    async def store(self, message):
+        return "unused"
+
+settings = Settings.model_validate({"SmtpServer": {"Port": 25, "BindAddress": "127.0.0.1"}})
+app = SmtpServerApp(settings, store=Store())
+os.setgid(65534)
+os.setuid(65534)
+try:
+    asyncio.run(app.start())
+except ServerError as exc:
+    print(f"{exc}|{exc.fix}|{exc.row}")
+    sys.exit(1)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root")
+def test_privileged_port_as_an_unprivileged_user() -> None:
+    """Binding port 25 as uid 65534 gives the A2 message with its fixes."""
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if start.exists() and int(start.read_text()) <= 25:
+        pytest.skip("this host lets every user bind port 25")
+    done = subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr
+    message, fix, row = done.stdout.strip().split("|")
+    assert message == "cannot listen on 127.0.0.1:25: ports below 1024 need privileges"
+    assert "cap_net_bind_service" in fix
+    assert row == "A2"
