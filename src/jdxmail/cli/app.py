@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from jdxmail import __version__
-from jdxmail.cli import config_cmd, diag_cmds, password_cmd, serve_cmd, user_cmd
+from jdxmail.cli import config_cmd, diag_cmds, password_cmd, queue_cmd, serve_cmd, user_cmd
 
 __all__ = ["app"]
 
@@ -47,6 +47,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("validate-config")(config_cmd.validate_config)
 app.command("hash-password")(password_cmd.hash_password)
 app.add_typer(user_cmd.app, name="user")
+app.add_typer(queue_cmd.app, name="queue")
 app.command("check-port")(diag_cmds.check_port)
 app.command("test-relay")(diag_cmds.relay_test)
 app.command("auth-string")(diag_cmds.auth_string)

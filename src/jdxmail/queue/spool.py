@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -41,12 +42,14 @@ from typing import Any, Literal
 from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
 
 __all__ = [
+    "FLUSH_FILE",
     "AcceptedMessage",
     "CorruptSpoolFile",
     "QueuedMessage",
     "Spool",
     "SpoolError",
     "SpoolStats",
+    "claim",
     "read_queued_message",
     "spool_stats",
 ]
@@ -56,6 +59,9 @@ logger = logging.getLogger("jdxmail.queue")
 MAGIC = b"JDXSPOOL 1\n"
 QUEUE_SUFFIX = ".msg"
 STATE_SUFFIX = ".json"
+
+#: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
+FLUSH_FILE = "flush"
 
 CommitMode = Literal["batch", "batch-fsync", "per-message"]
 
@@ -250,6 +256,31 @@ def sync_file_system(directory: Path) -> None:
             raise OSError(code, os.strerror(code), str(directory))
     finally:
         os.close(fd)
+
+
+def claim(path: Path) -> int | None:
+    """Open and lock queue file *path* for delivery; None if gone or taken by another.
+
+    The lock is held until the returned descriptor is closed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        here = os.stat(path)
+        mine = os.fstat(fd)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_nlink == 0:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _unlink_quietly(path: Path) -> None:

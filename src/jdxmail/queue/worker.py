@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import heapq
 import logging
 import os
@@ -24,7 +23,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiosmtplib
 
@@ -40,11 +38,13 @@ from jdxmail.queue.relay import (
     classify,
 )
 from jdxmail.queue.spool import (
+    FLUSH_FILE,
     AcceptedMessage,
     CorruptSpoolFile,
     QueuedMessage,
     Spool,
     SpoolError,
+    claim,
     decode_queued,
 )
 from jdxmail.queue.state import (
@@ -60,19 +60,15 @@ from jdxmail.queue.state import (
 from jdxmail.settings.model import Settings
 
 __all__ = [
-    "FLUSH_FILE",
     "CircuitBreaker",
     "DeliveryEngine",
     "DeliveryOptions",
     "backoff_delay",
-    "claim",
 ]
 
 logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
 
-#: touched by ``jdxmail queue flush`` / ``retry``: running engines rescan at once
-FLUSH_FILE = "flush"
 _RESCAN_SECONDS = 30.0
 _POLL_SECONDS = 1.0
 
@@ -132,31 +128,6 @@ class CircuitBreaker:
                 self.failures,
                 wait,
             )
-
-
-def claim(path: Path) -> int | None:
-    """Open and lock queue file *path* for delivery; None if gone or taken by another.
-
-    The lock is held until the returned descriptor is closed.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        here = os.stat(path)
-        mine = os.fstat(fd)
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_nlink == 0:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _read_fd(fd: int) -> bytes:
