@@ -98,7 +98,7 @@ def serve(
     import logging  # noqa: PLC0415
 
     from jdxmail.logs import LogSetupError, configure_logging  # noqa: PLC0415
-    from jdxmail.server.app import SmtpServerApp  # noqa: PLC0415
+    from jdxmail.server.app import FROM_SETTINGS, SmtpServerApp  # noqa: PLC0415
     from jdxmail.settings.files import load_settings  # noqa: PLC0415
 
     bind_address = _check_bind(bind)
@@ -126,7 +126,7 @@ def serve(
         settings,
         bind_address=bind_address,
         port=port,
-        implicit_tls_port=tls_port if tls_port is not None else -1,
+        implicit_tls_port=tls_port if tls_port is not None else FROM_SETTINGS,
         self_signed=self_signed,
         reload_settings=reload,
         grace=grace,

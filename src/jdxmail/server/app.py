@@ -27,11 +27,12 @@ from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
 from jdxmail.settings.model import Settings
 
-__all__ = ["BoundAddress", "Component", "SmtpServerApp"]
+__all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "SmtpServerApp"]
 
 logger = logging.getLogger("jdxmail.smtp")
 
-_UNSET: int = -1
+#: ``implicit_tls_port`` value meaning "as SmtpServer.Tls.ImplicitTlsPort says"
+FROM_SETTINGS: int = -1
 
 
 class Component(Protocol):
@@ -69,19 +70,30 @@ class SmtpServerApp:
         *,
         bind_address: str | None = None,
         port: int | None = None,
-        implicit_tls_port: int | None = _UNSET,
+        implicit_tls_port: int | None = FROM_SETTINGS,
         self_signed: bool = False,
         store: MessageStore | None = None,
         reload_settings: Callable[[], Settings] | None = None,
         auth_failure_delay: float = 1.0,
         grace: float = 10.0,
     ) -> None:
+        """Prepare a server for *settings*; nothing is opened before start().
+
+        *bind_address*, *port* and *implicit_tls_port* override the settings (port 0:
+        any free port; *implicit_tls_port* None: no implicit-TLS listener). *store*
+        replaces the spool built from ``Paths`` (the app then does not open or close
+        it). *reload_settings* is called on SIGHUP. *auth_failure_delay* is the wait
+        per failed login so far (up to 5 of them) before the 535 reply. *grace* is
+        what serve() gives transactions in flight when it stops.
+        """
         self.settings = settings
         server = settings.smtp_server
         self.bind_address = bind_address or server.bind_address
         self.port = server.port if port is None else port
         self.implicit_tls_port = (
-            server.tls.implicit_tls_port if implicit_tls_port == _UNSET else implicit_tls_port
+            server.tls.implicit_tls_port
+            if implicit_tls_port == FROM_SETTINGS
+            else implicit_tls_port
         )
         self.self_signed = self_signed
         self.auth_failure_delay = auth_failure_delay
