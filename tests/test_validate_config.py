@@ -224,8 +224,11 @@ def test_port_out_of_range(runner: CliRunner, write_config: WriteConfig, port: s
 
 
 def test_bind_address_not_on_this_host(runner: CliRunner, write_config: WriteConfig) -> None:
-    """A BindAddress that is on no interface here is an error (192.0.2.1 is TEST-NET-1)."""
-    path = write_config(config('"BindAddress": "192.0.2.1"'))
+    """A BindAddress that is on no interface here is an error (a documentation address)."""
+    from jdxmail.settings.checks import local_addresses
+
+    foreign = next(a for a in ("203.0.113.254", "198.51.100.254") if a not in local_addresses())
+    path = write_config(config(f'"BindAddress": "{foreign}"'))
     code, report = run_json(runner, path)
     item = finding(report, "server.bind-not-local")
     assert (code, item["key"]) == (1, "SmtpServer.BindAddress")
