@@ -110,6 +110,19 @@ async def test_auth_login_when_plain_not_offered(
     assert upstream.mechanisms == ["LOGIN"]
 
 
+async def test_relay_without_auth_is_not_used(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A relay that offers no AUTH (here: not before TLS) gets nothing; the mail waits."""
+    upstream = await upstream_factory(UpstreamSpec(tls="none"))
+    relay = relay_for(upstream, login=True)
+    running = await run_engine(settings_for(tmp_path, relay))
+    queue_id = await running.spool.store(message())
+    await running.engine.wait_idle()
+    assert upstream.received == []
+    assert "does not offer AUTH" in state_of(running.spool.spool_dir, queue_id).last_reply
+
+
 async def test_wrong_relay_password_retries_never_bounces(
     tmp_path: Path,
     upstream_factory: StartUpstream,

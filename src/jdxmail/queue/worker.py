@@ -239,14 +239,17 @@ class DeliveryEngine:
             self.spool.on_queued = None
         self._wake.set()
         tasks, self._tasks = self._tasks, []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self._in_flight:
+                    self._idle.clear()
+                    await self._idle.wait()
         if self._in_flight:
-            busy = [t for t in tasks if not t.done()]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    while self._in_flight:
-                        self._idle.clear()
-                        await self._idle.wait()
-            del busy
+            logger.warning(
+                "%d deliveries still running after %.0f s; they will be retried at the next start",
+                len(self._in_flight),
+                grace,
+            )
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -365,7 +368,8 @@ class DeliveryEngine:
         while True:
             queue_id = await self._work.get()
             try:
-                await self._deliver(queue_id)
+                if not self._stopping:
+                    await self._deliver(queue_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
