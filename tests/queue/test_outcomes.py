@@ -192,7 +192,11 @@ def test_dsn_is_rfc3464_multipart_report() -> None:
         original_data=original,
         queue_id="Q1",
         received_at=1_700_000_000.0,
-        failed=[FailedRecipient("b@y", "5.1.1", "550 5.1.1 no such user", "gmail", 1.7e9)],
+        failed=[
+            FailedRecipient(
+                "b@y", "5.1.1", "550 5.1.1 no such user", "gmail", 1.7e9, "smtp.gmail.com"
+            )
+        ],
     )
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert parsed["To"] == "a@x"
@@ -204,7 +208,7 @@ def test_dsn_is_rfc3464_multipart_report() -> None:
     raw_status = status.as_string()
     assert "Reporting-MTA: dns; jdx.test" in raw_status
     assert "Action: failed" in raw_status
-    assert "Remote-MTA: dns; gmail" in raw_status
+    assert "Remote-MTA: dns; smtp.gmail.com" in raw_status
     assert "Subject: hello" in headers.as_string()
     assert b"secret body" not in data
     assert b"\n" not in data.replace(b"\r\n", b"")

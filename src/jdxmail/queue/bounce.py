@@ -28,6 +28,8 @@ class FailedRecipient:
     reply: str
     relay: str
     last_attempt: float
+    #: the host name of the relay that gave the reply (``Remote-MTA``)
+    remote_mta: str = ""
 
 
 def _header_block(data: bytes) -> bytes:
@@ -110,8 +112,8 @@ def build_dsn(
             "Action: failed",
             f"Status: {item.status}",
         ]
-        if item.relay:
-            lines.append(f"Remote-MTA: dns; {_clean(item.relay)}")
+        if item.remote_mta:
+            lines.append(f"Remote-MTA: dns; {_clean(item.remote_mta)}")
         lines.append(f"Diagnostic-Code: smtp; {_clean(item.reply)}")
         if item.last_attempt:
             lines.append(

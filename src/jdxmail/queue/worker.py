@@ -184,6 +184,7 @@ class DeliveryEngine:
             for relay in settings.relays
         ]
         self.breakers = {p.name: CircuitBreaker(p.name) for p in self.pools}
+        self._relay_hosts = {p.name: p.relay.host for p in self.pools}
         self.quota = QuotaBook(spool.spool_dir)
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
@@ -460,13 +461,17 @@ class DeliveryEngine:
             ):
                 waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
                 relay_log.info(
-                    "%s: %s daily quota of %d spent; next relay", queue_id, pool.name, quota
+                    "%s: %s daily quota of %d spent; next relay",
+                    queue_id,
+                    pool.name,
+                    quota,
+                    extra={"session": message.session_id},
                 )
                 continue
             async with pool.slots:
                 result = await self._attempt(pool, message, pending)
             tried = True
-            delivered = self._apply(queue_id, state, result, self.clock())
+            delivered = self._apply(message, state, result, self.clock())
             if quota is not None and not delivered:
                 await asyncio.to_thread(self.quota.give_back, pool.name, now)
             failure = result.failure
@@ -517,7 +522,7 @@ class DeliveryEngine:
             state.waiting_for = "; ".join(w for _, w in waits)
         else:
             state.next_try = now + self.retry_delay
-            state.waiting_for = "no relay configured"
+            state.waiting_for = "no relay available" if state.pending() else "storing the bounce"
         path = self.spool.state_dir / f"{message.queue_id}.json"
         await asyncio.to_thread(write_json_atomic, path, state.to_json())
         self._schedule(message.queue_id, state.next_try)
@@ -528,6 +533,7 @@ class DeliveryEngine:
             state.attempts,
             state.next_try - now,
             f" ({state.waiting_for})" if state.waiting_for else "",
+            extra={"session": message.session_id},
         )
 
     async def _attempt(
@@ -567,9 +573,11 @@ class DeliveryEngine:
             return result
 
     def _apply(
-        self, queue_id: str, state: DeliveryState, result: AttemptResult, now: float
+        self, message: QueuedMessage, state: DeliveryState, result: AttemptResult, now: float
     ) -> bool:
         """Record *result* in *state*; log it under Relay; True if anything was delivered."""
+        queue_id = message.queue_id
+        extra = {"session": message.session_id}
         state.last_relay = result.relay
         failure = result.failure
         if failure is not None:
@@ -594,6 +602,7 @@ class DeliveryEngine:
                 failure.text,
                 failure.row,
                 "; trying the next relay" if failure.failover and len(self.pools) > 1 else "",
+                extra=extra,
             )
             return False
         delivered: list[str] = []
@@ -616,6 +625,7 @@ class DeliveryEngine:
                     item.recipient,
                     " for now" if item.outcome is Outcome.RETRY else "",
                     item.reply,
+                    extra=extra,
                 )
         state.last_reply = result.final_reply or (
             result.recipients[-1].reply if result.recipients else ""
@@ -627,6 +637,7 @@ class DeliveryEngine:
                 ", ".join(f"<{r}>" for r in delivered),
                 result.relay,
                 result.final_reply,
+                extra=extra,
             )
         return bool(delivered)
 
@@ -636,12 +647,23 @@ class DeliveryEngine:
         queue_id = message.queue_id
         if failed:
             if message.mail_from:
-                await self._bounce(message, state)
+                try:
+                    await self._bounce(message, state)
+                except SpoolError as exc:
+                    logger.error(
+                        "%s: could not store the bounce (%s); trying again later",
+                        queue_id,
+                        exc,
+                        extra={"session": message.session_id},
+                    )
+                    await self._reschedule(message, state, False, [], self.clock())
+                    return
             else:
                 logger.warning(
                     "%s: %d recipient(s) failed; no bounce for a message from <>",
                     queue_id,
                     len(failed),
+                    extra={"session": message.session_id},
                 )
             await asyncio.to_thread(self._move_failed, message, state)
             logger.warning(
@@ -650,13 +672,16 @@ class DeliveryEngine:
                 self.spool.failed_dir,
                 len(failed),
                 len(state.delivered()),
+                extra={"session": message.session_id},
             )
         else:
             await asyncio.to_thread(self._remove, queue_id)
 
     async def _bounce(self, message: QueuedMessage, state: DeliveryState) -> None:
         failed = [
-            FailedRecipient(r, s.code or "5.0.0", s.reply, s.relay, s.at)
+            FailedRecipient(
+                r, s.code or "5.0.0", s.reply, s.relay, s.at, self._relay_hosts.get(s.relay, "")
+            )
             for r, s in state.failed().items()
         ]
         expired = any(s.code == "4.4.7" for s in state.failed().values())
@@ -683,17 +708,14 @@ class DeliveryEngine:
             session_id=f"bounce-{message.queue_id}",
             received_at=self.clock(),
         )
-        try:
-            bounce_id = await self.spool.store(bounce)
-        except SpoolError:
-            logger.exception("%s: could not store the bounce; retrying later", message.queue_id)
-            raise
+        bounce_id = await self.spool.store(bounce)
         logger.info(
             "%s: bounce %s to <%s> for %d recipient(s)",
             message.queue_id,
             bounce_id,
             sender,
             len(failed),
+            extra={"session": message.session_id},
         )
 
     def _move_failed(self, message: QueuedMessage, state: DeliveryState) -> None:
