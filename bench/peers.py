@@ -387,9 +387,12 @@ class JdxmailServe(Peer):
         workers: int | None = None,
         max_connections: int = 1100,
         wrapper: list[str] | None = None,
+        probe: Path | None = None,
     ) -> None:
         super().__init__(workdir)
         self.name = label
+        #: where bench/serve_probe.py writes its timings (run through it when set)
+        self.probe = probe
         self.sink_port = sink_port
         self.workers = workers
         self.max_connections = max_connections
@@ -423,6 +426,10 @@ class JdxmailServe(Peer):
         argv = jdxmail_command()
         if argv is None:
             raise Unavailable("jdxmail is not installed in this Python: pip install -e .")
+        env = dict(os.environ)
+        if self.probe is not None:
+            argv = [sys.executable, str(Path(__file__).resolve().parent / "serve_probe.py")]
+            env["JDXMAIL_PROBE_OUT"] = str(self.probe)
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "appsettings.json"
         config.write_text(json.dumps(self.config(), indent=2))
@@ -430,7 +437,7 @@ class JdxmailServe(Peer):
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
         out = self.root / "serve.out"
-        self.proc = self._spawn(argv, str(out.relative_to(self.workdir)))
+        self.proc = self._spawn(argv, str(out.relative_to(self.workdir)), env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             found = re.search(r"listening on smtp://127\.0\.0\.1:(\d+)", _read(out))

@@ -31,6 +31,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ class Figure:
     metric: str
     rates: list[float] = field(default_factory=list)
     cores: list[float] = field(default_factory=list)
+    loop_cores: list[float] = field(default_factory=list)
     client_cores: list[float] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     error: str | None = None
@@ -270,10 +272,24 @@ class Sample:
     e2e: float | None = None
     cores: float = 0.0
     ingest_cores: float = 0.0
+    #: CPU of the server's main thread (the event loop for jdxmail), per wall second
+    loop_cores: float | None = None
     client_cores: float = 0.0
     error: str | None = None
     e2e_error: str | None = None
     delivered: int | None = None
+
+
+def main_thread_cpu(peer: Peer) -> float | None:
+    """CPU seconds of the main thread of a single-process Python server, else None."""
+    root = peer.root_process()
+    if root is None or not isinstance(peer, (JdxmailServe, AiosmtpdSink)):
+        return None
+    with contextlib.suppress(psutil.Error):
+        for thread in root.threads():
+            if thread.id == root.pid:
+                return float(thread.user_time + thread.system_time)
+    return None
 
 
 def children_cpu() -> float:
@@ -331,7 +347,7 @@ class Bench:
         wants_e2e = peer.relays and peer.name not in self.no_e2e
         base_delivered = self.delivered()
         base_failed = peer.failed() if isinstance(peer, JdxmailServe) else 0
-        cpu0, client0 = peer.cpu_seconds(), children_cpu()
+        cpu0, client0, loop0 = peer.cpu_seconds(), children_cpu(), main_thread_cpu(peer)
         start = time.perf_counter()
         try:
             proc = subprocess.run(
@@ -381,6 +397,9 @@ class Bench:
                     f" reached the upstream, {peer.queued()} still queued)"
                 )
         sample.cores = (peer.cpu_seconds() - cpu0) / (end - start)
+        loop1 = main_thread_cpu(peer)
+        if loop0 is not None and loop1 is not None:
+            sample.loop_cores = (loop1 - loop0) / (end - start)
         sample.client_cores = client_cpu / (ingest_end - start)
         return sample
 
@@ -397,6 +416,8 @@ def record(run: Run, peer: Peer, workload: Workload, sample: Sample, bench: Benc
     ingest.client_cores.append(sample.client_cores)
     ingest.cores.append(sample.ingest_cores)
     if not peer.relays:
+        if sample.loop_cores is not None:
+            ingest.loop_cores.append(sample.loop_cores)
         return
     e2e = run.figure(workload.key, peer.name, "e2e")
     if peer.name in bench.no_e2e:
@@ -405,6 +426,8 @@ def record(run: Run, peer: Peer, workload: Workload, sample: Sample, bench: Benc
         e2e.rates.append(sample.e2e)
         e2e.cores.append(sample.cores)
         e2e.counts.append(sample.count)
+        if sample.loop_cores is not None:
+            e2e.loop_cores.append(sample.loop_cores)
     else:
         e2e.error = sample.e2e_error
 
@@ -747,7 +770,7 @@ def report(run: Run, workloads: list[Workload]) -> str:
     lines.append("")
     header = (
         f"{'workload':<24} {'server':<14} {'metric':<7} {'msgs/s':>8} {'spread':>7} "
-        f"{'cores':>5}  {'jdx ingest ÷':>12} {'jdx e2e ÷':>10}"
+        f"{'cores':>5} {'loop':>5}  {'jdx ingest ÷':>12} {'jdx e2e ÷':>10}"
     )
     lines += [header, "-" * len(header)]
     for workload in workloads:
@@ -766,15 +789,20 @@ def report(run: Run, workloads: list[Workload]) -> str:
                 continue
             spread = f"±{fig.spread * 100:.0f}%" if fig.spread is not None else ""
             cores = f"{statistics.median(fig.cores):.2f}" if fig.cores else ""
+            loop = f"{statistics.median(fig.loop_cores):.2f}" if fig.loop_cores else ""
             mine = fig.server.startswith("jdxmail")
             r_in = "" if mine else _fmt_ratio(_ratio(jdx_in, fig.median))
             r_e2e = "" if mine else _fmt_ratio(_ratio(jdx_e2e, fig.median))
             lines.append(
                 f"{label:<24} {fig.server:<14} {metric:<7} {fig.median:>8,.0f} {spread:>7} "
-                f"{cores:>5}  {r_in:>12} {r_e2e:>10}"
+                f"{cores:>5} {loop:>5}  {r_in:>12} {r_e2e:>10}"
             )
         lines.append("")
-    lines.append("cores: CPU seconds of the server's processes per wall second of the run.")
+    lines.append(
+        "cores: CPU seconds of the server's processes per wall second of the run (e2e rows:"
+        " until delivered); loop: the same for its main thread (the event loop), whose"
+        " ceiling is 1.00"
+    )
     lines.append("")
     if run.memory:
         lines.append("memory:")
@@ -884,8 +912,9 @@ def run_profile(
         if args.profile_gil:
             wrapper.append("--gil")
         wrapper += ["-f", "raw", "-o", str(raw), "--"]
+        probe = outdir / f"{workload.key}-probe.json"
         peer = JdxmailServe(bench.workdir / f"profile-{workload.key}", _upstream_port(bench),
-                            wrapper=wrapper)  # fmt: skip
+                            wrapper=wrapper, probe=probe)  # fmt: skip
         (bench.workdir / f"profile-{workload.key}").mkdir()
         try:
             peer.start()
@@ -893,11 +922,14 @@ def run_profile(
             if sample.error:
                 log(f"{workload.key}: {sample.error}")
                 continue
+            serve = peer.root_process()
+            if serve is not None:
+                serve.send_signal(signal.SIGUSR1)  # the probe's figures: this run only
             sample = bench.measure(peer, workload, count)
             log(
                 f"{workload.key}: {count} messages, ingest {sample.ingest or 0:,.0f} msgs/s"
                 + (f", e2e {sample.e2e:,.0f}" if sample.e2e else "")
-                + f", {sample.cores:.2f} cores (under py-spy)"
+                + f", {sample.cores:.2f} cores, loop {sample.loop_cores or 0:.2f} (under py-spy)"
             )
         except Unavailable as exc:
             log(f"{workload.key}: jdxmail unavailable: {exc}")
@@ -905,12 +937,33 @@ def run_profile(
         finally:
             peer.stop()
         if raw.exists():
-            summary = summarize_profile(raw)
+            kind = "GIL holders only (--gil)" if args.profile_gil else "all active threads"
+            summary = f"py-spy, 200 Hz, {kind}\n" + summarize_profile(raw)
             (outdir / f"{workload.key}-summary.txt").write_text(summary + "\n")
             log(f"--- profile {workload.key} ({raw})\n{summary}\n")
         else:
             log(f"{workload.key}: py-spy wrote no profile ({peer.root / 'serve.out'})")
+        if probe.exists():
+            text = format_probe(json.loads(probe.read_text()))
+            (outdir / f"{workload.key}-probe.txt").write_text(text + "\n")
+            log(f"--- timings {workload.key} ({probe})\n{text}\n")
     return 0
+
+
+def format_probe(data: dict[str, object]) -> str:
+    """bench/serve_probe.py's JSON as a small table (milliseconds)."""
+    lines = [f"{'what':<42} {'count':>7} {'mean':>8} {'p50':>8} {'p90':>8} {'p99':>8}  batch"]
+    for key, entry in data.items():
+        if not isinstance(entry, dict):
+            continue
+        batch = f"{entry['batch_mean']} (max {entry['batch_max']})" if "batch_mean" in entry else ""
+        lines.append(
+            f"{key:<42} {entry['count']:>7} {entry['mean_ms']:>8} {entry['p50_ms']:>8} "
+            f"{entry['p90_ms']:>8} {entry['p99_ms']:>8}  {batch}"
+        )
+    if data.get("missing"):
+        lines.append(f"not probed (renamed?): {data['missing']}")
+    return "\n".join(lines)
 
 
 def _upstream_port(bench: Bench) -> int:
