@@ -88,7 +88,7 @@ def _listing(entries: list[QueueEntry], title: str, *, failed: bool) -> None:
                 via = f"{outcome['relay']}: " if outcome["relay"] else ""
                 line.append(f"  {via}{outcome['reply']}", style="yellow" if not failed else "red")
             out_console.print(line)
-        if entry.last_reply:
+        if entry.last_reply and not failed:
             via = f"{entry.relay}: " if entry.relay else ""
             style = "red" if failed else "yellow"
             out_console.print(Text(f"  last reply {via}{entry.last_reply}", style=style))

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import re
 import ssl
 from collections.abc import Callable, Sequence
@@ -263,6 +264,11 @@ def _describe(exc: BaseException) -> str:
         return f"certificate not trusted ({detail})"
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
+    cause = exc.__cause__
+    if isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(cause, OSError):
+        exc = cause
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
 
 
