@@ -336,3 +336,32 @@ async def test_half_closed_client_without_quit_is_closed(start_server: StartServ
     client.writer.write_eof()
     assert await client.line() == "250 2.0.0 OK"
     assert await client.closed()
+
+
+@pytest.mark.parametrize(
+    ("path", "stored_as"),
+    [
+        ('<"john smith"@localhost>', '"john smith"@localhost'),
+        ('<"a>b"@localhost>', '"a>b"@localhost'),
+        ("<@relay.example,@other.example:user@localhost>", "user@localhost"),
+        ("user@localhost", "user@localhost"),
+        ("<user@[127.0.0.1]>", "user@[127.0.0.1]"),
+        ("<Postmaster>", "Postmaster"),
+    ],
+)
+async def test_unusual_but_valid_recipients_are_accepted(
+    start_server: StartServer, path: str, stored_as: str
+) -> None:
+    """Quoted local parts, source routes, bare addresses, literals and postmaster work."""
+    from tests.server.test_data import RecordingStore
+
+    store = RecordingStore()
+    app = await start_server(store=store, TrustedNetworks=["127.0.0.1/32"])
+    client = await Client.connect(port_of(app))
+    await client.ehlo()
+    assert await client.cmd("MAIL FROM:<a@localhost>") == "250 2.1.0 Sender OK"
+    assert await client.cmd(f"RCPT TO:{path}") == "250 2.1.5 Recipient OK"
+    assert (await client.cmd("DATA")).startswith("354")
+    client.send("Subject: x\r\n\r\ny\r\n.\r\n")
+    assert (await client.line()).startswith("250 2.0.0")
+    assert store.messages[0].local_recipients + store.messages[0].relay_recipients == (stored_as,)
