@@ -123,6 +123,26 @@ async def test_relay_without_auth_is_not_used(
     assert "does not offer AUTH" in state_of(running.spool.spool_dir, queue_id).last_reply
 
 
+async def test_sender_and_from_rewritten_to_relay_account(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine, ca: trustme.CA
+) -> None:
+    """With rewriting on, the relay sees its own account as sender; Reply-To keeps Alice."""
+    upstream = await upstream_factory(
+        UpstreamSpec(tls="starttls", users={RELAY_USER: RELAY_PASSWORD})
+    )
+    relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
+    options = DeliveryOptions(rewrite_sender=True, rewrite_from=True)
+    running = await run_engine(settings_for(tmp_path, relay), options)
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    got = upstream.received[0]
+    assert got.mail_from == RELAY_USER
+    parsed = parse(got.data)
+    assert parsed["From"] == RELAY_USER
+    assert parsed["Reply-To"] == "alice@example.com"
+    assert parsed["Subject"] == "test 1"
+
+
 async def test_wrong_relay_password_retries_never_bounces(
     tmp_path: Path,
     upstream_factory: StartUpstream,

@@ -39,6 +39,7 @@ __all__ = [
     "Verdict",
     "classify",
     "enhanced_status",
+    "rewrite_from_header",
 ]
 
 logger = logging.getLogger("jdxmail.relay")
@@ -270,6 +271,40 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
+
+
+def rewrite_from_header(data: bytes, address: str) -> bytes:
+    """*data* with its From: header replaced by *address*.
+
+    The original From (with its continuation lines) becomes Reply-To when the message
+    has no Reply-To, so answers still reach the real author.
+    """
+    end = data.find(b"\r\n\r\n")
+    head, body = (data, b"") if end < 0 else (data[: end + 2], data[end + 2 :])
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+
+    def name(lines: list[bytes]) -> bytes:
+        return lines[0].split(b":", 1)[0].strip().lower()
+
+    original = [f for f in fields if name(f) == b"from"]
+    has_reply_to = any(name(f) == b"reply-to" for f in fields)
+    out: list[bytes] = []
+    for lines in fields:
+        if name(lines) != b"from":
+            out.extend(lines)
+            continue
+        out.append(b"From: <" + address.encode("utf-8") + b">")
+        if not has_reply_to and original:
+            first = original[0]
+            out.append(b"Reply-To:" + first[0].split(b":", 1)[1])
+            out.extend(first[1:])
+            has_reply_to = True
+    return b"\r\n".join(out) + b"\r\n" + body
 
 
 @dataclass(frozen=True, slots=True)

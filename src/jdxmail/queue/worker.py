@@ -36,6 +36,7 @@ from jdxmail.queue.relay import (
     Stage,
     StageError,
     classify,
+    rewrite_from_header,
 )
 from jdxmail.queue.spool import (
     FLUSH_FILE,
@@ -92,6 +93,12 @@ class DeliveryOptions:
     retry_max_delay: float = 3600
     #: parallel sessions per relay (reused for consecutive messages)
     connections_per_relay: int = 4
+    #: send with the relay account (its Username, when an address) as envelope sender,
+    #: for relays that refuse other senders (row C7); bounces still come from <>
+    rewrite_sender: bool = False
+    #: also replace the From: header with the relay account (the original From
+    #: becomes Reply-To unless the message has one)
+    rewrite_from: bool = False
 
 
 @dataclass(slots=True)
@@ -552,8 +559,9 @@ class DeliveryEngine:
                 async with asyncio.timeout(deadline):
                     connection = await pool.acquire()
                     reused = connection.messages > 0
+                    mail_from, data = self._as_sent(pool, message)
                     result = await connection.send(
-                        message.mail_from, recipients, message.data, message.mail_options
+                        mail_from, recipients, data, message.mail_options
                     )
             except StageError as exc:
                 return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
@@ -571,6 +579,17 @@ class DeliveryEngine:
                 return AttemptResult(pool.name, failure=classify(stage, exc))
             pool.release(connection, healthy=True)
             return result
+
+    def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, bytes]:
+        """The envelope sender and data for *pool*'s relay, rewritten if configured."""
+        account = pool.relay.username or ""
+        if "@" not in account or not message.mail_from:
+            return message.mail_from, message.data
+        mail_from = account if self.options.rewrite_sender else message.mail_from
+        data = message.data
+        if self.options.rewrite_from:
+            data = rewrite_from_header(data, account)
+        return mail_from, data
 
     def _apply(
         self, message: QueuedMessage, state: DeliveryState, result: AttemptResult, now: float
