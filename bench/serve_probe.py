@@ -11,6 +11,8 @@ delivery, the upstream SMTP exchange, and how late the event loop runs a 5 ms ti
 (its lag: high when the loop is saturated). SIGUSR1 clears the figures (sent just
 before the measured run); at exit they are written as JSON to ``$JDXMAIL_PROBE_OUT``.
 A name that no longer exists is skipped and listed under ``missing``.
+``JDXMAIL_PROBE_SWITCHINTERVAL=0.0005`` sets ``sys.setswitchinterval`` (an experiment on
+GIL hand-over between the event loop and the worker threads).
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ def _reset(signum: int, frame: object) -> None:
 def main() -> int:
     """Install the probes and run the jdxmail CLI with this process's arguments."""
     install()
+    switch = os.environ.get("JDXMAIL_PROBE_SWITCHINTERVAL")
+    if switch:  # an experiment: how much of the loop lag is GIL hand-over between threads
+        sys.setswitchinterval(float(switch))
     atexit.register(_dump)
     signal.signal(signal.SIGUSR1, _reset)
     from jdxmail.cli import main as jdxmail_main  # noqa: PLC0415
