@@ -301,11 +301,15 @@ def children_cpu() -> float:
 class Bench:
     """Holds the peers, the client choice and the upstream sink for one invocation."""
 
-    def __init__(self, workdir: Path, client: str, upstream: Peer, e2e_timeout: float) -> None:
+    def __init__(
+        self, workdir: Path, client: str, upstream: Peer, e2e_timeout: float, run_limit: float
+    ) -> None:
         self.workdir = workdir
         self.client = client
         self.upstream = upstream
         self.e2e_timeout = e2e_timeout
+        #: seconds one client run may take before it is stopped and reported
+        self.run_limit = run_limit
         #: relays whose end-to-end figure cannot be had, with the reason
         self.no_e2e: dict[str, str] = {}
 
@@ -353,11 +357,11 @@ class Bench:
             proc = subprocess.run(
                 self.client_argv(workload, peer.port, count),
                 capture_output=True,
-                timeout=max(60, 20 * max(1.0, count / 100)),
+                timeout=self.run_limit,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            sample.error = "client timed out"
+            sample.error = f"the client did not finish within {self.run_limit:.0f} s"
             return sample
         ingest_end = time.perf_counter()
         client_cpu = children_cpu() - client0
@@ -1080,7 +1084,13 @@ def main(argv: list[str] | None = None) -> int:
         upstream_name = "smtp-sink" if isinstance(upstream, SmtpSink) else "aiosmtpd Sink"
         if upstream_name != "smtp-sink":
             notices.append("upstream: aiosmtpd Sink stands in for smtp-sink (not installed)")
-        bench = Bench(workdir, client, upstream, e2e_timeout=5 if mode.name == "smoke" else 20)
+        bench = Bench(
+            workdir,
+            client,
+            upstream,
+            e2e_timeout=5 if mode.name == "smoke" else 20,
+            run_limit=max(60.0, 10 * mode.seconds),
+        )
         if args.profile:
             return run_profile(args, bench, workloads, mode, log)
 
