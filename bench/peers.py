@@ -162,10 +162,18 @@ class SmtpSink(Peer):
 
     name = "smtp-sink"
 
-    def __init__(self, workdir: Path, *, counting: bool = False, label: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        counting: bool = False,
+        label: str = "",
+        extra_args: list[str] | None = None,
+    ) -> None:
         super().__init__(workdir)
         self.counting = counting
         self.log_name = f"smtp-sink{label}.out"
+        self.extra_args = extra_args or []
 
     def start(self) -> None:
         """Start smtp-sink on a free loopback port."""
@@ -178,7 +186,7 @@ class SmtpSink(Peer):
             argv.append("-c")
         if os.geteuid() == 0:
             argv += ["-u", "nobody"]
-        argv += ["-m", "1024", f"{LOOPBACK}:{self.port}", "1024"]
+        argv += [*self.extra_args, "-m", "1024", f"{LOOPBACK}:{self.port}", "1024"]
         self.proc = self._spawn(argv, self.log_name)
         wait_listening(self.port, self.proc, 10)
 
@@ -388,9 +396,14 @@ class JdxmailServe(Peer):
         max_connections: int = 1100,
         wrapper: list[str] | None = None,
         probe: Path | None = None,
+        extra_args: list[str] | None = None,
+        relays: bool = True,
     ) -> None:
         super().__init__(workdir)
         self.name = label
+        #: False for a variant whose delivery is held on purpose (ingest only)
+        self.relays = relays
+        self.extra_args = extra_args or []
         #: where bench/serve_probe.py writes its timings (run through it when set)
         self.probe = probe
         self.sink_port = sink_port
@@ -436,6 +449,7 @@ class JdxmailServe(Peer):
         argv = [*self.wrapper, *argv, "serve", "--config", str(config), "--port", "0"]
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
+        argv += self.extra_args
         out = self.root / "serve.out"
         self.proc = self._spawn(argv, str(out.relative_to(self.workdir)), env=env)
         deadline = time.monotonic() + 30

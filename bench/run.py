@@ -706,6 +706,16 @@ def evaluate_targets(run: Run) -> None:
             _ratio(m("100k-s20", "jdxmail", "e2e"), m("100k-s20", "postfix", "e2e")), 1.0,
         ),
     ]  # fmt: skip
+    for key, size, goal in (("1k-s20", "1 KB", 1.0), ("100k-s20", "100 KB", 3.0)):
+        held = m(key, "jdxmail held", "ingest")
+        if held is not None:
+            run.targets.append(
+                Target(
+                    f"ingest alone {size} x20 (delivery held) ÷ aiosmtpd Sink",
+                    f"(≥ {goal:.1f}x)", _ratio(held, m(key, "aiosmtpd Sink", "ingest")), goal,
+                    note="informational: the same target without the delivery engine's load",
+                )
+            )  # fmt: skip
     w1, w2 = m("1k-s20", "jdxmail w1", "ingest"), m("1k-s20", "jdxmail w2", "ingest")
     run.targets.append(
         Target(
@@ -1104,6 +1114,21 @@ def main(argv: list[str] | None = None) -> int:
             ("jdxmail", JdxmailServe(workdir, sink_port)),
         ]
         only: dict[str, list[str]] = {}
+        if "jdxmail" in wanted and have_sink:
+            # Ingest alone: the upstream never answers DATA, so the delivery engine's
+            # connections stay busy and it does no per-message work during the run.
+            stalled = SmtpSink(workdir, label="-stalled", extra_args=["-w", "3600"])
+            try:
+                stalled.start()
+                started.append(stalled)
+                held = JdxmailServe(
+                    workdir, stalled.port, label="jdxmail held", relays=False,
+                    extra_args=["--grace", "1"],
+                )  # fmt: skip
+                candidates.append(("jdxmail", held))
+                only[held.name] = ["1k-s20", "100k-s20"]
+            except Unavailable as exc:
+                run.servers["jdxmail held"] = f"unavailable: {exc}"
         if "jdxmail" in wanted:
             if serve_supports("--workers"):
                 for n in (1, 2):
