@@ -75,6 +75,19 @@ async def test_plain_relay_delivers_and_logs_upstream_reply(
     assert "via dev" in line.getMessage()
 
 
+async def test_message_arrives_byte_for_byte(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """Lines starting with dots and 8-bit text reach the relay exactly as accepted."""
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    body = ".hidden\r\n..two dots\r\n.\r\nnot the end\r\nüñí\r\n".encode()
+    sent = message(body=body)
+    await running.spool.store(sent)
+    await upstream.wait_for(1)
+    assert upstream.received[0].data == sent.data
+
+
 async def test_starttls_required_and_auth_plain(
     tmp_path: Path,
     upstream_factory: StartUpstream,

@@ -212,3 +212,23 @@ def test_dsn_is_rfc3464_multipart_report() -> None:
     assert "Subject: hello" in headers.as_string()
     assert b"secret body" not in data
     assert b"\n" not in data.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Subject: a\r\n\r\nplain\r\n",
+        b".leading dot\r\n..two\r\n.\r\nend",
+        b"bare\nLF\rCR\r\n.dot after\n.dot after LF\r\n",
+        b"",
+        b"\r\n.\r\n",
+    ],
+)
+def test_dot_stuffing_matches_aiosmtplib(data: bytes) -> None:
+    """The fast DATA payload is byte for byte what aiosmtplib's own DATA would send."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from jdxmail.queue.relay import dot_stuffed
+
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    assert dot_stuffed(data) == expected

@@ -38,8 +38,10 @@ __all__ = [
     "StageError",
     "Verdict",
     "classify",
+    "dot_stuffed",
     "enhanced_status",
     "rewrite_from_header",
+    "send_data",
 ]
 
 logger = logging.getLogger("jdxmail.relay")
@@ -357,6 +359,57 @@ def _mail_options(
     return passed, utf8
 
 
+def dot_stuffed(data: bytes) -> bytes:
+    """The DATA payload for *data*: CRLF line endings, leading dots doubled, ``.`` line.
+
+    Spooled mail already has CRLF line endings only (the server normalises or refuses
+    bare CR/LF), so this is a single ``replace``; aiosmtplib's general path runs two
+    regular expressions over the message (about 2 ms per 100 KB here).
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_ENDINGS.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    return data + b".\r\n"
+
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA with *data* on *client*, like ``client.data()`` but without its regex passes.
+
+    Uses the same protocol steps as aiosmtplib's own DATA command; if a future
+    aiosmtplib no longer has them, falls back to ``client.data()``.
+    """
+    protocol = client.protocol
+    lock = getattr(protocol, "_command_lock", None)
+    if protocol is None or lock is None or not hasattr(protocol, "_response_pending"):
+        return await client.data(data)
+    payload = dot_stuffed(data)
+    timeout = client.timeout
+    try:
+        async with lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=timeout)
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            protocol.write(payload)
+            reply = await protocol.read_response(timeout=timeout)
+            if reply.code != 250:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+    return reply
+
+
 class RelayConnection:
     """One connected, authenticated session to a relay, reused for several messages."""
 
@@ -364,6 +417,8 @@ class RelayConnection:
         self.relay = relay
         self.client = client
         self.messages = 0
+        #: no transaction is open (the last one ended with DATA or was reset)
+        self.clean = True
 
     async def close(self) -> None:
         """QUIT politely; drop the connection if that fails."""
@@ -387,9 +442,10 @@ class RelayConnection:
         """
         result = AttemptResult(relay=self.relay.display_name)
         client = self.client
-        if self.messages:
-            self.stage = Stage.MAIL
+        self.stage = Stage.MAIL
+        if not self.clean:
             await client.rset()
+            self.clean = True
         self.messages += 1
         passed, utf8 = _mail_options(options, client, len(data))
         encoding = "ascii"
@@ -401,6 +457,7 @@ class RelayConnection:
             passed.append("SMTPUTF8")
             encoding = "utf-8"
         self.stage = Stage.MAIL
+        self.clean = False
         try:
             await client.mail(mail_from, options=passed, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
@@ -428,7 +485,7 @@ class RelayConnection:
             return result
         self.stage = Stage.DATA
         try:
-            reply = await client.data(data)
+            reply = await send_data(client, data)
         except aiosmtplib.SMTPResponseException as exc:
             verdict = classify(Stage.DATA, exc)
             if verdict.scope is Scope.RELAY:
@@ -438,6 +495,7 @@ class RelayConnection:
                 RecipientResult(r, verdict.outcome, verdict.status, verdict.text) for r in accepted
             )
             return result
+        self.clean = True
         text = " ".join(f"{reply.code} {reply.message}".split())
         result.final_reply = text
         status = enhanced_status(reply.code, reply.message, "2.0.0")
@@ -451,6 +509,7 @@ class RelayConnection:
     async def _reset(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.rset()
+            self.clean = True
 
 
 class RelayPool:

@@ -15,6 +15,7 @@ that was being handed over when the process died is sent again (at least once).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import logging
@@ -155,6 +156,7 @@ class _Loaded:
     state: DeliveryState | None = None
     corrupt: str = ""
     notes: list[str] = field(default_factory=list)
+    had_state: bool = False
 
 
 class DeliveryEngine:
@@ -192,6 +194,9 @@ class DeliveryEngine:
         ]
         self.breakers = {p.name: CircuitBreaker(p.name) for p in self.pools}
         self._relay_hosts = {p.name: p.relay.host for p in self.pools}
+        #: delivered messages whose files are being removed (by the janitor thread)
+        self._removing: set[str] = set()
+        self._janitor: concurrent.futures.ThreadPoolExecutor | None = None
         self.quota = QuotaBook(spool.spool_dir)
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
@@ -232,6 +237,9 @@ class DeliveryEngine:
             ", ".join(p.name for p in self.pools) or "none",
         )
         self.spool.on_queued = self.enqueue
+        self._janitor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="jdxmail-janitor"
+        )
         self._last_rescan = self.clock()
         workers = max(1, sum(p.size for p in self.pools))
         self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
@@ -262,6 +270,9 @@ class DeliveryEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(p.close() for p in self.pools), return_exceptions=True)
+        if self._janitor is not None:
+            await asyncio.to_thread(self._janitor.shutdown, True)
+            self._janitor = None
 
     def enqueue(self, queue_id: str) -> None:
         """A new message is in the spool: deliver it as soon as a worker is free."""
@@ -282,7 +293,7 @@ class DeliveryEngine:
         while True:
             now = self.clock()
             due = any(when <= now for when in self._due.values())
-            if not self._in_flight and not due and self._work.empty():
+            if not self._in_flight and not due and self._work.empty() and not self._removing:
                 return
             self._idle.clear()
             await self._idle.wait()
@@ -322,11 +333,11 @@ class DeliveryEngine:
                 return float(data["next_try"])
         return 0.0
 
-    def _rescan(self) -> list[tuple[str, float]]:
+    def _rescan(self, known: frozenset[str]) -> list[tuple[str, float]]:
         """Messages on disk this engine does not know (other processes, the CLI)."""
         found = []
         for queue_id in self.spool.queued_ids():
-            if queue_id not in self._due and queue_id not in self._in_flight:
+            if queue_id not in known:
                 found.append((queue_id, self._next_try_on_disk(queue_id)))
         return found
 
@@ -351,7 +362,8 @@ class DeliveryEngine:
                     now = self.clock()
             if now - self._last_rescan >= _RESCAN_SECONDS:
                 self._last_rescan = now
-                for queue_id, when in await asyncio.to_thread(self._rescan):
+                known = frozenset((*self._due, *self._in_flight, *self._removing))
+                for queue_id, when in await asyncio.to_thread(self._rescan, known):
                     if queue_id not in self._due:
                         self._schedule(queue_id, when)
             while self._heap and self._heap[0][0] <= now:
@@ -409,6 +421,7 @@ class DeliveryEngine:
         state_path = self.spool.state_dir / f"{queue_id}.json"
         try:
             data = read_json(state_path)
+            loaded.had_state = data is not None
             if data is not None:
                 loaded.state = DeliveryState.from_json(data, loaded.message.recipients)
         except StateError as exc:
@@ -443,11 +456,14 @@ class DeliveryEngine:
             assert loaded.state is not None
             for note in loaded.notes:
                 logger.warning("%s: %s", queue_id, note)
-            await self._attempt_message(loaded.message, loaded.state)
+            await self._attempt_message(loaded.message, loaded.state, loaded)
         finally:
-            os.close(loaded.fd)
+            if loaded.fd >= 0:
+                os.close(loaded.fd)
 
-    async def _attempt_message(self, message: QueuedMessage, state: DeliveryState) -> None:
+    async def _attempt_message(
+        self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded
+    ) -> None:
         queue_id = message.queue_id
         now = self.clock()
         if not state.first_try:
@@ -509,7 +525,7 @@ class DeliveryEngine:
         if pending:
             await self._reschedule(message, state, tried, waits, now)
             return
-        await self._finish(message, state)
+        await self._finish(message, state, loaded)
 
     async def _reschedule(
         self,
@@ -660,7 +676,7 @@ class DeliveryEngine:
             )
         return bool(delivered)
 
-    async def _finish(self, message: QueuedMessage, state: DeliveryState) -> None:
+    async def _finish(self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded) -> None:
         """Every recipient is resolved: bounce what failed, then remove the message."""
         failed = state.failed()
         queue_id = message.queue_id
@@ -694,7 +710,7 @@ class DeliveryEngine:
                 extra={"session": message.session_id},
             )
         else:
-            await asyncio.to_thread(self._remove, queue_id)
+            self._remove_later(queue_id, loaded)
 
     async def _bounce(self, message: QueuedMessage, state: DeliveryState) -> None:
         failed = [
@@ -752,7 +768,44 @@ class DeliveryEngine:
         with contextlib.suppress(FileNotFoundError):
             (self.spool.state_dir / f"{message.queue_id}.json").unlink()
 
-    def _remove(self, queue_id: str) -> None:
-        self.spool.queue_path(queue_id).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.spool.state_dir / f"{queue_id}.json").unlink()
+    def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
+        """Hand the delivered message's files to the janitor thread; don't wait for it.
+
+        The worker is free for the next message at once. The queue file stays locked
+        until it is gone, so no other process picks it up, and a crash before the
+        removal only means the message is sent again (at least once).
+        """
+        janitor = self._janitor
+        fd, loaded.fd = loaded.fd, -1
+        if janitor is None:  # stopped meanwhile: remove inline, it is a rare path
+            self._remove(queue_id, fd, had_state=loaded.had_state)
+            return
+        loop = asyncio.get_running_loop()
+        self._removing.add(queue_id)
+
+        def removed(_: object) -> None:
+            loop.call_soon_threadsafe(self._removed, queue_id)
+
+        future = janitor.submit(self._remove, queue_id, fd, had_state=loaded.had_state)
+        future.add_done_callback(removed)
+
+    def _removed(self, queue_id: str) -> None:
+        self._removing.discard(queue_id)
+        self._signal_idle()
+
+    def _remove(self, queue_id: str, fd: int, *, had_state: bool) -> None:
+        try:
+            self.spool.queue_path(queue_id).unlink()
+            if had_state:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.spool.state_dir / f"{queue_id}.json").unlink()
+        except OSError as exc:
+            logger.warning(
+                "%s: delivered, but its spool file could not be removed (%s); it will be "
+                "sent again after a restart",
+                queue_id,
+                exc,
+            )
+        finally:
+            # the last close of an unlinked file frees it on disk: off the event loop
+            os.close(fd)
