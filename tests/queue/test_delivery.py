@@ -13,6 +13,7 @@ import secrets
 import time
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -564,3 +565,35 @@ async def test_upstream_down_then_back(
         b"test 1",
         b"test 2",
     ]
+
+
+async def test_message_that_keeps_crashing_is_moved_aside(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message that crashes the worker three times goes to corrupt/, the rest flows."""
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    engine = running.engine
+    real = engine._attempt_message
+    poison: set[str] = set()
+
+    async def attempt(message: Any, state: Any, loaded: Any) -> None:
+        if message.queue_id in poison:
+            raise RuntimeError("a bug that only this message triggers")
+        await real(message, state, loaded)
+
+    monkeypatch.setattr(engine, "_attempt_message", attempt)
+    bad = await running.spool.store(message(1))
+    poison.add(bad)
+    await engine.wait_idle()
+    for _ in range(2):
+        engine.flush()
+        await engine.wait_idle()
+    assert (tmp_path / "spool" / "corrupt" / f"{bad}.msg").is_file()
+    assert "failed unexpectedly 3 times" in caplog.text
+    await running.spool.store(message(2))
+    await upstream.wait_for(1)

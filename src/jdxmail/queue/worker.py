@@ -73,6 +73,8 @@ relay_log = logging.getLogger("jdxmail.relay")
 
 _RESCAN_SECONDS = 30.0
 _POLL_SECONDS = 1.0
+#: unexpected errors on one message before it is moved to corrupt/
+_MAX_CRASHES = 3
 
 
 def backoff_delay(attempts: int, first: float, cap: float, rng: Callable[[], float]) -> float:
@@ -196,6 +198,7 @@ class DeliveryEngine:
         self._relay_hosts = {p.name: p.relay.host for p in self.pools}
         #: delivered messages whose files are being removed (by the janitor thread)
         self._removing: set[str] = set()
+        self._crashes: dict[str, int] = {}
         self._janitor: concurrent.futures.ThreadPoolExecutor | None = None
         self.quota = QuotaBook(spool.spool_dir)
         self._heap: list[tuple[float, int, str]] = []
@@ -393,8 +396,20 @@ class DeliveryEngine:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("%s: delivery failed unexpectedly; retrying later", queue_id)
-                self._schedule(queue_id, self.clock() + self.retry_delay)
+                crashes = self._crashes.get(queue_id, 0) + 1
+                self._crashes[queue_id] = crashes
+                if crashes < _MAX_CRASHES:
+                    logger.exception("%s: delivery failed unexpectedly; retrying later", queue_id)
+                    self._schedule(queue_id, self.clock() + self.retry_delay)
+                else:
+                    logger.exception(
+                        "%s: delivery failed unexpectedly %d times; moving it to %s",
+                        queue_id,
+                        crashes,
+                        self.spool.corrupt_dir,
+                    )
+                    del self._crashes[queue_id]
+                    await asyncio.to_thread(self._quarantine, queue_id)
             finally:
                 self._in_flight.discard(queue_id)
                 if queue_id in self._due:
@@ -431,6 +446,18 @@ class DeliveryEngine:
         if loaded.state is None:
             loaded.state = DeliveryState.fresh(loaded.message.recipients)
         return loaded
+
+    def _quarantine(self, queue_id: str) -> None:
+        """Move a message that keeps crashing the worker aside (under its lock)."""
+        fd = claim(self.spool.queue_path(queue_id))
+        if fd is None:
+            return
+        try:
+            self._move_corrupt(queue_id)
+        except OSError as exc:
+            logger.error("%s: could not move it aside: %s", queue_id, exc)
+        finally:
+            os.close(fd)
 
     def _move_corrupt(self, queue_id: str) -> None:
         os.replace(self.spool.queue_path(queue_id), self.spool.corrupt_dir / f"{queue_id}.msg")
