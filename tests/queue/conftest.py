@@ -204,8 +204,17 @@ async def upstream_factory(server_cert: trustme.LeafCert) -> AsyncIterator[Start
         await upstream.close()
 
 
+@dataclass
+class UpstreamStub:
+    """Where a relay listens, for servers that are not an Upstream (silent ones)."""
+
+    host: str
+    port: int
+    spec: UpstreamSpec = field(default_factory=UpstreamSpec)
+
+
 def relay_for(
-    upstream: Upstream,
+    upstream: Upstream | UpstreamStub,
     *,
     name: str | None = None,
     ca_file: Path | None = None,

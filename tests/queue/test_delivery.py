@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import errno
@@ -23,6 +24,7 @@ from tests.queue.conftest import (
     RunEngine,
     StartUpstream,
     UpstreamSpec,
+    UpstreamStub,
     message,
     relay_for,
     settings_for,
@@ -597,3 +599,29 @@ async def test_message_that_keeps_crashing_is_moved_aside(
     assert "failed unexpectedly 3 times" in caplog.text
     await running.spool.store(message(2))
     await upstream.wait_for(1)
+
+
+async def test_stop_does_not_wait_for_a_silent_relay(
+    tmp_path: Path, run_engine: RunEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop(grace) gives up on an attempt to a relay that never answers; mail stays queued."""
+
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    relay = relay_for(UpstreamStub("127.0.0.1", port), time_out=30)
+    try:
+        running = await run_engine(settings_for(tmp_path, relay))
+        queue_id = await running.spool.store(message())
+        await accepted.wait()
+        await running.engine.stop(0.2)
+        assert "1 deliveries still running after 0 s" in caplog.text
+        assert running.spool.queue_path(queue_id).is_file()
+    finally:
+        server.close()
