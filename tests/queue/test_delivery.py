@@ -625,3 +625,18 @@ async def test_stop_does_not_wait_for_a_silent_relay(
         assert running.spool.queue_path(queue_id).is_file()
     finally:
         server.close()
+
+
+async def test_smtputf8_message_bounces_when_no_relay_offers_it(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """An SMTPUTF8 message no relay can carry bounces with 5.6.7 instead of waiting days."""
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    await running.spool.store(message(to=("bob@example.net",), options=("SMTPUTF8",)))
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    dsn = upstream.received[0]
+    assert dsn.rcpt_tos == ["alice@example.com"]
+    assert "Status: 5.6.7" in parse(dsn.data).as_string()
+    assert spool_stats(running.spool.spool_dir).failed == 1

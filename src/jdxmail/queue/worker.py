@@ -497,6 +497,7 @@ class DeliveryEngine:
             state.first_try = now
         waits: list[tuple[float, str]] = []
         tried = False
+        lacking_utf8 = 0
         for pool in self.pools:
             pending = state.pending()
             if not pending:
@@ -525,6 +526,8 @@ class DeliveryEngine:
             if quota is not None and not delivered:
                 await asyncio.to_thread(self.quota.give_back, pool.name, now)
             failure = result.failure
+            if failure is not None and failure.status == "4.6.7":
+                lacking_utf8 += 1
             if failure is not None and failure.trips_breaker:
                 breaker.failure(self.clock())
             else:
@@ -536,6 +539,17 @@ class DeliveryEngine:
             state.attempts += 1
             state.last_try = now
         pending = state.pending()
+        if pending and lacking_utf8 == len(self.pools):
+            # RFC 6531 §3.2: no relay can carry it, so it bounces now rather than in 5 days
+            for recipient in pending:
+                state.recipients[recipient] = RecipientState(
+                    status=FAILED,
+                    code="5.6.7",
+                    reply="the message needs SMTPUTF8 and no relay offers it",
+                    relay=state.last_relay,
+                    at=now,
+                )
+            pending = []
         if pending and now - message.received_at >= self.lifetime:
             days = self.lifetime / 86400
             for recipient in pending:
