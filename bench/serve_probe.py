@@ -11,8 +11,9 @@ delivery, the upstream SMTP exchange, and how late the event loop runs a 5 ms ti
 (its lag: high when the loop is saturated). SIGUSR1 clears the figures (sent just
 before the measured run); at exit they are written as JSON to ``$JDXMAIL_PROBE_OUT``.
 A name that no longer exists is skipped and listed under ``missing``.
-``JDXMAIL_PROBE_SWITCHINTERVAL=0.0005`` sets ``sys.setswitchinterval`` (an experiment on
-GIL hand-over between the event loop and the worker threads).
+Experiments: ``JDXMAIL_PROBE_SWITCHINTERVAL=0.0005`` sets ``sys.setswitchinterval`` (GIL
+hand-over between the event loop and the worker threads); ``JDXMAIL_PROBE_CONNECTIONS=16``
+gives the delivery engine that many sessions per relay instead of its default.
 """
 
 from __future__ import annotations
@@ -107,6 +108,15 @@ def install() -> None:
     _wrap_sync(worker.DeliveryEngine, "_load", "delivery: load + claim (thread)")
     _wrap_async(relay.RelayConnection, "send", "delivery: upstream SMTP exchange")
     _start_lag_monitor(app.SmtpServerApp)
+    connections = os.environ.get("JDXMAIL_PROBE_CONNECTIONS")
+    if connections:  # an experiment: more parallel upstream sessions per relay
+        options = worker.DeliveryOptions
+
+        def with_connections(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("connections_per_relay", int(connections))
+            return options(*args, **kwargs)
+
+        setattr(worker, "DeliveryOptions", with_connections)  # noqa: B010
 
 
 def _summary() -> dict[str, Any]:
