@@ -33,6 +33,7 @@ from tests.queue.conftest import (
 from jdxmail.queue.spool import read_queued_message, spool_stats
 from jdxmail.queue.state import DeliveryState
 from jdxmail.queue.worker import DeliveryOptions
+from jdxmail.settings.model import DeliverySettings
 
 
 def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
@@ -157,6 +158,29 @@ async def test_sender_and_from_rewritten_to_relay_account(
     assert parsed["From"] == RELAY_USER
     assert parsed["Reply-To"] == "alice@example.com"
     assert parsed["Subject"] == "test 1"
+
+
+async def test_delivery_section_of_the_config_sets_the_engine(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine, ca: trustme.CA
+) -> None:
+    """Delivery.RewriteSender and the retry keys of the config reach the running engine."""
+    upstream = await upstream_factory(
+        UpstreamSpec(tls="starttls", users={RELAY_USER: RELAY_PASSWORD})
+    )
+    relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
+    settings = settings_for(tmp_path, relay).model_copy(
+        update={
+            "delivery": DeliverySettings(
+                rewrite_sender=True, message_lifetime=3600, retry_delay=5, retry_max_delay=50
+            )
+        }
+    )
+    running = await run_engine(settings)
+    assert (running.engine.lifetime, running.engine.retry_delay) == (3600, 5)
+    await running.spool.store(message())
+    await upstream.wait_for(1)
+    assert upstream.received[0].mail_from == RELAY_USER
+    assert parse(upstream.received[0].data)["From"] == "alice@example.com"
 
 
 async def test_wrong_relay_password_retries_never_bounces(

@@ -59,7 +59,7 @@ from jdxmail.queue.state import (
     read_json,
     write_json_atomic,
 )
-from jdxmail.settings.model import Settings
+from jdxmail.settings.model import DeliverySettings, Settings
 
 __all__ = [
     "CircuitBreaker",
@@ -102,6 +102,11 @@ class DeliveryOptions:
     #: also replace the From: header with the relay account (the original From
     #: becomes Reply-To unless the message has one)
     rewrite_from: bool = False
+
+    @classmethod
+    def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
+        """The options the config's ``Delivery`` section asks for."""
+        return cls(**delivery.model_dump())
 
 
 @dataclass(slots=True)
@@ -177,7 +182,7 @@ class DeliveryEngine:
         self.spool = spool
         self.clock = clock
         self.rng = rng
-        delivery = options or DeliveryOptions()
+        delivery = options or DeliveryOptions.from_settings(settings.delivery)
         self.options = delivery
         self.lifetime = float(delivery.message_lifetime)
         self.retry_delay = float(delivery.retry_delay)

@@ -162,7 +162,7 @@ class SmtpServerApp:
     def _default_components(self) -> list[Component]:
         """Components started with every server besides those added with add_component.
 
-        The delivery engine (issue 4) is created and returned here.
+        The delivery engine is created and returned here when relays are configured.
         """
         if self._own_spool is None or not self.settings.relays:
             return []

@@ -29,6 +29,7 @@ from jdxmail.passwords import HashType
 
 __all__ = [
     "DEFAULT_CONFIG_TEXT",
+    "DeliverySettings",
     "PathSettings",
     "RelaySettings",
     "Settings",
@@ -203,6 +204,23 @@ class RelaySettings(Section):
         return self.use_tls and self.port == 465
 
 
+class DeliverySettings(Section):
+    """How queued mail is relayed: retries, parallel sessions, sender rewriting."""
+
+    #: seconds a message may wait for a relay before it bounces (5 days)
+    message_lifetime: int = Field(default=5 * 24 * 3600, ge=60)
+    #: seconds before the first retry; doubled each attempt (with jitter)
+    retry_delay: int = Field(default=60, ge=1)
+    #: the longest wait between two attempts, in seconds
+    retry_max_delay: int = Field(default=3600, ge=1)
+    #: parallel sessions per relay, reused for consecutive messages
+    connections_per_relay: int = Field(default=4, ge=1, le=100)
+    #: send with the relay account as envelope sender (relays that refuse others: C7)
+    rewrite_sender: bool = False
+    #: also put the relay account in From: (the original From becomes Reply-To)
+    rewrite_from: bool = False
+
+
 class PathSettings(Section):
     """Where jdxmail keeps its files; relative paths are under the config file's folder."""
 
@@ -218,6 +236,7 @@ class Settings(Section):
     relay_server: RelaySettings | None = None
     relay_servers: list[RelaySettings] = Field(default_factory=list)
     paths: PathSettings = Field(default_factory=PathSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @model_validator(mode="after")
     def _one_relay_form(self) -> Settings:
