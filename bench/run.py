@@ -493,6 +493,65 @@ def run_throughput(
                 run.figure(workload.key, peer.name, "e2e").error = bench.no_e2e[peer.name]
 
 
+def run_drain(
+    run: Run, bench: Bench, workloads: list[Workload], mode: Mode, stalled_port: int,
+    log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Delivery alone: fill a spool with delivery held, then time a fresh serve draining it.
+
+    Recorded as the ``jdxmail drain`` row, metric ``deliver``: messages that reached the
+    upstream sink per second, from the moment the draining server listens until its
+    queue is empty (its delivery engine starts a moment earlier; messages it delivered
+    before that are not counted).
+    """
+    assert isinstance(bench.upstream, SmtpSink)
+    for workload in workloads:
+        held = run.median(workload.key, "jdxmail held", "ingest")
+        if held is None:
+            continue
+        if mode.fixed_counts is not None:
+            count = max(mode.fixed_counts.get(workload.size, 10), workload.sessions)
+        else:
+            count = max(2 * workload.sessions, min(int(held * mode.seconds), 500_000))
+        fig = run.figure(workload.key, "jdxmail drain", "deliver")
+        for rnd in range(mode.rounds):
+            root = _fresh(bench.workdir, f"drain-{workload.key}")
+            filler = JdxmailServe(
+                root, stalled_port, label="jdxmail drain", relays=False,
+                extra_args=["--grace", "1"],
+            )  # fmt: skip
+            drainer = JdxmailServe(root, bench.upstream.port, label="jdxmail drain")
+            try:
+                filler.start()
+                sample = bench.measure(filler, workload, count)
+                filler.stop()
+                if sample.error:
+                    fig.error = f"filling the spool: {sample.error}"
+                    break
+                queued = filler.queued()
+                drainer.start()
+                base, cpu0 = bench.upstream.received(), drainer.cpu_seconds()
+                start = time.perf_counter()
+                deadline = time.monotonic() + max(60.0, 10 * mode.seconds)
+                while drainer.queued() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                elapsed = time.perf_counter() - start
+                delivered = bench.upstream.received() - base
+                if drainer.queued():
+                    fig.error = f"{drainer.queued()} of {queued} still queued after the limit"
+                    break
+                fig.rates.append(delivered / elapsed)
+                fig.cores.append((drainer.cpu_seconds() - cpu0) / elapsed)
+                fig.counts.append(delivered)
+                log(f"  {workload.key:<14} jdxmail drain  round {rnd + 1}: {fig.rates[-1]:,.0f}")
+            except Unavailable as exc:
+                fig.error = f"unavailable: {exc}"
+                break
+            finally:
+                filler.stop()
+                drainer.stop()
+
+
 # -- memory and start-up ---------------------------------------------------------------
 
 
@@ -798,7 +857,7 @@ def report(run: Run, workloads: list[Workload]) -> str:
         for fig in figs:
             label = workload.label if first else ""
             first = False
-            metric = "e2e" if fig.metric == "e2e" else "ingest"
+            metric = fig.metric
             if fig.median is None:
                 lines.append(f"{label:<24} {fig.server:<14} {metric:<7} {fig.error or '—'}")
                 continue
@@ -1118,6 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
             ("jdxmail", JdxmailServe(workdir, sink_port)),
         ]
         only: dict[str, list[str]] = {}
+        stalled_port: int | None = None
         if "jdxmail" in wanted and have_sink:
             # Ingest alone: the upstream never answers DATA, so the delivery engine's
             # connections stay busy and it does no per-message work during the run.
@@ -1131,6 +1191,7 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
                 candidates.append(("jdxmail", held))
                 only[held.name] = ["1k-s20", "100k-s20"]
+                stalled_port = stalled.port
             except Unavailable as exc:
                 run.servers["jdxmail held"] = f"unavailable: {exc}"
         if "jdxmail" in wanted:
@@ -1164,6 +1225,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.servers[f"{peer.name} e2e"] = bench.no_e2e[peer.name]
         for peer in peers:
             peer.stop()
+        if stalled_port is not None and isinstance(upstream, SmtpSink):
+            held_workloads = [w for w in workloads if w.key in only.get("jdxmail held", [])]
+            if mode.fixed_counts is not None:
+                held_workloads = held_workloads[:1]  # smoke: the path once is enough
+            run_drain(run, bench, held_workloads, mode, stalled_port, log)
         if not args.no_memory:
             factories: dict[str, Callable[[], Peer]] = {}
             idle_max = mode.idle_sessions + 100

@@ -60,12 +60,14 @@ def test_jdxmail_end_to_end_is_measured_or_explained(smoke: tuple[dict[str, Any]
 
 
 def test_missing_postfix_tools_are_reported(smoke: tuple[dict[str, Any], str]) -> None:
-    """Without smtp-source the Python client stands in and the peers say how to get them."""
+    """With Postfix's tools every row runs; without them the peers say how to get them."""
     results, report = smoke
     if shutil.which("smtp-source") and shutil.which("smtp-sink") and shutil.which("postfix"):
         assert results["client"] == "smtp-source"
         assert _figure(results, "1k-s20", "smtp-sink", "ingest")["median"] > 0
         assert _figure(results, "1k-s20", "postfix", "e2e")["median"] > 0
+        assert _figure(results, "1k-s20", "jdxmail held", "ingest")["median"] > 0
+        assert _figure(results, "1k-s20", "jdxmail drain", "deliver")["median"] > 0
     else:
         assert "apt-get install postfix" in report
         assert results["servers"].get("smtp-sink", "").startswith("unavailable")
