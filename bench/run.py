@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -500,9 +501,8 @@ def run_drain(
     """Delivery alone: fill a spool with delivery held, then time a fresh serve draining it.
 
     Recorded as the ``jdxmail drain`` row, metric ``deliver``: messages that reached the
-    upstream sink per second, from the moment the draining server listens until its
-    queue is empty (its delivery engine starts a moment earlier; messages it delivered
-    before that are not counted).
+    upstream sink per second, from the draining server's first log line (its spool
+    opening, after the interpreter's start-up) until its queue is empty.
     """
     assert isinstance(bench.upstream, SmtpSink)
     for workload in workloads:
@@ -529,13 +529,13 @@ def run_drain(
                     fig.error = f"filling the spool: {sample.error}"
                     break
                 queued = filler.queued()
+                base, spawned = bench.upstream.received(), time.time()
                 drainer.start()
-                base, cpu0 = bench.upstream.received(), drainer.cpu_seconds()
-                start = time.perf_counter()
+                cpu0 = drainer.cpu_seconds()
                 deadline = time.monotonic() + max(60.0, 10 * mode.seconds)
                 while drainer.queued() and time.monotonic() < deadline:
                     time.sleep(0.01)
-                elapsed = time.perf_counter() - start
+                elapsed = time.time() - first_log_time(drainer.root / "serve.out", spawned)
                 delivered = bench.upstream.received() - base
                 if drainer.queued():
                     fig.error = f"{drainer.queued()} of {queued} still queued after the limit"
@@ -550,6 +550,21 @@ def run_drain(
             finally:
                 filler.stop()
                 drainer.stop()
+
+
+def first_log_time(path: Path, default: float) -> float:
+    """The time stamp of serve's first log line (the spool opening), else *default*.
+
+    Timing a drain from there leaves out the interpreter's start-up; the delivery
+    engine starts before the listener, so the moment serve listens would be too late.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in path.read_text(errors="replace").splitlines():
+            found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) ", line)
+            if found:
+                stamp = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+                return stamp + int(found.group(2)) / 1000
+    return default
 
 
 # -- memory and start-up ---------------------------------------------------------------
