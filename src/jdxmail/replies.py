@@ -84,6 +84,7 @@ BAD_PARAMETER = Reply(501, "5.5.4", "Invalid parameter value: {name}")
 
 # -- sequence -----------------------------------------------------------------------
 NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
+NEED_EHLO = Reply(503, "5.5.1", "AUTH needs EHLO (not HELO) first")
 NEED_MAIL = Reply(503, "5.5.1", "Send MAIL first")
 NEED_RCPT = Reply(503, "5.5.1", "Send RCPT first")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; send RSET to start over")

@@ -102,11 +102,13 @@ async def test_auth_failures(start_server: StartServer, lines: list[str], reply:
 async def test_auth_needs_ehlo_and_is_refused_inside_a_transaction(
     start_server: StartServer,
 ) -> None:
-    """AUTH before EHLO and AUTH after MAIL get 503."""
+    """AUTH before a greeting, after HELO, and after MAIL get 503 with the reason."""
     app = await start_server(Users=[user_entry()])
     client = await Client.connect(port_of(app))
     token = b64(f"\0{USER}\0{PASSWORD}")
     assert await client.cmd(f"AUTH PLAIN {token}") == "503 5.5.1 Send EHLO or HELO first"
+    await client.cmd("HELO client.example")
+    assert await client.cmd(f"AUTH PLAIN {token}") == "503 5.5.1 AUTH needs EHLO (not HELO) first"
     await client.ehlo()
     await client.cmd("MAIL FROM:<a@localhost>")
     assert await client.cmd(f"AUTH PLAIN {token}") == (

@@ -500,8 +500,11 @@ class SmtpSession(asyncio.Protocol):
 
     async def _cmd_AUTH(self, arg: str) -> None:
         runtime = self.host.runtime
-        if self.helo is None or not self.esmtp:
+        if self.helo is None:
             self.send(replies.NEED_HELO)
+            return
+        if not self.esmtp:
+            self.send(replies.NEED_EHLO)
             return
         if self.auth_user is not None:
             self.send(replies.AUTH_ALREADY)
