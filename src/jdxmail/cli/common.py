@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.render import err_console, fail, render_findings
-from jdxmail.settings.files import (
-    ConfigError,
-    ConfigFileError,
-    ConfigInvalidError,
-    ConfigParseError,
-    LoadedConfig,
-    load_settings,
-)
+
+if TYPE_CHECKING:
+    from jdxmail.settings.files import ConfigError, LoadedConfig
 
 __all__ = ["ConfigOption", "JsonOption", "exit_for_config_error", "load_or_exit", "read_password"]
 
@@ -37,6 +32,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 def exit_for_config_error(error: ConfigError) -> typer.Exit:
     """Print *error* for a person and return the Exit to raise (2 unreadable, 1 invalid)."""
+    # imported here: the settings model (pydantic) is not needed for --help
+    from jdxmail.settings.files import (  # noqa: PLC0415
+        ConfigFileError,
+        ConfigInvalidError,
+        ConfigParseError,
+    )
+
     if isinstance(error, ConfigParseError):
         err_console.print(f"error: {error.path}:{error.line}:{error.column}: {error.reason}")
         return typer.Exit(ExitCode.USAGE)
@@ -55,6 +57,8 @@ def exit_for_config_error(error: ConfigError) -> typer.Exit:
 
 def load_or_exit(config: Path | None) -> LoadedConfig:
     """Load the settings, or print why not and exit."""
+    from jdxmail.settings.files import ConfigError, load_settings  # noqa: PLC0415
+
     try:
         return load_settings(config)
     except ConfigError as error:
