@@ -183,3 +183,10 @@ def test_relay_server_and_relay_servers_together_are_refused(write_config: Write
     write_config('{"RelayServer": {"Host": "a"}, "RelayServers": [{"Host": "b"}]}')
     with pytest.raises(ConfigInvalidError, match="both RelayServer and RelayServers"):
         load_settings()
+
+
+def test_trusted_networks_accept_addresses_and_host_bits(write_config: WriteConfig) -> None:
+    """A single address is a /32 and host bits are cleared, so 192.168.1.5/24 means the LAN."""
+    write_config('{"SmtpServer": {"TrustedNetworks": ["192.168.1.5/24", "10.1.2.3", "::1"]}}')
+    networks = load_settings().settings.smtp_server.trusted_networks
+    assert [str(n) for n in networks] == ["192.168.1.0/24", "10.1.2.3/32", "::1/128"]

@@ -157,6 +157,15 @@ def test_duplicate_unknown_and_unconfirmed(runner: CliRunner, write_config: Writ
     assert "--yes" in err
 
 
+def test_empty_user_name_is_refused(runner: CliRunner, write_config: WriteConfig) -> None:
+    """`user add ''` exits 2 before asking for a password, and the file is unchanged."""
+    path = write_config(COMMENTED_JSON)
+    code, _, err = invoke(runner, "user", "add", " ", "--password-stdin", input="pw\n")
+    assert code == 2
+    assert "user name is empty" in err
+    assert path.read_text() == COMMENTED_JSON
+
+
 def test_list_never_shows_hashes(runner: CliRunner, write_config: WriteConfig) -> None:
     """`user list` shows names and hash types, never the stored hash, in text and JSON."""
     write_config(COMMENTED_JSON)

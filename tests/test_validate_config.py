@@ -342,3 +342,22 @@ def test_malformed_shapes_never_crash(
     code, out, err = invoke(runner, "validate-config", "--config", str(path))
     assert code in (1, 2)
     assert "Traceback" not in out + err
+
+
+def test_bad_network_is_one_finding_in_the_users_words(
+    runner: CliRunner, write_config: WriteConfig
+) -> None:
+    """A bad CIDR gives one finding at TrustedNetworks[i] that says how to write it."""
+    path = write_config('{"SmtpServer": {"TrustedNetworks": ["192.168.1.0/24", "10.0.0.300/8"]}}')
+    code, report = run_json(runner, path)
+    item = finding(report, "schema.invalid")
+    assert (code, item["key"]) == (1, "SmtpServer.TrustedNetworks[1]")
+    assert "192.168.1.0/24" in item["message"]
+
+
+def test_a_folder_as_config_is_named_once(runner: CliRunner, tmp_path: Path) -> None:
+    """--config pointing at a folder says so in one plain sentence and exits 2."""
+    code, _, err = invoke(runner, "validate-config", "--config", str(tmp_path))
+    assert code == 2
+    assert err.count("cannot read config file") == 1
+    assert "it is a directory" in err

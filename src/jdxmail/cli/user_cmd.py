@@ -130,6 +130,8 @@ def add_user(
 
     With no config file yet, this creates ./appsettings.json from the defaults.
     """
+    if not name.strip():
+        fail("the user name is empty", "give the name the client types at AUTH", ExitCode.USAGE)
     path = _target(config, create=True)
     password = read_password(from_stdin=password_stdin, confirm=True)
     _apply(path, "add", name, password, hash_type)

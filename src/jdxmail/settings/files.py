@@ -182,6 +182,8 @@ def read_source(path: Path) -> ConfigSource:
         if size > _MAX_CONFIG_BYTES:
             raise ConfigFileError(path, f"it is {size} bytes, too large for a config file")
         raw = path.read_bytes()
+    except ConfigFileError:
+        raise
     except FileNotFoundError:
         raise ConfigFileError(
             path, "no such file", "check the path, or run without --config for the defaults"
@@ -361,9 +363,16 @@ def inspect_source(source: ConfigSource) -> tuple[Settings | None, list[Finding]
     try:
         settings = Settings.model_validate(data)
     except pydantic.ValidationError as exc:
+        seen: set[tuple[KeyPath, str]] = set()
         for error in exc.errors(include_url=False):
-            loc: KeyPath = tuple(error["loc"])
+            # pydantic names the members of a union in the location; users know keys only
+            loc: KeyPath = tuple(
+                p for p in error["loc"] if isinstance(p, int) or not set(p) & set("[(")
+            )
             message, fix = _describe_error(error)
+            if (loc, message) in seen:
+                continue
+            seen.add((loc, message))
             findings.append(
                 Finding(
                     Severity.ERROR,

@@ -73,6 +73,18 @@ def relay_password_env(name: str | None) -> str:
     return f"{RELAY_PASSWORD_ENV}_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}"
 
 
+def _network(value: object) -> object:
+    """A CIDR network, or a single address as a /32 (/128); host bits are cleared."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP network: write it as CIDR, e.g. 192.168.1.0/24 or ::1/128"
+        ) from None
+
+
 def _upper_hash_type(value: object) -> object:
     return HashType.parse(value) if isinstance(value, str) else value
 
@@ -132,7 +144,9 @@ class SmtpServerSettings(Section):
     #: domains delivered to local mailboxes; default: localhost and HostName
     local_domains: list[str] | None = None
     #: networks whose clients may relay without AUTH
-    trusted_networks: list[IPNetwork] = Field(default_factory=list)
+    trusted_networks: list[Annotated[IPNetwork, BeforeValidator(_network)]] = Field(
+        default_factory=list
+    )
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
     max_connections: int = Field(default=100, ge=1)
