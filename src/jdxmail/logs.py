@@ -73,10 +73,14 @@ class MaskingFilter(logging.Filter):
     """Replace AUTH payloads and registered secrets in the message by ``********``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Each handler (console, file) runs this filter: mask a record only once.
+        if getattr(record, "_jdxmail_masked", False):
+            return True
         message = record.getMessage()
         masked = _mask(message)
         if masked != message:
             record.msg, record.args = masked, None
+        record._jdxmail_masked = True
         return True
 
 
@@ -85,9 +89,24 @@ class CategoryFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
+        self._stamp: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        when = f"{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d}"
+        # The console and the file share this formatter: format each record once.
+        cached: tuple[CategoryFormatter, str] | None = getattr(record, "_jdxmail_line", None)
+        if cached is not None and cached[0] is self:
+            return cached[1]
+        line = self._format(record)
+        record._jdxmail_line = (self, line)
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        stamp = self._stamp  # one tuple: safe when handlers in two threads share it
+        if stamp[0] != second:
+            # strftime once per second, not per line.
+            stamp = self._stamp = (second, self.formatTime(record, self.datefmt))
+        when = f"{stamp[1]}.{int(record.msecs):03d}"
         session = getattr(record, "session", None) or "-"
         line = (
             f"{when} {record.levelname:<5} {category_of(record.name):<5} "
