@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -126,6 +128,40 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
         super().__init__(path, when="midnight", encoding="utf-8", delay=False)
         self.suffix = "%Y%m%d"
         self.namer = self._dated_name
+
+    def doRollover(self) -> None:
+        """Rename the file at midnight, once even when several processes write it.
+
+        With ``serve --workers`` every worker has this handler on the same file: the
+        first past midnight renames it (under a lock on the folder), the others see
+        that the name now points to a new file and only reopen it.
+        """
+        try:
+            import fcntl  # noqa: PLC0415 - POSIX only
+
+            lock = os.open(os.path.dirname(self.baseFilename) or ".", os.O_RDONLY)
+        except (ImportError, OSError):
+            super().doRollover()
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._renamed_elsewhere():
+                if self.stream is not None:
+                    self.stream.close()
+                self.stream = self._open()
+                self.rolloverAt = self.computeRollover(int(time.time()))
+            else:
+                super().doRollover()
+        finally:
+            os.close(lock)
+
+    def _renamed_elsewhere(self) -> bool:
+        if self.stream is None:
+            return False
+        try:
+            return os.stat(self.baseFilename).st_ino != os.fstat(self.stream.fileno()).st_ino
+        except OSError:
+            return False
 
     @staticmethod
     def _dated_name(default: str) -> str:

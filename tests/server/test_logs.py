@@ -105,3 +105,23 @@ async def test_a_real_session_logs_no_password_hash_or_payload(
     assert "JDX-D2" in text
     for secret in (password, stored, bad, good, base64.b64encode(password.encode()).decode()):
         assert secret not in text
+
+
+def test_two_processes_rotate_the_shared_file_once(tmp_path: Path) -> None:
+    """With two writers (serve --workers) midnight keeps yesterday's lines of both."""
+    path = tmp_path / "jdxmail.log"
+    first, second = DailyFileHandler(path), DailyFileHandler(path)
+    try:
+        for handler, text in ((first, "one yesterday"), (second, "two yesterday")):
+            handler.emit(logging.makeLogRecord({"msg": text}))
+        first.doRollover()
+        first.emit(logging.makeLogRecord({"msg": "one today"}))
+        second.doRollover()
+        second.emit(logging.makeLogRecord({"msg": "two today"}))
+    finally:
+        first.close()
+        second.close()
+    rotated = list(tmp_path.glob("jdxmail-*.log"))
+    assert len(rotated) == 1
+    assert rotated[0].read_text().split() == ["one", "yesterday", "two", "yesterday"]
+    assert path.read_text().split() == ["one", "today", "two", "today"]

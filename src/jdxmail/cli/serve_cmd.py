@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -14,10 +15,12 @@ from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.render import fail
 
 if TYPE_CHECKING:
+    import socket
+
     from jdxmail.server.app import SmtpServerApp
     from jdxmail.settings.model import Settings
 
-__all__ = ["serve"]
+__all__ = ["certificate_lines", "serve"]
 
 
 def _check_bind(value: str | None) -> str | None:
@@ -87,6 +90,16 @@ def serve(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log every SMTP command (DEBUG).")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Server processes sharing the port (SO_REUSEPORT) and the spool; "
+            "about one per core.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the SMTP server: accept mail, store it durably, deliver or relay it.
 
@@ -122,17 +135,113 @@ def serve(
     def reload() -> Settings:
         return load_settings(config).settings
 
-    app = SmtpServerApp(
-        settings,
-        bind_address=bind_address,
-        port=port,
-        implicit_tls_port=tls_port if tls_port is not None else FROM_SETTINGS,
-        self_signed=self_signed,
-        reload_settings=reload,
-        grace=grace,
-    )
+    def make_app(
+        sockets: Sequence[socket.socket] = (),
+        tls_sockets: Sequence[socket.socket] = (),
+        before_listen: Callable[[], Awaitable[None]] | None = None,
+    ) -> SmtpServerApp:
+        return SmtpServerApp(
+            settings,
+            bind_address=bind_address,
+            port=port,
+            implicit_tls_port=tls_port if tls_port is not None else FROM_SETTINGS,
+            self_signed=self_signed,
+            reload_settings=reload,
+            grace=grace,
+            sockets=sockets,
+            tls_sockets=tls_sockets,
+            before_listen=before_listen,
+        )
+
+    if workers > 1:
+        code = _serve_workers(
+            workers,
+            make_app,
+            host=bind_address or settings.smtp_server.bind_address,
+            port=settings.smtp_server.port if port is None else port,
+            tls_port=settings.smtp_server.tls.implicit_tls_port if tls_port is None else tls_port,
+            trailer=_trailer(loaded.source.name, log_file, settings.paths.mailbox),
+        )
+        raise typer.Exit(int(code))
+    app = make_app()
     code = asyncio.run(_run(app, loaded.source.name, log_file, settings.paths.mailbox))
     raise typer.Exit(int(code))
+
+
+def _serve_workers(
+    count: int,
+    make_app: Callable[
+        [Sequence[socket.socket], Sequence[socket.socket], Callable[[], Awaitable[None]]],
+        SmtpServerApp,
+    ],
+    *,
+    host: str,
+    port: int,
+    tls_port: int | None,
+    trailer: str,
+) -> ExitCode:
+    from jdxmail.server.app import BoundAddress  # noqa: PLC0415
+    from jdxmail.server.errors import ServerError  # noqa: PLC0415
+    from jdxmail.server.workers import bind_shared, run_workers  # noqa: PLC0415
+
+    def fail_with(exc: ServerError) -> NoReturn:
+        row = f" [JDX-{exc.row}]" if exc.row else ""
+        fail(f"{exc}{row}", exc.fix, ExitCode.FAILED)
+
+    try:
+        sockets = bind_shared(host, port, count, "SmtpServer.Port")
+        tls_sockets: list[list[socket.socket]] = [[] for _ in range(count)]
+        if tls_port is not None:
+            tls_sockets = bind_shared(host, tls_port, count, "SmtpServer.Tls.ImplicitTlsPort")
+    except ServerError as exc:
+        fail_with(exc)
+    addresses = [
+        BoundAddress(str(s.getsockname()[0]), int(s.getsockname()[1]), implicit)
+        for group, implicit in ((sockets[0], False), (tls_sockets[0], True))
+        for s in group
+    ]
+
+    def started(lines: list[str]) -> None:
+        for address in addresses:
+            sys.stdout.write(f"jdxmail serve: listening on {address}\n")
+        sys.stdout.writelines(lines)
+        sys.stdout.write(f"jdxmail serve: {count} server processes share the port\n")
+        sys.stdout.write(trailer)
+        sys.stdout.flush()
+
+    try:
+        code = run_workers(
+            count,
+            make_app,
+            sockets=sockets,
+            tls_sockets=tls_sockets,
+            started=started,
+            report=certificate_lines,
+        )
+    except ServerError as exc:
+        fail_with(exc)
+    return ExitCode.OK if code == 0 else ExitCode.FAILED
+
+
+def _trailer(source: str, log_file: Path | None, mailbox: Path) -> str:
+    return (
+        f"jdxmail serve: config {source}; mailboxes in {mailbox}; "
+        f"log {log_file if log_file else '(console only)'}\n"
+    )
+
+
+def certificate_lines(app: SmtpServerApp) -> list[str]:
+    """What serve prints about the STARTTLS certificate (none without TLS)."""
+    if app.certificate is None:
+        return []
+    kind = "self-signed dev certificate" if app.certificate_self_signed else "certificate"
+    lines = [f"jdxmail serve: STARTTLS with the {kind} {app.certificate}\n"]
+    if app.certificate_self_signed:
+        lines.append(
+            "jdxmail serve: clients must trust that file, e.g. "
+            f"curl --ssl-reqd --cacert {app.certificate} smtp://localhost:PORT ...\n"
+        )
+    return lines
 
 
 async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: Path) -> ExitCode:
@@ -146,18 +255,8 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
         fail(f"{exc}{row}", exc.fix, ExitCode.FAILED)
     for address in addresses:
         sys.stdout.write(f"jdxmail serve: listening on {address}\n")
-    if app.certificate is not None:
-        kind = "self-signed dev certificate" if app.certificate_self_signed else "certificate"
-        sys.stdout.write(f"jdxmail serve: STARTTLS with the {kind} {app.certificate}\n")
-        if app.certificate_self_signed:
-            sys.stdout.write(
-                "jdxmail serve: clients must trust that file, e.g. "
-                f"curl --ssl-reqd --cacert {app.certificate} smtp://localhost:PORT ...\n"
-            )
-    sys.stdout.write(
-        f"jdxmail serve: config {source}; mailboxes in {mailbox}; "
-        f"log {log_file if log_file else '(console only)'}\n"
-    )
+    sys.stdout.writelines(certificate_lines(app))
+    sys.stdout.write(_trailer(source, log_file, mailbox))
     sys.stdout.flush()
     await app.serve()
     return ExitCode.OK

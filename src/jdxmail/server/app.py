@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -76,6 +77,9 @@ class SmtpServerApp:
         reload_settings: Callable[[], Settings] | None = None,
         auth_failure_delay: float = 1.0,
         grace: float = 10.0,
+        sockets: Sequence[socket.socket] = (),
+        tls_sockets: Sequence[socket.socket] = (),
+        before_listen: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Prepare a server for *settings*; nothing is opened before start().
 
@@ -85,6 +89,11 @@ class SmtpServerApp:
         it). *reload_settings* is called on SIGHUP. *auth_failure_delay* is the wait
         per failed login so far (up to 5 of them) before the 535 reply. *grace* is
         what serve() gives transactions in flight when it stops.
+
+        *sockets* and *tls_sockets* are listening sockets bound already (``serve
+        --workers``: one per process, SO_REUSEPORT); when given they replace binding
+        the port or the implicit-TLS port. *before_listen* is awaited after the spool
+        and the components started and before the listeners accept.
         """
         self.settings = settings
         server = settings.smtp_server
@@ -120,6 +129,9 @@ class SmtpServerApp:
         self._stop_requested = asyncio.Event()
         self._stopped = False
         self._signals: list[signal.Signals] = []
+        self._sockets = list(sockets)
+        self._tls_sockets = list(tls_sockets)
+        self._before_listen = before_listen
 
     # -- what sessions ask -------------------------------------------------------------
 
@@ -278,11 +290,17 @@ class SmtpServerApp:
         for component in [*self._default_components(), *self.components]:
             await component.start()
             self._started_components.append(component)
+        if self._before_listen is not None:
+            await self._before_listen()
         loop = asyncio.get_running_loop()
-        await self._listen(loop, self.port, None, "SmtpServer.Port")
+        await self._listen(loop, self.port, None, "SmtpServer.Port", self._sockets)
         if self.implicit_tls_port is not None:
             await self._listen(
-                loop, self.implicit_tls_port, self.tls_context, "SmtpServer.Tls.ImplicitTlsPort"
+                loop,
+                self.implicit_tls_port,
+                self.tls_context,
+                "SmtpServer.Tls.ImplicitTlsPort",
+                self._tls_sockets,
             )
 
     async def _listen(
@@ -291,25 +309,42 @@ class SmtpServerApp:
         port: int,
         context: ssl.SSLContext | None,
         key: str,
+        bound: Sequence[socket.socket] = (),
     ) -> None:
         implicit = context is not None
+        timeout = float(self.settings.smtp_server.time_out) if implicit else None
+        servers: list[asyncio.Server] = []
         try:
-            server = await loop.create_server(
-                lambda: SmtpSession(self, implicit_tls=implicit),
-                self.bind_address,
-                port,
-                ssl=context,
-                ssl_handshake_timeout=float(self.settings.smtp_server.time_out)
-                if implicit
-                else None,
-                reuse_address=True,
-            )
+            if bound:
+                for sock in bound:
+                    servers.append(
+                        await loop.create_server(
+                            lambda: SmtpSession(self, implicit_tls=implicit),
+                            sock=sock,
+                            ssl=context,
+                            ssl_handshake_timeout=timeout,
+                        )
+                    )
+            else:
+                servers.append(
+                    await loop.create_server(
+                        lambda: SmtpSession(self, implicit_tls=implicit),
+                        self.bind_address,
+                        port,
+                        ssl=context,
+                        ssl_handshake_timeout=timeout,
+                        reuse_address=True,
+                    )
+                )
         except OSError as exc:
+            for server in servers:
+                server.close()
             raise bind_error(exc, self.bind_address, port, key) from None
-        self._servers.append(server)
-        for sock in server.sockets:
-            host, bound_port = sock.getsockname()[:2]
-            self.addresses.append(BoundAddress(str(host), int(bound_port), implicit))
+        for server in servers:
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, bound_port = sock.getsockname()[:2]
+                self.addresses.append(BoundAddress(str(host), int(bound_port), implicit))
 
     def request_stop(self) -> None:
         """Ask serve() to stop the server (safe to call from a signal handler)."""

@@ -63,6 +63,16 @@ _PROCESS_TAG = secrets.token_hex(4)
 _counter = itertools.count(1)
 
 
+def _new_process_tag() -> None:
+    # serve --workers forks: each worker needs its own session ids.
+    global _PROCESS_TAG, _counter  # noqa: PLW0603
+    _PROCESS_TAG = secrets.token_hex(4)
+    _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_process_tag)
+
+
 def _session_id() -> str:
     """Eight hex digits, distinct for the sessions of one process."""
     return f"{(int(_PROCESS_TAG, 16) + next(_counter) * 0x9E3779B1) & 0xFFFFFFFF:08x}"
