@@ -795,6 +795,9 @@ class SmtpSession(asyncio.Protocol):
             recipients=[*transaction.local, *transaction.relay],
             when=received_at,
         )
+        # The received copy is not needed any more: free it before the spool encodes
+        # its record, so a big message is held about twice, not three times.
+        del content, body
         message = AcceptedMessage(
             mail_from=transaction.mail_from,
             relay_recipients=tuple(transaction.relay),
