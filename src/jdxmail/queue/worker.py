@@ -15,15 +15,16 @@ that was being handed over when the process died is sent again (at least once).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import heapq
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiosmtplib
 
@@ -154,6 +155,83 @@ def _read_fd(fd: int) -> bytes:
         chunks.append(chunk)
 
 
+_Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
+
+
+def _settle(results: _Settled, discard: Callable[[Any], None]) -> None:
+    for future, result, error in results:
+        if future.cancelled():
+            if error is None:
+                discard(result)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+class _FileThread:
+    """One thread for the engine's file work (claim and read, remove), in batches.
+
+    Requests queue up while the thread is busy; it takes all of them at once and
+    hands every result back to the event loop with one ``call_soon_threadsafe``,
+    instead of a thread-pool hop and a loop wake-up per request. A result whose
+    caller has gone (cancelled) is passed to *discard* so no descriptor leaks.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, discard: Callable[[Any], None]) -> None:
+        self._loop = loop
+        self._discard = discard
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._run, name="jdxmail-delivery-files", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, run: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run *run* on the thread; its result or exception arrives in the future."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        with self._cond:
+            self._pending.append((run, future))
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Finish what was submitted, then stop the thread (blocking: call in a thread)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+            results: _Settled = []
+            for run, future in batch:
+                try:
+                    results.append((future, run(), None))
+                except Exception as exc:  # handed to the awaiting caller
+                    results.append((future, None, exc))
+            try:
+                self._loop.call_soon_threadsafe(_settle, results, self._discard)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                for _, result, error in results:
+                    if error is None:
+                        self._discard(result)
+
+
+def _discard_loaded(result: object) -> None:
+    if isinstance(result, _Loaded) and result.fd >= 0:
+        os.close(result.fd)
+        result.fd = -1
+
+
 @dataclass(slots=True)
 class _Loaded:
     """A claimed message with its state, or the reason it could not be read."""
@@ -204,7 +282,8 @@ class DeliveryEngine:
         #: delivered messages whose files are being removed (by the janitor thread)
         self._removing: set[str] = set()
         self._crashes: dict[str, int] = {}
-        self._janitor: concurrent.futures.ThreadPoolExecutor | None = None
+        #: claims, reads and removals of spool files, batched (None when stopped)
+        self._files: _FileThread | None = None
         self.quota = QuotaBook(spool.spool_dir)
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
@@ -245,9 +324,7 @@ class DeliveryEngine:
             ", ".join(p.name for p in self.pools) or "none",
         )
         self.spool.on_queued = self.enqueue
-        self._janitor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="jdxmail-janitor"
-        )
+        self._files = _FileThread(asyncio.get_running_loop(), _discard_loaded)
         self._last_rescan = self.clock()
         workers = max(1, sum(p.size for p in self.pools))
         self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
@@ -278,9 +355,9 @@ class DeliveryEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(p.close() for p in self.pools), return_exceptions=True)
-        if self._janitor is not None:
-            await asyncio.to_thread(self._janitor.shutdown, True)
-            self._janitor = None
+        if self._files is not None:
+            files, self._files = self._files, None
+            await asyncio.to_thread(files.close)
 
     def enqueue(self, queue_id: str) -> None:
         """A new message is in the spool: deliver it as soon as a worker is free."""
@@ -471,7 +548,11 @@ class DeliveryEngine:
             os.replace(state, self.spool.corrupt_dir / f"{queue_id}.json")
 
     async def _deliver(self, queue_id: str) -> None:
-        loaded = await asyncio.to_thread(self._load, queue_id)
+        files = self._files
+        if files is None:
+            loaded = await asyncio.to_thread(self._load, queue_id)
+        else:
+            loaded = await files.submit(lambda: self._load(queue_id))
         if loaded is None:
             return
         try:
@@ -815,25 +896,21 @@ class DeliveryEngine:
             (self.spool.state_dir / f"{message.queue_id}.json").unlink()
 
     def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
-        """Hand the delivered message's files to the janitor thread; don't wait for it.
+        """Hand the delivered message's files to the file thread; don't wait for it.
 
         The worker is free for the next message at once. The queue file stays locked
         until it is gone, so no other process picks it up, and a crash before the
         removal only means the message is sent again (at least once).
         """
-        janitor = self._janitor
+        files = self._files
         fd, loaded.fd = loaded.fd, -1
-        if janitor is None:  # stopped meanwhile: remove inline, it is a rare path
-            self._remove(queue_id, fd, had_state=loaded.had_state)
+        had_state = loaded.had_state
+        if files is None:  # stopped meanwhile: remove inline, it is a rare path
+            self._remove(queue_id, fd, had_state=had_state)
             return
-        loop = asyncio.get_running_loop()
         self._removing.add(queue_id)
-
-        def removed(_: object) -> None:
-            loop.call_soon_threadsafe(self._removed, queue_id)
-
-        future = janitor.submit(self._remove, queue_id, fd, had_state=loaded.had_state)
-        future.add_done_callback(removed)
+        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state))
+        future.add_done_callback(lambda _: self._removed(queue_id))
 
     def _removed(self, queue_id: str) -> None:
         self._removing.discard(queue_id)
