@@ -1,16 +1,12 @@
 """Micro-benchmark of the durable spool: msgs/s stored (fsync'ed) per commit design.
 
-Usage: python bench/spool_bench.py [--seconds 2] [--dir PATH] [--cpu-us N] [--dirty MB]
+Usage: python bench/spool_bench.py [--seconds 2] [--dir PATH]
 
 Compares, on the disk holding --dir (default: a temp folder under the current one),
-the group commit of ``Spool`` ("batch": writeback started per file and one
-fdatasync each, renames and directory fsyncs in a second thread; "batch-syncfs": the
-earlier design, one ``syncfs`` per batch; "batch-fsync": an fsync per file) against
-"per-message" (every store its own write, fsync, rename and directory fsync, run
-concurrently in the default thread pool), for 1 KB and 100 KB messages with 1 and 20
-concurrent store() calls. ``--dirty MB`` runs a process beside it that keeps writing
-that many MB/s to an unsynced file on the same file system (other programs' data,
-which ``syncfs`` has to flush too). Prints one table.
+the group commit of ``Spool`` ("batch": one writer thread, each file fsync'ed, one
+directory fsync per batch) against "per-message" (every store its own write, fsync,
+rename and directory fsync, run concurrently in the default thread pool), for 1 KB
+and 100 KB messages with 1 and 20 concurrent store() calls. Prints one table.
 """
 
 from __future__ import annotations
@@ -18,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,21 +35,6 @@ def _message(size: int, n: int) -> AcceptedMessage:
         session_id="bench",
         received_at=time.time(),
     )
-
-
-#: the --dirty writer: rewrites four 32 MB files at the given MB/s, never syncing them
-_DIRTY = """
-import sys, time
-path, rate = sys.argv[1], float(sys.argv[2])
-block = b"z" * (1 << 20)
-n = 0
-while True:
-    with open(f"{path}{n % 4}", "wb") as f:
-        for _ in range(32):
-            f.write(block)
-            time.sleep(1 / rate)
-    n += 1
-"""
 
 
 def _burn(microseconds: float) -> None:
@@ -92,7 +71,7 @@ async def _run(
 
 
 async def _main(seconds: float, root: Path, cpu_us: float) -> None:
-    modes: tuple[CommitMode, ...] = ("per-message", "batch-fsync", "batch-syncfs", "batch")
+    modes: tuple[CommitMode, ...] = ("per-message", "batch-fsync", "batch")
     print(
         f"spool on {root}, {seconds:g} s per cell, {cpu_us:g} us loop CPU per message, "
         "msgs/s stored durably"
@@ -117,25 +96,9 @@ def main() -> None:
         default=0.0,
         help="CPU time the event loop spends per message before store(), like SMTP parsing",
     )
-    parser.add_argument(
-        "--dirty",
-        type=float,
-        default=0.0,
-        help="MB/s another process writes (never synced) to the same file system meanwhile",
-    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir or Path.cwd(), prefix="spool-bench-") as tmp:
-        writer = None
-        if args.dirty > 0:
-            print(f"(another process writes {args.dirty:g} MB/s of unsynced data meanwhile)")
-            argv = [sys.executable, "-c", _DIRTY, str(Path(tmp) / "dirty"), str(args.dirty)]
-            writer = subprocess.Popen(argv)
-        try:
-            asyncio.run(_main(args.seconds, Path(tmp), args.cpu_us))
-        finally:
-            if writer is not None:
-                writer.kill()
-                writer.wait()
+        asyncio.run(_main(args.seconds, Path(tmp), args.cpu_us))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ async def test_store_leaves_complete_queue_file(spool: Spool, tmp_path: Path) ->
     assert list((tmp_path / "spool" / "tmp").iterdir()) == []
 
 
-@pytest.mark.parametrize("mode", ["batch", "batch-fsync", "batch-syncfs", "per-message"])
+@pytest.mark.parametrize("mode", ["batch", "batch-fsync", "per-message"])
 async def test_every_commit_mode_stores(tmp_path: Path, mode: str) -> None:
     """Each commit design (the benchmark compares them) stores queue and mailbox files."""
     spool = Spool(tmp_path / "spool", tmp_path / "mailbox", commit_mode=mode)  # type: ignore[arg-type]

@@ -10,15 +10,14 @@ Layout under the spool directory::
     corrupt/        spool files that could not be read, moved aside
     quota.json      per-relay daily counters
 
-``Spool.store`` hands the message to a writer thread (group commit). The thread
-takes every store that is pending and, for the whole batch: writes each file into
-``tmp/`` and starts its writeback; ``fdatasync``s each file (the first one commits
-the journal for all of them). A second thread then renames the files into place,
-fsyncs each touched directory once, and only then completes the callers' futures;
-meanwhile the writer thread already flushes the next batch. A crash before the
-renames leaves only ``tmp/`` files (removed at the next start); after them, only
-complete files. ``bench/spool_bench.py`` compares this with other designs; the
-figures are in docs/delivery.md.
+``Spool.store`` hands the message to a single writer thread (group commit). The
+thread takes every store that is pending and, for the whole batch: writes each file
+into ``tmp/``; makes the data durable (one Linux ``syncfs`` when the batch has three
+or more stores, else an fsync per file); renames the files into place; fsyncs each
+touched directory once; and only then completes the callers' futures. A crash before
+the renames leaves only ``tmp/`` files (removed at the next start); after them, only
+complete files. ``bench/spool_bench.py`` compares this with one fsync chain per
+message; the figures are in docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -65,9 +63,7 @@ STATE_SUFFIX = ".json"
 #: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
 FLUSH_FILE = "flush"
 
-CommitMode = Literal["batch", "batch-fsync", "batch-syncfs", "per-message"]
-#: how write_synced flushes: fsync now, start writeback for a later fdatasync, or not
-_SyncMode = Literal["fsync", "range", "none"]
+CommitMode = Literal["batch", "batch-fsync", "per-message"]
 
 
 class SpoolError(Exception):
@@ -216,18 +212,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(
-    path: Path,
-    data: bytes,
-    *,
-    mode: _SyncMode = "fsync",
-    keep_open: list[int] | None = None,
-) -> None:
+def write_synced(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Create *path* (which must not exist) with *data*, fsync'ed before returning.
 
-    With ``mode="range"`` only the writeback is started (``sync_file_range``) and the
-    caller must ``fdatasync`` the descriptor, which is appended to *keep_open* and
-    left open; with ``mode="none"`` the caller makes the data durable (``syncfs``).
+    With ``sync=False`` the caller makes the data durable (``syncfs`` for a batch).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -235,21 +223,9 @@ def write_synced(
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        if mode == "fsync":
+        if sync:
             os.fsync(fd)
-        elif (
-            mode == "range"
-            and _SYNC_FILE_RANGE is not None
-            and _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0
-        ):
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(path))
-    except BaseException:
-        os.close(fd)
-        raise
-    if mode == "range" and keep_open is not None:
-        keep_open.append(fd)
-    else:
+    finally:
         os.close(fd)
 
 
@@ -267,25 +243,6 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _SYNCFS = _load_syncfs()
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-#: starts a file's writeback without waiting (Linux); without it, fdatasync alone
-_SYNC_FILE_RANGE = _load_sync_file_range()
 
 
 def sync_file_system(directory: Path) -> None:
@@ -343,14 +300,6 @@ class _Plan:
 
 
 @dataclass(slots=True)
-class _Flushed:
-    """A batch whose data is durable, handed from the writer to the placer thread."""
-
-    jobs: list[_Job]
-    errors: dict[int, SpoolError]
-
-
-@dataclass(slots=True)
 class _Job:
     """A unit of work for the writer thread, completed through a future on its loop."""
 
@@ -379,16 +328,13 @@ class Spool:
         self.corrupt_dir = self.spool_dir / "corrupt"
         self.mailbox_tmp_dir = self.mailbox_dir / ".tmp"
         self._commit_mode = commit_mode
-        #: "batch": writeback started per file, fdatasync'ed together; else fsync each
-        self._sync_mode: _SyncMode = "range" if commit_mode == "batch" else "fsync"
+        #: fsync each file (else one syncfs per file system per batch)
+        self._file_sync = commit_mode != "batch" or _SYNCFS is None
         self._syncfs_dirs: list[Path] = []
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._placer_thread: threading.Thread | None = None
-        #: at most one flushed batch waits for the placer (bounds the pipeline)
-        self._handoff: queue.Queue[_Flushed | None] = queue.Queue(maxsize=1)
         self._tmp_counter = 0
         #: fired (from the writer thread via the loop) when a message enters queue/
         self.on_queued: Callable[[str], None] | None = None
@@ -411,10 +357,6 @@ class Spool:
             counts["tmp_removed"],
         )
         self._closing = False
-        self._placer_thread = threading.Thread(
-            target=self._placer, name="jdxmail-spool-place", daemon=True
-        )
-        self._placer_thread.start()
         self._thread = threading.Thread(target=self._writer, name="jdxmail-spool", daemon=True)
         self._thread.start()
 
@@ -427,10 +369,7 @@ class Spool:
             self._closing = True
             self._cond.notify_all()
         await asyncio.to_thread(thread.join)
-        if self._placer_thread is not None:
-            await asyncio.to_thread(self._placer_thread.join)
         self._thread = None
-        self._placer_thread = None
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -545,100 +484,53 @@ class Spool:
         return await self._submit(run)
 
     def _writer(self) -> None:
-        """Stage one: take the pending batch, write its files and flush their data."""
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending and self._closing:
-                    self._handoff.put(None)
                     return
                 batch, self._pending = self._pending, []
-            self._handoff.put(self._commit_batch(batch))
+            self._commit_batch(batch)
 
-    def _placer(self) -> None:
-        """Stage two: rename the flushed files into place, flush the directories, answer.
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        """Write every store's tmp files, sync, place them, then sync each directory once.
 
-        It runs while stage one writes and flushes the next batch, so a store that
-        arrives during a commit waits for the end of that commit's data flush, not
-        for the whole of it.
-        """
-        while True:
-            item = self._handoff.get()
-            if item is None:
-                return
-            self._place_batch(item)
-
-    def _commit_batch(self, batch: list[_Job]) -> _Flushed:
-        """Write every store's tmp files and make their data durable.
-
-        Each file's writeback is started as soon as it is written
-        (``sync_file_range``), then each is ``fdatasync``'ed: the first flush
-        commits the file system journal for the whole batch, and the others find
-        their data already on disk. Unlike ``syncfs`` this costs the same however
-        much other dirty data the file system holds.
+        Other jobs (``run_in_writer``) run in submission order and complete at once.
         """
         stores: list[_Job] = []
         errors: dict[int, SpoolError] = {}
-        use_syncfs = (
-            self._commit_mode == "batch-syncfs"
-            and _SYNCFS is not None
-            and sum(j.plan is not None for j in batch) >= 3
-        )
-        mode: _SyncMode = "none" if use_syncfs else self._sync_mode
-        descriptors: list[tuple[_Job, list[int]]] = []
+        # syncfs costs more than one fsync; it pays off from a few files on
+        use_syncfs = not self._file_sync and sum(j.plan is not None for j in batch) >= 3
         for job in batch:
-            if job.plan is None or job.message is None:
+            try:
+                if job.plan is not None and job.message is not None:
+                    self._write_tmp(job.plan, job.message, sync=not use_syncfs)
+                    result = None
+                else:
+                    result = job.run()
+            except Exception as exc:  # handed to the awaiting caller, never swallowed
+                if job.plan is None:
+                    job.done(None, exc)
+                    continue
+                errors[id(job)] = _as_spool_error(exc)
                 stores.append(job)
                 continue
-            fds: list[int] = []
-            try:
-                self._write_tmp(job.plan, job.message, mode=mode, keep_open=fds)
-            except Exception as exc:  # handed to the awaiting caller, never swallowed
-                errors[id(job)] = _as_spool_error(exc)
+            if job.plan is None:
+                job.done(result, None)
             else:
-                descriptors.append((job, fds))
-            stores.append(job)
-        for job, fds in descriptors:
-            try:
-                if mode == "range":
-                    for fd in fds:
-                        os.fdatasync(fd)
-            except OSError as exc:
-                assert job.plan is not None
-                self._fail([job], _as_spool_error(exc), errors)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        live = [j for j in stores if j.plan is not None and id(j) not in errors]
+                stores.append(job)
+        live = [job for job in stores if id(job) not in errors]
         if live and use_syncfs:
             try:
                 for directory in self._syncfs_dirs:
                     sync_file_system(directory)
             except OSError as exc:
                 self._fail(live, _as_spool_error(exc), errors)
-        return _Flushed(jobs=stores, errors=errors)
-
-    def _place_batch(self, flushed: _Flushed) -> None:
-        """Rename/link a flushed batch into place, fsync each changed directory once.
-
-        Other jobs (``run_in_writer``) run here in submission order and complete at once.
-        """
-        errors = flushed.errors
-        live: list[_Job] = []
+                live = []
         dirs: set[Path] = set()
-        for job in flushed.jobs:
-            if job.plan is None:
-                try:
-                    result = job.run()
-                except Exception as exc:  # handed to the awaiting caller, never swallowed
-                    job.done(None, exc)
-                else:
-                    job.done(result, None)
-                continue
-            if id(job) in errors:
-                continue
-            live.append(job)
+        for job in live:
+            assert job.plan is not None
             try:
                 dirs.update(self._place(job.plan))
             except OSError as exc:
@@ -648,9 +540,9 @@ class Spool:
                 fsync_dir(directory)
         except OSError as exc:
             self._fail([j for j in live if id(j) not in errors], _as_spool_error(exc), errors)
-        for job in flushed.jobs:
-            if job.plan is not None:
-                job.done(job.plan.queue_id, errors.get(id(job)))
+        for job in stores:
+            assert job.plan is not None
+            job.done(job.plan.queue_id, errors.get(id(job)))
 
     def _fail(self, jobs: list[_Job], error: SpoolError, errors: dict[int, SpoolError]) -> None:
         for job in jobs:
@@ -668,29 +560,16 @@ class Spool:
             self._undo(plan)
             raise _as_spool_error(exc) from exc
 
-    def _write_tmp(
-        self,
-        plan: _Plan,
-        message: AcceptedMessage,
-        *,
-        mode: _SyncMode = "fsync",
-        keep_open: list[int] | None = None,
-    ) -> None:
+    def _write_tmp(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
         try:
             if plan.queue_file is not None:
                 tmp, _ = plan.queue_file
                 plan.tmp_files.append(tmp)
-                write_synced(
-                    tmp, encode_queued(plan.queue_id, message), mode=mode, keep_open=keep_open
-                )
+                write_synced(tmp, encode_queued(plan.queue_id, message), sync=sync)
             for delivery in plan.mailbox_files:
                 plan.tmp_files.append(delivery.tmp)
-                write_synced(delivery.tmp, message.data, mode=mode, keep_open=keep_open)
+                write_synced(delivery.tmp, message.data, sync=sync)
         except BaseException:
-            if keep_open is not None:
-                for fd in keep_open:
-                    os.close(fd)
-                keep_open.clear()
             self._undo(plan)
             raise
 
