@@ -664,3 +664,26 @@ async def test_smtputf8_message_bounces_when_no_relay_offers_it(
     assert dsn.rcpt_tos == ["alice@example.com"]
     assert "Status: 5.6.7" in parse(dsn.data).as_string()
     assert spool_stats(running.spool.spool_dir).failed == 1
+
+
+async def test_startup_keeps_state_files_another_live_process_is_writing(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """At start, a state temp file of a dead writer is removed; a live writer's is kept."""
+    upstream = await upstream_factory()
+    state_dir = tmp_path / "spool" / "state"
+    state_dir.mkdir(parents=True)
+    finished = await asyncio.create_subprocess_exec("true")
+    await finished.wait()  # reaped: its pid names no process now
+    alive = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        stale = state_dir / f".x.json.{finished.pid}.1.tmp"
+        live = state_dir / f".y.json.{alive.pid}.1.tmp"
+        stale.write_text("{}")
+        live.write_text("{}")
+        await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    finally:
+        alive.kill()
+        await alive.wait()
+    assert not stale.exists()
+    assert live.exists()

@@ -110,6 +110,24 @@ class DeliveryOptions:
         return cls(**delivery.model_dump())
 
 
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that named a ``.NAME.PID.NS.tmp`` state file still runs."""
+    parts = temp_name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
     """Skips a relay that keeps failing, for a cool-down that grows while it fails."""
@@ -393,6 +411,9 @@ class DeliveryEngine:
     def _recover(self) -> dict[str, int]:
         """Startup scan: every queued message is scheduled; leftovers are cleaned."""
         for leftover in self.spool.state_dir.glob(".*.tmp"):
+            # another process (serve --workers, the queue CLI) may be writing it now
+            if _writer_alive(leftover.name):
+                continue
             with contextlib.suppress(OSError):
                 leftover.unlink()
         now = self.clock()
