@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Finding", "KeyPath", "Severity", "format_path", "worst"]
+__all__ = ["Finding", "KeyPath", "Severity", "format_path", "has_errors", "sort_findings"]
 
 KeyPath = tuple[str | int, ...]
 
@@ -75,9 +75,9 @@ class Finding:
         }
 
 
-def worst(findings: Iterable[Finding]) -> Severity | None:
-    """The highest severity among *findings*, or None when there are none."""
-    return max((f.severity for f in findings), default=None)
+def has_errors(findings: Iterable[Finding]) -> bool:
+    """True when any of *findings* is an error."""
+    return any(f.severity is Severity.ERROR for f in findings)
 
 
 def sort_findings(findings: Sequence[Finding]) -> list[Finding]:

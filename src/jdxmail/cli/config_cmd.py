@@ -9,7 +9,7 @@ import typer
 from jdxmail.cli.common import ConfigOption, JsonOption, exit_for_config_error
 from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.render import print_json, render_findings
-from jdxmail.findings import Severity, sort_findings
+from jdxmail.findings import has_errors, sort_findings
 
 __all__ = ["validate_config"]
 
@@ -46,7 +46,7 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
         resolved = settings.with_environment().with_base_dir(source.base_dir)
         findings += check_settings(resolved, source)
     findings = sort_findings(findings)
-    valid = not any(f.severity is Severity.ERROR for f in findings)
+    valid = not has_errors(findings)
     if json_output:
         print_json(
             {

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel
 
-from jdxmail.findings import Finding, KeyPath, Severity
+from jdxmail.findings import Finding, KeyPath, Severity, has_errors
 from jdxmail.settings import jsonc, tomlfile
 from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, Settings, section_aliases
 
@@ -383,7 +383,7 @@ def inspect_source(source: ConfigSource) -> tuple[Settings | None, list[Finding]
                     line=source.line_of(loc),
                 )
             )
-    if any(f.severity is Severity.ERROR for f in findings):
+    if has_errors(findings):
         return None, findings
     return settings, findings
 
