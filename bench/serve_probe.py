@@ -5,7 +5,7 @@ Usage (done by ``bench/run.py --profile``)::
     JDXMAIL_PROBE_OUT=probe.json python bench/serve_probe.py serve --config … --port 0
 
 It wraps a few methods of the server and the delivery engine with timers (nothing in
-src/ changes): the spool's group commit (its length and batch size), ``Spool.store``
+src/ changes): the spool's flushes and the event loop's share of a commit (with its batch size), ``Spool.store``
 as a session waits for it, the DATA command from ``354`` to the final reply, one
 delivery, the upstream SMTP exchange, and how late the event loop runs a 5 ms timer
 (its lag: high when the loop is saturated). SIGUSR1 clears the figures (sent just
@@ -101,7 +101,8 @@ def install() -> None:
     from jdxmail.queue import relay, spool, worker  # noqa: PLC0415
     from jdxmail.server import app, smtp  # noqa: PLC0415
 
-    _wrap_sync(spool.Spool, "_commit_batch", "spool group commit (writer thread)", size_arg=1)
+    _wrap_sync(spool, "sync_file_system", "spool flush: one syncfs (sync thread)")
+    _wrap_sync(spool.Spool, "_advance", "spool: place/finish a flushed batch (loop)", size_arg=1)
     _wrap_async(spool.Spool, "store", "Spool.store as awaited by a session")
     _wrap_async(smtp.SmtpSession, "_cmd_DATA", "DATA: 354 until the final reply")
     _wrap_async(worker.DeliveryEngine, "_deliver", "one delivery (load, relay, finish)")

@@ -291,3 +291,17 @@ def test_spool_stats_of_missing_spool(tmp_path: Path) -> None:
         0,
         None,
     )
+
+
+async def test_open_keeps_unfinished_writes_of_running_processes(tmp_path: Path) -> None:
+    """A tmp file another running process (serve --workers) is writing survives open()."""
+    root = tmp_path / "spool" / "tmp"
+    root.mkdir(parents=True)
+    busy = root / f"0000000000000000000001.p{os.getppid()}.1.tmp"
+    dead = root / "0000000000000000000002.p999999999.1.tmp"
+    busy.write_bytes(b"JDXSPOOL 1\n{half")
+    dead.write_bytes(b"JDXSPOOL 1\n{half")
+    async with Spool(tmp_path / "spool", tmp_path / "mailbox"):
+        pass
+    assert busy.exists()
+    assert not dead.exists()

@@ -2,7 +2,8 @@
 
 Layout under the spool directory::
 
-    tmp/            files being written (never read; removed at startup)
+    tmp/            files being written (never read; at startup, those of processes
+                    that no longer run are removed)
     queue/ID.msg    one immutable file per queued message: envelope + data
     state/ID.json   mutable delivery state of a queued message (absent until the
                     first attempt), replaced atomically
@@ -10,14 +11,22 @@ Layout under the spool directory::
     corrupt/        spool files that could not be read, moved aside
     quota.json      per-relay daily counters
 
-``Spool.store`` hands the message to a single writer thread (group commit). The
-thread takes every store that is pending and, for the whole batch: writes each file
-into ``tmp/``; makes the data durable (one Linux ``syncfs`` when the batch has three
-or more stores, else an fsync per file); renames the files into place; fsyncs each
-touched directory once; and only then completes the callers' futures. A crash before
-the renames leaves only ``tmp/`` files (removed at the next start); after them, only
-complete files. ``bench/spool_bench.py`` compares this with one fsync chain per
-message; the figures are in docs/delivery.md.
+``Spool.store`` commits in batches with as few system calls off the event loop as
+possible (on Linux, mode ``batch``): the event loop writes the message's files into
+``tmp/`` itself (page-cache writes of a few microseconds; messages over 1 MiB are
+written by the sync thread instead), and one sync thread runs ``syncfs`` over and over
+for whatever has gathered. A store goes through two flushes: the first makes its
+data durable, then the event loop renames the files into place, and the next flush
+makes the renames durable; only then does the caller get its queue id. A crash
+before the renames leaves only ``tmp/`` files (removed at the next start); after
+them, only complete files. A thread that needed the interpreter lock back after
+every system call was the bottleneck of the earlier design (see docs/delivery.md);
+this one takes it a few times per batch, whatever the batch size.
+
+Elsewhere (no ``syncfs``) and in the benchmark's ``batch-fsync`` mode, one writer
+thread writes each batch, fsyncs every file, renames them and fsyncs each touched
+directory once. ``bench/spool_bench.py`` compares the designs; the figures are in
+docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import errno
 import fcntl
 import json
@@ -34,10 +44,10 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
 
@@ -50,6 +60,7 @@ __all__ = [
     "SpoolError",
     "SpoolStats",
     "claim",
+    "process_alive",
     "read_queued_message",
     "spool_stats",
 ]
@@ -145,8 +156,8 @@ def queue_id_time(queue_id: str) -> float | None:
         return None
 
 
-def encode_queued(queue_id: str, message: AcceptedMessage) -> bytes:
-    """The bytes of ``queue/ID.msg``: magic line, one JSON envelope line, the data."""
+def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
+    """The start of ``queue/ID.msg``: magic line and one JSON envelope line."""
     header = {
         "id": queue_id,
         "mail_from": message.mail_from,
@@ -162,7 +173,12 @@ def encode_queued(queue_id: str, message: AcceptedMessage) -> bytes:
         "crc32": zlib.crc32(message.data),
     }
     line = json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-    return b"".join((MAGIC, line, b"\n", message.data))
+    return b"".join((MAGIC, line, b"\n"))
+
+
+def encode_queued(queue_id: str, message: AcceptedMessage) -> bytes:
+    """The bytes of ``queue/ID.msg``: magic line, one JSON envelope line, the data."""
+    return encode_queued_head(queue_id, message) + message.data
 
 
 def decode_queued(raw: bytes, queue_id: str) -> QueuedMessage:
@@ -212,17 +228,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Create *path* (which must not exist) with *data*, fsync'ed before returning.
+def write_synced(path: Path, parts: Sequence[bytes], *, sync: bool = True) -> None:
+    """Create *path* (which must not exist) with *parts* joined, fsync'ed before returning.
 
     With ``sync=False`` the caller makes the data durable (``syncfs`` for a batch).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        views = [memoryview(part) for part in parts if part]
+        while views:
+            written = os.writev(fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
         if sync:
             os.fsync(fd)
     finally:
@@ -283,6 +303,30 @@ def claim(path: Path) -> int | None:
     return fd
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process *pid* exists (and is not this process)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tmp_writer_alive(name: str) -> bool:
+    """Whether the process that named tmp file ``ID.pPID.N.tmp`` still runs."""
+    parts = name.split(".")
+    if len(parts) != 4 or not parts[1].startswith("p"):
+        return False
+    try:
+        return process_alive(int(parts[1][1:]))
+    except ValueError:
+        return False
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
@@ -299,18 +343,31 @@ class _Plan:
     tmp_files: list[Path] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Job:
-    """A unit of work for the writer thread, completed through a future on its loop."""
+class _Phase(enum.Enum):
+    """Where a store is in the pipelined commit."""
 
-    run: Callable[[], Any]
-    done: Callable[[Any, BaseException | None], None]
-    plan: _Plan | None = None
-    message: AcceptedMessage | None = None
+    NEW = "new"  # nothing written yet (large messages: the sync thread writes them)
+    WRITTEN = "written"  # tmp files written; the next flush makes the data durable
+    PLACED = "placed"  # renamed into place; the next flush makes the names durable
+
+
+@dataclass(slots=True, eq=False)
+class _Store:
+    """One store() on its way through the commit, completed through *future*."""
+
+    plan: _Plan
+    message: AcceptedMessage
+    future: asyncio.Future[str]
+    phase: _Phase
+    error: SpoolError | None = None
+
+
+#: messages up to this size are written to tmp/ by the event loop itself
+LOOP_WRITE_LIMIT = 1 << 20
 
 
 class Spool:
-    """The on-disk queue and the writer thread that makes stores durable in batches.
+    """The on-disk queue and the thread that makes stores durable in batches.
 
     ``store`` is safe to call concurrently from one event loop; several processes may
     share one spool directory (queue ids carry the process id).
@@ -328,15 +385,18 @@ class Spool:
         self.corrupt_dir = self.spool_dir / "corrupt"
         self.mailbox_tmp_dir = self.mailbox_dir / ".tmp"
         self._commit_mode = commit_mode
-        #: fsync each file (else one syncfs per file system per batch)
-        self._file_sync = commit_mode != "batch" or _SYNCFS is None
+        #: syncfs twice per store, files written by the loop (else the writer thread
+        #: writes, fsyncs each file, renames and fsyncs the directories)
+        self._pipelined = commit_mode == "batch" and _SYNCFS is not None
         self._syncfs_dirs: list[Path] = []
         self._cond = threading.Condition()
-        self._pending: list[_Job] = []
+        self._pending: list[_Store] = []
         self._closing = False
         self._thread: threading.Thread | None = None
         self._tmp_counter = 0
-        #: fired (from the writer thread via the loop) when a message enters queue/
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
+        #: called on the loop when a message enters queue/ (its queue id)
         self.on_queued: Callable[[str], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -357,16 +417,21 @@ class Spool:
             counts["tmp_removed"],
         )
         self._closing = False
-        self._thread = threading.Thread(target=self._writer, name="jdxmail-spool", daemon=True)
+        self._drained = asyncio.Event()
+        target = self._sync_loop if self._pipelined else self._writer
+        self._thread = threading.Thread(target=target, name="jdxmail-spool", daemon=True)
         self._thread.start()
 
     async def close(self) -> None:
-        """Finish every pending store, then stop the writer thread."""
+        """Finish every store already begun (new ones are refused), then stop the thread."""
         thread = self._thread
         if thread is None:
             return
+        self._closing = True
+        if self._in_flight and self._drained is not None:
+            self._drained.clear()
+            await self._drained.wait()
         with self._cond:
-            self._closing = True
             self._cond.notify_all()
         await asyncio.to_thread(thread.join)
         self._thread = None
@@ -394,6 +459,9 @@ class Spool:
         removed = 0
         for directory in (self.tmp_dir, self.mailbox_tmp_dir):
             for leftover in directory.iterdir():
+                # another process sharing the spool may be writing it right now
+                if _tmp_writer_alive(leftover.name):
+                    continue
                 with contextlib.suppress(OSError):
                     leftover.unlink()
                     removed += 1
@@ -411,20 +479,32 @@ class Spool:
         """Store *message* durably and return its queue id.
 
         When this returns, the queue file (for relay recipients) and one mailbox file
-        per local recipient are written, fsync'ed, renamed into place, and their
-        directories fsync'ed. Raises SpoolError (nothing left visible) otherwise.
+        per local recipient are written, flushed, renamed into place, and the renames
+        flushed. Raises SpoolError (nothing left visible) otherwise. A store whose
+        caller is cancelled still completes: the message stays queued.
         """
-        if self._thread is None:
-            raise SpoolError("the spool is not open")
+        if self._thread is None or self._closing or self._loop is None:
+            raise SpoolError(
+                "the spool is not open" if self._thread is None else "the spool is closing"
+            )
         plan = _Plan(queue_id=_IDS.next())
         self._plan(plan, message)
         if self._commit_mode == "per-message":
             await asyncio.to_thread(self._store_one, plan, message)
-        else:
-            await self._submit(lambda: None, plan, message)
-        if plan.queue_file is not None and self.on_queued is not None:
-            self.on_queued(plan.queue_id)
-        return plan.queue_id
+            self._queued(plan)
+            return plan.queue_id
+        phase = _Phase.NEW
+        if self._pipelined and len(message.data) <= LOOP_WRITE_LIMIT:
+            try:
+                self._write_tmp(plan, message, sync=False)
+            except OSError as exc:
+                raise _as_spool_error(exc) from exc
+            phase = _Phase.WRITTEN
+        job = _Store(plan, message, self._loop.create_future(), phase)
+        self._in_flight += 1
+        self._submit([job])
+        # cancelling the caller cancels only the wait: the commit goes on
+        return await job.future
 
     def _plan(self, plan: _Plan, message: AcceptedMessage) -> None:
         if message.relay_recipients:
@@ -450,105 +530,124 @@ class Spool:
 
     def _tmp_path(self, directory: Path, queue_id: str) -> Path:
         self._tmp_counter += 1
-        return directory / f"{queue_id}.{self._tmp_counter}.tmp"
+        return directory / f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
 
-    async def _submit(
-        self,
-        run: Callable[[], Any],
-        plan: _Plan | None = None,
-        message: AcceptedMessage | None = None,
-    ) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            def settle() -> None:
-                if future.done():
-                    return
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-            loop.call_soon_threadsafe(settle)
-
+    def _submit(self, jobs: list[_Store]) -> None:
         with self._cond:
-            if self._closing or self._thread is None:
-                raise SpoolError("the spool is closing")
-            self._pending.append(_Job(run=run, done=done, plan=plan, message=message))
+            self._pending.extend(jobs)
             self._cond.notify()
-        return await future
 
-    async def run_in_writer(self, run: Callable[[], Any]) -> Any:
-        """Run *run* on the writer thread, after the stores already submitted."""
-        return await self._submit(run)
+    def _take(self) -> list[_Store] | None:
+        """The next batch for the thread; None once closing and nothing is left."""
+        with self._cond:
+            while not self._pending and not (self._closing and not self._in_flight):
+                self._cond.wait()
+            if not self._pending:
+                return None
+            batch, self._pending = self._pending, []
+            return batch
 
-    def _writer(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending and self._closing:
-                    return
-                batch, self._pending = self._pending, []
-            self._commit_batch(batch)
-
-    def _commit_batch(self, batch: list[_Job]) -> None:
-        """Write every store's tmp files, sync, place them, then sync each directory once.
-
-        Other jobs (``run_in_writer``) run in submission order and complete at once.
-        """
-        stores: list[_Job] = []
-        errors: dict[int, SpoolError] = {}
-        # syncfs costs more than one fsync; it pays off from a few files on
-        use_syncfs = not self._file_sync and sum(j.plan is not None for j in batch) >= 3
-        for job in batch:
-            try:
-                if job.plan is not None and job.message is not None:
-                    self._write_tmp(job.plan, job.message, sync=not use_syncfs)
-                    result = None
-                else:
-                    result = job.run()
-            except Exception as exc:  # handed to the awaiting caller, never swallowed
-                if job.plan is None:
-                    job.done(None, exc)
-                    continue
-                errors[id(job)] = _as_spool_error(exc)
-                stores.append(job)
-                continue
-            if job.plan is None:
-                job.done(result, None)
+    def _finish(self, job: _Store, error: SpoolError | None) -> None:
+        """On the loop: settle *job*'s future and announce a queued message."""
+        if error is None:
+            self._queued(job.plan)
+        if not job.future.done():
+            if error is None:
+                job.future.set_result(job.plan.queue_id)
             else:
-                stores.append(job)
-        live = [job for job in stores if id(job) not in errors]
-        if live and use_syncfs:
+                job.future.set_exception(error)
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
+    def _queued(self, plan: _Plan) -> None:
+        if plan.queue_file is not None and self.on_queued is not None:
+            self.on_queued(plan.queue_id)
+
+    def _settle_on_loop(self, batch: list[_Store]) -> None:
+        """From a thread: hand a processed batch back to the event loop."""
+        assert self._loop is not None
+        # RuntimeError: the loop is closed, so nobody is waiting any more
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._advance, batch)
+
+    # -- the pipelined commit (Linux) ------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        """The sync thread: write what the loop did not, flush, hand the batch back."""
+        while (batch := self._take()) is not None:
+            for job in batch:
+                if job.phase is _Phase.NEW:
+                    try:
+                        self._write_tmp(job.plan, job.message, sync=False)
+                        job.phase = _Phase.WRITTEN
+                    except OSError as exc:
+                        job.error = _as_spool_error(exc)
             try:
                 for directory in self._syncfs_dirs:
                     sync_file_system(directory)
             except OSError as exc:
-                self._fail(live, _as_spool_error(exc), errors)
-                live = []
+                error = _as_spool_error(exc)
+                for job in batch:
+                    if job.error is None:
+                        self._undo(job.plan)
+                        job.error = error
+            self._settle_on_loop(batch)
+
+    def _advance(self, batch: list[_Store]) -> None:
+        """On the loop, after a flush: place what is written, finish what is placed."""
+        again: list[_Store] = []
+        for job in batch:
+            if job.error is not None:
+                self._finish(job, job.error)
+            elif job.phase is _Phase.WRITTEN:
+                try:
+                    self._place(job.plan)
+                except OSError as exc:
+                    self._undo(job.plan)
+                    self._finish(job, _as_spool_error(exc))
+                    continue
+                job.phase = _Phase.PLACED
+                again.append(job)
+            else:
+                self._finish(job, None)
+        if again:
+            self._submit(again)
+
+    # -- the writer thread (no syncfs, or the benchmark's batch-fsync) ---------------
+
+    def _writer(self) -> None:
+        while (batch := self._take()) is not None:
+            self._commit_batch(batch)
+            self._settle_on_loop(batch)
+
+    def _commit_batch(self, batch: list[_Store]) -> None:
+        """Write and fsync every store's tmp files, place them, sync each directory once."""
+        live: list[_Store] = []
+        for job in batch:
+            try:
+                self._write_tmp(job.plan, job.message)
+                live.append(job)
+            except OSError as exc:
+                job.error = _as_spool_error(exc)
         dirs: set[Path] = set()
         for job in live:
-            assert job.plan is not None
             try:
                 dirs.update(self._place(job.plan))
             except OSError as exc:
-                self._fail([job], _as_spool_error(exc), errors)
+                self._undo(job.plan)
+                job.error = _as_spool_error(exc)
         try:
             for directory in sorted(dirs):
                 fsync_dir(directory)
         except OSError as exc:
-            self._fail([j for j in live if id(j) not in errors], _as_spool_error(exc), errors)
-        for job in stores:
-            assert job.plan is not None
-            job.done(job.plan.queue_id, errors.get(id(job)))
-
-    def _fail(self, jobs: list[_Job], error: SpoolError, errors: dict[int, SpoolError]) -> None:
-        for job in jobs:
-            if job.plan is not None:
-                self._undo(job.plan)
-            errors[id(job)] = error
+            error = _as_spool_error(exc)
+            for job in live:
+                if job.error is None:
+                    self._undo(job.plan)
+                    job.error = error
+        for job in live:
+            job.phase = _Phase.PLACED
 
     def _store_one(self, plan: _Plan, message: AcceptedMessage) -> None:
         """The unbatched path (for the benchmark): own fsyncs for everything."""
@@ -561,14 +660,16 @@ class Spool:
             raise _as_spool_error(exc) from exc
 
     def _write_tmp(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
+        """Write the tmp files of *plan*; on failure remove what was written and raise."""
         try:
             if plan.queue_file is not None:
                 tmp, _ = plan.queue_file
                 plan.tmp_files.append(tmp)
-                write_synced(tmp, encode_queued(plan.queue_id, message), sync=sync)
+                head = encode_queued_head(plan.queue_id, message)
+                write_synced(tmp, (head, message.data), sync=sync)
             for delivery in plan.mailbox_files:
                 plan.tmp_files.append(delivery.tmp)
-                write_synced(delivery.tmp, message.data, sync=sync)
+                write_synced(delivery.tmp, (message.data,), sync=sync)
         except BaseException:
             self._undo(plan)
             raise

@@ -49,6 +49,7 @@ from jdxmail.queue.spool import (
     SpoolError,
     claim,
     decode_queued,
+    process_alive,
 )
 from jdxmail.queue.state import (
     DELIVERED,
@@ -114,18 +115,9 @@ def _writer_alive(temp_name: str) -> bool:
     """Whether the process that named a ``.NAME.PID.NS.tmp`` state file still runs."""
     parts = temp_name.split(".")
     try:
-        pid = int(parts[-3])
+        return process_alive(int(parts[-3]))
     except (IndexError, ValueError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(slots=True)
