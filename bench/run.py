@@ -1000,7 +1000,7 @@ def run_profile(
     outdir.mkdir(parents=True, exist_ok=True)
     for workload in workloads:
         raw = outdir / f"{workload.key}.txt"
-        wrapper = [pyspy, "record", "--nonblocking", "--threads", "--rate", "200"]
+        wrapper = [pyspy, "record", "--nonblocking", "--threads", "--subprocesses", "--rate", "200"]
         if args.profile_gil:
             wrapper.append("--gil")
         wrapper += ["-f", "raw", "-o", str(raw), "--"]

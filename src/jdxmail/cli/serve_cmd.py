@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,10 +18,17 @@ from jdxmail.cli.render import fail
 if TYPE_CHECKING:
     import socket
 
-    from jdxmail.server.app import SmtpServerApp
+    from jdxmail.server.app import DeliveryMode, SmtpServerApp
     from jdxmail.settings.model import Settings
 
-__all__ = ["certificate_lines", "serve"]
+__all__ = ["DeliveryChoice", "certificate_lines", "serve", "status_lines"]
+
+
+class DeliveryChoice(enum.StrEnum):
+    """``serve --delivery``: where queued mail is relayed from."""
+
+    PROCESS = "process"
+    INLINE = "inline"
 
 
 def _check_bind(value: str | None) -> str | None:
@@ -100,6 +108,14 @@ def serve(
             "about one per core.",
         ),
     ] = 1,
+    delivery: Annotated[
+        DeliveryChoice,
+        typer.Option(
+            "--delivery",
+            help="Where queued mail is relayed from: a process of its own (uses a second "
+            "core) or the server's own event loop.",
+        ),
+    ] = DeliveryChoice.PROCESS,
 ) -> None:
     """Run the SMTP server: accept mail, store it durably, deliver or relay it.
 
@@ -139,7 +155,12 @@ def serve(
         sockets: Sequence[socket.socket] = (),
         tls_sockets: Sequence[socket.socket] = (),
         before_listen: Callable[[], Awaitable[None]] | None = None,
+        index: int = 0,
     ) -> SmtpServerApp:
+        mode: DeliveryMode = "inline"
+        if delivery is DeliveryChoice.PROCESS and loaded.source.path is not None:
+            # one delivery process relays for every worker
+            mode = "process" if index == 0 else "none"
         return SmtpServerApp(
             settings,
             bind_address=bind_address,
@@ -151,6 +172,8 @@ def serve(
             sockets=sockets,
             tls_sockets=tls_sockets,
             before_listen=before_listen,
+            delivery=mode,
+            config_path=loaded.source.path,
         )
 
     if workers > 1:
@@ -171,7 +194,7 @@ def serve(
 def _serve_workers(
     count: int,
     make_app: Callable[
-        [Sequence[socket.socket], Sequence[socket.socket], Callable[[], Awaitable[None]]],
+        [Sequence[socket.socket], Sequence[socket.socket], Callable[[], Awaitable[None]], int],
         SmtpServerApp,
     ],
     *,
@@ -216,7 +239,7 @@ def _serve_workers(
             sockets=sockets,
             tls_sockets=tls_sockets,
             started=started,
-            report=certificate_lines,
+            report=status_lines,
         )
     except ServerError as exc:
         fail_with(exc)
@@ -228,6 +251,18 @@ def _trailer(source: str, log_file: Path | None, mailbox: Path) -> str:
         f"jdxmail serve: config {source}; mailboxes in {mailbox}; "
         f"log {log_file if log_file else '(console only)'}\n"
     )
+
+
+def status_lines(app: SmtpServerApp) -> list[str]:
+    """What serve prints after it listens: the certificate, the delivery process."""
+    lines = certificate_lines(app)
+    pid = app.delivery_pid
+    if pid is not None:
+        relays = ", ".join(relay.display_name for relay in app.settings.relays)
+        lines.append(f"jdxmail serve: a delivery process (PID {pid}) relays to {relays}\n")
+    elif app.settings.relays and app.delivery == "inline":
+        lines.append("jdxmail serve: relaying from the server process (--delivery inline)\n")
+    return lines
 
 
 def certificate_lines(app: SmtpServerApp) -> list[str]:
@@ -255,8 +290,8 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
         fail(f"{exc}{row}", exc.fix, ExitCode.FAILED)
     for address in addresses:
         sys.stdout.write(f"jdxmail serve: listening on {address}\n")
-    sys.stdout.writelines(certificate_lines(app))
+    sys.stdout.writelines(status_lines(app))
     sys.stdout.write(_trailer(source, log_file, mailbox))
     sys.stdout.flush()
     await app.serve()
-    return ExitCode.OK
+    return ExitCode.OK if app.failure is None else ExitCode.FAILED

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from jdxmail.process import process_alive
 from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
 
 __all__ = [
@@ -60,7 +61,6 @@ __all__ = [
     "SpoolError",
     "SpoolStats",
     "claim",
-    "process_alive",
     "read_queued_message",
     "spool_stats",
 ]
@@ -301,19 +301,6 @@ def claim(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process *pid* exists (and is not this process)."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tmp_writer_alive(name: str) -> bool:

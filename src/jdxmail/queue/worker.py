@@ -28,6 +28,7 @@ from typing import Any
 
 import aiosmtplib
 
+from jdxmail.process import process_alive
 from jdxmail.queue.bounce import FailedRecipient, build_dsn
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
@@ -49,7 +50,6 @@ from jdxmail.queue.spool import (
     SpoolError,
     claim,
     decode_queued,
-    process_alive,
 )
 from jdxmail.queue.state import (
     DELIVERED,
@@ -307,6 +307,9 @@ class DeliveryEngine:
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
         self._last_flush_check = 0.0
+        #: seconds between scans of queue/ for messages nobody announced (other
+        #: processes, the queue CLI); 1 s in a delivery process without inotify
+        self.rescan_interval = _RESCAN_SECONDS
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -370,8 +373,18 @@ class DeliveryEngine:
             await asyncio.to_thread(files.close)
 
     def enqueue(self, queue_id: str) -> None:
-        """A new message is in the spool: deliver it as soon as a worker is free."""
+        """A new message is in the spool: deliver it as soon as a worker is free.
+
+        Announcing a message twice, or one being delivered, is harmless.
+        """
+        if queue_id in self._in_flight or queue_id in self._removing:
+            return
         self._schedule(queue_id, 0.0)
+        self._wake.set()
+
+    def rescan(self) -> None:
+        """Look for queued messages this engine was not told about, now."""
+        self._last_rescan = 0.0
         self._wake.set()
 
     def flush(self) -> None:
@@ -458,7 +471,7 @@ class DeliveryEngine:
                 if await asyncio.to_thread(self._flush_requested):
                     self.flush()
                     now = self.clock()
-            if now - self._last_rescan >= _RESCAN_SECONDS:
+            if now - self._last_rescan >= self.rescan_interval:
                 self._last_rescan = now
                 known = frozenset((*self._due, *self._in_flight, *self._removing))
                 for queue_id, when in await asyncio.to_thread(self._rescan, known):

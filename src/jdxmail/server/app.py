@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from jdxmail.logs import register_secret
 from jdxmail.queue.spool import Spool, SpoolError
@@ -28,9 +28,12 @@ from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
 from jdxmail.settings.model import Settings
 
-__all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "SmtpServerApp"]
+__all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "DeliveryMode", "SmtpServerApp"]
 
 logger = logging.getLogger("jdxmail.smtp")
+
+#: where queued mail is relayed from (see SmtpServerApp)
+DeliveryMode = Literal["inline", "process", "none"]
 
 #: ``implicit_tls_port`` value meaning "as SmtpServer.Tls.ImplicitTlsPort says"
 FROM_SETTINGS: int = -1
@@ -80,6 +83,8 @@ class SmtpServerApp:
         sockets: Sequence[socket.socket] = (),
         tls_sockets: Sequence[socket.socket] = (),
         before_listen: Callable[[], Awaitable[None]] | None = None,
+        delivery: DeliveryMode = "inline",
+        config_path: Path | None = None,
     ) -> None:
         """Prepare a server for *settings*; nothing is opened before start().
 
@@ -94,6 +99,11 @@ class SmtpServerApp:
         --workers``: one per process, SO_REUSEPORT); when given they replace binding
         the port or the implicit-TLS port. *before_listen* is awaited after the spool
         and the components started and before the listeners accept.
+
+        *delivery* says where queued mail is relayed (when relays are configured):
+        ``inline`` by a delivery engine on this event loop, ``process`` by a child
+        process reading *config_path* (the CLI's default), ``none`` by another
+        process (``serve --workers``: one worker runs it for all).
         """
         self.settings = settings
         server = settings.smtp_server
@@ -127,11 +137,17 @@ class SmtpServerApp:
         self._started_components: list[Component] = []
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        #: why the server stopped on its own (serve then exits non-zero), else None
+        self.failure: str | None = None
         self._stopped = False
         self._signals: list[signal.Signals] = []
         self._sockets = list(sockets)
         self._tls_sockets = list(tls_sockets)
         self._before_listen = before_listen
+        self.delivery: DeliveryMode = (
+            "inline" if config_path is None and delivery == "process" else delivery
+        )
+        self.config_path = config_path
 
     # -- what sessions ask -------------------------------------------------------------
 
@@ -150,6 +166,16 @@ class SmtpServerApp:
     def session_closed(self, session: SmtpSession) -> None:
         """Forget *session*."""
         self._sessions.discard(session)
+
+    @property
+    def delivery_pid(self) -> int | None:
+        """The process id of the delivery process relaying for this server, if any."""
+        from jdxmail.server.delivery import DeliveryProcess  # noqa: PLC0415
+
+        for component in self._started_components:
+            if isinstance(component, DeliveryProcess):
+                return component.pid
+        return None
 
     @property
     def session_count(self) -> int:
@@ -174,10 +200,21 @@ class SmtpServerApp:
     def _default_components(self) -> list[Component]:
         """Components started with every server besides those added with add_component.
 
-        The delivery engine is created and returned here when relays are configured.
+        The delivery engine (or the process running it) is created and returned here
+        when relays are configured.
         """
-        if self._own_spool is None or not self.settings.relays:
+        if self._own_spool is None or not self.settings.relays or self.delivery == "none":
             return []
+        if self.delivery == "process" and self.config_path is not None:
+            from jdxmail.server.delivery import DeliveryProcess  # noqa: PLC0415
+
+            return [
+                DeliveryProcess(
+                    self.config_path,
+                    grace=self.grace,
+                    on_exit=lambda: self.component_failed("the delivery process ended"),
+                )
+            ]
         from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
 
         return [DeliveryEngine(self.settings, self._own_spool)]
@@ -349,6 +386,12 @@ class SmtpServerApp:
     def request_stop(self) -> None:
         """Ask serve() to stop the server (safe to call from a signal handler)."""
         self._stop_requested.set()
+
+    def component_failed(self, reason: str) -> None:
+        """A component can no longer work (the delivery process ended): stop, failed."""
+        if self.failure is None:
+            self.failure = reason
+        self.request_stop()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads (main thread only; serve() does it too).

@@ -9,11 +9,14 @@ same free port.
 
 :func:`run_workers` forks the workers one after the other. Each opens the spool
 (which removes unfinished writes a crash left), starts its delivery engine and
-reports back; only when every worker has reported do they all start accepting, so no
-worker's start-up cleanup can meet another worker's store. Several delivery engines
-share the spool safely: each claims a message with an exclusive ``flock`` first.
+reports back; only when every worker has reported do they all start accepting. With
+relays, the first worker starts the delivery process (``--delivery process``, see
+:mod:`jdxmail.server.delivery`) which relays what every worker stores; with
+``--delivery inline`` each worker runs a delivery engine, and the engines share the
+spool safely: each claims a message with an exclusive ``flock`` first.
 SIGTERM, SIGINT and SIGHUP sent to the parent are passed on to every worker; when
-one worker ends on its own, the others are stopped too.
+one worker ends on its own, the others are stopped too; when the parent is killed,
+Linux sends every worker SIGTERM (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from jdxmail.process import end_with_parent
 from jdxmail.server.errors import ServerError, bind_error
 
 if TYPE_CHECKING:
@@ -36,9 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKLOG", "AppFactory", "bind_shared", "run_workers"]
 
-#: builds one worker's app from its sockets, TLS sockets and before-listen hook
+#: builds one worker's app from its sockets, TLS sockets, before-listen hook and index
 AppFactory = Callable[
-    [Sequence[socket.socket], Sequence[socket.socket], Callable[[], Awaitable[None]]],
+    [Sequence[socket.socket], Sequence[socket.socket], Callable[[], Awaitable[None]], int],
     "SmtpServerApp",
 ]
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -111,6 +115,7 @@ def run_workers(
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     try:
         lines: list[str] = []
+        parent = os.getpid()
         for index in range(count):
             report_r, report_w = os.pipe()
             go_r, go_w = os.pipe()
@@ -124,6 +129,7 @@ def run_workers(
                     os.close(fd)
                 _worker_main(
                     make_app,
+                    parent=parent,
                     sockets=sockets,
                     tls_sockets=tls_sockets,
                     index=index,
@@ -218,6 +224,7 @@ def _wait_all(
 def _worker_main(
     make_app: AppFactory,
     *,
+    parent: int,
     sockets: list[list[socket.socket]],
     tls_sockets: list[list[socket.socket]],
     index: int,
@@ -230,13 +237,15 @@ def _worker_main(
     try:
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
+        if not end_with_parent(parent):
+            os._exit(1)
         for group in (sockets, tls_sockets):
             for other, own in enumerate(group):
                 if other != index:
                     for sock in own:
                         sock.close()
         code = asyncio.run(
-            _worker(make_app, sockets[index], tls_sockets[index], report_fd, go_fd, report)
+            _worker(make_app, index, sockets[index], tls_sockets[index], report_fd, go_fd, report)
         )
     except BaseException:  # a worker must never return into the parent's code
         logging.getLogger("jdxmail.smtp").exception("server worker failed")
@@ -250,6 +259,7 @@ def _worker_main(
 
 async def _worker(
     make_app: AppFactory,
+    index: int,
     sockets: Sequence[socket.socket],
     tls_sockets: Sequence[socket.socket],
     report_fd: int,
@@ -272,7 +282,7 @@ async def _worker(
         await asyncio.to_thread(os.read, go_fd, 1)
         os.close(go_fd)
 
-    app = make_app(sockets, tls_sockets, before_listen)
+    app = make_app(sockets, tls_sockets, before_listen, index)
     app.install_signal_handlers()
     try:
         await app.start()
@@ -280,4 +290,4 @@ async def _worker(
         send({"ok": False, "message": str(exc), "fix": exc.fix, "row": exc.row})
         return 1
     await app.serve()
-    return 0
+    return 0 if app.failure is None else 1

@@ -1,0 +1,140 @@
+"""The delivery engine in a process of its own: ``python -m jdxmail.queue.deliverer``.
+
+``jdxmail serve`` starts this process when relays are configured (``--delivery
+process``, the default), so that taking mail in and relaying it each get an
+interpreter, and so a core, of their own. It reads the same config file, opens the
+same spool and runs the :class:`~jdxmail.queue.worker.DeliveryEngine` on it. It
+learns about new messages from the kernel (inotify on ``queue/``), whichever server
+process stored them; without inotify it looks every second. It ends when its parent
+ends (Linux ``PR_SET_PDEATHSIG``), and on SIGTERM or SIGINT it lets deliveries in
+progress finish within ``--grace`` seconds.
+
+Its start is reported to the parent as one JSON object on ``--report-fd``:
+``{"ok": true}`` once the engine runs, or ``{"ok": false, "message": ..., "fix": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jdxmail.process import end_with_parent
+
+if TYPE_CHECKING:
+    from jdxmail.settings.model import Settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("jdxmail.queue")
+
+#: seconds between scans of queue/ when inotify cannot be used
+_POLL_WITHOUT_INOTIFY = 1.0
+
+
+class _Reporter:
+    """Writes the one start-up answer to the parent, once."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def send(self, answer: dict[str, Any]) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(fd, json.dumps(answer).encode())
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def fail(self, message: str, fix: str) -> int:
+        self.send({"ok": False, "message": message, "fix": fix})
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the delivery process; the exit code is 0 after a clean stop."""
+    parser = argparse.ArgumentParser(prog="python -m jdxmail.queue.deliverer")
+    parser.add_argument("--config", type=Path, required=True, help="the config file")
+    parser.add_argument("--report-fd", type=int, required=True, help="fd for the start answer")
+    parser.add_argument("--parent-pid", type=int, default=0, help="end when this process ends")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish on stop")
+    parser.add_argument("--log-level", type=int, default=logging.INFO, help="logging level")
+    args = parser.parse_args(argv)
+    report = _Reporter(args.report_fd)
+    if not end_with_parent(args.parent_pid):
+        return report.fail("the server ended before its delivery process started", "")
+
+    from jdxmail.logs import LogSetupError, configure_logging  # noqa: PLC0415
+    from jdxmail.settings.files import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(args.config).settings
+    except ConfigError as exc:
+        return report.fail(
+            f"the delivery process cannot read {args.config}: {exc}",
+            f"run `jdxmail validate-config --config {args.config}`",
+        )
+    try:
+        configure_logging(settings.paths.logs, level=args.log_level)
+    except LogSetupError as exc:
+        return report.fail(str(exc), "make the folder writable or set Paths.Logs")
+    try:
+        return asyncio.run(_run(settings, report, args.grace))
+    except Exception as exc:  # reported to the parent, which prints it once
+        logger.exception("the delivery process failed")
+        return report.fail(f"the delivery process failed: {exc}", "see the log for details")
+
+
+async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
+    from jdxmail.logs import register_secret  # noqa: PLC0415
+    from jdxmail.queue.spool import QUEUE_SUFFIX, Spool, SpoolError  # noqa: PLC0415
+    from jdxmail.queue.watch import QueueWatcher  # noqa: PLC0415
+    from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
+
+    for relay in settings.relays:
+        if relay.password is not None:
+            register_secret(relay.password.get_secret_value())
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: logger.info("delivery process: relay and Delivery changes need a restart"),
+    )
+    spool = Spool(settings.paths.spool, settings.paths.mailbox)
+    try:
+        await spool.open()
+    except SpoolError as exc:
+        return report.fail(
+            str(exc),
+            f"make {settings.paths.spool} writable for this user, or set Paths.Spool "
+            "to a folder it may write",
+        )
+    engine = DeliveryEngine(settings, spool)
+    await engine.start()
+    watcher = QueueWatcher(spool.queue_dir, QUEUE_SUFFIX, engine.enqueue, engine.rescan)
+    if not watcher.start():
+        engine.rescan_interval = _POLL_WITHOUT_INOTIFY
+        logger.info("delivery process: no inotify here; looking for new mail every second")
+    engine.rescan()  # whatever was stored while the engine started
+    report.send({"ok": True, "pid": os.getpid()})
+    try:
+        await stop.wait()
+    finally:
+        watcher.close()
+        await engine.stop(grace)
+        await spool.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
