@@ -55,6 +55,8 @@ class UpstreamSpec:
     #: how many times data_reply/mail_reply is given before accepting (None: always)
     refusals: int | None = None
     cert: trustme.LeafCert | None = None
+    #: offer PIPELINING (RFC 2920) in the EHLO reply
+    pipelining: bool = False
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Upstream:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     refused: int = 0
     sessions: list[SMTP] = field(default_factory=list)
+    #: transactions whose RCPT and DATA had arrived already when MAIL was handled
+    pipelined: int = 0
 
     def recipients(self) -> list[str]:
         """Every recipient of every received message, in order."""
@@ -107,9 +111,25 @@ class _Handler:
         self.upstream.refused += 1
         return reply
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.upstream.spec.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        waiting = getattr(getattr(server, "_reader", None), "_buffer", b"")
+        if b"DATA\r\n" in bytes(waiting):
+            self.upstream.pipelined += 1
         refusal = self._refuse(self.upstream.spec.mail_reply)
         if refusal:
             return refusal
@@ -152,7 +172,15 @@ StartUpstream = Callable[..., Awaitable[Upstream]]
 
 
 @pytest.fixture
-async def upstream_factory(server_cert: trustme.LeafCert) -> AsyncIterator[StartUpstream]:
+def upstream_pipelining() -> bool:
+    """Whether every fake upstream offers PIPELINING (tests parametrize this name)."""
+    return False
+
+
+@pytest.fixture
+async def upstream_factory(
+    server_cert: trustme.LeafCert, upstream_pipelining: bool
+) -> AsyncIterator[StartUpstream]:
     """Start fake upstreams on 127.0.0.1, port 0; all are closed after the test."""
     started: list[Upstream] = []
 
@@ -160,6 +188,7 @@ async def upstream_factory(server_cert: trustme.LeafCert) -> AsyncIterator[Start
         spec: UpstreamSpec | None = None, port: int = 0, host: str = "127.0.0.1"
     ) -> Upstream:
         spec = spec or UpstreamSpec()
+        spec.pipelining = spec.pipelining or upstream_pipelining
         cert = spec.cert or server_cert
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)

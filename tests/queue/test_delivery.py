@@ -35,6 +35,11 @@ from jdxmail.queue.state import DeliveryState
 from jdxmail.queue.worker import DeliveryOptions
 from jdxmail.settings.model import DeliverySettings
 
+#: run a test against an upstream without and with PIPELINING (two code paths)
+BOTH_WAYS = pytest.mark.parametrize(
+    "upstream_pipelining", [False, True], ids=["serial", "pipelined"]
+)
+
 
 def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
     """The test CA written to a PEM file, as a user's CaFile."""
@@ -56,6 +61,7 @@ def parse(data: bytes) -> EmailMessage:
     return parsed
 
 
+@BOTH_WAYS
 async def test_plain_relay_delivers_and_logs_upstream_reply(
     tmp_path: Path,
     upstream_factory: StartUpstream,
@@ -79,6 +85,7 @@ async def test_plain_relay_delivers_and_logs_upstream_reply(
     assert "via dev" in line.getMessage()
 
 
+@BOTH_WAYS
 async def test_message_arrives_byte_for_byte(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -275,6 +282,7 @@ async def test_implicit_tls_on_port_465(
     assert upstream.mechanisms == ["PLAIN"]
 
 
+@BOTH_WAYS
 async def test_temporary_failure_then_success(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -297,6 +305,7 @@ async def test_temporary_failure_then_success(
     assert spool_stats(running.spool.spool_dir).queued == 0
 
 
+@BOTH_WAYS
 async def test_permanent_failure_bounces_with_dsn(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -332,6 +341,7 @@ async def test_permanent_failure_bounces_with_dsn(
     assert spool_stats(running.spool.spool_dir).queued == 0
 
 
+@BOTH_WAYS
 async def test_null_sender_gets_no_bounce(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -347,6 +357,7 @@ async def test_null_sender_gets_no_bounce(
     assert spool_stats(running.spool.spool_dir).queued == 0
 
 
+@BOTH_WAYS
 async def test_partial_recipient_refusal(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -367,6 +378,7 @@ async def test_partial_recipient_refusal(
     assert "Final-Recipient: rfc822; bob@example.net" not in status
 
 
+@BOTH_WAYS
 async def test_recipient_deferred_is_retried_alone(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -473,6 +485,7 @@ async def test_quota_spent_on_only_relay_waits(
     assert len(gmail.received) == 1
 
 
+@BOTH_WAYS
 async def test_expired_message_bounces(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -491,6 +504,7 @@ async def test_expired_message_bounces(
     assert "451 4.3.0 later" in bob["reply"]
 
 
+@BOTH_WAYS
 async def test_sessions_are_reused(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -687,3 +701,46 @@ async def test_startup_keeps_state_files_another_live_process_is_writing(
         await alive.wait()
     assert not stale.exists()
     assert live.exists()
+
+
+async def test_pipelined_transaction_is_sent_in_one_write(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """With PIPELINING, MAIL, every RCPT and DATA go out together; the data is exact."""
+    upstream = await upstream_factory(UpstreamSpec(pipelining=True))
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    sent = message(to=("a@example.net", "b@example.net", "c@example.net"), body=b".dot\r\nx\r\n")
+    await running.spool.store(sent)
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    assert upstream.pipelined == 1
+    assert upstream.received[0].rcpt_tos == ["a@example.net", "b@example.net", "c@example.net"]
+    assert upstream.received[0].data == sent.data
+
+
+@pytest.mark.parametrize(
+    ("spec", "queued", "failed"),
+    [
+        (UpstreamSpec(pipelining=True, mail_reply="550 5.7.1 sender not allowed"), 0, 1),
+        (UpstreamSpec(pipelining=True, mail_reply="451 4.7.1 greylisted"), 1, 0),
+        (UpstreamSpec(pipelining=True, rcpt_replies={"bob@example.net": "550 5.1.1 no"}), 0, 1),
+    ],
+    ids=["MAIL 5xx bounces", "MAIL 4xx retries", "only recipient refused"],
+)
+async def test_pipelined_refusals_send_no_data(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    spec: UpstreamSpec,
+    queued: int,
+    failed: int,
+) -> None:
+    """A refused MAIL or every RCPT refused: the body is never sent, the verdict holds."""
+    upstream = await upstream_factory(spec)
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    await running.spool.store(message(sender=""))
+    await running.engine.wait_idle()
+    assert upstream.pipelined == 1
+    assert upstream.received == []
+    stats = spool_stats(running.spool.spool_dir)
+    assert (stats.queued, stats.failed) == (queued, failed)
