@@ -99,6 +99,22 @@ async def test_message_arrives_byte_for_byte(
     assert upstream.received[0].data == sent.data
 
 
+@BOTH_WAYS
+async def test_big_message_arrives_byte_for_byte(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A 3 MB message, sent in pieces, arrives exactly, dot lines at the seams included."""
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    line = b"x" * 76 + b"\r\n"
+    piece = line * (1024 * 1024 // len(line))
+    body = b".first\r\n" + piece + b".seam\r\n" + piece + b"..two\r\n" + piece + b"end\r\n"
+    sent = message(body=body)
+    await running.spool.store(sent)
+    await upstream.wait_for(1)
+    assert upstream.received[0].data == sent.data
+
+
 async def test_starttls_required_and_auth_plain(
     tmp_path: Path,
     upstream_factory: StartUpstream,

@@ -268,6 +268,25 @@ async def test_truncated_queue_file_is_reported_corrupt(spool: Spool) -> None:
         read_queued_message(path)
 
 
+@pytest.mark.parametrize("size", [300, 70_000, 3_000_000])
+async def test_queue_file_with_extra_bytes_is_reported_corrupt(spool: Spool, size: int) -> None:
+    """Bytes beyond the announced size (small or big file) make the file corrupt."""
+    path = spool.queue_path(await spool.store(make_message(size=size)))
+    assert len(read_queued_message(path).data) > size
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(CorruptSpoolFile, match="checksum"):
+        read_queued_message(path)
+
+
+async def test_envelope_longer_than_the_first_read_is_read(spool: Spool) -> None:
+    """A queue file whose envelope line is over 64 KiB (many long addresses) reads back."""
+    recipients = tuple(f"{'r' * 200}{n}@example.net" for n in range(400))
+    message = make_message(relay=recipients)
+    queued = read_queued_message(spool.queue_path(await spool.store(message)))
+    assert queued.recipients == recipients
+    assert queued.data == message.data
+
+
 async def test_spool_stats_counts(spool: Spool, tmp_path: Path) -> None:
     """spool_stats reports queued and failed counts and the oldest message's age."""
     assert spool_stats(tmp_path / "spool").queued == 0

@@ -292,3 +292,17 @@ async def test_large_message_arrives_intact(start_server: StartServer) -> None:
     client.send(b"Subject: big\r\n\r\n" + stuffed + b".\r\n")
     assert (await client.line()).startswith("250 2.0.0 OK: queued as Q1")
     assert store.messages[0].data.endswith(b"Subject: big\r\n\r\n" + body)
+
+
+async def test_empty_message_and_the_next_command_in_one_packet(start_server: StartServer) -> None:
+    """A lone "." right after DATA is an empty message; a command after it still runs."""
+    store = RecordingStore()
+    app = await start_server(store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    client.send(".\r\nNOOP\r\n")
+    assert (await client.line()).startswith("250 2.0.0 OK: queued as ")
+    assert await client.line() == "250 2.0.0 OK"
+    assert len(store.messages) == 1
+    assert store.messages[0].data.startswith(b"Received: from ")
+    assert store.messages[0].data.endswith(b">\r\n")  # only the headers jdxmail adds

@@ -47,7 +47,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jdxmail.process import process_alive
 from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
@@ -61,6 +61,7 @@ __all__ = [
     "SpoolError",
     "SpoolStats",
     "claim",
+    "read_queued_fd",
     "read_queued_message",
     "spool_stats",
 ]
@@ -92,7 +93,9 @@ class AcceptedMessage:
     mail_from: str
     relay_recipients: tuple[str, ...]
     local_recipients: tuple[str, ...]
-    data: bytes
+    #: the message as it is stored (the server's buffer itself for big messages:
+    #: nobody changes it after it is handed over)
+    data: bytes | bytearray
     message_id: str
     auth_user: str | None
     client_address: str
@@ -181,8 +184,8 @@ def encode_queued(queue_id: str, message: AcceptedMessage) -> bytes:
     return encode_queued_head(queue_id, message) + message.data
 
 
-def decode_queued(raw: bytes, queue_id: str) -> QueuedMessage:
-    """Parse the bytes of a queue file; raise CorruptSpoolFile when they do not check out."""
+def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
+    """The envelope of a queue file from its first bytes, and where the data starts."""
     if not raw.startswith(MAGIC):
         raise CorruptSpoolFile(f"{queue_id}: not a jdxmail spool file (bad first line)")
     end = raw.find(b"\n", len(MAGIC))
@@ -190,7 +193,15 @@ def decode_queued(raw: bytes, queue_id: str) -> QueuedMessage:
         raise CorruptSpoolFile(f"{queue_id}: truncated envelope")
     try:
         header = json.loads(raw[len(MAGIC) : end])
-        data = raw[end + 1 :]
+    except ValueError as exc:
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (not an object)")
+    return header, end + 1
+
+
+def _queued(header: dict[str, Any], data: bytes, queue_id: str) -> QueuedMessage:
+    try:
         if len(data) != header["size"] or zlib.crc32(data) != header["crc32"]:
             raise CorruptSpoolFile(
                 f"{queue_id}: data is {len(data)} bytes or has a bad checksum "
@@ -214,9 +225,44 @@ def decode_queued(raw: bytes, queue_id: str) -> QueuedMessage:
         raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
 
 
+def decode_queued(raw: bytes, queue_id: str) -> QueuedMessage:
+    """Parse the bytes of a queue file; raise CorruptSpoolFile when they do not check out."""
+    header, start = _parse_header(raw, queue_id)
+    return _queued(header, raw[start:], queue_id)
+
+
 def read_queued_message(path: Path) -> QueuedMessage:
     """Read and check ``queue/ID.msg``; raise CorruptSpoolFile or OSError."""
-    return decode_queued(path.read_bytes(), path.name.removesuffix(QUEUE_SUFFIX))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return read_queued_fd(fd, path.name.removesuffix(QUEUE_SUFFIX))
+    finally:
+        os.close(fd)
+
+
+#: how much of a queue file is read first to find its envelope line
+_HEAD_READ = 1 << 16
+
+
+def read_queued_fd(fd: int, queue_id: str) -> QueuedMessage:
+    """Read and check the queue file open on *fd*, holding its data in memory once.
+
+    Raises CorruptSpoolFile or OSError.
+    """
+    head = os.pread(fd, _HEAD_READ, 0)
+    while len(head) % _HEAD_READ == 0 and head and b"\n" not in head[len(MAGIC) :]:
+        more = os.pread(fd, _HEAD_READ, len(head))  # an envelope longer than 64 KiB
+        if not more:
+            break
+        head += more
+    header, start = _parse_header(head, queue_id)
+    size = header.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (no size)")
+    whole = len(head) % _HEAD_READ != 0 or len(head) - start > size  # all read already
+    # Else one byte more than announced, to notice a file that is too long.
+    data = head[start:] if whole else os.pread(fd, size + 1, start)
+    return _queued(header, data, queue_id)
 
 
 def fsync_dir(path: Path) -> None:
@@ -228,7 +274,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, parts: Sequence[bytes], *, sync: bool = True) -> None:
+def write_synced(path: Path, parts: Sequence[bytes | bytearray], *, sync: bool = True) -> None:
     """Create *path* (which must not exist) with *parts* joined, fsync'ed before returning.
 
     With ``sync=False`` the caller makes the data durable (``syncfs`` for a batch).

@@ -49,7 +49,7 @@ from jdxmail.queue.spool import (
     Spool,
     SpoolError,
     claim,
-    decode_queued,
+    read_queued_fd,
 )
 from jdxmail.queue.state import (
     DELIVERED,
@@ -154,15 +154,6 @@ class CircuitBreaker:
                 self.failures,
                 wait,
             )
-
-
-def _read_fd(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 _Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
@@ -534,7 +525,7 @@ class DeliveryEngine:
             return None
         loaded = _Loaded(fd)
         try:
-            loaded.message = decode_queued(_read_fd(fd), queue_id)
+            loaded.message = read_queued_fd(fd, queue_id)
         except CorruptSpoolFile as exc:
             loaded.corrupt = str(exc)
             return loaded

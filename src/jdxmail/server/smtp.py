@@ -795,8 +795,8 @@ class SmtpSession(asyncio.Protocol):
             recipients=[*transaction.local, *transaction.relay],
             when=received_at,
         )
-        # The received copy is not needed any more: free it before the spool encodes
-        # its record, so a big message is held about twice, not three times.
+        # add_trace_headers put the headers into the received buffer itself (when
+        # nothing had to be un-stuffed): a big message is held once, not twice.
         del content, body
         message = AcceptedMessage(
             mail_from=transaction.mail_from,
@@ -848,22 +848,26 @@ class SmtpSession(asyncio.Protocol):
         Input is read in chunks; past the limit only the last four bytes are kept (to
         find the terminator), so memory stays bounded by the limit.
         """
-        data = bytearray(b"\r\n")  # the DATA line's CRLF: ".\r\n" at once is the end
+        data = bytearray()
         scan_from = 0
         too_big = False
         while True:
-            index = data.find(_END_OF_DATA, scan_from)
-            if index >= 0:
+            if not too_big and data.startswith(_END_OF_DATA[2:]):
+                index = -2  # ".\r\n" right after the DATA line's CRLF: no content
+            else:
+                index = data.find(_END_OF_DATA, scan_from)
+            if index != -1:
                 rest = data[index + len(_END_OF_DATA) :]
                 if rest:
                     self._buffer[0:0] = rest
-                if too_big or index > limit:
+                if too_big or index + 2 > limit:
                     return None
-                # Trim in place (deleting a bytearray's head is O(1)): no copy.
+                # Trim the tail in place: no copy. (The head is never trimmed: a
+                # bytearray with a trimmed head is copied whole when it grows, as it
+                # does when the trace headers are put in front.)
                 del data[index + 2 :]
-                del data[:2]
                 return data
-            if not too_big and len(data) - 2 > limit + 3:
+            if not too_big and len(data) > limit + 3:
                 too_big = True
             if too_big:
                 del data[:-4]
@@ -926,10 +930,11 @@ def add_trace_headers(
     auth_user: str | None,
     recipients: list[str],
     when: float,
-) -> tuple[bytes, str]:
+) -> tuple[bytes | bytearray, str]:
     """Prepend a Received: header (RFC 5321 4.4) and a Message-ID when there is none.
 
-    Returns the new data and the message id (without angle brackets).
+    Returns the new data and the message id (without angle brackets). A bytearray
+    *body* gets the headers inserted in place and is returned itself.
     """
     header_end = body.find(b"\r\n\r\n")
     # Search the header section in place (endpos) rather than a copy of it.
@@ -961,6 +966,9 @@ def add_trace_headers(
     if body and first_line and not _HEADER_LINE.match(first_line):
         # The client sent no header section: keep its first line out of ours.
         prefix += b"\r\n"
+    if isinstance(body, bytearray):
+        body[0:0] = prefix  # in place: no second copy of a big message
+        return body, message_id
     return prefix + body, message_id
 
 
