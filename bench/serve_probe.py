@@ -5,11 +5,13 @@ Usage (done by ``bench/run.py --profile``)::
     JDXMAIL_PROBE_OUT=probe.json python bench/serve_probe.py serve --config … --port 0
 
 It wraps a few methods of the server and the delivery engine with timers (nothing in
-src/ changes): the spool's flushes and the event loop's share of a commit (with its batch size), ``Spool.store``
-as a session waits for it, the DATA command from ``354`` to the final reply, one
-delivery, the upstream SMTP exchange, and how late the event loop runs a 5 ms timer
-(its lag: high when the loop is saturated). SIGUSR1 clears the figures (sent just
-before the measured run); at exit they are written as JSON to ``$JDXMAIL_PROBE_OUT``.
+src/ changes): the spool's flushes and the event loop's share of a commit (with its
+batch size), ``Spool.store`` as a session waits for it, the DATA command from ``354``
+to the final reply, one delivery, the upstream SMTP exchange, and how late the event
+loop runs a 5 ms timer (its lag: high when the loop is saturated). Only this process
+is probed: the delivery figures need ``serve --delivery inline``. SIGUSR1 clears the
+figures (sent just before the measured run); at exit they are written as JSON to
+``$JDXMAIL_PROBE_OUT``.
 A name that no longer exists is skipped and listed under ``missing``.
 Experiments: ``JDXMAIL_PROBE_SWITCHINTERVAL=0.0005`` sets ``sys.setswitchinterval`` (GIL
 hand-over between the event loop and the worker threads); ``JDXMAIL_PROBE_CONNECTIONS=16``
