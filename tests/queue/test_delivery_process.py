@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
@@ -77,6 +78,7 @@ async def start_serve(tmp_path: Path) -> AsyncIterator[StartServe]:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=sink,
                 cwd=tmp_path,
+                start_new_session=True,  # its own process group, for killpg
             )
         assert proc.stdout is not None
         port = 0
@@ -161,6 +163,32 @@ async def test_delivery_process_death_stops_serve_with_an_error(
     assert code == 1
     assert "the delivery process" in serve.err.read_text()
     assert "ended unexpectedly" in serve.err.read_text()
+
+
+@pytest.mark.parametrize("args", [(), ("--workers", "2")])
+async def test_sigterm_to_the_whole_group_is_a_clean_stop(
+    start_serve: StartServe, upstream_factory: StartUpstream, args: tuple[str, ...]
+) -> None:
+    """SIGTERM to every process at once (systemd's default stop) is a clean stop.
+
+    The delivery process ends at once while serve still lets a client finish its
+    transaction: serve must not take that for a crash.
+    """
+    upstream = await upstream_factory()
+    serve = await start_serve(upstream, *args)
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=serve.port, start_tls=False)
+    await client.connect()
+    await client.mail("app@localhost")
+    await client.rcpt("far@example.org")
+    deliverer = serve.deliverers()[0]
+    os.killpg(serve.proc.pid, signal.SIGTERM)
+    await asyncio.to_thread(deliverer.wait, 10)
+    await asyncio.sleep(1.5)  # longer than serve waits for its own stop to begin
+    reply = await client.data(b"Subject: late\r\n\r\nstill taken\r\n")
+    assert reply.code == 250
+    async with asyncio.timeout(30):
+        assert await serve.proc.wait() == 0
+    assert "ended unexpectedly" not in serve.err.read_text()
 
 
 @pytest.mark.parametrize("args", [(), ("--workers", "2")])

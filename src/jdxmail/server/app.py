@@ -213,6 +213,7 @@ class SmtpServerApp:
                     self.config_path,
                     grace=self.grace,
                     on_exit=lambda: self.component_failed("the delivery process ended"),
+                    server_stopping=lambda: self._stopping or self._stop_requested.is_set(),
                 )
             ]
         from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415

@@ -33,6 +33,8 @@ logger = logging.getLogger("jdxmail.queue")
 
 #: seconds the child may take to open the spool and start its engine
 _START_TIMEOUT = 60.0
+#: 50 ms steps a server has to begin its own stop after the child ended
+_STOP_WAIT_STEPS = 20
 
 
 def _read_answer(fd: int) -> dict[str, Any]:
@@ -52,12 +54,21 @@ def _read_answer(fd: int) -> dict[str, Any]:
 class DeliveryProcess:
     """Runs ``python -m jdxmail.queue.deliverer`` for the server's config and spool."""
 
-    def __init__(self, config: Path, *, grace: float, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        grace: float,
+        on_exit: Callable[[], None],
+        server_stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         """*config* is the file the child reads; *grace* what its deliveries in progress
-        get on stop; *on_exit* is called if it ends while the server runs."""
+        get on stop; *on_exit* is called if it ends while the server runs (and
+        *server_stopping* does not become true within a second)."""
         self.config = config
         self.grace = grace
         self._on_exit = on_exit
+        self._server_stopping = server_stopping
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
@@ -115,6 +126,12 @@ class DeliveryProcess:
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
+        # A SIGTERM to the whole process group (systemd's default on stop) reaches
+        # the child and the server at once; the child may end first.
+        for _ in range(_STOP_WAIT_STEPS):
+            if self._stopping or self._server_stopping():
+                return
+            await asyncio.sleep(0.05)
         if not self._stopping:
             logger.error(
                 "the delivery process (PID %d) ended unexpectedly (exit status %s); "
