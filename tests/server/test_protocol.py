@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import smtplib
 from pathlib import Path
@@ -213,6 +214,18 @@ async def test_idle_client_times_out(start_server: StartServer) -> None:
         "421 4.4.2 mx.test Timeout waiting for a command, closing connection"
     )
     assert await client.closed()
+
+
+async def test_timeout_counts_silence_not_session_age(start_server: StartServer) -> None:
+    """A client that keeps talking stays connected well past TimeOut; silence ends it."""
+    app = await start_server(TimeOut=1)
+    client = await Client.connect(port_of(app))
+    for _ in range(6):  # 2.4 s in all, never silent for 1 s
+        await asyncio.sleep(0.4)
+        assert await client.cmd("NOOP") == "250 2.0.0 OK"
+    assert await client.line() == (
+        "421 4.4.2 mx.test Timeout waiting for a command, closing connection"
+    )
 
 
 def test_smtplib_debug_session_like_the_guide(tmp_path: Path) -> None:

@@ -177,7 +177,12 @@ class SmtpSession(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._out = bytearray()
-        self._data_ready = asyncio.Event()
+        #: the future a session waiting for input awaits (None while it is busy)
+        self._waiter: asyncio.Future[None] | None = None
+        #: one timer per session for TimeOut, moved on lazily (not one per command)
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._wait_since = 0.0
+        self._timed_out = False
         self._closed = False
         self._eof = False
         self._paused = False
@@ -199,7 +204,7 @@ class SmtpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Buffer client input; stop reading while the buffer is full (bounded memory)."""
         self._buffer += data
-        self._data_ready.set()
+        self._wake()
         if len(self._buffer) > _READ_HIGH_WATER and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
@@ -207,7 +212,7 @@ class SmtpSession(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The client will send nothing more: answer what it sent, then close."""
         self._eof = True
-        self._data_ready.set()
+        self._wake()
         # Keep the plain transport open for our replies (a half-closed client such as
         # `printf ... | nc -N` still reads them); TLS transports cannot half-close.
         return not self.tls_active
@@ -215,7 +220,7 @@ class SmtpSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: wake the session task so it ends."""
         self._closed = True
-        self._data_ready.set()
+        self._wake()
 
     # -- I/O ------------------------------------------------------------------------
 
@@ -244,18 +249,36 @@ class SmtpSession(asyncio.Protocol):
         self._closed = True
         if self._transport is not None:
             self._transport.close()
-        self._data_ready.set()
+        self._wake()
 
     def abort(self) -> None:
         """Drop the connection at once."""
         self._closed = True
         if self._transport is not None:
             self._transport.abort()
-        self._data_ready.set()
+        self._wake()
 
     def wake(self) -> None:
         """Interrupt a wait for the next command (used on shutdown)."""
-        self._data_ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check_idle(self) -> None:
+        """The TimeOut timer: end a wait that has been silent too long, else re-arm."""
+        self._idle_timer = None
+        if self._closed or self._waiter is None:
+            return  # not waiting for the client: the next wait arms a new timer
+        loop = asyncio.get_running_loop()
+        due = self._wait_since + self.host.runtime.server.time_out
+        if loop.time() >= due:
+            self._timed_out = True
+            self._wake()
+        else:
+            self._idle_timer = loop.call_at(due, self._check_idle)
 
     def _take(self, n: int) -> bytes:
         out = bytes(self._buffer[:n])
@@ -279,9 +302,19 @@ class SmtpSession(asyncio.Protocol):
             raise _Closed
         if self.host.stopping and self.phase is _Phase.READING and self.transaction is None:
             raise _Closed
-        self._data_ready.clear()
-        async with asyncio.timeout(self.host.runtime.server.time_out):
-            await self._data_ready.wait()
+        loop = asyncio.get_running_loop()
+        self._wait_since = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(
+                self._wait_since + self.host.runtime.server.time_out, self._check_idle
+            )
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self._timed_out:
+            raise TimeoutError
         if self._closed and not self._buffer:
             raise _Closed
 
@@ -344,6 +377,9 @@ class SmtpSession(asyncio.Protocol):
         except Exception:
             self._log.exception("session failed")
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             self.close()
             self.host.session_closed(self)
             self._log.info("%s disconnected", self.client_ip)
