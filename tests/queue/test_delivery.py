@@ -163,8 +163,13 @@ async def test_relay_without_auth_is_not_used(
     assert "does not offer AUTH" in state_of(running.spool.spool_dir, queue_id).last_reply
 
 
+@pytest.mark.parametrize("size", [300, 2_000_000], ids=["small", "sent from its file"])
 async def test_sender_and_from_rewritten_to_relay_account(
-    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine, ca: trustme.CA
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    ca: trustme.CA,
+    size: int,
 ) -> None:
     """With rewriting on, the relay sees its own account as sender; Reply-To keeps Alice."""
     upstream = await upstream_factory(
@@ -173,9 +178,11 @@ async def test_sender_and_from_rewritten_to_relay_account(
     relay = relay_for(upstream, ca_file=ca_file(tmp_path, ca), login=True)
     options = DeliveryOptions(rewrite_sender=True, rewrite_from=True)
     running = await run_engine(settings_for(tmp_path, relay), options)
-    await running.spool.store(message())
+    body = (b"z" * 98 + b"\r\n") * (size // 100)
+    await running.spool.store(message(body=body))
     await upstream.wait_for(1)
     got = upstream.received[0]
+    assert got.data.endswith(body)
     assert got.mail_from == RELAY_USER
     parsed = parse(got.data)
     assert parsed["From"] == RELAY_USER

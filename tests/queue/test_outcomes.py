@@ -232,3 +232,23 @@ def test_dot_stuffing_matches_aiosmtplib(data: bytes) -> None:
 
     expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
     assert dot_stuffed(data) == expected
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 10_000])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Subject: a\r\n\r\nplain\r\n",
+        b".leading dot\r\n..two\r\n.\r\nend",
+        b"line\r\n.dot\r\n\r\n.\r\n..\r\nlast line without end",
+        b"",
+        b"\r\n.\r\n",
+        (b"x" * 75 + b"\r\n.y\r\n") * 40,
+    ],
+)
+def test_stuffing_in_pieces_matches_stuffing_whole(data: bytes, piece: int) -> None:
+    """Data read in pieces of any size is stuffed exactly as the whole data is."""
+    from jdxmail.queue.relay import dot_stuffed, stuffed_pieces
+
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+    assert b"".join(stuffed_pieces(pieces)) + b".\r\n" == dot_stuffed(data)

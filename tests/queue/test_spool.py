@@ -18,6 +18,7 @@ from jdxmail.queue.spool import (
     CorruptSpoolFile,
     Spool,
     SpoolError,
+    read_queued_fd,
     read_queued_message,
     spool_stats,
 )
@@ -324,3 +325,37 @@ async def test_open_keeps_unfinished_writes_of_running_processes(tmp_path: Path)
         pass
     assert busy.exists()
     assert not dead.exists()
+
+
+async def test_big_message_can_stay_in_its_file(spool: Spool) -> None:
+    """Read with keep_over, a big message is checked whole but read in pieces later."""
+    message = make_message(size=3_000_000)
+    fd = os.open(spool.queue_path(await spool.store(message)), os.O_RDONLY)
+    try:
+        queued = read_queued_fd(fd, "x", keep_over=1 << 20)
+        assert queued.spooled is not None
+        assert queued.size == len(message.data)
+        assert len(queued.data) == 65536  # the first bytes, for bounces
+        assert b"".join(queued.spooled.pieces(100_000)) == message.data
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("damage", ["flip", "extra", "short"])
+async def test_big_message_kept_in_its_file_is_checked(spool: Spool, damage: str) -> None:
+    """A bit flipped, a byte added or bytes missing in a big queue file: corrupt."""
+    path = spool.queue_path(await spool.store(make_message(size=3_000_000)))
+    raw = bytearray(path.read_bytes())
+    if damage == "flip":
+        raw[2_000_000] ^= 1
+    elif damage == "extra":
+        raw += b"x"
+    else:
+        del raw[-10:]
+    path.write_bytes(raw)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(CorruptSpoolFile):
+            read_queued_fd(fd, "x", keep_over=1 << 20)
+    finally:
+        os.close(fd)

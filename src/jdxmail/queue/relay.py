@@ -19,19 +19,21 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 
+from jdxmail.queue.spool import SpooledBody
 from jdxmail.settings.model import RelaySettings
 
 __all__ = [
     "OUTCOME_TABLE",
     "AttemptResult",
     "Outcome",
+    "Payload",
     "RecipientResult",
     "RelayPool",
     "RelayUnusable",
@@ -42,8 +44,10 @@ __all__ = [
     "classify",
     "dot_stuffed",
     "enhanced_status",
+    "payload_size",
     "rewrite_from_header",
     "send_data",
+    "stuffed_pieces",
 ]
 
 logger = logging.getLogger("jdxmail.relay")
@@ -390,22 +394,68 @@ def _stuffed_body(data: bytes) -> bytes:
 _CHUNK = 1 << 20
 
 
-async def _write_payload(protocol: SMTPProtocol, data: bytes) -> None:
-    """Write the DATA payload of *data*; in chunks when it is big."""
-    if len(data) <= _CHUNK:
+#: what is sent as a message's data: bytes, or a big message left in its spool file
+Payload = bytes | SpooledBody
+
+
+def payload_size(data: Payload) -> int:
+    """The size of *data* in bytes (for SIZE=)."""
+    return data.size if isinstance(data, SpooledBody) else len(data)
+
+
+def stuffed_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Dot-stuffed DATA payload (without the final ``.`` line) of data read in pieces.
+
+    Each piece sent ends at a line end, so a dot that begins a line is seen whole
+    even when the reads split ``CRLF.``; the last line gets a CRLF if it lacks one.
+    """
+    carry = b""
+    line_start = True
+    sent = False
+    for piece in pieces:
+        text = carry + piece if carry else piece
+        cut = text.rfind(b"\r\n") + 2
+        if cut < 2 and len(text) <= 4 * _CHUNK:
+            carry = text  # no line end yet: wait for the rest of the line
+            continue
+        if cut < 2:
+            cut = len(text)  # a run without line ends (not from jdxmail's spool)
+        out, carry = text[:cut], text[cut:]
+        yield _stuffed(out, line_start)
+        line_start, sent = out.endswith(b"\r\n"), True
+    if carry or not line_start or not sent:  # (no data at all is one empty line)
+        yield _stuffed(carry, line_start) + b"\r\n"
+
+
+def _stuffed(text: bytes, line_start: bool) -> bytes:
+    if b"\r\n." in text:
+        text = text.replace(b"\r\n.", b"\r\n..")
+    if line_start and text.startswith(b"."):
+        text = b"." + text
+    return text
+
+
+async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
+    """Write the DATA payload of *data*; in pieces when it is big."""
+    if isinstance(data, SpooledBody):
+        for piece in stuffed_pieces(data.pieces(_CHUNK)):
+            protocol.write(piece)
+            await protocol._drain_helper()
+    elif len(data) <= _CHUNK:
         protocol.write(dot_stuffed(data))
         return
-    view = memoryview(_stuffed_body(data))
-    for start in range(0, len(view), _CHUNK):
-        protocol.write(view[start : start + _CHUNK])  # type: ignore[arg-type]
-        await protocol._drain_helper()
+    else:
+        view = memoryview(_stuffed_body(data))
+        for start in range(0, len(view), _CHUNK):
+            protocol.write(view[start : start + _CHUNK])  # type: ignore[arg-type]
+            await protocol._drain_helper()
     protocol.write(b".\r\n")
 
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 
-async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPResponse:
     """DATA with *data* on *client*, like ``client.data()`` but without its regex passes.
 
     Uses the same protocol steps as aiosmtplib's own DATA command; if a future
@@ -414,7 +464,7 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
     protocol = client.protocol
     lock = getattr(protocol, "_command_lock", None)
     if protocol is None or lock is None or not hasattr(protocol, "_response_pending"):
-        return await client.data(data)
+        return await client.data(data.read() if isinstance(data, SpooledBody) else data)
     timeout = client.timeout
     try:
         async with lock:
@@ -511,7 +561,7 @@ class RelayConnection:
         self,
         mail_from: str,
         recipients: Sequence[str],
-        data: bytes,
+        data: Payload,
         options: Sequence[str],
     ) -> AttemptResult:
         """Send one message; per-recipient results, or ``failure`` for the whole attempt.
@@ -526,7 +576,7 @@ class RelayConnection:
             await client.rset()
             self.clean = True
         self.messages += 1
-        passed, utf8 = _mail_options(options, client, len(data))
+        passed, utf8 = _mail_options(options, client, payload_size(data))
         encoding = "ascii"
         if utf8:
             if not client.supports_extension("smtputf8"):
@@ -595,7 +645,7 @@ class RelayConnection:
         result: AttemptResult,
         mail_from: str,
         recipients: Sequence[str],
-        data: bytes,
+        data: Payload,
         options: list[str],
         encoding: str,
     ) -> AttemptResult:

@@ -60,6 +60,7 @@ __all__ = [
     "Spool",
     "SpoolError",
     "SpoolStats",
+    "SpooledBody",
     "claim",
     "read_queued_fd",
     "read_queued_message",
@@ -106,7 +107,12 @@ class AcceptedMessage:
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
-    """A message read back from ``queue/ID.msg``: its envelope and data."""
+    """A message read back from ``queue/ID.msg``: its envelope and data.
+
+    For a big message read with ``read_queued_fd(..., keep_over=N)``, *data* holds
+    only its first bytes (the header section, for bounces) and *spooled* says where
+    the whole data is, to be read in pieces while it is sent.
+    """
 
     queue_id: str
     mail_from: str
@@ -118,6 +124,35 @@ class QueuedMessage:
     session_id: str
     received_at: float
     mail_options: tuple[str, ...]
+    spooled: SpooledBody | None = None
+
+    @property
+    def size(self) -> int:
+        """The size of the whole data in bytes."""
+        return self.spooled.size if self.spooled is not None else len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledBody:
+    """The data of a big queued message, left in its (claimed, open) queue file."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def pieces(self, piece: int = 1 << 20) -> Iterator[bytes]:
+        """The data in pieces of *piece* bytes; CorruptSpoolFile if the file got short."""
+        done = 0
+        while done < self.size:
+            chunk = os.pread(self.fd, min(piece, self.size - done), self.offset + done)
+            if not chunk:
+                raise CorruptSpoolFile(f"the queue file ended {self.size - done} bytes early")
+            done += len(chunk)
+            yield chunk
+
+    def read(self) -> bytes:
+        """The whole data at once (for the rare paths that must change it)."""
+        return b"".join(self.pieces())
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +235,12 @@ def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
     return header, end + 1
 
 
-def _queued(header: dict[str, Any], data: bytes, queue_id: str) -> QueuedMessage:
+def _queued(
+    header: dict[str, Any], data: bytes, queue_id: str, spooled: SpooledBody | None = None
+) -> QueuedMessage:
+    """The message of *header* with *data*, checked here unless *spooled* (checked)."""
     try:
-        if len(data) != header["size"] or zlib.crc32(data) != header["crc32"]:
+        if spooled is None and (len(data) != header["size"] or zlib.crc32(data) != header["crc32"]):
             raise CorruptSpoolFile(
                 f"{queue_id}: data is {len(data)} bytes or has a bad checksum "
                 f"(envelope says {header['size']} bytes)"
@@ -218,6 +256,7 @@ def _queued(header: dict[str, Any], data: bytes, queue_id: str) -> QueuedMessage
             session_id=str(header["session"]),
             received_at=float(header["received_at"]),
             mail_options=tuple(str(o) for o in header["mail_options"]),
+            spooled=spooled,
         )
     except CorruptSpoolFile:
         raise
@@ -244,10 +283,12 @@ def read_queued_message(path: Path) -> QueuedMessage:
 _HEAD_READ = 1 << 16
 
 
-def read_queued_fd(fd: int, queue_id: str) -> QueuedMessage:
+def read_queued_fd(fd: int, queue_id: str, *, keep_over: int | None = None) -> QueuedMessage:
     """Read and check the queue file open on *fd*, holding its data in memory once.
 
-    Raises CorruptSpoolFile or OSError.
+    Data over *keep_over* bytes stays in the file: it is checked (size, checksum)
+    in pieces here and the message's ``spooled`` says where it is; ``data`` then
+    holds its first 64 KiB. Raises CorruptSpoolFile or OSError.
     """
     head = os.pread(fd, _HEAD_READ, 0)
     while len(head) % _HEAD_READ == 0 and head and b"\n" not in head[len(MAGIC) :]:
@@ -259,10 +300,29 @@ def read_queued_fd(fd: int, queue_id: str) -> QueuedMessage:
     size = header.get("size")
     if not isinstance(size, int) or size < 0:
         raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (no size)")
+    if keep_over is not None and size > keep_over:
+        return _kept_in_file(header, fd, start, size, queue_id)
     whole = len(head) % _HEAD_READ != 0 or len(head) - start > size  # all read already
     # Else one byte more than announced, to notice a file that is too long.
     data = head[start:] if whole else os.pread(fd, size + 1, start)
     return _queued(header, data, queue_id)
+
+
+def _kept_in_file(
+    header: dict[str, Any], fd: int, start: int, size: int, queue_id: str
+) -> QueuedMessage:
+    body = SpooledBody(fd, start, size)
+    crc = 0
+    try:
+        for piece in body.pieces():
+            crc = zlib.crc32(piece, crc)
+    except CorruptSpoolFile as exc:
+        raise CorruptSpoolFile(f"{queue_id}: {exc}") from None
+    if os.pread(fd, 1, start + size) or crc != header.get("crc32"):
+        raise CorruptSpoolFile(
+            f"{queue_id}: data has a bad checksum or is longer than the {size} bytes announced"
+        )
+    return _queued(header, os.pread(fd, min(size, _HEAD_READ), start), queue_id, body)
 
 
 def fsync_dir(path: Path) -> None:

@@ -34,6 +34,7 @@ from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
     Outcome,
+    Payload,
     RelayConnection,
     RelayPool,
     Stage,
@@ -47,6 +48,7 @@ from jdxmail.queue.spool import (
     CorruptSpoolFile,
     QueuedMessage,
     Spool,
+    SpooledBody,
     SpoolError,
     claim,
     read_queued_fd,
@@ -74,6 +76,8 @@ logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
 
 _RESCAN_SECONDS = 30.0
+#: messages bigger than this are sent from their spool file in pieces
+_KEEP_IN_FILE_OVER = 1 << 20
 _POLL_SECONDS = 1.0
 #: unexpected errors on one message before it is moved to corrupt/
 _MAX_CRASHES = 3
@@ -525,7 +529,7 @@ class DeliveryEngine:
             return None
         loaded = _Loaded(fd)
         try:
-            loaded.message = read_queued_fd(fd, queue_id)
+            loaded.message = read_queued_fd(fd, queue_id, keep_over=_KEEP_IN_FILE_OVER)
         except CorruptSpoolFile as exc:
             loaded.corrupt = str(exc)
             return loaded
@@ -740,15 +744,16 @@ class DeliveryEngine:
             pool.release(connection, healthy=True)
             return result
 
-    def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, bytes]:
+    def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, Payload]:
         """The envelope sender and data for *pool*'s relay, rewritten if configured."""
+        data: Payload = message.spooled if message.spooled is not None else message.data
         account = pool.relay.username or ""
         if "@" not in account or not message.mail_from:
-            return message.mail_from, message.data
+            return message.mail_from, data
         mail_from = account if self.options.rewrite_sender else message.mail_from
-        data = message.data
         if self.options.rewrite_from:
-            data = rewrite_from_header(data, account)
+            whole = data.read() if isinstance(data, SpooledBody) else data
+            data = rewrite_from_header(whole, account)
         return mail_from, data
 
     def _apply(
