@@ -132,7 +132,10 @@ async def test_serve_relays_through_its_delivery_process(
     assert await serve.stop() == 0
     _, alive = psutil.wait_procs(deliverers, timeout=10)
     assert not alive
-    assert "delivery process started" in serve.err.read_text()
+    log = serve.err.read_text()
+    assert f"delivery process started (PID {deliverers[0].pid})" in log
+    assert f"delivery process (PID {deliverers[0].pid}) stopped (exit status 0)" in log
+    assert log.count("0 queued, 0 failed") == 1  # the spool is announced once
 
 
 async def test_workers_share_one_delivery_process(

@@ -112,7 +112,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
     )
     spool = Spool(settings.paths.spool, settings.paths.mailbox)
     try:
-        await spool.open()
+        await spool.open(announce=False)  # serve has said what the spool holds
     except SpoolError as exc:
         return report.fail(
             str(exc),

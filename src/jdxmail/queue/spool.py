@@ -495,14 +495,16 @@ class Spool:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, announce: bool = True) -> None:
         """Create the directories, clean up what a crash left, start the writer thread.
 
-        Raises SpoolError when the directories cannot be created.
+        Logs what the spool holds unless *announce* is false (a second process on the
+        same spool). Raises SpoolError when the directories cannot be created.
         """
         self._loop = asyncio.get_running_loop()
         counts = await asyncio.to_thread(self._prepare)
-        logger.info(
+        log = logger.info if announce else logger.debug
+        log(
             "spool %s: %d queued, %d failed; removed %d unfinished writes left by a previous run",
             self.spool_dir,
             counts["queued"],

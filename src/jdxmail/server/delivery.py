@@ -145,6 +145,12 @@ class DeliveryProcess:
         """SIGTERM the child; kill it if it is not done within *grace* + 5 seconds."""
         self._stopping = True
         await self._end(grace + 5.0)
+        if self._proc is not None:
+            logger.info(
+                "delivery process (PID %d) stopped (exit status %s)",
+                self._proc.pid,
+                self._proc.returncode,
+            )
         if self._watch is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
