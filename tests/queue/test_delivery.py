@@ -767,3 +767,26 @@ async def test_pipelined_refusals_send_no_data(
     assert upstream.received == []
     stats = spool_stats(running.spool.spool_dir)
     assert (stats.queued, stats.failed) == (queued, failed)
+
+
+@BOTH_WAYS
+async def test_session_closed_by_the_relay_while_idle_is_replaced_quietly(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A reused session the relay dropped meanwhile costs no attempt: the mail just goes."""
+    upstream = await upstream_factory()
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+    )
+    await running.spool.store(message(1))
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    for session in upstream.sessions:
+        if session.transport is not None:
+            session.transport.close()
+    queue_id = await running.spool.store(message(2))
+    await upstream.wait_for(2)
+    await running.engine.wait_idle()
+    assert upstream.connections == 2
+    assert not (running.spool.spool_dir / "state" / f"{queue_id}.json").exists()
+    assert spool_stats(running.spool.spool_dir).queued == 0

@@ -492,6 +492,10 @@ class _KeepingProtocol(SMTPProtocol):
     everything in the buffer and parses the next reply from it first.
     """
 
+    #: set while read_replies waits for more data (a class default: instances are
+    #: switched to this class after aiosmtplib made them, so __init__ never runs)
+    _more: asyncio.Future[None] | None = None
+
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
         if waiter is None:
@@ -502,6 +506,11 @@ class _KeepingProtocol(SMTPProtocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        more = self._more
+        if more is not None:
+            if not more.done():
+                more.set_result(None)
+            return
         if waiter.done():
             return
         try:
@@ -511,6 +520,33 @@ class _KeepingProtocol(SMTPProtocol):
         else:
             if response is not None:
                 waiter.set_result(response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        more = self._more
+        super().connection_lost(exc)
+        if more is not None and not more.done():
+            more.set_exception(aiosmtplib.SMTPServerDisconnected("Connection lost"))
+            more.exception()  # retrieved: the reader may be gone already
+
+    async def read_replies(
+        self, count: int, patience: float | None
+    ) -> list[aiosmtplib.SMTPResponse]:
+        """The next *count* replies in order, within *patience* seconds for all of them."""
+        replies: list[aiosmtplib.SMTPResponse] = []
+        async with asyncio.timeout(patience):
+            while len(replies) < count:
+                response = self._read_response_from_buffer() if self._buffer else None
+                if response is not None:
+                    replies.append(response)
+                    continue
+                if self.transport is None:
+                    raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+                self._more = self._loop.create_future()
+                try:
+                    await self._more
+                finally:
+                    self._more = None
+        return replies
 
     async def read_response(
         self,
@@ -680,22 +716,22 @@ class RelayConnection:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         async with lock:
             protocol.write(b"".join(commands))
-            mail_reply = await protocol.read_response(timeout=timeout)
-            self.stage = Stage.RCPT
-            for recipient in sent:
-                reply = await protocol.read_response(timeout=timeout)
+            # A session the relay dropped while idle fails here, still at stage MAIL:
+            # nothing was accepted, so the attempt is repeated on a new session.
+            replies = await protocol.read_replies(len(sent) + 2, timeout)
+            mail_reply, data_reply = replies[0], replies[-1]
+            for recipient, reply in zip(sent, replies[1:-1], strict=True):
                 if reply.code in (250, 251):
                     accepted.append(recipient)
                 else:
                     refusals.append((recipient, classify(Stage.RCPT, _reply_error(reply))))
             self.stage = Stage.DATA
-            data_reply = await protocol.read_response(timeout=timeout)
             if data_reply.code == 354:
                 if mail_reply.code == 250 and accepted:
                     await _write_payload(protocol, data)
                 else:  # nobody to send to: end the transaction with no content
                     protocol.write(b".\r\n")
-                final = await protocol.read_response(timeout=timeout)
+                final = (await protocol.read_replies(1, timeout))[0]
         if mail_reply.code != 250:
             await self._reset()
             result.failure = classify(Stage.MAIL, _reply_error(mail_reply))
