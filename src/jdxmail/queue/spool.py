@@ -15,11 +15,13 @@ Layout under the spool directory::
 possible (on Linux, mode ``batch``): the event loop writes the message's files into
 ``tmp/`` itself (page-cache writes of a few microseconds; messages over 1 MiB are
 written by the sync thread instead), and one sync thread runs ``syncfs`` over and over
-for whatever has gathered. A store goes through two flushes: the first makes its
-data durable, then the event loop renames the files into place, and the next flush
-makes the renames durable; only then does the caller get its queue id. A crash
-before the renames leaves only ``tmp/`` files (removed at the next start); after
-them, only complete files. A thread that needed the interpreter lock back after
+for whatever has gathered. A message for relays only is renamed into ``queue/`` at
+once and the next flush makes its data and its name durable; only then does the
+caller get its queue id. Its file carries its size and checksum, so a file that a
+crash cut short (never acknowledged) is recognised as such. Mailbox files have no
+checksum: they go through two flushes, the data first, then (after the event loop
+linked them into place) the names, so a crash leaves no half-written mail in a
+mailbox. A thread that needed the interpreter lock back after
 every system call was the bottleneck of the earlier design (see docs/delivery.md);
 this one takes it a few times per batch, whatever the batch size.
 
@@ -592,9 +594,15 @@ class Spool:
         if self._pipelined and len(message.data) <= LOOP_WRITE_LIMIT:
             try:
                 self._write_tmp(plan, message, sync=False)
+                if not plan.mailbox_files:
+                    # A queue file carries its size and checksum, so it may take its
+                    # name before the flush: one flush then makes data and name
+                    # durable. Mailbox files have no checksum and wait for two.
+                    self._place(plan)
             except OSError as exc:
+                self._undo(plan)
                 raise _as_spool_error(exc) from exc
-            phase = _Phase.WRITTEN
+            phase = _Phase.PLACED if not plan.mailbox_files else _Phase.WRITTEN
         job = _Store(plan, message, self._loop.create_future(), phase)
         self._in_flight += 1
         self._submit([job])
