@@ -658,9 +658,23 @@ class RelayConnection:
         try:
             reply = await send_data(client, data)
         except aiosmtplib.SMTPResponseException as exc:
-            verdict = classify(Stage.DATA, exc)
+            return await self._after_data(result, accepted, exc)
+        return await self._after_data(result, accepted, reply)
+
+    async def _after_data(
+        self,
+        result: AttemptResult,
+        accepted: list[str],
+        reply: aiosmtplib.SMTPResponse | aiosmtplib.SMTPResponseException,
+    ) -> AttemptResult:
+        """The accepted recipients' outcome from the final reply, or the refusal of DATA.
+
+        A refusal that concerns the relay itself is raised for the caller.
+        """
+        if isinstance(reply, aiosmtplib.SMTPResponseException):
+            verdict = classify(Stage.DATA, reply)
             if verdict.scope is Scope.RELAY:
-                raise
+                raise reply
             await self._reset()
             result.recipients.extend(
                 RecipientResult(r, verdict.outcome, verdict.status, verdict.text) for r in accepted
@@ -747,29 +761,12 @@ class RelayConnection:
         if not accepted:
             await self._reset()
             return result
-        error: aiosmtplib.SMTPResponseException | None = None
         if data_reply.code != 354:
-            error = _reply_error(data_reply)
-        elif final is not None and final.code != 250:
-            error = _reply_error(final)
-        if error is not None:
-            verdict = classify(Stage.DATA, error)
-            if verdict.scope is Scope.RELAY:
-                raise error
-            await self._reset()
-            result.recipients.extend(
-                RecipientResult(r, verdict.outcome, verdict.status, verdict.text) for r in accepted
-            )
-            return result
+            return await self._after_data(result, accepted, _reply_error(data_reply))
         assert final is not None
-        self.clean = True
-        text = " ".join(f"{final.code} {final.message}".split())
-        result.final_reply = text
-        status = enhanced_status(final.code, final.message, "2.0.0")
-        result.recipients.extend(
-            RecipientResult(r, Outcome.DELIVERED, status, text) for r in accepted
-        )
-        return result
+        if final.code != 250:
+            return await self._after_data(result, accepted, _reply_error(final))
+        return await self._after_data(result, accepted, final)
 
     stage: Stage = Stage.MAIL
 

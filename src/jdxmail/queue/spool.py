@@ -690,12 +690,15 @@ class Spool:
                 for directory in self._syncfs_dirs:
                     sync_file_system(directory)
             except OSError as exc:
-                error = _as_spool_error(exc)
-                for job in batch:
-                    if job.error is None:
-                        self._undo(job.plan)
-                        job.error = error
+                self._fail_all(batch, _as_spool_error(exc))
             self._settle_on_loop(batch)
+
+    def _fail_all(self, jobs: list[_Store], error: SpoolError) -> None:
+        """Undo every store of *jobs* not failed already and fail it with *error*."""
+        for job in jobs:
+            if job.error is None:
+                self._undo(job.plan)
+                job.error = error
 
     def _advance(self, batch: list[_Store]) -> None:
         """On the loop, after a flush: place what is written, finish what is placed."""
@@ -744,11 +747,7 @@ class Spool:
             for directory in sorted(dirs):
                 fsync_dir(directory)
         except OSError as exc:
-            error = _as_spool_error(exc)
-            for job in live:
-                if job.error is None:
-                    self._undo(job.plan)
-                    job.error = error
+            self._fail_all(live, _as_spool_error(exc))
         for job in live:
             job.phase = _Phase.PLACED
 
