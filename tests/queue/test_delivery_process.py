@@ -230,3 +230,28 @@ async def test_delivery_process_that_cannot_start_is_a_clear_error(tmp_path: Pat
     assert "validate-config" in caught.value.fix
     assert process.pid is not None
     assert not psutil.pid_exists(process.pid) or psutil.Process(process.pid).status() == "zombie"
+
+
+async def test_delivery_process_uses_the_config_text_serve_read(
+    tmp_path: Path, upstream_factory: StartUpstream
+) -> None:
+    """The child gets the config as serve read it: a file broken since then does not matter."""
+    upstream = await upstream_factory()
+    config = tmp_path / "appsettings.json"
+    text = json.dumps(
+        {
+            "Paths": {"Spool": "spool", "Mailbox": "mailbox", "Logs": "logs"},
+            "RelayServer": {"Host": "127.0.0.1", "Port": upstream.port, "UseTls": False},
+        }
+    )
+    config.write_text("{ this is not JSON any more", encoding="utf-8")
+    process = DeliveryProcess(config, grace=1.0, on_exit=lambda: None, config_text=text)
+    await process.start()
+    try:
+        assert process.pid is not None
+        assert (tmp_path / "spool" / "queue").is_dir()  # relative to the config's folder
+    finally:
+        await process.stop(1.0)
+    broken = DeliveryProcess(config, grace=1.0, on_exit=lambda: None)
+    with pytest.raises(ServerError, match="cannot read"):
+        await broken.start()

@@ -174,6 +174,7 @@ def serve(
             before_listen=before_listen,
             delivery=mode,
             config_path=loaded.source.path,
+            config_text=loaded.source.text,
         )
 
     if workers > 1:

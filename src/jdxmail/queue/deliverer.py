@@ -2,9 +2,10 @@
 
 ``jdxmail serve`` starts this process when relays are configured (``--delivery
 process``, the default), so that taking mail in and relaying it each get an
-interpreter, and so a core, of their own. It reads the same config file, opens the
-same spool and runs the :class:`~jdxmail.queue.worker.DeliveryEngine` on it. It
-learns about new messages from the kernel (inotify on ``queue/``), whichever server
+interpreter, and so a core, of their own. It gets the config's text as serve read
+it (on stdin; a later edit of the file does not split the two), opens the same
+spool and runs the :class:`~jdxmail.queue.worker.DeliveryEngine` on it. It learns
+about new messages from the kernel (inotify on ``queue/``), whichever server
 process stored them; without inotify it looks every second. It ends when its parent
 ends (Linux ``PR_SET_PDEATHSIG``), and on SIGTERM or SIGINT it lets deliveries in
 progress finish within ``--grace`` seconds.
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the delivery process; the exit code is 0 after a clean stop."""
     parser = argparse.ArgumentParser(prog="python -m jdxmail.queue.deliverer")
     parser.add_argument("--config", type=Path, required=True, help="the config file")
+    parser.add_argument(
+        "--config-on-stdin",
+        action="store_true",
+        help="read the config's text from stdin (as serve read it), not from the file",
+    )
     parser.add_argument("--report-fd", type=int, required=True, help="fd for the start answer")
     parser.add_argument("--parent-pid", type=int, default=0, help="end when this process ends")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish on stop")
@@ -73,11 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         return report.fail("the server ended before its delivery process started", "")
 
     from jdxmail.logs import LogSetupError, configure_logging  # noqa: PLC0415
-    from jdxmail.settings.files import ConfigError, load_settings  # noqa: PLC0415
+    from jdxmail.settings.files import (  # noqa: PLC0415
+        ConfigError,
+        load_settings,
+        settings_from_source,
+        source_from_text,
+    )
 
     try:
-        settings = load_settings(args.config).settings
-    except ConfigError as exc:
+        if args.config_on_stdin:
+            text = sys.stdin.buffer.read().decode("utf-8")
+            settings = settings_from_source(source_from_text(args.config, text)).settings
+        else:
+            settings = load_settings(args.config).settings
+    except (ConfigError, UnicodeDecodeError) as exc:
         return report.fail(
             f"the delivery process cannot read {args.config}: {exc}",
             f"run `jdxmail validate-config --config {args.config}`",

@@ -85,6 +85,7 @@ class SmtpServerApp:
         before_listen: Callable[[], Awaitable[None]] | None = None,
         delivery: DeliveryMode = "inline",
         config_path: Path | None = None,
+        config_text: str | None = None,
     ) -> None:
         """Prepare a server for *settings*; nothing is opened before start().
 
@@ -102,8 +103,8 @@ class SmtpServerApp:
 
         *delivery* says where queued mail is relayed (when relays are configured):
         ``inline`` by a delivery engine on this event loop, ``process`` by a child
-        process reading *config_path* (the CLI's default), ``none`` by another
-        process (``serve --workers``: one worker runs it for all).
+        process given *config_text* as read from *config_path* (the CLI's default),
+        ``none`` by another process (``serve --workers``: one worker runs it for all).
         """
         self.settings = settings
         server = settings.smtp_server
@@ -148,6 +149,7 @@ class SmtpServerApp:
             "inline" if config_path is None and delivery == "process" else delivery
         )
         self.config_path = config_path
+        self.config_text = config_text
 
     # -- what sessions ask -------------------------------------------------------------
 
@@ -214,6 +216,7 @@ class SmtpServerApp:
                     grace=self.grace,
                     on_exit=lambda: self.component_failed("the delivery process ended"),
                     server_stopping=lambda: self._stopping or self._stop_requested.is_set(),
+                    config_text=self.config_text,
                 )
             ]
         from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415

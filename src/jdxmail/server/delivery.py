@@ -61,11 +61,15 @@ class DeliveryProcess:
         grace: float,
         on_exit: Callable[[], None],
         server_stopping: Callable[[], bool] = lambda: False,
+        config_text: str | None = None,
     ) -> None:
         """*config* is the file the child reads; *grace* what its deliveries in progress
         get on stop; *on_exit* is called if it ends while the server runs (and
-        *server_stopping* does not become true within a second)."""
+        *server_stopping* does not become true within a second). With *config_text*
+        the child uses that text (as the server read it) instead of reading *config*
+        again; *config* still names the file (format, relative paths)."""
         self.config = config
+        self.config_text = config_text
         self.grace = grace
         self._on_exit = on_exit
         self._server_stopping = server_stopping
@@ -82,6 +86,7 @@ class DeliveryProcess:
         """Start the child and wait until its engine runs; ServerError if it cannot."""
         read_fd, write_fd = os.pipe()
         level = logging.getLogger("jdxmail").getEffectiveLevel()
+        text = self.config_text
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -89,6 +94,7 @@ class DeliveryProcess:
                 "jdxmail.queue.deliverer",
                 "--config",
                 str(self.config),
+                *(["--config-on-stdin"] if text is not None else []),
                 "--report-fd",
                 str(write_fd),
                 "--parent-pid",
@@ -97,7 +103,7 @@ class DeliveryProcess:
                 str(level),
                 "--grace",
                 str(self.grace),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if text is None else subprocess.PIPE,
                 pass_fds=(write_fd,),
             )
         except OSError as exc:
@@ -105,6 +111,12 @@ class DeliveryProcess:
             raise ServerError(f"cannot start the delivery process: {exc}") from None
         finally:
             os.close(write_fd)
+        stdin = self._proc.stdin
+        if text is not None and stdin is not None:
+            with contextlib.suppress(ConnectionError):  # it ended: its answer says why
+                stdin.write(text.encode("utf-8"))
+                await stdin.drain()
+            stdin.close()
         try:
             async with asyncio.timeout(_START_TIMEOUT):
                 answer = await asyncio.to_thread(_read_answer, read_fd)

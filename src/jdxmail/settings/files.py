@@ -400,6 +400,16 @@ def load_settings(
     """
     path = find_config(explicit, environ)
     source = builtin_source() if path is None else read_source(path)
+    return settings_from_source(source, environ)
+
+
+def settings_from_source(
+    source: ConfigSource, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Validate *source* as load_settings does (environment, relative paths).
+
+    Raises ConfigInvalidError (schema errors, with findings).
+    """
     settings, findings = inspect_source(source)
     if settings is None:
         raise ConfigInvalidError(source, findings)
