@@ -105,7 +105,7 @@ def serve(
             min=1,
             max=64,
             help="Server processes sharing the port (SO_REUSEPORT) and the spool; "
-            "about one per core.",
+            "about one per core, one fewer with relays (the delivery process needs one).",
         ),
     ] = 1,
     delivery: Annotated[
