@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import sys
+from typing import Any
 
-__all__ = ["end_with_parent", "process_alive"]
+__all__ = ["end_with_parent", "process_alive", "read_report", "send_report"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,3 +39,32 @@ def end_with_parent(parent: int) -> bool:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     return parent <= 0 or os.getppid() == parent
+
+
+def send_report(fd: int, answer: dict[str, Any]) -> None:
+    """Write a child's one start-up *answer* (JSON) to the pipe *fd* and close it.
+
+    Errors are ignored: a parent that is gone reads nothing anyway.
+    """
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(answer).encode())
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def read_report(fd: int) -> dict[str, Any]:
+    """Read a child's start-up answer from the pipe *fd* until EOF and close it.
+
+    A child that ended without writing, or wrote something else, gives ``{}``.
+    """
+    data = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    try:
+        answer = json.loads(data) if data else {}
+    except ValueError:
+        answer = {}
+    return answer if isinstance(answer, dict) else {}

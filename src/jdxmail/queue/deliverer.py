@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import signal
@@ -27,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jdxmail.process import end_with_parent
+from jdxmail.process import end_with_parent, send_report
 
 if TYPE_CHECKING:
     from jdxmail.settings.model import Settings
@@ -48,12 +46,8 @@ class _Reporter:
 
     def send(self, answer: dict[str, Any]) -> None:
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.write(fd, json.dumps(answer).encode())
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        if fd is not None:
+            send_report(fd, answer)
 
     def fail(self, message: str, fix: str) -> int:
         self.send({"ok": False, "message": message, "fix": fix})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -23,8 +22,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from jdxmail.process import read_report
 from jdxmail.server.errors import ServerError
 
 __all__ = ["DeliveryProcess"]
@@ -35,20 +34,6 @@ logger = logging.getLogger("jdxmail.queue")
 _START_TIMEOUT = 60.0
 #: 50 ms steps a server has to begin its own stop after the child ended
 _STOP_WAIT_STEPS = 20
-
-
-def _read_answer(fd: int) -> dict[str, Any]:
-    data = b""
-    try:
-        while chunk := os.read(fd, 65536):
-            data += chunk
-    finally:
-        os.close(fd)
-    try:
-        answer = json.loads(data) if data else {}
-    except ValueError:
-        answer = {}
-    return answer if isinstance(answer, dict) else {}
 
 
 class DeliveryProcess:
@@ -119,7 +104,7 @@ class DeliveryProcess:
             stdin.close()
         try:
             async with asyncio.timeout(_START_TIMEOUT):
-                answer = await asyncio.to_thread(_read_answer, read_fd)
+                answer = await asyncio.to_thread(read_report, read_fd)
         except TimeoutError:
             await self._end(0.0)
             raise ServerError(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jdxmail.process import end_with_parent
+from jdxmail.process import end_with_parent, read_report, send_report
 from jdxmail.server.errors import ServerError, bind_error
 
 if TYPE_CHECKING:
@@ -140,8 +139,7 @@ def run_workers(
             os.close(report_w)
             os.close(go_r)
             children[pid] = go_w
-            answer = _read_all(report_r)
-            os.close(report_r)
+            answer = read_report(report_r)
             if stopping:
                 break
             if not answer.get("ok"):
@@ -169,17 +167,6 @@ def run_workers(
         for group in (*sockets, *tls_sockets):
             for sock in group:
                 sock.close()
-
-
-def _read_all(fd: int) -> dict[str, Any]:
-    data = b""
-    while chunk := os.read(fd, 65536):
-        data += chunk
-    try:
-        answer = json.loads(data) if data else {}
-    except ValueError:
-        answer = {}
-    return answer if isinstance(answer, dict) else {}
 
 
 def _stop_all(children: dict[int, int]) -> None:
@@ -272,9 +259,7 @@ async def _worker(
         nonlocal reported
         if not reported:
             reported = True
-            with contextlib.suppress(OSError):
-                os.write(report_fd, json.dumps(answer).encode())
-            os.close(report_fd)
+            send_report(report_fd, answer)
 
     async def before_listen() -> None:
         send({"ok": True, "lines": report(app) if report is not None else []})
