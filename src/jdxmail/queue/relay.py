@@ -324,6 +324,11 @@ class RecipientResult:
     status: str
     reply: str
 
+    @classmethod
+    def judged(cls, recipient: str, verdict: Verdict) -> RecipientResult:
+        """*recipient*'s result as *verdict* decides it."""
+        return cls(recipient, verdict.outcome, verdict.status, verdict.text)
+
 
 @dataclass(slots=True)
 class AttemptResult:
@@ -382,11 +387,7 @@ def _stuffed_body(data: bytes) -> bytes:
         data = _LINE_ENDINGS.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    if b"\r\n." in data:
-        data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    return data
+    return _stuffed(data, line_start=True)
 
 
 #: messages larger than this are written in pieces of this size, each after the
@@ -428,6 +429,7 @@ def stuffed_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _stuffed(text: bytes, line_start: bool) -> bytes:
+    """*text* with a dot doubled at each line start (*text* itself when it has none)."""
     if b"\r\n." in text:
         text = text.replace(b"\r\n.", b"\r\n..")
     if line_start and text.startswith(b"."):
@@ -437,18 +439,18 @@ def _stuffed(text: bytes, line_start: bool) -> bytes:
 
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
-    if isinstance(data, SpooledBody):
-        for piece in stuffed_pieces(data.pieces(_CHUNK)):
-            protocol.write(piece)
-            await protocol._drain_helper()
-    elif len(data) <= _CHUNK:
+    if not isinstance(data, SpooledBody) and len(data) <= _CHUNK:
         protocol.write(dot_stuffed(data))
         return
+    pieces: Iterable[bytes | memoryview]
+    if isinstance(data, SpooledBody):
+        pieces = stuffed_pieces(data.pieces(_CHUNK))
     else:
         view = memoryview(_stuffed_body(data))
-        for start in range(0, len(view), _CHUNK):
-            protocol.write(view[start : start + _CHUNK])  # type: ignore[arg-type]
-            await protocol._drain_helper()
+        pieces = (view[start : start + _CHUNK] for start in range(0, len(view), _CHUNK))
+    for piece in pieces:
+        protocol.write(piece)  # type: ignore[arg-type]
+        await protocol._drain_helper()
     protocol.write(b".\r\n")
 
 
@@ -646,9 +648,7 @@ class RelayConnection:
                     await self._reset()
                     result.failure = verdict
                     return result
-                result.recipients.append(
-                    RecipientResult(recipient, verdict.outcome, verdict.status, verdict.text)
-                )
+                result.recipients.append(RecipientResult.judged(recipient, verdict))
             else:
                 accepted.append(recipient)
         if not accepted:
@@ -676,9 +676,7 @@ class RelayConnection:
             if verdict.scope is Scope.RELAY:
                 raise reply
             await self._reset()
-            result.recipients.extend(
-                RecipientResult(r, verdict.outcome, verdict.status, verdict.text) for r in accepted
-            )
+            result.recipients.extend(RecipientResult.judged(r, verdict) for r in accepted)
             return result
         self.clean = True
         text = " ".join(f"{reply.code} {reply.message}".split())
@@ -712,9 +710,7 @@ class RelayConnection:
                 commands.append(b"RCPT TO:" + quote_address(recipient).encode(encoding) + b"\r\n")
             except (ValueError, UnicodeEncodeError) as exc:
                 verdict = classify(Stage.RCPT, ValueError(str(exc)))
-                result.recipients.append(
-                    RecipientResult(recipient, verdict.outcome, verdict.status, verdict.text)
-                )
+                result.recipients.append(RecipientResult.judged(recipient, verdict))
             else:
                 sent.append(recipient)
         if not sent:
@@ -755,9 +751,7 @@ class RelayConnection:
                 await self._reset()
                 result.failure = verdict
                 return result
-            result.recipients.append(
-                RecipientResult(recipient, verdict.outcome, verdict.status, verdict.text)
-            )
+            result.recipients.append(RecipientResult.judged(recipient, verdict))
         if not accepted:
             await self._reset()
             return result
