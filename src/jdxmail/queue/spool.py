@@ -443,7 +443,7 @@ class _Phase(enum.Enum):
 
     NEW = "new"  # nothing written yet (large messages: the sync thread writes them)
     WRITTEN = "written"  # tmp files written; the next flush makes the data durable
-    PLACED = "placed"  # renamed into place; the next flush makes the names durable
+    PLACED = "placed"  # in place under its final name; the next flush completes it
 
 
 @dataclass(slots=True, eq=False)
@@ -480,8 +480,8 @@ class Spool:
         self.corrupt_dir = self.spool_dir / "corrupt"
         self.mailbox_tmp_dir = self.mailbox_dir / ".tmp"
         self._commit_mode = commit_mode
-        #: syncfs twice per store, files written by the loop (else the writer thread
-        #: writes, fsyncs each file, renames and fsyncs the directories)
+        #: files written and placed by the loop, syncfs by the sync thread (else the
+        #: writer thread writes, fsyncs each file, renames and fsyncs the directories)
         self._pipelined = commit_mode == "batch" and _SYNCFS is not None
         self._syncfs_dirs: list[Path] = []
         self._cond = threading.Condition()
@@ -576,8 +576,8 @@ class Spool:
         """Store *message* durably and return its queue id.
 
         When this returns, the queue file (for relay recipients) and one mailbox file
-        per local recipient are written, flushed, renamed into place, and the renames
-        flushed. Raises SpoolError (nothing left visible) otherwise. A store whose
+        per local recipient are written, in place under their final names, and flushed
+        to disk. Raises SpoolError (nothing left visible) otherwise. A store whose
         caller is cancelled still completes: the message stays queued.
         """
         if self._thread is None or self._closing or self._loop is None:
@@ -592,17 +592,17 @@ class Spool:
             return plan.queue_id
         phase = _Phase.NEW
         if self._pipelined and len(message.data) <= LOOP_WRITE_LIMIT:
+            # A queue file carries its size and checksum, so it may take its name
+            # before the flush: one flush then makes data and name durable. Mailbox
+            # files have no checksum and wait for two (data, then names).
+            phase = _Phase.WRITTEN if plan.mailbox_files else _Phase.PLACED
             try:
                 self._write_tmp(plan, message, sync=False)
-                if not plan.mailbox_files:
-                    # A queue file carries its size and checksum, so it may take its
-                    # name before the flush: one flush then makes data and name
-                    # durable. Mailbox files have no checksum and wait for two.
+                if phase is _Phase.PLACED:
                     self._place(plan)
             except OSError as exc:
                 self._undo(plan)
                 raise _as_spool_error(exc) from exc
-            phase = _Phase.PLACED if not plan.mailbox_files else _Phase.WRITTEN
         job = _Store(plan, message, self._loop.create_future(), phase)
         self._in_flight += 1
         self._submit([job])

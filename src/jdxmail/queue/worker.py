@@ -523,18 +523,18 @@ class DeliveryEngine:
 
     # -- one message -----------------------------------------------------------------
 
-    def _load(self, queue_id: str, *, big: bool = True) -> _Loaded | None:
+    def _load(self, queue_id: str) -> _Loaded | None:
         """Claim *queue_id* and read it with its state; None if gone or taken.
 
-        With ``big=False`` a file over the in-memory limit is only claimed (its
-        ``message`` stays None) for :meth:`_read` to finish elsewhere.
+        A file over the in-memory limit is only claimed (its ``message`` stays None)
+        for :meth:`_read` to finish off the event loop.
         """
         fd = claim(self.spool.queue_path(queue_id))
         if fd is None:
             return None
         loaded = _Loaded(fd)
         try:
-            if not big and os.fstat(fd).st_size > _KEEP_IN_FILE_OVER:
+            if os.fstat(fd).st_size > _KEEP_IN_FILE_OVER:
                 return loaded
         except BaseException:
             os.close(fd)
@@ -590,16 +590,15 @@ class DeliveryEngine:
         # done here, they cost less than a thread that must win the interpreter lock
         # back after each one (delivery alone: ~20 % less CPU per message). A big
         # message is checked off the event loop.
-        loaded = self._load(queue_id, big=False)
-        if loaded is not None and loaded.message is None and not loaded.corrupt:
-            files = self._files
-            big = loaded
-            if files is None:
-                await asyncio.to_thread(self._read, big, queue_id)
-            else:
-                await files.submit(lambda: self._read(big, queue_id))
+        loaded = self._load(queue_id)
         if loaded is None:
             return
+        if loaded.message is None and not loaded.corrupt:
+            claimed, files = loaded, self._files
+            if files is None:
+                await asyncio.to_thread(self._read, claimed, queue_id)
+            else:
+                await files.submit(lambda: self._read(claimed, queue_id))
         try:
             if loaded.corrupt:
                 await asyncio.to_thread(self._move_corrupt, queue_id)
