@@ -87,3 +87,25 @@ def test_report_has_ratios_memory_startup_and_targets(smoke: tuple[dict[str, Any
     assert "error" not in memory[("idle", "jdxmail")]
     assert memory[("idle", "jdxmail")]["fds"] > memory[("idle", "jdxmail")]["baseline_fds"]
     assert "error" not in memory[("big", "jdxmail")]
+
+
+@pytest.mark.skipif(shutil.which("smtp-sink") is None, reason="needs smtp-sink (postfix)")
+def test_deliver_probe_reports_rate_and_cpu_per_message(tmp_path: Path) -> None:
+    """bench/deliver_probe.py drains a small spool to smtp-sink and prints its figures."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH.with_name("deliver_probe.py")),
+            "--count",
+            "40",
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "msgs/s, CPU per message:" in proc.stdout
+    assert "µs user +" in proc.stdout

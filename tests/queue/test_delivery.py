@@ -662,6 +662,37 @@ async def test_message_that_keeps_crashing_is_moved_aside(
     await upstream.wait_for(1)
 
 
+async def test_relay_silent_after_pipelined_commands_is_a_timeout_and_a_retry(
+    tmp_path: Path, run_engine: RunEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay that takes MAIL/RCPT/DATA in one go and then says nothing: after its
+    TimeOut the attempt fails with a readable reason and the message waits for a retry."""
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mute.invalid ESMTP\r\n")
+        assert (await reader.readline()).startswith(b"EHLO")
+        writer.write(b"250-mute.invalid\r\n250 PIPELINING\r\n")
+        await reader.read()  # the pipelined group, then silence
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    relay = relay_for(UpstreamStub("127.0.0.1", port), time_out=1)
+    try:
+        running = await run_engine(settings_for(tmp_path, relay))
+        started = time.monotonic()
+        queue_id = await running.spool.store(message())
+        await running.engine.wait_idle()
+        assert time.monotonic() - started < 8  # the 1 s TimeOut, not the 10 s deadline
+        state = state_of(running.spool.spool_dir, queue_id)
+        assert state.attempts == 1
+        assert "no reply within 1 s" in state.last_reply
+        assert "no reply within 1 s" in caplog.text
+        assert running.spool.queue_path(queue_id).is_file()
+    finally:
+        server.close()
+
+
 async def test_stop_does_not_wait_for_a_silent_relay(
     tmp_path: Path, run_engine: RunEngine, caplog: pytest.LogCaptureFixture
 ) -> None:

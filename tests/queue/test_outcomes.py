@@ -252,3 +252,38 @@ def test_stuffing_in_pieces_matches_stuffing_whole(data: bytes, piece: int) -> N
 
     pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
     assert b"".join(stuffed_pieces(pieces)) + b".\r\n" == dot_stuffed(data)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "alice@example.com",
+        "a.b+tag@mail.example.co.jp",
+        "o'brien@example.org",
+        "!#$%&*+/=?^_`{|}~-@x",
+        "",
+        "a..b@example.com",
+        "Alice <alice@example.com>",
+        '"john doe"@example.com',
+        "user@[192.0.2.1]",
+        "jürgen@example.de",
+        "bad address@example.com",
+        "x@example.com> NOTIFY=NEVER",
+        "evil@example.com\r\nRSET",
+    ],
+)
+def test_quoted_address_is_what_aiosmtplib_would_send(address: str) -> None:
+    """MAIL/RCPT carry the same <address> as aiosmtplib's quote_address (or refuse it)."""
+    from aiosmtplib.email import quote_address
+
+    from jdxmail.queue.relay import _quoted
+
+    try:
+        expected: str | type[Exception] = quote_address(address)
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="not permitted in an SMTP mailbox"):
+            _quoted(address)
+    else:
+        assert _quoted(address) == expected

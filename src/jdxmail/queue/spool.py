@@ -64,6 +64,7 @@ __all__ = [
     "SpoolStats",
     "SpooledBody",
     "claim",
+    "claim_sized",
     "read_queued_fd",
     "read_queued_message",
     "spool_stats",
@@ -386,11 +387,17 @@ def sync_file_system(directory: Path) -> None:
         os.close(fd)
 
 
-def claim(path: Path) -> int | None:
+def claim(path: str | Path) -> int | None:
     """Open and lock queue file *path* for delivery; None if gone or taken by another.
 
     The lock is held until the returned descriptor is closed.
     """
+    claimed = claim_sized(path)
+    return None if claimed is None else claimed[0]
+
+
+def claim_sized(path: str | Path) -> tuple[int, int] | None:
+    """:func:`claim`, also returning the file's size (from the check it makes anyway)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -408,7 +415,7 @@ def claim(path: Path) -> int | None:
     if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_nlink == 0:
         os.close(fd)
         return None
-    return fd
+    return fd, mine.st_size
 
 
 def _tmp_writer_alive(name: str) -> bool:
@@ -479,6 +486,9 @@ class Spool:
         self.failed_dir = self.spool_dir / "failed"
         self.corrupt_dir = self.spool_dir / "corrupt"
         self.mailbox_tmp_dir = self.mailbox_dir / ".tmp"
+        # plain strings for the paths the delivery engine builds per message
+        self._queue_prefix = os.path.join(self.queue_dir, "")
+        self._state_prefix = os.path.join(self.state_dir, "")
         self._commit_mode = commit_mode
         #: files written and placed by the loop, syncfs by the sync thread (else the
         #: writer thread writes, fsyncs each file, renames and fsyncs the directories)
@@ -803,6 +813,14 @@ class Spool:
     def queue_path(self, queue_id: str) -> Path:
         """Where the queue file of *queue_id* lives."""
         return self.queue_dir / f"{queue_id}{QUEUE_SUFFIX}"
+
+    def queue_file(self, queue_id: str) -> str:
+        """:meth:`queue_path` as a string (cheaper, for once per delivery)."""
+        return f"{self._queue_prefix}{queue_id}{QUEUE_SUFFIX}"
+
+    def state_file(self, queue_id: str) -> str:
+        """Where the delivery state of *queue_id* lives (``state/ID.json``), a string."""
+        return f"{self._state_prefix}{queue_id}.json"
 
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""
