@@ -109,3 +109,17 @@ def test_deliver_probe_reports_rate_and_cpu_per_message(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "msgs/s, CPU per message:" in proc.stdout
     assert "µs user +" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("smtp-source") is None, reason="needs smtp-source (postfix)")
+def test_ingest_probe_reports_rate_and_cpu_per_message() -> None:
+    """bench/ingest_probe.py has smtp-source send a few messages and prints its figures."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.with_name("ingest_probe.py")), "--count", "40", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "msgs/s, CPU per message:" in proc.stdout

@@ -337,7 +337,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, parts: Sequence[bytes | bytearray], *, sync: bool = True) -> None:
+def write_synced(
+    path: str | Path, parts: Sequence[bytes | bytearray], *, sync: bool = True
+) -> None:
     """Create *path* (which must not exist) with *parts* joined, fsync'ed before returning.
 
     With ``sync=False`` the caller makes the data durable (``syncfs`` for a batch).
@@ -429,9 +431,9 @@ def _tmp_writer_alive(name: str) -> bool:
         return False
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str | Path) -> None:
     with contextlib.suppress(OSError):
-        path.unlink()
+        os.unlink(path)
 
 
 @dataclass(slots=True)
@@ -439,10 +441,10 @@ class _Plan:
     """The files one store() creates: tmp path → final path (mailbox links pick a name)."""
 
     queue_id: str
-    queue_file: tuple[Path, Path] | None = None
+    queue_file: tuple[str, str] | None = None
     mailbox_files: list[MailboxDelivery] = field(default_factory=list)
-    placed: list[Path] = field(default_factory=list)
-    tmp_files: list[Path] = field(default_factory=list)
+    placed: list[str | Path] = field(default_factory=list)
+    tmp_files: list[str | Path] = field(default_factory=list)
 
 
 class _Phase(enum.Enum):
@@ -488,6 +490,7 @@ class Spool:
         self.mailbox_tmp_dir = self.mailbox_dir / ".tmp"
         # plain strings for the paths the delivery engine builds per message
         self._queue_prefix = os.path.join(self.queue_dir, "")
+        self._tmp_prefix = os.path.join(self.tmp_dir, "")
         self._state_prefix = os.path.join(self.state_dir, "")
         self._commit_mode = commit_mode
         #: files written and placed by the loop, syncfs by the sync thread (else the
@@ -621,10 +624,13 @@ class Spool:
 
     def _plan(self, plan: _Plan, message: AcceptedMessage) -> None:
         if message.relay_recipients:
+            self._tmp_counter += 1
             plan.queue_file = (
-                self._tmp_path(self.tmp_dir, plan.queue_id),
-                self.queue_dir / f"{plan.queue_id}{QUEUE_SUFFIX}",
+                f"{self._tmp_prefix}{plan.queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp",
+                self.queue_file(plan.queue_id),
             )
+        if not message.local_recipients:
+            return
         name = message_file_name(message.message_id, plan.queue_id)
         seen: set[Path] = set()
         for recipient in message.local_recipients:
@@ -643,7 +649,7 @@ class Spool:
 
     def _tmp_path(self, directory: Path, queue_id: str) -> Path:
         self._tmp_counter += 1
-        return directory / f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
+        return directory / f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"  # (mailbox)
 
     def _submit(self, jobs: list[_Store]) -> None:
         with self._cond:
@@ -793,14 +799,14 @@ class Spool:
             tmp, final = plan.queue_file
             os.rename(tmp, final)
             plan.placed.append(final)
-            dirs.add(final.parent)
+            dirs.add(self.queue_dir)
         for delivery in plan.mailbox_files:
             created = delivery.ensure_directory()
             if created:
                 dirs.update(created)
-            final = delivery.link_into_place()
-            plan.placed.append(final)
-            dirs.add(final.parent)
+            linked = delivery.link_into_place()
+            plan.placed.append(linked)
+            dirs.add(linked.parent)
         return dirs
 
     def _undo(self, plan: _Plan) -> None:

@@ -58,6 +58,10 @@ def is_loopback(address: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
+#: client addresses whose TrustedNetworks answer is remembered (per settings generation)
+_TRUSTED_CACHE_SIZE = 4096
+
+
 class Policy:
     """The relay, AUTH and sender rules of one settings generation (replaced on reload)."""
 
@@ -73,6 +77,8 @@ class Policy:
         self.tls_available = tls_available
         self.local_domains = frozenset(server.effective_local_domains)
         self._users = {user.user_name.casefold(): user for user in server.users}
+        #: is_trusted's answers by client address (asked for every RCPT)
+        self._trusted: dict[str, bool] = {}
 
     @property
     def has_users(self) -> bool:
@@ -85,10 +91,17 @@ class Policy:
 
     def is_trusted(self, client_ip: str) -> bool:
         """True when *client_ip* is in ``TrustedNetworks``."""
+        known = self._trusted.get(client_ip)
+        if known is not None:
+            return known
         ip = _ip(client_ip)
-        if ip is None:
-            return False
-        return any(ip.version == net.version and ip in net for net in self.server.trusted_networks)
+        trusted = ip is not None and any(
+            ip.version == net.version and ip in net for net in self.server.trusted_networks
+        )
+        if len(self._trusted) >= _TRUSTED_CACHE_SIZE:
+            self._trusted.clear()
+        self._trusted[client_ip] = trusted
+        return trusted
 
     def is_local(self, recipient: str) -> bool:
         """True when *recipient* is in a local domain (or has no domain, like postmaster)."""

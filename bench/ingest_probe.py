@@ -1,0 +1,103 @@
+"""CPU per received message of jdxmail's server alone, steady enough to compare.
+
+Usage::
+
+    python bench/ingest_probe.py [--count 6000] [--size 1024] [--sessions 20] [--rounds 3]
+
+Runs the server (``SmtpServerApp``, durable spool, delivery left to another process
+that is not started) in this process on 127.0.0.1 and sends it *count* messages
+with ``smtp-source`` (*sessions* persistent sessions). It prints messages per
+second and CPU microseconds per message of this process, user and system (the
+session loop, the spool's sync thread; the client is another process). Profile it
+with ``py-spy record -f raw -o out.txt -- python bench/ingest_probe.py``. The full
+benchmark measures the same path in its ``jdxmail held`` row, between its peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jdxmail.logs import configure_logging
+from jdxmail.server.app import SmtpServerApp
+from jdxmail.settings.files import settings_from_source, source_from_text
+
+_SENDER, _RECIPIENT, _HELO = "bench@example.com", "rcpt@example.net", "bench.example.com"
+
+
+async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+    config = {
+        "SmtpServer": {
+            "BindAddress": "127.0.0.1",
+            "HostName": "jdxmail.bench.invalid",
+            "TrustedNetworks": ["127.0.0.0/8"],
+            "MaxConnections": 1100,
+        },
+        # never contacted: delivery is another process's job here (none runs)
+        "RelayServer": {"Host": "127.0.0.1", "Port": 9, "UseTls": False},
+        "Paths": {
+            "Spool": str(root / "spool"),
+            "Mailbox": str(root / "mailbox"),
+            "Logs": str(root / "logs"),
+        },
+    }
+    source = source_from_text(root / "c.json", json.dumps(config))
+    settings = settings_from_source(source).settings
+    configure_logging(settings.paths.logs, console=None)  # as serve does
+    app = SmtpServerApp(settings, port=0, delivery="none")
+    (address,) = await app.start()
+    argv = ["smtp-source", "-s", str(args.sessions), "-m", str(args.count), "-d"]
+    argv += ["-l", str(args.size), "-f", _SENDER, "-t", _RECIPIENT, "-M", _HELO]
+    try:
+        wall0, times0 = time.perf_counter(), os.times()
+        client = await asyncio.create_subprocess_exec(*argv, f"127.0.0.1:{address.port}")
+        if await client.wait() != 0:
+            raise SystemExit(f"smtp-source failed with status {client.returncode}")
+        wall, times = time.perf_counter() - wall0, os.times()
+    finally:
+        await app.stop(5)
+    queued = sum(1 for e in os.scandir(root / "spool" / "queue") if e.name.endswith(".msg"))
+    if queued != args.count:
+        raise SystemExit(f"{queued} of {args.count} messages queued: see {root / 'logs'}")
+    user, system = times.user - times0.user, times.system - times0.system
+    return args.count / wall, user / args.count * 1e6, system / args.count * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=6000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("smtp-source") is None:
+        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+        return 2
+    rates, users, systems = [], [], []
+    with tempfile.TemporaryDirectory(prefix="jdx-ingest-") as tmp:
+        for rnd in range(args.rounds):
+            rate, user, system = asyncio.run(_round(Path(tmp) / f"r{rnd}", args))
+            rates.append(rate)
+            users.append(user)
+            systems.append(system)
+            print(
+                f"round {rnd + 1}: {rate:,.0f} msgs/s, CPU per message: "
+                f"{user:,.0f} µs user + {system:,.0f} µs system"
+            )
+    print(
+        f"median: {statistics.median(rates):,.0f} msgs/s, CPU per message: "
+        f"{statistics.median(users):,.0f} µs user + {statistics.median(systems):,.0f} µs system"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
