@@ -379,8 +379,12 @@ class DeliveryEngine:
         """
         if queue_id in self._in_flight or queue_id in self._removing:
             return
-        self._schedule(queue_id, 0.0)
-        self._wake.set()
+        # Due now: straight to the workers, without a round through the scheduler
+        # (its heap, and a wake-up of its task, for every new message). A later
+        # entry of this id still in the heap no longer matches _due and is skipped.
+        self._due.pop(queue_id, None)
+        self._in_flight.add(queue_id)
+        self._work.put_nowait(queue_id)
 
     def rescan(self) -> None:
         """Look for queued messages this engine was not told about, now."""

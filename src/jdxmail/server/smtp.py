@@ -412,7 +412,9 @@ class SmtpSession(asyncio.Protocol):
                     self._log.debug("unknown command %r", verb[:16])
                     self.send(replies.UNKNOWN_COMMAND)
                 else:
-                    self._log.debug(">> %s", verb if verb == "AUTH" else f"{verb} {arg}".strip())
+                    if self._log.isEnabledFor(logging.DEBUG):
+                        shown = verb if verb == "AUTH" else f"{verb} {arg}".strip()
+                        self._log.debug(">> %s", shown)
                     await handler(arg)
             if bad_commands >= BAD_COMMAND_LIMIT:
                 self._log.warning("%s sent too many bad commands, closing", self.client_ip)
