@@ -66,9 +66,12 @@ async def _fill(spool_dir: Path, count: int, size: int) -> None:
         await spool.close()
 
 
-async def _drain(root: Path, sink_port: int, count: int) -> tuple[float, float, float]:
+async def _drain(
+    root: Path, sink_port: int, count: int, connections: int
+) -> tuple[float, float, float]:
     text = (
         '{"SmtpServer": {"HostName": "jdxmail.bench.invalid"},'
+        f' "Delivery": {{"ConnectionsPerRelay": {connections}}},'
         f' "RelayServer": {{"Host": "{LOOPBACK}", "Port": {sink_port}, "UseTls": false}},'
         f' "Paths": {{"Spool": "{root / "spool"}", "Mailbox": "{root / "mailbox"}",'
         f' "Logs": "{root / "logs"}"}}}}'
@@ -100,6 +103,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--connections", type=int, default=4, help="Delivery.ConnectionsPerRelay (default 4)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the last round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jdx-deliver-") as tmp:
@@ -118,7 +124,9 @@ def main() -> int:
                 profile = cProfile.Profile() if args.profile and rnd == args.rounds - 1 else None
                 if profile is not None:
                     profile.enable()
-                rate, user, system = asyncio.run(_drain(root, sink.port, args.count))
+                rate, user, system = asyncio.run(
+                    _drain(root, sink.port, args.count, args.connections)
+                )
                 if profile is not None:
                     profile.disable()
                     stats = pstats.Stats(profile).sort_stats("tottime")
