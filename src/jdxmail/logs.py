@@ -51,8 +51,15 @@ class LogSetupError(OSError):
 
 def category_of(logger_name: str) -> str:
     """The category shown for *logger_name*: SMTP, Auth, Queue, Relay, or its last part."""
-    last = logger_name.rsplit(".", 1)[-1]
-    return _CATEGORIES.get(last.lower(), last.capitalize() if last != "root" else "App")
+    known = _category_cache.get(logger_name)
+    if known is None:
+        last = logger_name.rsplit(".", 1)[-1]
+        known = _CATEGORIES.get(last.lower(), last.capitalize() if last != "root" else "App")
+        _category_cache[logger_name] = known  # one entry per logger: a handful
+    return known
+
+
+_category_cache: dict[str, str] = {}
 
 
 def register_secret(value: str) -> None:
@@ -63,7 +70,8 @@ def register_secret(value: str) -> None:
 
 
 def _mask(text: str) -> str:
-    text = _AUTH_LINE.sub(lambda m: m.group(1) + _MASK, text)
+    if "auth" in text.lower():  # cheaper than the regular expression on every line
+        text = _AUTH_LINE.sub(lambda m: m.group(1) + _MASK, text)
     with _secrets_lock:
         found = [s for s in _secrets if s in text]
     for secret in found:

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -266,6 +266,28 @@ async def test_truncated_queue_file_is_reported_corrupt(spool: Spool) -> None:
         read_queued_message(path)
     path.write_bytes(b"garbage")
     with pytest.raises(CorruptSpoolFile, match="not a jdxmail spool file"):
+        read_queued_message(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda line: line + b" {}", "extra data"),
+        (lambda line: line[:-1], "unreadable envelope"),
+        (lambda line: b" " + line, "unreadable envelope"),
+        (lambda line: line.replace(b'"id"', b'"\xff"'), "unreadable envelope"),
+        (lambda line: b"[1, 2]", "not an object"),
+    ],
+    ids=["trailing", "cut", "leading-space", "not-utf8", "array"],
+)
+async def test_damaged_envelope_line_is_reported_corrupt(
+    spool: Spool, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    """An envelope line that is not exactly one JSON object makes the file corrupt."""
+    path = spool.queue_path(await spool.store(make_message()))
+    first, envelope, rest = path.read_bytes().split(b"\n", 2)
+    path.write_bytes(b"\n".join((first, damage(envelope), rest)))
+    with pytest.raises(CorruptSpoolFile, match=reason):
         read_queued_message(path)
 
 

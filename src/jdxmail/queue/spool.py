@@ -197,6 +197,11 @@ def queue_id_time(queue_id: str) -> float | None:
         return None
 
 
+#: one encoder and decoder for every envelope line (json.dumps/loads set one up per call)
+_ENVELOPE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+_ENVELOPE_DECODER = json.JSONDecoder()
+
+
 def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
     """The start of ``queue/ID.msg``: magic line and one JSON envelope line."""
     header = {
@@ -213,7 +218,7 @@ def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
         "size": len(message.data),
         "crc32": zlib.crc32(message.data),
     }
-    line = json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    line = _ENVELOPE_ENCODER.encode(header).encode("ascii")
     return b"".join((MAGIC, line, b"\n"))
 
 
@@ -230,7 +235,10 @@ def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
     if end < 0:
         raise CorruptSpoolFile(f"{queue_id}: truncated envelope")
     try:
-        header = json.loads(raw[len(MAGIC) : end])
+        text = raw[len(MAGIC) : end].decode("utf-8")
+        header, used = _ENVELOPE_DECODER.raw_decode(text)
+        if used != len(text):
+            raise ValueError(f"extra data after the envelope at {used}")
     except ValueError as exc:
         raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
     if not isinstance(header, dict):
