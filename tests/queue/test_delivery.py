@@ -115,6 +115,59 @@ async def test_big_message_arrives_byte_for_byte(
     assert upstream.received[0].data == sent.data
 
 
+async def test_delivered_files_are_reused_for_new_messages(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivered queue file goes to spare/, the next message is written over it, and
+    that message arrives intact (not the old one)."""
+    monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    first = await running.spool.store(message(1, body=b"the first, longer message\r\n" * 40))
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    spare_dir = running.spool.spare_dir
+    assert os.listdir(spare_dir) == [first]
+    inode = os.stat(spare_dir / first).st_ino
+    second = message(2, body=b"the second\r\n")
+    second_id = await running.spool.store(second)
+    assert os.listdir(spare_dir) == []
+    assert os.stat(running.spool.queue_file(second_id)).st_ino == inode
+    await upstream.wait_for(2)
+    assert upstream.received[1].data == second.data
+    await running.engine.wait_idle()
+    assert os.listdir(spare_dir) == [second_id]
+
+
+async def test_spare_files_stop_at_the_limit(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While nobody takes spare files (a queue draining), spare/ stops growing at about
+    SPARE_LIMIT: later delivered files are removed, and big ones are never kept."""
+    monkeypatch.setattr("jdxmail.queue.worker.SPARE_LIMIT", 3)
+    monkeypatch.setattr("jdxmail.queue.worker._SPARE_COUNT_EVERY", 1)
+    upstream = await upstream_factory()
+    running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    big = message(99, body=(b"x" * 76 + b"\r\n") * 4000)
+    await running.spool.store(big)
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    assert os.listdir(running.spool.spare_dir) == []  # over 256 KiB: removed
+    running.spool._spares_seen_at = time.monotonic() + 3600  # the server takes none
+    for n in range(8):
+        await running.spool.store(message(n))
+    await upstream.wait_for(9)
+    await running.engine.wait_idle()
+    assert len(os.listdir(running.spool.spare_dir)) == 3
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
 async def test_starttls_required_and_auth_plain(
     tmp_path: Path,
     upstream_factory: StartUpstream,

@@ -352,9 +352,10 @@ async def test_open_keeps_unfinished_writes_of_running_processes(tmp_path: Path)
 async def test_big_message_can_stay_in_its_file(spool: Spool) -> None:
     """Read with keep_over, a big message is checked whole but read in pieces later."""
     message = make_message(size=3_000_000)
-    fd = os.open(spool.queue_path(await spool.store(message)), os.O_RDONLY)
+    queue_id = await spool.store(message)
+    fd = os.open(spool.queue_path(queue_id), os.O_RDONLY)
     try:
-        queued = read_queued_fd(fd, "x", keep_over=1 << 20)
+        queued = read_queued_fd(fd, queue_id, keep_over=1 << 20)
         assert queued.spooled is not None
         assert queued.size == len(message.data)
         assert len(queued.data) == 65536  # the first bytes, for bounces
@@ -366,7 +367,8 @@ async def test_big_message_can_stay_in_its_file(spool: Spool) -> None:
 @pytest.mark.parametrize("damage", ["flip", "extra", "short"])
 async def test_big_message_kept_in_its_file_is_checked(spool: Spool, damage: str) -> None:
     """A bit flipped, a byte added or bytes missing in a big queue file: corrupt."""
-    path = spool.queue_path(await spool.store(make_message(size=3_000_000)))
+    queue_id = await spool.store(make_message(size=3_000_000))
+    path = spool.queue_path(queue_id)
     raw = bytearray(path.read_bytes())
     if damage == "flip":
         raw[2_000_000] ^= 1
@@ -377,7 +379,51 @@ async def test_big_message_kept_in_its_file_is_checked(spool: Spool, damage: str
     path.write_bytes(raw)
     fd = os.open(path, os.O_RDONLY)
     try:
-        with pytest.raises(CorruptSpoolFile):
-            read_queued_fd(fd, "x", keep_over=1 << 20)
+        with pytest.raises(CorruptSpoolFile, match=r"checksum|ended 10 bytes early"):
+            read_queued_fd(fd, queue_id, keep_over=1 << 20)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("size", [100, 5_000, 200_000])
+async def test_store_writes_over_a_spare_file(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """A delivered queue file left in spare/ is reused (same inode) for the next message,
+    cut or grown to the new size, and reads back as exactly the new message."""
+    monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
+    old_id = await spool.store(make_message(1, size=20_000))
+    spare = spool.spare_file(old_id)
+    os.rename(spool.queue_file(old_id), spare)  # as the delivery engine does
+    inode = os.stat(spare).st_ino
+    message = make_message(2, size=size)
+    new_id = await spool.store(message)
+    assert os.stat(spool.queue_file(new_id)).st_ino == inode
+    assert os.listdir(spool.spare_dir) == []
+    queued = read_queued_message(spool.queue_path(new_id))
+    assert queued.data == message.data
+    assert queued.queue_id == new_id
+
+
+async def test_big_message_gets_a_new_file_not_a_spare(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages over 256 KiB are not written into spare files (they stay for small ones)."""
+    monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
+    old_id = await spool.store(make_message(1))
+    os.rename(spool.queue_file(old_id), spool.spare_file(old_id))
+    big = make_message(2, size=300_000)
+    new_id = await spool.store(big)
+    assert os.listdir(spool.spare_dir) == [old_id]
+    assert read_queued_message(spool.queue_path(new_id)).data == big.data
+
+
+async def test_queue_file_holding_another_message_is_corrupt(spool: Spool) -> None:
+    """A reused file whose new content never reached the disk (power cut before the
+    flush) still holds the old message: its envelope names the old id, so it is
+    reported corrupt rather than sent again under the new name."""
+    old_id = await spool.store(make_message(1))
+    new_id = await spool.store(make_message(2))
+    shutil.copyfile(spool.queue_file(old_id), spool.queue_file(new_id))
+    with pytest.raises(CorruptSpoolFile, match="envelope is that of another message"):
+        read_queued_message(spool.queue_path(new_id))

@@ -45,6 +45,8 @@ from jdxmail.queue.relay import (
 )
 from jdxmail.queue.spool import (
     FLUSH_FILE,
+    SPARE_LIMIT,
+    SPARE_MAX_SIZE,
     AcceptedMessage,
     CorruptSpoolFile,
     QueuedMessage,
@@ -81,6 +83,8 @@ _RESCAN_SECONDS = 30.0
 #: messages bigger than this are sent from their spool file in pieces
 _KEEP_IN_FILE_OVER = 1 << 20
 _POLL_SECONDS = 1.0
+#: delivered files moved to spare/ between two counts of what spare/ holds
+_SPARE_COUNT_EVERY = 128
 #: unexpected errors on one message before it is moved to corrupt/
 _MAX_CRASHES = 3
 
@@ -252,6 +256,8 @@ class _Loaded:
     corrupt: str = ""
     notes: list[str] = field(default_factory=list)
     had_state: bool = False
+    #: the queue file's size
+    size: int = 0
 
 
 class DeliveryEngine:
@@ -307,6 +313,10 @@ class DeliveryEngine:
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
         self._last_flush_check = 0.0
+        #: delivered queue files moved to spare/ (counted there every so often, to
+        #: stop at about SPARE_LIMIT while nobody takes them: a queue draining)
+        self._spared = 0
+        self._keep_spares = True
         #: seconds between scans of queue/ for messages nobody announced (other
         #: processes, the queue CLI); 1 s in a delivery process without inotify
         self.rescan_interval = _RESCAN_SECONDS
@@ -542,7 +552,7 @@ class DeliveryEngine:
         if claimed is None:
             return None
         fd, size = claimed
-        loaded = _Loaded(fd)
+        loaded = _Loaded(fd, size=size)
         if size > _KEEP_IN_FILE_OVER:
             return loaded
         self._read(loaded, queue_id)
@@ -962,20 +972,43 @@ class DeliveryEngine:
         files = self._files
         fd, loaded.fd = loaded.fd, -1
         had_state = loaded.had_state
+        message = loaded.message
+        spare = message is not None and message.spooled is None and loaded.size <= SPARE_MAX_SIZE
         if files is None:
-            self._remove(queue_id, fd, had_state=had_state)
+            self._remove(queue_id, fd, had_state=had_state, spare=spare)
             return
         self._removing.add(queue_id)
-        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state))
+        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state, spare=spare))
         future.add_done_callback(lambda _: self._removed(queue_id))
+
+    def _count_spares(self) -> int:
+        try:
+            with os.scandir(self.spool.spare_dir) as entries:
+                return sum(1 for _ in entries)
+        except OSError:
+            return SPARE_LIMIT
 
     def _removed(self, queue_id: str) -> None:
         self._removing.discard(queue_id)
         self._signal_idle()
 
-    def _remove(self, queue_id: str, fd: int, *, had_state: bool) -> None:
+    def _remove(self, queue_id: str, fd: int, *, had_state: bool, spare: bool = False) -> None:
+        """Remove a delivered message's files; a small queue file is moved to spare/
+        instead, for the server to write the next message over (no inode freed and
+        allocated again per message; see Spool._take_spare)."""
         try:
-            os.unlink(self.spool.queue_file(queue_id))
+            queue_file = self.spool.queue_file(queue_id)
+            if spare and self._keep_spares:
+                try:
+                    os.rename(queue_file, self.spool.spare_file(queue_id))
+                except OSError:
+                    os.unlink(queue_file)
+                else:
+                    self._spared += 1
+                    if self._spared % _SPARE_COUNT_EVERY == 0:
+                        self._keep_spares = self._count_spares() < SPARE_LIMIT
+            else:
+                os.unlink(queue_file)
             if had_state:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spool.state_file(queue_id))
