@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import signal
 import sys
 from typing import Any
 
-__all__ = ["end_with_parent", "process_alive", "read_report", "send_report"]
+__all__ = ["end_with_parent", "process_alive", "read_report", "send_report", "settle_heap"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -26,6 +27,17 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def settle_heap() -> None:
+    """Exempt what start-up allocated from the cyclic garbage collector's full passes.
+
+    Called once a long-running process (serve, a worker, the delivery process) has
+    started: its modules, settings and classes live as long as it does, and each
+    full collection would otherwise walk all of them again (``gc.freeze``).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def end_with_parent(parent: int) -> bool:

@@ -281,6 +281,7 @@ def certificate_lines(app: SmtpServerApp) -> list[str]:
 
 
 async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: Path) -> ExitCode:
+    from jdxmail.process import settle_heap  # noqa: PLC0415
     from jdxmail.server.errors import ServerError  # noqa: PLC0415
 
     app.install_signal_handlers()
@@ -294,5 +295,6 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
     sys.stdout.writelines(status_lines(app))
     sys.stdout.write(_trailer(source, log_file, mailbox))
     sys.stdout.flush()
+    settle_heap()
     await app.serve()
     return ExitCode.OK if app.failure is None else ExitCode.FAILED

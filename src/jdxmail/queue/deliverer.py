@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jdxmail.process import end_with_parent, send_report
+from jdxmail.process import end_with_parent, send_report, settle_heap
 
 if TYPE_CHECKING:
     from jdxmail.settings.model import Settings
@@ -136,6 +136,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
         logger.info("delivery process: no inotify here; looking for new mail every second")
     engine.rescan()  # whatever was stored while the engine started
     report.send({"ok": True, "pid": os.getpid()})
+    settle_heap()
     try:
         await stop.wait()
     finally:

@@ -87,7 +87,7 @@ SPARE_LIMIT = 2048
 #: how many spare names one look at spare/ takes
 _SPARE_BATCH = 256
 #: seconds before looking at an empty spare/ again
-_SPARE_IDLE_LOOK = 1.0
+_SPARE_IDLE_LOOK = 0.1
 
 CommitMode = Literal["batch", "batch-fsync", "per-message"]
 
@@ -916,7 +916,7 @@ class Spool:
                 names.append(entry.name)
                 if len(names) >= _SPARE_BATCH:
                     break
-        # none there: look again a second later, not at every store
+        # none there: look again a little later, not at every store
         self._spares_seen_at = -_SPARE_IDLE_LOOK if names else now
         self._spares = names
         return bool(names)

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jdxmail.process import end_with_parent, read_report, send_report
+from jdxmail.process import end_with_parent, read_report, send_report, settle_heap
 from jdxmail.server.errors import ServerError, bind_error
 
 if TYPE_CHECKING:
@@ -274,5 +274,6 @@ async def _worker(
     except ServerError as exc:
         send({"ok": False, "message": str(exc), "fix": exc.fix, "row": exc.row})
         return 1
+    settle_heap()
     await app.serve()
     return 0 if app.failure is None else 1
