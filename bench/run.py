@@ -1207,7 +1207,13 @@ def main(argv: list[str] | None = None) -> int:
         if "jdxmail" in wanted and have_sink:
             # Ingest alone: the upstream never answers DATA, so the delivery engine's
             # connections stay busy and it does no per-message work during the run.
-            stalled = SmtpSink(workdir, label="-stalled", extra_args=["-w", "3600"])
+            # -t 3600 too: with smtp-sink's default of 100 s it dropped those
+            # connections mid-run, and the held servers' delivery processes then
+            # churned through thousands of queued messages (rescheduling each) while
+            # the other servers were being measured.
+            stalled = SmtpSink(
+                workdir, label="-stalled", extra_args=["-t", "3600", "-w", "3600"]
+            )
             try:
                 stalled.start()
                 started.append(stalled)
