@@ -10,7 +10,9 @@ to ``smtp-sink`` on 127.0.0.1, and times it until the spool is empty. It prints
 messages per second and, the steadier figure, CPU microseconds per message of this
 process, user and system (the engine's event loop and its threads; the sink is
 another process).
-``--profile`` runs the last round under cProfile and prints the functions by own time.
+``--profile`` runs the last round under cProfile and prints the functions by own time
+(``JDXMAIL_PROBE_CALLERS=name`` / ``JDXMAIL_PROBE_CALLEES=name`` also print who calls
+the functions matching *name*, or whom they call).
 The full benchmark (bench/run.py) measures the same path as its ``jdxmail drain`` row,
 but with the start-up of a whole serve in each round and more noise.
 """
@@ -22,7 +24,6 @@ import asyncio
 import cProfile
 import os
 import pstats
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_figures import CpuFigures
 from peers import LOOPBACK, SmtpSink, Unavailable
 
 from jdxmail.logs import configure_logging
@@ -117,7 +119,7 @@ def main() -> int:
             print(exc, file=sys.stderr)
             return 2
         try:
-            rates, users, systems = [], [], []
+            figures = CpuFigures()
             for rnd in range(args.rounds):
                 root = work / f"r{rnd}"
                 asyncio.run(_fill(root, args.count, args.size))
@@ -135,18 +137,8 @@ def main() -> int:
                         stats.print_callers(os.environ["JDXMAIL_PROBE_CALLERS"])
                     if os.environ.get("JDXMAIL_PROBE_CALLEES"):
                         stats.print_callees(os.environ["JDXMAIL_PROBE_CALLEES"])
-                rates.append(rate)
-                users.append(user)
-                systems.append(system)
-                print(
-                    f"round {rnd + 1}: {rate:,.0f} msgs/s, CPU per message: "
-                    f"{user:,.0f} µs user + {system:,.0f} µs system"
-                )
-            print(
-                f"median: {statistics.median(rates):,.0f} msgs/s, CPU per message: "
-                f"{statistics.median(users):,.0f} µs user + "
-                f"{statistics.median(systems):,.0f} µs system"
-            )
+                figures.add(rate, user, system)
+            figures.print_median()
         finally:
             sink.stop()
     return 0

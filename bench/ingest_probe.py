@@ -20,11 +20,14 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_figures import CpuFigures
 
 from jdxmail.logs import configure_logging
 from jdxmail.server.app import SmtpServerApp
@@ -81,21 +84,11 @@ def main() -> int:
     if shutil.which("smtp-source") is None:
         print("smtp-source not found: apt-get install postfix", file=sys.stderr)
         return 2
-    rates, users, systems = [], [], []
+    figures = CpuFigures()
     with tempfile.TemporaryDirectory(prefix="jdx-ingest-") as tmp:
         for rnd in range(args.rounds):
-            rate, user, system = asyncio.run(_round(Path(tmp) / f"r{rnd}", args))
-            rates.append(rate)
-            users.append(user)
-            systems.append(system)
-            print(
-                f"round {rnd + 1}: {rate:,.0f} msgs/s, CPU per message: "
-                f"{user:,.0f} µs user + {system:,.0f} µs system"
-            )
-    print(
-        f"median: {statistics.median(rates):,.0f} msgs/s, CPU per message: "
-        f"{statistics.median(users):,.0f} µs user + {statistics.median(systems):,.0f} µs system"
-    )
+            figures.add(*asyncio.run(_round(Path(tmp) / f"r{rnd}", args)))
+    figures.print_median()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import errno
@@ -12,6 +13,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from tests.queue.conftest import (
 from jdxmail.queue.spool import read_queued_message, spool_stats
 from jdxmail.queue.state import DeliveryState
 from jdxmail.queue.worker import DeliveryOptions
-from jdxmail.settings.model import DeliverySettings
+from jdxmail.settings.model import DeliverySettings, RelaySettings
 
 #: run a test against an upstream without and with PIPELINING (two code paths)
 BOTH_WAYS = pytest.mark.parametrize(
@@ -46,6 +48,22 @@ def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    time_out: int,
+) -> AsyncIterator[RelaySettings]:
+    """A relay pointing at a bare asyncio server running *handler* (for relays that
+    misbehave in ways aiosmtpd will not)."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield relay_for(UpstreamStub("127.0.0.1", port), time_out=time_out)
+    finally:
+        server.close()
 
 
 def state_of(spool_dir: Path, queue_id: str) -> DeliveryState:
@@ -726,10 +744,7 @@ async def test_relay_silent_after_pipelined_commands_is_a_timeout_and_a_retry(
         await reader.read()  # the pipelined group, then silence
         writer.close()
 
-    server = await asyncio.start_server(mute, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    relay = relay_for(UpstreamStub("127.0.0.1", port), time_out=1)
-    try:
+    async with raw_upstream(mute, time_out=1) as relay:
         running = await run_engine(settings_for(tmp_path, relay))
         started = time.monotonic()
         queue_id = await running.spool.store(message())
@@ -740,8 +755,6 @@ async def test_relay_silent_after_pipelined_commands_is_a_timeout_and_a_retry(
         assert "no reply within 1 s" in state.last_reply
         assert "no reply within 1 s" in caplog.text
         assert running.spool.queue_path(queue_id).is_file()
-    finally:
-        server.close()
 
 
 async def test_stop_does_not_wait_for_a_silent_relay(
@@ -756,18 +769,13 @@ async def test_stop_does_not_wait_for_a_silent_relay(
         await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    relay = relay_for(UpstreamStub("127.0.0.1", port), time_out=30)
-    try:
+    async with raw_upstream(silent, time_out=30) as relay:
         running = await run_engine(settings_for(tmp_path, relay))
         queue_id = await running.spool.store(message())
         await accepted.wait()
         await running.engine.stop(0.2)
         assert "1 deliveries still running after 0 s" in caplog.text
         assert running.spool.queue_path(queue_id).is_file()
-    finally:
-        server.close()
 
 
 async def test_smtputf8_message_bounces_when_no_relay_offers_it(
