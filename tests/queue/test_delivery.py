@@ -534,6 +534,33 @@ async def test_failing_relay_is_skipped_by_circuit_breaker(
     assert breaker.open_until > time.time()
 
 
+async def test_mail_waits_in_memory_while_every_relay_is_skipped(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the only relay's breaker is open, the other queued messages are not opened,
+    rescheduled and logged one by one: they wait, untouched, until it reopens."""
+    caplog.set_level(logging.INFO)
+    down = await upstream_factory()
+    await down.close()
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(down, name="primary")),
+        DeliveryOptions(connections_per_relay=1),
+    )
+    ids = [await running.spool.store(message(n)) for n in range(12)]
+    await running.engine.wait_idle()
+    breaker = running.engine.breakers["primary"]
+    assert breaker.failures == 3
+    state_dir = running.spool.spool_dir / "state"
+    assert len(os.listdir(state_dir)) == 3  # the three attempts, nothing for the rest
+    assert "skipped after repeated failures" not in caplog.text
+    assert spool_stats(running.spool.spool_dir).queued == 12
+    waiting = [i for i in ids if running.engine._due.get(i) == breaker.open_until]
+    assert len(waiting) == 9
+
+
 async def test_quota_spills_over_and_survives_restart(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:

@@ -513,7 +513,16 @@ class DeliveryEngine:
         while True:
             queue_id = await self._work.get()
             try:
-                if not self._stopping:
+                resting = self._relays_resting(self.clock())
+                if self._stopping:
+                    pass
+                elif resting is not None:
+                    # Every relay is being skipped after repeated failures: the message
+                    # waits in memory, its file untouched (with a big queue, claiming,
+                    # reading and rescheduling each one per cool-down was thousands
+                    # of file operations and log lines for nothing).
+                    self._schedule(queue_id, resting)
+                else:
                     await self._deliver(queue_id)
             except asyncio.CancelledError:
                 raise
@@ -539,6 +548,13 @@ class DeliveryEngine:
                     self._wake.set()
                 self._work.task_done()
                 self._signal_idle()
+
+    def _relays_resting(self, now: float) -> float | None:
+        """When the first breaker reopens, if every relay's breaker is open; else None."""
+        breakers = self.breakers.values()
+        if not breakers or any(b.allows(now) for b in breakers):
+            return None
+        return min(b.open_until for b in breakers)
 
     # -- one message -----------------------------------------------------------------
 
