@@ -32,7 +32,7 @@ from tests.queue.conftest import (
     settings_for,
 )
 
-from jdxmail.queue.spool import read_queued_message, spool_stats
+from jdxmail.queue.spool import Spool, read_queued_message, spool_stats
 from jdxmail.queue.state import DeliveryState
 from jdxmail.queue.worker import DeliveryOptions
 from jdxmail.settings.model import DeliverySettings, RelaySettings
@@ -532,6 +532,29 @@ async def test_failing_relay_is_skipped_by_circuit_breaker(
     breaker = running.engine.breakers["primary"]
     assert breaker.failures == 3
     assert breaker.open_until > time.time()
+
+
+async def test_message_locked_by_another_is_tried_again_soon(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A queue file another process holds locked when the engine wants it (or a reused
+    file whose old descriptor is still being closed) is delivered soon after the lock
+    goes, not at the next 30 s rescan."""
+    upstream = await upstream_factory()
+    writer = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await writer.open()
+    queue_id = await writer.store(message())
+    await writer.close()
+    fd = os.open(writer.queue_file(queue_id), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another delivery process claims it
+    try:
+        await run_engine(settings_for(tmp_path, relay_for(upstream)))
+        await asyncio.sleep(0.3)
+        assert upstream.received == []
+    finally:
+        os.close(fd)
+    async with asyncio.timeout(5):
+        await upstream.wait_for(1)
 
 
 async def test_mail_waits_in_memory_while_every_relay_is_skipped(

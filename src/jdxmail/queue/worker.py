@@ -83,6 +83,8 @@ _RESCAN_SECONDS = 30.0
 #: messages bigger than this are sent from their spool file in pieces
 _KEEP_IN_FILE_OVER = 1 << 20
 _POLL_SECONDS = 1.0
+#: seconds before trying again a queue file that another holds locked
+_LOCKED_RETRY = 1.0
 #: delivered files moved to spare/ between two counts of what spare/ holds
 _SPARE_COUNT_EVERY = 128
 #: unexpected errors on one message before it is moved to corrupt/
@@ -630,6 +632,12 @@ class DeliveryEngine:
         # message is checked off the event loop.
         loaded = self._load(queue_id)
         if loaded is None:
+            if os.access(self.spool.queue_file(queue_id), os.F_OK):
+                # Locked by another for now: a delivery process sharing the spool,
+                # the queue command, or this engine's file thread still closing the
+                # file that was reused for this message. Look again soon rather than
+                # at the next rescan.
+                self._schedule(queue_id, self.clock() + _LOCKED_RETRY)
             return
         if loaded.message is None and not loaded.corrupt:
             claimed, files = loaded, self._files
