@@ -694,8 +694,10 @@ class Spool:
             )
 
     def _tmp_path(self, directory: Path, queue_id: str) -> Path:
+        """A new tmp file name in *directory*, for a mailbox file (queue files get a
+        string of the same form in _plan)."""
         self._tmp_counter += 1
-        return directory / f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"  # (mailbox)
+        return directory / f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
 
     def _submit(self, jobs: list[_Store]) -> None:
         with self._cond:
