@@ -148,8 +148,9 @@ async def test_delivered_files_are_reused_for_new_messages(
     await upstream.wait_for(1)
     await running.engine.wait_idle()
     spare_dir = running.spool.spare_dir
-    assert os.listdir(spare_dir) == [first]
-    inode = os.stat(spare_dir / first).st_ino
+    (kept,) = os.listdir(spare_dir)
+    assert kept == f"{first}.1"  # spare/ID.N: N blocks of 4 KiB
+    inode = os.stat(spare_dir / kept).st_ino
     second = message(2, body=b"the second\r\n")
     second_id = await running.spool.store(second)
     assert os.listdir(spare_dir) == []
@@ -157,7 +158,7 @@ async def test_delivered_files_are_reused_for_new_messages(
     await upstream.wait_for(2)
     assert upstream.received[1].data == second.data
     await running.engine.wait_idle()
-    assert os.listdir(spare_dir) == [second_id]
+    assert os.listdir(spare_dir) == [f"{second_id}.1"]
 
 
 async def test_spare_files_stop_at_the_limit(

@@ -385,18 +385,21 @@ async def test_big_message_kept_in_its_file_is_checked(spool: Spool, damage: str
         os.close(fd)
 
 
-@pytest.mark.parametrize("size", [100, 5_000, 200_000])
+@pytest.mark.parametrize(
+    ("old_size", "new_size"), [(5_000, 5_100), (5_000, 200_000), (100, 100), (100, 3_000)]
+)
 async def test_store_writes_over_a_spare_file(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch, size: int
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, old_size: int, new_size: int
 ) -> None:
-    """A delivered queue file left in spare/ is reused (same inode) for the next message,
-    cut or grown to the new size, and reads back as exactly the new message."""
+    """A delivered queue file left in spare/ is reused (same inode) for a next message
+    that needs as many 4 KiB blocks or more, cut or grown to the new size, and reads
+    back as exactly the new message."""
     monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
-    old_id = await spool.store(make_message(1, size=20_000))
-    spare = spool.spare_file(old_id)
+    old_id = await spool.store(make_message(1, size=old_size))
+    spare = spool.spare_file(old_id, spool.queue_path(old_id).stat().st_size)
     os.rename(spool.queue_file(old_id), spare)  # as the delivery engine does
     inode = os.stat(spare).st_ino
-    message = make_message(2, size=size)
+    message = make_message(2, size=new_size)
     new_id = await spool.store(message)
     assert os.stat(spool.queue_file(new_id)).st_ino == inode
     assert os.listdir(spool.spare_dir) == []
@@ -405,17 +408,29 @@ async def test_store_writes_over_a_spare_file(
     assert queued.queue_id == new_id
 
 
-async def test_big_message_gets_a_new_file_not_a_spare(
+async def test_spare_files_that_would_have_to_shrink_are_not_taken(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Messages over 256 KiB are not written into spare files (they stay for small ones)."""
+    """A smaller message does not take a spare with more blocks (cutting a file down
+    frees blocks, which waits for the disk), nor does a message over 256 KiB, nor a
+    name without a block count, a symlink or a folder in spare/."""
     monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
-    old_id = await spool.store(make_message(1))
-    os.rename(spool.queue_file(old_id), spool.spare_file(old_id))
-    big = make_message(2, size=300_000)
-    new_id = await spool.store(big)
-    assert os.listdir(spool.spare_dir) == [old_id]
-    assert read_queued_message(spool.queue_path(new_id)).data == big.data
+    big_id = await spool.store(make_message(1, size=20_000))
+    big_spare = spool.spare_file(big_id, spool.queue_path(big_id).stat().st_size)
+    os.rename(spool.queue_file(big_id), big_spare)
+    outside = spool.spool_dir.parent / "outside.txt"
+    outside.write_bytes(b"not yours")
+    (spool.spare_dir / "link.1").symlink_to(outside)
+    (spool.spare_dir / "folder.1").mkdir()
+    (spool.spare_dir / "noblocks").write_bytes(b"x")
+    before = sorted(os.listdir(spool.spare_dir))
+    small = make_message(2, size=100)
+    small_id = await spool.store(small)
+    huge = make_message(3, size=300_000)
+    await spool.store(huge)
+    assert sorted(os.listdir(spool.spare_dir)) == before
+    assert outside.read_bytes() == b"not yours"
+    assert read_queued_message(spool.queue_path(small_id)).data == small.data
 
 
 async def test_queue_file_holding_another_message_is_corrupt(spool: Spool) -> None:

@@ -1006,7 +1006,7 @@ class DeliveryEngine:
             and loaded.size <= SPARE_MAX_SIZE
         )
         if files is None or spare:
-            self._remove(queue_id, fd, had_state=had_state, spare=spare)
+            self._remove(queue_id, fd, had_state=had_state, spare=spare, size=loaded.size)
             return
         self._removing.add(queue_id)
         future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state))
@@ -1023,7 +1023,9 @@ class DeliveryEngine:
         self._removing.discard(queue_id)
         self._signal_idle()
 
-    def _remove(self, queue_id: str, fd: int, *, had_state: bool, spare: bool = False) -> None:
+    def _remove(
+        self, queue_id: str, fd: int, *, had_state: bool, spare: bool = False, size: int = 0
+    ) -> None:
         """Remove a delivered message's files; a small queue file is moved to spare/
         instead, for the server to write the next message over (no inode freed and
         allocated again per message; see Spool._take_spare)."""
@@ -1031,7 +1033,7 @@ class DeliveryEngine:
             queue_file = self.spool.queue_file(queue_id)
             if spare and self._keep_spares:
                 try:
-                    os.rename(queue_file, self.spool.spare_file(queue_id))
+                    os.rename(queue_file, self.spool.spare_file(queue_id, size))
                 except OSError:
                     os.unlink(queue_file)
                 else:
