@@ -161,29 +161,40 @@ async def test_delivered_files_are_reused_for_new_messages(
     assert os.listdir(spare_dir) == [f"{second_id}.1"]
 
 
-async def test_spare_files_stop_at_the_limit(
+async def test_spare_files_are_pruned_oldest_first_at_the_limit(
     tmp_path: Path,
     upstream_factory: StartUpstream,
     run_engine: RunEngine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """While nobody takes spare files (a queue draining), spare/ stops growing at about
-    SPARE_LIMIT: later delivered files are removed, and big ones are never kept."""
-    monkeypatch.setattr("jdxmail.queue.worker.SPARE_LIMIT", 3)
+    """While nobody takes spare files (a queue draining, or sizes no longer needed),
+    spare/ stays at about SPARE_LIMIT: past it the older half is removed, so the files
+    of recent messages stay; big messages' files are never kept."""
+    monkeypatch.setattr("jdxmail.queue.worker.SPARE_LIMIT", 6)
     monkeypatch.setattr("jdxmail.queue.worker._SPARE_COUNT_EVERY", 1)
     upstream = await upstream_factory()
     running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
+    spare_dir = running.spool.spare_dir
     big = message(99, body=(b"x" * 76 + b"\r\n") * 4000)
     await running.spool.store(big)
     await upstream.wait_for(1)
     await running.engine.wait_idle()
-    assert os.listdir(running.spool.spare_dir) == []  # over 256 KiB: removed
+    assert os.listdir(spare_dir) == []  # over 256 KiB: removed
+    for n in range(5):  # left by a burst of 40 KB messages long ago
+        (spare_dir / f"0000000000000000000000{n:02d}.10").write_bytes(b"x" * 40_000)
     running.spool._spares_seen_at = time.monotonic() + 3600  # the server takes none
-    for n in range(8):
-        await running.spool.store(message(n))
-    await upstream.wait_for(9)
-    await running.engine.wait_idle()
-    assert len(os.listdir(running.spool.spare_dir)) == 3
+    ids = []
+    for n in range(6):
+        ids.append(await running.spool.store(message(n)))
+        await upstream.wait_for(n + 2)
+        await running.engine.wait_idle()
+    files = running.engine._files
+    assert files is not None
+    await files.submit(lambda: None)  # after the removals queued on the file thread
+    kept = sorted(os.listdir(spare_dir))
+    assert len(kept) <= 6
+    assert not any(name.endswith(".10") for name in kept)
+    assert f"{ids[-1]}.1" in kept
     assert spool_stats(running.spool.spool_dir).queued == 0
 
 

@@ -315,10 +315,11 @@ class DeliveryEngine:
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
         self._last_flush_check = 0.0
-        #: delivered queue files moved to spare/ (counted there every so often, to
-        #: stop at about SPARE_LIMIT while nobody takes them: a queue draining)
+        #: delivered queue files moved to spare/ (what spare/ holds is counted every
+        #: so often and its older half removed past SPARE_LIMIT: a queue draining,
+        #: or sizes the server no longer needs)
         self._spared = 0
-        self._keep_spares = True
+        self._pruning = False
         #: seconds between scans of queue/ for messages nobody announced (other
         #: processes, the queue CLI); 1 s in a delivery process without inotify
         self.rescan_interval = _RESCAN_SECONDS
@@ -999,12 +1000,7 @@ class DeliveryEngine:
         fd, loaded.fd = loaded.fd, -1
         had_state = loaded.had_state
         message = loaded.message
-        spare = (
-            self._keep_spares
-            and message is not None
-            and message.spooled is None
-            and loaded.size <= SPARE_MAX_SIZE
-        )
+        spare = message is not None and message.spooled is None and loaded.size <= SPARE_MAX_SIZE
         if files is None or spare:
             self._remove(queue_id, fd, had_state=had_state, spare=spare, size=loaded.size)
             return
@@ -1012,12 +1008,34 @@ class DeliveryEngine:
         future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state))
         future.add_done_callback(lambda _: self._removed(queue_id))
 
-    def _count_spares(self) -> int:
+    def _check_spares(self) -> None:
+        """Keep spare/ at about SPARE_LIMIT files: past it, remove the older half.
+
+        Queue ids sort by time, so the oldest spares go: those of a size the server
+        has not needed for a while (a burst of big messages, then small ones).
+        """
+        if self._pruning:
+            return
         try:
-            with os.scandir(self.spool.spare_dir) as entries:
-                return sum(1 for _ in entries)
+            names = sorted(os.listdir(self.spool.spare_dir))
         except OSError:
-            return SPARE_LIMIT
+            return
+        if len(names) < SPARE_LIMIT:
+            return
+        spare_dir = self.spool.spare_dir
+        old = names[: len(names) - SPARE_LIMIT // 2]
+
+        def prune() -> None:
+            for name in old:
+                with contextlib.suppress(OSError):  # taken by the server meanwhile
+                    os.unlink(spare_dir / name)
+
+        files = self._files
+        if files is None:
+            prune()
+            return
+        self._pruning = True  # removals wait for the disk: on the file thread
+        files.submit(prune).add_done_callback(lambda _: setattr(self, "_pruning", False))
 
     def _removed(self, queue_id: str) -> None:
         self._removing.discard(queue_id)
@@ -1031,7 +1049,7 @@ class DeliveryEngine:
         allocated again per message; see Spool._take_spare)."""
         try:
             queue_file = self.spool.queue_file(queue_id)
-            if spare and self._keep_spares:
+            if spare:
                 try:
                     os.rename(queue_file, self.spool.spare_file(queue_id, size))
                 except OSError:
@@ -1039,7 +1057,7 @@ class DeliveryEngine:
                 else:
                     self._spared += 1
                     if self._spared % _SPARE_COUNT_EVERY == 0:
-                        self._keep_spares = self._count_spares() < SPARE_LIMIT
+                        self._check_spares()
             else:
                 os.unlink(queue_file)
             if had_state:
