@@ -549,9 +549,8 @@ async def test_failing_relay_is_skipped_by_circuit_breaker(
 async def test_message_locked_by_another_is_tried_again_soon(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
-    """A queue file another process holds locked when the engine wants it (or a reused
-    file whose old descriptor is still being closed) is delivered soon after the lock
-    goes, not at the next 30 s rescan."""
+    """A queue file another process holds locked when the engine wants it is delivered
+    soon after the lock goes, not at the next 30 s rescan."""
     upstream = await upstream_factory()
     writer = Spool(tmp_path / "spool", tmp_path / "mailbox")
     await writer.open()

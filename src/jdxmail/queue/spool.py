@@ -416,14 +416,21 @@ def sync_file_system(directory: Path | int) -> None:
     """
     if _SYNCFS is None:
         raise OSError(errno.ENOSYS, "syncfs is not available")
-    fd = directory if isinstance(directory, int) else os.open(directory, _DIR_FLAGS)
+    if isinstance(directory, int):
+        _syncfs_fd(directory, str(directory))
+        return
+    fd = os.open(directory, _DIR_FLAGS)
     try:
-        if _SYNCFS(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(directory))
+        _syncfs_fd(fd, str(directory))
     finally:
-        if fd is not directory:
-            os.close(fd)
+        os.close(fd)
+
+
+def _syncfs_fd(fd: int, shown: str) -> None:
+    assert _SYNCFS is not None
+    if _SYNCFS(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), shown)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -533,7 +540,8 @@ class Spool:
         self._queue_prefix = os.path.join(self.queue_dir, "")
         self._tmp_prefix = os.path.join(self.tmp_dir, "")
         self._spare_prefix = os.path.join(self.spare_dir, "")
-        #: names in spare/ not taken yet (as last seen), and when it was seen empty
+        #: names in spare/ not taken yet, by block count (as last seen), and when
+        #: a look found none that fitted
         self._spares: dict[int, list[str]] = {}
         self._spares_seen_at = -_SPARE_IDLE_LOOK
         self._state_prefix = os.path.join(self.state_dir, "")
@@ -670,9 +678,8 @@ class Spool:
 
     def _plan(self, plan: _Plan, message: AcceptedMessage) -> None:
         if message.relay_recipients:
-            self._tmp_counter += 1
             plan.queue_file = (
-                f"{self._tmp_prefix}{plan.queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp",
+                self._tmp_prefix + self._tmp_name(plan.queue_id),
                 self.queue_file(plan.queue_id),
             )
         if not message.local_recipients:
@@ -687,17 +694,16 @@ class Spool:
             plan.mailbox_files.append(
                 MailboxDelivery(
                     recipient=recipient,
-                    tmp=self._tmp_path(self.mailbox_tmp_dir, plan.queue_id),
+                    tmp=self.mailbox_tmp_dir / self._tmp_name(plan.queue_id),
                     directory=directory,
                     name=name,
                 )
             )
 
-    def _tmp_path(self, directory: Path, queue_id: str) -> Path:
-        """A new tmp file name in *directory*, for a mailbox file (queue files get a
-        string of the same form in _plan)."""
+    def _tmp_name(self, queue_id: str) -> str:
+        """A new tmp file name ``ID.pPID.N.tmp`` (see _tmp_writer_alive)."""
         self._tmp_counter += 1
-        return directory / f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
+        return f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
 
     def _submit(self, jobs: list[_Store]) -> None:
         with self._cond:
@@ -933,7 +939,11 @@ class Spool:
 
     def state_file(self, queue_id: str) -> str:
         """Where the delivery state of *queue_id* lives (``state/ID.json``), a string."""
-        return f"{self._state_prefix}{queue_id}.json"
+        return f"{self._state_prefix}{queue_id}{STATE_SUFFIX}"
+
+    def state_path(self, queue_id: str) -> Path:
+        """:meth:`state_file` as a Path."""
+        return Path(self.state_file(queue_id))
 
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -453,7 +452,7 @@ class DeliveryEngine:
 
     def _next_try_on_disk(self, queue_id: str) -> float:
         try:
-            data = read_json(self.spool.state_dir / f"{queue_id}.json")
+            data = read_json(self.spool.state_path(queue_id))
         except (StateError, OSError):
             return 0.0
         if isinstance(data, dict):
@@ -516,17 +515,16 @@ class DeliveryEngine:
         while True:
             queue_id = await self._work.get()
             try:
-                resting = self._relays_resting(self.clock())
-                if self._stopping:
-                    pass
-                elif resting is not None:
-                    # Every relay is being skipped after repeated failures: the message
-                    # waits in memory, its file untouched (with a big queue, claiming,
-                    # reading and rescheduling each one per cool-down was thousands
-                    # of file operations and log lines for nothing).
-                    self._schedule(queue_id, resting)
-                else:
-                    await self._deliver(queue_id)
+                if not self._stopping:
+                    resting = self._relays_resting(self.clock())
+                    if resting is None:
+                        await self._deliver(queue_id)
+                    else:
+                        # Every relay is being skipped after repeated failures: the
+                        # message waits in memory, its file untouched (with a big
+                        # queue, claiming, reading and rescheduling each one per
+                        # cool-down was thousands of file operations and log lines).
+                        self._schedule(queue_id, resting)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -595,7 +593,7 @@ class DeliveryEngine:
             # (under the lock this engine now holds, so none can appear meanwhile)
             loaded.state = DeliveryState.fresh(loaded.message.recipients)
             return
-        state_path = Path(state_file)
+        state_path = self.spool.state_path(queue_id)
         try:
             data = read_json(state_path)
             loaded.had_state = data is not None
@@ -622,7 +620,7 @@ class DeliveryEngine:
 
     def _move_corrupt(self, queue_id: str) -> None:
         os.replace(self.spool.queue_path(queue_id), self.spool.corrupt_dir / f"{queue_id}.msg")
-        state = self.spool.state_dir / f"{queue_id}.json"
+        state = self.spool.state_path(queue_id)
         with contextlib.suppress(FileNotFoundError):
             os.replace(state, self.spool.corrupt_dir / f"{queue_id}.json")
 
@@ -634,10 +632,8 @@ class DeliveryEngine:
         loaded = self._load(queue_id)
         if loaded is None:
             if os.access(self.spool.queue_file(queue_id), os.F_OK):
-                # Locked by another for now: a delivery process sharing the spool,
-                # the queue command, or this engine's file thread still closing the
-                # file that was reused for this message. Look again soon rather than
-                # at the next rescan.
+                # Locked by another for now (a delivery process sharing the spool,
+                # the queue command): look again soon rather than at the next rescan.
                 self._schedule(queue_id, self.clock() + _LOCKED_RETRY)
             return
         if loaded.message is None and not loaded.corrupt:
@@ -764,7 +760,7 @@ class DeliveryEngine:
         else:
             state.next_try = now + self.retry_delay
             state.waiting_for = "no relay available" if state.pending() else "storing the bounce"
-        path = self.spool.state_dir / f"{message.queue_id}.json"
+        path = self.spool.state_path(message.queue_id)
         await asyncio.to_thread(write_json_atomic, path, state.to_json())
         self._schedule(message.queue_id, state.next_try)
         logger.info(
@@ -981,7 +977,7 @@ class DeliveryEngine:
         write_json_atomic(failed_dir / f"{message.queue_id}.json", record, sync=True)
         os.replace(self.spool.queue_path(message.queue_id), failed_dir / f"{message.queue_id}.msg")
         with contextlib.suppress(FileNotFoundError):
-            (self.spool.state_dir / f"{message.queue_id}.json").unlink()
+            self.spool.state_path(message.queue_id).unlink()
 
     def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
         """Put the delivered message's queue file in spare/, or have the file thread
@@ -1071,5 +1067,6 @@ class DeliveryEngine:
                 exc,
             )
         finally:
-            # the last close of an unlinked file frees it on disk: off the event loop
+            # (for an unlinked file this close frees its blocks: the caller runs
+            # those on the file thread)
             os.close(fd)
