@@ -52,6 +52,29 @@ def test_categories_levels_and_sessions_are_greppable(logs_dir: Path) -> None:
     assert category_of("jdxmail.smtp") == "SMTP"
 
 
+def test_console_and_file_get_the_same_lines(tmp_path: Path) -> None:
+    """Every line reaches both the console and the file, masked and formatted alike."""
+    root = logging.getLogger("jdxmail")
+    level, propagate = root.level, root.propagate
+    console = io.StringIO()
+    configure_logging(tmp_path, console=console)
+    try:
+        logging.getLogger("jdxmail.smtp").info("first", extra={"session": "00c0ffee"})
+        logging.getLogger("jdxmail.auth").warning("client said AUTH LOGIN dXNlcg==")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        root.propagate = propagate
+    lines = (tmp_path / "jdxmail.log").read_text().splitlines()
+    assert console.getvalue().splitlines() == lines
+    assert len(lines) == 2
+    assert "[00c0ffee] first" in lines[0]
+    assert "dXNlcg==" not in lines[1]
+    assert "AUTH LOGIN ********" in lines[1]
+
+
 def test_daily_file_is_renamed_with_its_date(logs_dir: Path) -> None:
     """At rollover jdxmail.log becomes jdxmail-YYYYMMDD.log and a fresh file starts."""
     logger = logging.getLogger("jdxmail.smtp")
