@@ -75,6 +75,8 @@ class Upstream:
     sessions: list[SMTP] = field(default_factory=list)
     #: transactions whose RCPT and DATA had arrived already when MAIL was handled
     pipelined: int = 0
+    #: messages whose end of data came with the next message's MAIL (RFC 2920 §3.1)
+    chained: int = 0
 
     def recipients(self) -> list[str]:
         """Every recipient of every received message, in order."""
@@ -147,6 +149,9 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        waiting = getattr(getattr(server, "_reader", None), "_buffer", b"")
+        if bytes(waiting).upper().startswith(b"MAIL FROM:"):
+            self.upstream.chained += 1
         refusal = self._refuse(self.upstream.spec.data_reply)
         if refusal:
             return refusal

@@ -941,3 +941,106 @@ async def test_session_closed_by_the_relay_while_idle_is_replaced_quietly(
     assert upstream.connections == 2
     assert not (running.spool.spool_dir / "state" / f"{queue_id}.json").exists()
     assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def _queued_before_start(tmp_path: Path, count: int) -> list[bytes]:
+    """Store *count* messages while no engine runs (its start finds them all due)."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    try:
+        sent = [message(n) for n in range(count)]
+        for item in sent:
+            await spool.store(item)
+    finally:
+        await spool.close()
+    return [bytes(item.data) for item in sent]
+
+
+async def test_next_message_goes_out_with_the_data_before_it(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """With PIPELINING and a busy session, a waiting message's MAIL, RCPT and DATA
+    follow the previous message's data in the same write (RFC 2920 §3.1): one round
+    trip per message. Every message arrives once, exact, over the one session."""
+    sent = await _queued_before_start(tmp_path, 6)
+    upstream = await upstream_factory(UpstreamSpec(pipelining=True))
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+    )
+    await upstream.wait_for(6)
+    await running.engine.wait_idle()
+    assert sorted(m.data for m in upstream.received) == sorted(sent)
+    assert upstream.connections == 1
+    assert upstream.chained >= 1  # the second message waited while the first was sent
+    assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+async def test_refused_data_leaves_the_message_sent_after_it_alone(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A message whose data is refused while the next one's commands follow it: no RSET
+    cuts into the next transaction; it is delivered, the refused one waits for a retry."""
+    await _queued_before_start(tmp_path, 2)
+    upstream = await upstream_factory(
+        UpstreamSpec(pipelining=True, data_reply="451 4.3.0 try again later", refusals=1)
+    )
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+    )
+    await upstream.wait_for(1)
+    await running.engine.wait_idle()
+    assert upstream.chained == 1
+    assert upstream.connections == 1
+    assert len(upstream.received) == 1
+    (waiting,) = running.spool.queued_ids()
+    state = state_of(running.spool.spool_dir, waiting)
+    assert state.attempts == 1
+    assert "451" in state.last_reply
+
+
+async def test_session_lost_after_data_sends_the_next_message_on_a_new_one(
+    tmp_path: Path, run_engine: RunEngine
+) -> None:
+    """The relay drops the session after a message's data, with the next message's
+    commands already sent: that one goes on a new session; the dropped one is retried."""
+    sent = await _queued_before_start(tmp_path, 2)
+    got: list[bytes] = []
+    sessions = 0
+    ahead = b""
+
+    async def drops_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sessions, ahead
+        sessions += 1
+        first = sessions == 1
+        writer.write(b"220 flaky.invalid ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-flaky.invalid\r\n250 PIPELINING\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                data = await reader.readuntil(b"\r\n.\r\n")
+                if first:  # gone before the reply to the data
+                    ahead = await asyncio.wait_for(reader.read(65536), 1)  # what came with it
+                    break
+                got.append(data)
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 ok\r\n")
+        writer.close()
+
+    async with raw_upstream(drops_first, time_out=5) as relay:
+        running = await run_engine(
+            settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
+        )
+        await running.engine.wait_idle()
+    assert ahead.startswith(b"MAIL FROM:")
+    assert ahead.endswith(b"DATA\r\n")
+    assert sessions == 2
+    (waiting,) = running.spool.queued_ids()
+    retried = read_queued_message(running.spool.queue_path(waiting)).data
+    assert got == [next(data for data in sent if data != retried) + b".\r\n"]
+    assert state_of(running.spool.spool_dir, waiting).attempts == 1

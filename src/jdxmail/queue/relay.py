@@ -13,6 +13,7 @@ the one place that decides retry / bounce / fail over / count against the relay.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -40,6 +41,7 @@ __all__ = [
     "Scope",
     "Stage",
     "StageError",
+    "Transaction",
     "Verdict",
     "classify",
     "dot_stuffed",
@@ -439,8 +441,8 @@ def _stuffed(text: bytes, line_start: bool) -> bytes:
 
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
-    if not isinstance(data, SpooledBody) and len(data) <= _CHUNK:
-        protocol.write(dot_stuffed(data))
+    if _is_small(data):
+        protocol.write(dot_stuffed(data))  # type: ignore[arg-type]
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
@@ -452,6 +454,11 @@ async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
         protocol.write(piece)  # type: ignore[arg-type]
         await protocol._drain_helper()
     protocol.write(b".\r\n")
+
+
+def _is_small(data: Payload) -> bool:
+    """True when *data* is in memory and goes out in one write."""
+    return not isinstance(data, SpooledBody) and len(data) <= _CHUNK
 
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -513,7 +520,9 @@ class _KeepingProtocol(SMTPProtocol):
             if not more.done():
                 more.set_result(None)
             return
-        if waiter.done():
+        if waiter.done() or not getattr(self, "_response_pending", True):
+            # Nobody reads yet (replies to commands sent ahead of their
+            # transaction's turn): they wait in the buffer for read_replies.
             return
         try:
             response = self._read_response_from_buffer()
@@ -536,6 +545,12 @@ class _KeepingProtocol(SMTPProtocol):
         """The next *count* replies in order, within *patience* seconds for all of them."""
         replies: list[aiosmtplib.SMTPResponse] = []
         loop = self._loop
+        waiter = self._response_waiter
+        if waiter is not None and waiter.done() and not waiter.cancelled():
+            # a reply aiosmtplib's reader took from the buffer before this read: the
+            # oldest (raises if it was malformed)
+            replies.append(waiter.result())
+            self._response_waiter = loop.create_future()
         deadline = None if patience is None else loop.time() + patience
         while len(replies) < count:
             response = self._read_response_from_buffer() if self._buffer else None
@@ -607,6 +622,48 @@ def _reply_error(reply: aiosmtplib.SMTPResponse) -> aiosmtplib.SMTPResponseExcep
     return aiosmtplib.SMTPResponseException(reply.code, reply.message)
 
 
+class Transaction:
+    """One message's MAIL, RCPT and DATA at one relay, and how far it got.
+
+    Made before the attempt waits for a session, so that the session's current
+    message can send this one's commands right after its own data (see
+    :meth:`RelayPool.line_up`).
+    """
+
+    def __init__(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        data: Payload,
+        options: Sequence[str],
+    ) -> None:
+        self.mail_from = mail_from
+        self.recipients = recipients
+        self.data = data
+        self.options = options
+        #: where the session is in this transaction (what a broken session failed at)
+        self.stage = Stage.MAIL
+        #: MAIL, RCPT and DATA went out already, after the previous message's data
+        self.ahead = False
+        #: the waiting transaction whose commands went out after this one's data:
+        #: the session is handed to it when this one is done
+        self.successor: _Waiter | None = None
+        # set by RelayConnection.prepare for the session it is sent on
+        self.result = AttemptResult(relay="")
+        self.sent: list[str] = []
+        self.encoding = "ascii"
+        self.mail_parameters: list[str] = []
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """A transaction waiting for a turn at a relay (see RelayPool.turn)."""
+
+    transaction: Transaction
+    #: resolves to a session handed on (commands sent ahead) or None (a free turn)
+    future: asyncio.Future[RelayConnection | None]
+
+
 class RelayConnection:
     """One connected, authenticated session to a relay, reused for several messages."""
 
@@ -625,26 +682,22 @@ class RelayConnection:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    async def send(
-        self,
-        mail_from: str,
-        recipients: Sequence[str],
-        data: Payload,
-        options: Sequence[str],
-    ) -> AttemptResult:
-        """Send one message; per-recipient results, or ``failure`` for the whole attempt.
+    def pipelining(self) -> _KeepingProtocol | None:
+        """The protocol to pipeline commands on (RFC 2920), if the relay offers it."""
+        if not self.client.supports_extension("pipelining"):
+            return None
+        return _keeping_protocol(self.client)
 
-        Raises (aiosmtplib/OS errors) only when the session broke; the caller
-        classifies those with the stage in ``self.stage``.
+    def prepare(self, tx: Transaction) -> bytes:
+        """Make *tx* ready for this session; return its MAIL, RCPT and DATA commands.
+
+        Recipients that cannot be written (bad characters) are judged at once in
+        ``tx.result``; the commands are empty when none is left. Raises
+        SMTPNotSupported when the message needs SMTPUTF8 and the relay lacks it.
         """
-        result = AttemptResult(relay=self.relay.display_name)
         client = self.client
-        self.stage = Stage.MAIL
-        if not self.clean:
-            await client.rset()
-            self.clean = True
-        self.messages += 1
-        passed, utf8 = _mail_options(options, client, payload_size(data))
+        result = tx.result = AttemptResult(relay=self.relay.display_name)
+        passed, utf8 = _mail_options(tx.options, client, payload_size(tx.data))
         encoding = "ascii"
         if utf8:
             if not client.supports_extension("smtputf8"):
@@ -653,23 +706,65 @@ class RelayConnection:
                 )
             passed.append("SMTPUTF8")
             encoding = "utf-8"
-        self.stage = Stage.MAIL
+        tx.encoding, tx.mail_parameters = encoding, passed
+        sender = b"MAIL FROM:" + _quoted(tx.mail_from).encode(encoding)
+        commands = [b" ".join([sender, *(o.encode("ascii") for o in passed)]) + b"\r\n"]
+        sent = tx.sent = []
+        for recipient in tx.recipients:
+            try:
+                commands.append(b"RCPT TO:" + _quoted(recipient).encode(encoding) + b"\r\n")
+            except (ValueError, UnicodeEncodeError) as exc:
+                verdict = classify(Stage.RCPT, ValueError(str(exc)))
+                result.recipients.append(RecipientResult.judged(recipient, verdict))
+            else:
+                sent.append(recipient)
+        if not sent:
+            return b""
+        commands.append(b"DATA\r\n")
+        return b"".join(commands)
+
+    async def send(self, tx: Transaction, pool: RelayPool | None = None) -> AttemptResult:
+        """Send one message; per-recipient results, or ``failure`` for the whole attempt.
+
+        With *pool*, a transaction waiting there may have its commands sent right
+        after this one's data (``tx.successor``). Raises (aiosmtplib/OS errors) only
+        when the session broke; the caller classifies those with ``tx.stage``.
+        """
+        client = self.client
+        tx.stage = Stage.MAIL
+        self.messages += 1
+        if tx.ahead:  # prepared and sent after the message before (RelayPool.line_up)
+            protocol = self.pipelining()
+            assert protocol is not None
+            self.clean = False
+            return await self._send_pipelined(protocol, tx, pool)
+        if not self.clean:
+            await client.rset()
+            self.clean = True
+        protocol = self.pipelining()
+        commands = self.prepare(tx)
         self.clean = False
-        if client.supports_extension("pipelining"):
-            protocol = _keeping_protocol(client)
-            if protocol is not None:
-                return await self._send_pipelined(
-                    protocol, result, mail_from, recipients, data, passed, encoding
-                )
+        if protocol is not None:
+            if not commands:
+                self.clean = True
+                return tx.result
+            return await self._send_pipelined(protocol, tx, pool, commands)
+        return await self._send_serial(tx)
+
+    async def _send_serial(self, tx: Transaction) -> AttemptResult:
+        """One command at a time, for relays without PIPELINING."""
+        client, result, encoding = self.client, tx.result, tx.encoding
+        # (prepare judged unwritable recipients; RCPT gives the same verdict again)
+        result.recipients.clear()
         try:
-            await client.mail(mail_from, options=passed, encoding=encoding)
+            await client.mail(tx.mail_from, options=tx.mail_parameters, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset()
             result.failure = classify(Stage.MAIL, exc)
             return result
         accepted: list[str] = []
-        self.stage = Stage.RCPT
-        for recipient in recipients:
+        tx.stage = Stage.RCPT
+        for recipient in tx.recipients:
             try:
                 await client.rcpt(recipient, encoding=encoding)
             except (aiosmtplib.SMTPResponseException, ValueError) as exc:
@@ -684,16 +779,16 @@ class RelayConnection:
         if not accepted:
             await self._reset()
             return result
-        self.stage = Stage.DATA
+        tx.stage = Stage.DATA
         try:
-            reply = await send_data(client, data)
+            reply = await send_data(client, tx.data)
         except aiosmtplib.SMTPResponseException as exc:
-            return await self._after_data(result, accepted, exc)
-        return await self._after_data(result, accepted, reply)
+            return await self._after_data(tx, accepted, exc)
+        return await self._after_data(tx, accepted, reply)
 
     async def _after_data(
         self,
-        result: AttemptResult,
+        tx: Transaction,
         accepted: list[str],
         reply: aiosmtplib.SMTPResponse | aiosmtplib.SMTPResponseException,
     ) -> AttemptResult:
@@ -701,14 +796,17 @@ class RelayConnection:
 
         A refusal that concerns the relay itself is raised for the caller.
         """
+        result = tx.result
         if isinstance(reply, aiosmtplib.SMTPResponseException):
             verdict = classify(Stage.DATA, reply)
             if verdict.scope is Scope.RELAY:
                 raise reply
-            await self._reset()
+            if tx.successor is None:  # (else the session is already in the next one)
+                await self._reset()
             result.recipients.extend(RecipientResult.judged(r, verdict) for r in accepted)
             return result
-        self.clean = True
+        if tx.successor is None:
+            self.clean = True
         text = " ".join(f"{reply.code} {reply.message}".split())
         result.final_reply = text
         status = enhanced_status(reply.code, reply.message, "2.0.0")
@@ -720,33 +818,20 @@ class RelayConnection:
     async def _send_pipelined(
         self,
         protocol: _KeepingProtocol,
-        result: AttemptResult,
-        mail_from: str,
-        recipients: Sequence[str],
-        data: Payload,
-        options: list[str],
-        encoding: str,
+        tx: Transaction,
+        pool: RelayPool | None,
+        commands: bytes = b"",
     ) -> AttemptResult:
         """MAIL, every RCPT and DATA in one write (RFC 2920), then the body.
 
-        Two round trips per message instead of three plus one per recipient. The
-        replies are judged exactly as in the one-command-at-a-time path.
+        Two round trips per message instead of three plus one per recipient; and
+        when another message waits for this relay, its MAIL, RCPT and DATA go out
+        with this one's data (RFC 2920 §3.1 lets the message content begin a
+        group), so a busy session needs one write and one round trip per message.
+        *commands* are empty when they went out ahead. The replies are judged
+        exactly as in the one-command-at-a-time path.
         """
-        sender = b"MAIL FROM:" + _quoted(mail_from).encode(encoding)
-        commands = [b" ".join([sender, *(o.encode("ascii") for o in options)]) + b"\r\n"]
-        sent: list[str] = []
-        for recipient in recipients:
-            try:
-                commands.append(b"RCPT TO:" + _quoted(recipient).encode(encoding) + b"\r\n")
-            except (ValueError, UnicodeEncodeError) as exc:
-                verdict = classify(Stage.RCPT, ValueError(str(exc)))
-                result.recipients.append(RecipientResult.judged(recipient, verdict))
-            else:
-                sent.append(recipient)
-        if not sent:
-            self.clean = True
-            return result
-        commands.append(b"DATA\r\n")
+        result, sent = tx.result, tx.sent
         timeout = self.client.timeout
         accepted: list[str] = []
         refusals: list[tuple[str, Verdict]] = []
@@ -755,7 +840,8 @@ class RelayConnection:
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         async with lock:
-            protocol.write(b"".join(commands))
+            if commands:
+                protocol.write(commands)
             # A session the relay dropped while idle fails here, still at stage MAIL:
             # nothing was accepted, so the attempt is repeated on a new session.
             replies = await protocol.read_replies(len(sent) + 2, timeout)
@@ -765,10 +851,14 @@ class RelayConnection:
                     accepted.append(recipient)
                 else:
                     refusals.append((recipient, classify(Stage.RCPT, _reply_error(reply))))
-            self.stage = Stage.DATA
+            tx.stage = Stage.DATA
             if data_reply.code == 354:
                 if mail_reply.code == 250 and accepted:
-                    await _write_payload(protocol, data)
+                    data = tx.data
+                    if pool is not None and _is_small(data):
+                        protocol.write(dot_stuffed(data) + pool.line_up(self, tx))  # type: ignore[arg-type]
+                    else:
+                        await _write_payload(protocol, data)
                 else:  # nobody to send to: end the transaction with no content
                     protocol.write(b".\r\n")
                 final = (await protocol.read_replies(1, timeout))[0]
@@ -786,13 +876,11 @@ class RelayConnection:
             await self._reset()
             return result
         if data_reply.code != 354:
-            return await self._after_data(result, accepted, _reply_error(data_reply))
+            return await self._after_data(tx, accepted, _reply_error(data_reply))
         assert final is not None
         if final.code != 250:
-            return await self._after_data(result, accepted, _reply_error(final))
-        return await self._after_data(result, accepted, final)
-
-    stage: Stage = Stage.MAIL
+            return await self._after_data(tx, accepted, _reply_error(final))
+        return await self._after_data(tx, accepted, final)
 
     async def _reset(self) -> None:
         with contextlib.suppress(Exception):
@@ -815,7 +903,9 @@ class RelayPool:
         self.local_hostname = local_hostname
         self.step_timeout = step_timeout
         self.size = size
-        self.slots = asyncio.Semaphore(size)
+        #: turns not taken: at most *size* transactions use this relay at a time
+        self._free = size
+        self._waiting: collections.deque[_Waiter] = collections.deque()
         self._idle: list[RelayConnection] = []
         self._context = _tls_context(relay)
 
@@ -891,6 +981,58 @@ class RelayPool:
                 status="4.7.0",
             )
 
+    async def turn(self, tx: Transaction) -> RelayConnection | None:
+        """Wait for *tx*'s turn at this relay (one of *size*); no time limit.
+
+        Returns a session whose previous message sent *tx*'s commands after its data
+        (``tx.ahead`` is then set), or None: take a session with :meth:`acquire`.
+        The turn ends with :meth:`release` (or :meth:`end_turn` without a session).
+        """
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return None
+        waiter = _Waiter(tx, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            elif waiter.future.done() and not waiter.future.cancelled():
+                handed = waiter.future.result()  # the turn came as the task was cancelled
+                if handed is not None:
+                    handed.client.close()  # tx's commands were sent on it: unusable
+                self.end_turn()
+            # else: lined up behind a message still sending, which sees the
+            # cancelled future when done and ends the turn itself (see release)
+            raise
+
+    def line_up(self, connection: RelayConnection, tx: Transaction) -> bytes:
+        """The commands of the first waiting transaction, to send after *tx*'s data.
+
+        That transaction becomes *tx*'s successor: when *tx* is done, :meth:`release`
+        hands it the session. Returns b"" when none waits or it cannot go ahead
+        (it then keeps its place for an ordinary turn).
+        """
+        if tx.successor is not None:
+            return b""
+        while self._waiting:
+            waiter = self._waiting[0]
+            if waiter.future.done():
+                self._waiting.popleft()
+                continue
+            try:
+                commands = connection.prepare(waiter.transaction)
+            except (aiosmtplib.SMTPException, ValueError, UnicodeError):
+                return b""  # (its own attempt meets the same error, and reports it)
+            if not commands:
+                return b""
+            self._waiting.popleft()
+            waiter.transaction.ahead = True
+            tx.successor = waiter
+            return commands
+        return b""
+
     async def acquire(self) -> RelayConnection:
         """An idle session if one is still alive, else a new one. Raises StageError."""
         while self._idle:
@@ -900,12 +1042,39 @@ class RelayPool:
             await connection.close()
         return await self.connect()
 
-    def release(self, connection: RelayConnection, *, healthy: bool) -> None:
-        """Keep *connection* for the next message, or drop it."""
-        if healthy and connection.client.is_connected:
+    def release(self, connection: RelayConnection, *, healthy: bool, tx: Transaction) -> None:
+        """*tx* is done with *connection*: keep it (or drop it) and end the turn.
+
+        A successor lined up by *tx* gets the session; if the session broke, it gets
+        a plain turn instead and sends its commands again on another session.
+        """
+        alive = healthy and connection.client.is_connected
+        successor, tx.successor = tx.successor, None
+        if successor is not None:
+            if successor.future.done():  # its attempt was cancelled meanwhile
+                connection.client.close()  # it has a transaction open there
+                self.end_turn()
+            elif alive:
+                successor.future.set_result(connection)
+            else:
+                connection.client.close()
+                successor.transaction.ahead = False
+                successor.future.set_result(None)
+            return
+        if alive:
             self._idle.append(connection)
         else:
             connection.client.close()
+        self.end_turn()
+
+    def end_turn(self) -> None:
+        """A turn is over: the next waiting transaction gets it, else it is free."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+                return
+        self._free += 1
 
     async def close(self) -> None:
         """QUIT every idle session."""

@@ -35,10 +35,10 @@ from jdxmail.queue.relay import (
     AttemptResult,
     Outcome,
     Payload,
-    RelayConnection,
     RelayPool,
     Stage,
     StageError,
+    Transaction,
     classify,
     rewrite_from_header,
 )
@@ -351,7 +351,9 @@ class DeliveryEngine:
         self.spool.on_queued = self.enqueue
         self._files = _FileThread(asyncio.get_running_loop(), _discard_loaded)
         self._last_rescan = self.clock()
-        workers = max(1, sum(p.size for p in self.pools))
+        # Twice as many workers as sessions: a message waiting for a busy session has
+        # its commands sent right after the data of the message before (RelayPool.line_up)
+        workers = max(1, 2 * sum(p.size for p in self.pools))
         self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
@@ -692,8 +694,7 @@ class DeliveryEngine:
                     extra={"session": message.session_id},
                 )
                 continue
-            async with pool.slots:
-                result = await self._attempt(pool, message, pending)
+            result = await self._attempt(pool, message, pending)
             tried = True
             delivered = self._apply(message, state, result, self.clock())
             if quota is not None and not delivered:
@@ -778,36 +779,49 @@ class DeliveryEngine:
     ) -> AttemptResult:
         """One attempt at *pool*'s relay, within the total deadline of an attempt.
 
-        A reused session that the relay closed while idle is replaced once, silently.
+        Waits for a turn at the relay first (not counted in the deadline). A reused
+        session that the relay closed while idle is replaced once, silently.
         """
+        mail_from, data = self._as_sent(pool, message)
+        tx = Transaction(mail_from, recipients, data, message.mail_options)
+        handed = await pool.turn(tx)
         deadline = pool.step_timeout * 10
         retried = False
         while True:
-            connection: RelayConnection | None = None
+            connection, handed = handed, None
             reused = False
             try:
                 async with asyncio.timeout(deadline):
-                    connection = await pool.acquire()
+                    if connection is None:
+                        tx.ahead = False
+                        connection = await pool.acquire()
                     reused = connection.messages > 0
-                    mail_from, data = self._as_sent(pool, message)
-                    result = await connection.send(
-                        mail_from, recipients, data, message.mail_options
-                    )
+                    result = await connection.send(tx, pool)
             except StageError as exc:
+                pool.end_turn()
                 return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
             except Exception as exc:  # the session broke or the deadline passed
                 stage = Stage.CONNECT
-                if connection is not None:
-                    stage = connection.stage
-                    pool.release(connection, healthy=False)
+                if connection is None:
+                    pool.end_turn()
+                else:
+                    stage = tx.stage
                     dropped = isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
                     if reused and dropped and stage is Stage.MAIL and not retried:
+                        connection.client.close()  # (keeping the turn for a new session)
                         retried = True
                         continue
+                    pool.release(connection, healthy=False, tx=tx)
                 if isinstance(exc, TimeoutError) and not str(exc):
                     exc = TimeoutError(f"no answer within {deadline:g} s")
                 return AttemptResult(pool.name, failure=classify(stage, exc))
-            pool.release(connection, healthy=True)
+            except BaseException:  # cancelled (stop): the turn passes on
+                if connection is None:
+                    pool.end_turn()
+                else:
+                    pool.release(connection, healthy=False, tx=tx)
+                raise
+            pool.release(connection, healthy=True, tx=tx)
             return result
 
     def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, Payload]:
