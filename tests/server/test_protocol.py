@@ -90,6 +90,8 @@ async def test_sequence_errors(start_server: StartServer) -> None:
         ("MAIL FROM:<a@localhost> BODY=9BIT", "501 5.5.4 Invalid parameter value: BODY"),
         ("MAIL FROM:<a@localhost> =x", "501 5.5.4 Invalid parameter value: ?"),
         ("MAIL FROM:<jöe@localhost>", "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter"),
+        ('MAIL FROM:<"odd>name"@localhost> SIZE=10', "250 2.1.0 Sender OK"),
+        ('MAIL FROM:<"a\\"b>"@localhost> SIZE=x', "501 5.5.4 Invalid parameter value: SIZE"),
         (
             "MAIL FROM:<a@localhost> SIZE=99999999999",
             "552 5.3.4 Message too big (limit 26214400 bytes)",

@@ -1022,9 +1022,13 @@ def _date_header(when: float) -> str:
     return _date_cache[1]
 
 
+_UNCLEAN = re.compile(r"[\x00-\x1f\x7f()]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _clean(text: str) -> str:
     """Printable text for a header: no control characters, no folding."""
-    return re.sub(r"[\x00-\x1f\x7f()]", "?", text)[:255]
+    return _UNCLEAN.sub("?", text)[:255]
 
 
 def _parse_path(arg: str, keyword: str, syntax: Reply, *, null_ok: bool) -> tuple[str, list[str]]:
@@ -1054,6 +1058,8 @@ def _parse_path(arg: str, keyword: str, syntax: Reply, *, null_ok: bool) -> tupl
 
 
 def _closing_bracket(text: str) -> int:
+    if '"' not in text and "\\" not in text:  # the usual <user@host>: nothing quoted
+        return text.find(">", 1)
     quoted = escaped = False
     for index, char in enumerate(text[1:], start=1):
         if escaped:
@@ -1071,7 +1077,7 @@ def _check_address(address: str, smtputf8: bool) -> None:
     """Refuse addresses that could not be delivered or would corrupt a header."""
     if not address:
         return
-    if any(ord(c) < 0x20 or c == "\x7f" for c in address):
+    if _CONTROL.search(address):
         raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="control character"))
     if not address.isascii() and not smtputf8:
         raise _SyntaxProblem(replies.NON_ASCII_ADDRESS)
