@@ -58,6 +58,13 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
     await spool.close()
 
 
+def unfinished(tmp_dir: Path) -> list[Path]:
+    """Files in spool/tmp/ other than the empty ones made ahead (``stockN.pPID.0.tmp``)."""
+    return [
+        p for p in tmp_dir.iterdir() if not (p.name.startswith("stock") and p.stat().st_size == 0)
+    ]
+
+
 def all_files(root: Path) -> list[Path]:
     """Every regular file under *root*."""
     return sorted(p for p in root.rglob("*") if p.is_file())
@@ -73,7 +80,7 @@ async def test_store_leaves_complete_queue_file(spool: Spool, tmp_path: Path) ->
     assert queued.recipients == ("bob@example.net",)
     assert queued.mail_options == ("BODY=8BITMIME",)
     assert queued.auth_user == "alice"
-    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert unfinished(tmp_path / "spool" / "tmp") == []
 
 
 @pytest.mark.parametrize("mode", ["batch", "batch-fsync", "per-message"])
@@ -178,7 +185,7 @@ async def test_open_removes_unfinished_writes(
     caplog.set_level(logging.INFO, logger="jdxmail.queue")
     async with Spool(tmp_path / "spool", tmp_path / "mailbox"):
         pass
-    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert unfinished(tmp_path / "spool" / "tmp") == []
     assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
     assert spool.queue_path(kept).is_file()
     assert "1 queued" in caplog.text
@@ -227,7 +234,7 @@ async def test_failure_midway_undoes_the_queue_file(spool: Spool, tmp_path: Path
     with pytest.raises(SpoolError):
         await spool.store(make_message(local=("carol@localhost",)))
     assert spool_stats(tmp_path / "spool").queued == 0
-    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    assert unfinished(tmp_path / "spool" / "tmp") == []
     assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
     ok = await spool.store(make_message(2))
     assert spool.queue_path(ok).is_file()
@@ -431,6 +438,28 @@ async def test_spare_files_that_would_have_to_shrink_are_not_taken(
     assert sorted(os.listdir(spool.spare_dir)) == before
     assert outside.read_bytes() == b"not yours"
     assert read_queued_message(spool.queue_path(small_id)).data == small.data
+
+
+async def test_new_queue_files_are_made_ahead_off_the_event_loop(tmp_path: Path) -> None:
+    """With no spare to reuse, the next queue files are empty files a thread made ahead
+    (same inode); they hold exactly the new message; close removes the rest."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    try:
+        await spool.store(make_message(1))  # no file made ahead yet: starts the thread
+        for _ in range(500):  # the thread fills up to 64 within milliseconds
+            if len(os.listdir(spool.tmp_dir)) >= 8:
+                break
+            await asyncio.sleep(0.01)
+        ahead = {os.stat(spool.tmp_dir / name).st_ino for name in os.listdir(spool.tmp_dir)}
+        assert len(ahead) >= 8
+        message = make_message(2)
+        queue_id = await spool.store(message)
+        assert os.stat(spool.queue_file(queue_id)).st_ino in ahead
+        assert read_queued_message(spool.queue_path(queue_id)).data == message.data
+    finally:
+        await spool.close()
+    assert os.listdir(spool.tmp_dir) == []
 
 
 async def test_queue_file_holding_another_message_is_corrupt(spool: Spool) -> None:
