@@ -493,17 +493,30 @@ async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPRe
     return reply
 
 
-class _KeepingProtocol(SMTPProtocol):
+#: where the event loop reads relay replies into (recv_into); shared by all sessions,
+#: as each read is handed over (buffer_updated) before the next one begins
+_RECV_BUFFER = memoryview(bytearray(16 * 1024))
+
+
+class _KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):
     """aiosmtplib's protocol, except that replies arriving early are kept.
 
     aiosmtplib (5.1) drops data that arrives while a parsed reply waits to be taken,
     so several replies to pipelined commands (RFC 2920) could be lost. This keeps
-    everything in the buffer and parses the next reply from it first.
+    everything in the buffer and parses the next reply from it first. It is also a
+    buffered protocol (see _keeping_protocol): reads land in one shared buffer
+    instead of a new 256 KiB bytes object each, which glibc maps and unmaps.
     """
 
     #: set while read_replies waits for more data (a class default: instances are
     #: switched to this class after aiosmtplib made them, so __init__ never runs)
     _more: asyncio.Future[None] | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECV_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_RECV_BUFFER[:nbytes])  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
@@ -596,6 +609,9 @@ def _keeping_protocol(client: aiosmtplib.SMTP) -> _KeepingProtocol | None:
     if type(protocol) is not SMTPProtocol or not hasattr(protocol, "_response_waiter"):
         return None
     protocol.__class__ = _KeepingProtocol
+    transport = protocol.transport
+    if transport is not None:
+        transport.set_protocol(protocol)  # so the transport reads with get_buffer now
     return protocol  # type: ignore[return-value]
 
 
