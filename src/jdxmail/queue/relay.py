@@ -22,6 +22,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -442,7 +443,7 @@ def _stuffed(text: bytes, line_start: bool) -> bytes:
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
     if _is_small(data):
-        protocol.write(dot_stuffed(data))  # type: ignore[arg-type]
+        protocol.write(dot_stuffed(data))
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
@@ -456,7 +457,7 @@ async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     protocol.write(b".\r\n")
 
 
-def _is_small(data: Payload) -> bool:
+def _is_small(data: Payload) -> TypeGuard[bytes]:
     """True when *data* is in memory and goes out in one write."""
     return not isinstance(data, SpooledBody) and len(data) <= _CHUNK
 
@@ -516,9 +517,9 @@ class _KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):
         return _RECV_BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_RECV_BUFFER[:nbytes])  # type: ignore[arg-type]
+        self.data_received(_RECV_BUFFER[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         waiter = self._response_waiter
         if waiter is None:
             return
@@ -872,7 +873,7 @@ class RelayConnection:
                 if mail_reply.code == 250 and accepted:
                     data = tx.data
                     if pool is not None and _is_small(data):
-                        protocol.write(dot_stuffed(data) + pool.line_up(self, tx))  # type: ignore[arg-type]
+                        protocol.write(dot_stuffed(data) + pool.line_up(self, tx))
                     else:
                         await _write_payload(protocol, data)
                 else:  # nobody to send to: end the transaction with no content

@@ -782,7 +782,10 @@ class DeliveryEngine:
         Waits for a turn at the relay first (not counted in the deadline). A reused
         session that the relay closed while idle is replaced once, silently.
         """
-        mail_from, data = self._as_sent(pool, message)
+        try:
+            mail_from, data = self._as_sent(pool, message)
+        except Exception as exc:  # (a big message's file could not be read for rewriting)
+            return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
         tx = Transaction(mail_from, recipients, data, message.mail_options)
         handed = await pool.turn(tx)
         deadline = pool.step_timeout * 10
