@@ -695,6 +695,11 @@ class DeliveryEngine:
                 )
                 continue
             result = await self._attempt(pool, message, pending)
+            if result is None:  # the breaker opened while it waited for a turn
+                if quota is not None:
+                    await asyncio.to_thread(self.quota.give_back, pool.name, now)
+                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
+                continue
             tried = True
             delivered = self._apply(message, state, result, self.clock())
             if quota is not None and not delivered:
@@ -709,6 +714,11 @@ class DeliveryEngine:
             if failure is None or not failure.failover:
                 break
         now = self.clock()
+        if not tried and (resting := self._relays_resting(now)) is not None:
+            # Every relay's breaker opened while this one waited for a turn: it waits in
+            # memory like the messages behind it (see _worker), its files untouched.
+            self._schedule(queue_id, resting)
+            return
         if tried:
             state.attempts += 1
             state.last_try = now
@@ -776,11 +786,12 @@ class DeliveryEngine:
 
     async def _attempt(
         self, pool: RelayPool, message: QueuedMessage, recipients: list[str]
-    ) -> AttemptResult:
+    ) -> AttemptResult | None:
         """One attempt at *pool*'s relay, within the total deadline of an attempt.
 
-        Waits for a turn at the relay first (not counted in the deadline). A reused
-        session that the relay closed while idle is replaced once, silently.
+        Waits for a turn at the relay first (not counted in the deadline); None when
+        the relay's breaker opened meanwhile. A reused session that the relay closed
+        while idle is replaced once, silently.
         """
         try:
             mail_from, data = self._as_sent(pool, message)
@@ -788,6 +799,9 @@ class DeliveryEngine:
             return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
         tx = Transaction(mail_from, recipients, data, message.mail_options)
         handed = await pool.turn(tx)
+        if handed is None and not self.breakers[pool.name].allows(self.clock()):
+            pool.end_turn()
+            return None
         deadline = pool.step_timeout * 10
         retried = False
         while True:
