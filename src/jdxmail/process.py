@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import os
@@ -11,9 +12,27 @@ import signal
 import sys
 from typing import Any
 
-__all__ = ["end_with_parent", "process_alive", "read_report", "send_report", "settle_heap"]
+__all__ = [
+    "end_with_parent",
+    "libc",
+    "process_alive",
+    "read_report",
+    "send_report",
+    "settle_heap",
+]
 
 _PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library (for syncfs, inotify and prctl), opened once; None if not Linux."""
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def process_alive(pid: int) -> bool:
@@ -46,10 +65,10 @@ def end_with_parent(parent: int) -> bool:
     Returns False when the parent (pid *parent*) has ended already. Elsewhere nothing
     is set up and True is returned.
     """
-    if sys.platform == "linux":
+    c = libc()
+    if c is not None:
         with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            c.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     return parent <= 0 or os.getppid() == parent
 
 

@@ -44,7 +44,6 @@ import itertools
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import zlib
@@ -53,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from jdxmail.process import process_alive
+from jdxmail.process import libc, process_alive
 from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
 
 __all__ = [
@@ -400,12 +399,12 @@ def write_synced(
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
-    if sys.platform != "linux":
-        return None
+    c = libc()
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):
+        function = c.syncfs if c is not None else None
+    except AttributeError:
+        return None
+    if function is None:
         return None
     function.argtypes = [ctypes.c_int]
     function.restype = ctypes.c_int

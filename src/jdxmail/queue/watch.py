@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from jdxmail.process import libc
+
 __all__ = ["QueueWatcher"]
 
 logger = logging.getLogger("jdxmail.queue")
@@ -64,11 +66,12 @@ class _Inotify:
 
 
 def _load_inotify() -> _Inotify | None:
-    if sys.platform != "linux":
+    c = libc() if sys.platform == "linux" else None
+    if c is None:
         return None
     try:
-        return _Inotify(ctypes.CDLL(None, use_errno=True))
-    except (OSError, AttributeError):
+        return _Inotify(c)
+    except AttributeError:
         return None
 
 
