@@ -19,6 +19,7 @@ __all__ = [
     "read_report",
     "send_report",
     "settle_heap",
+    "tmp_writer_alive",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -46,6 +47,22 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def tmp_writer_alive(name: str) -> bool:
+    """Whether the process that named temporary file *name* still runs.
+
+    Its pid is the third part from the end: ``ID.pPID.N.tmp`` for the spool's and
+    mailboxes' files, ``.NAME.PID.NS.tmp`` for state files. A name of another form
+    belongs to no live writer.
+    """
+    parts = name.split(".")
+    if len(parts) < 4:
+        return False
+    try:
+        return process_alive(int(parts[-3].removeprefix("p")))
+    except ValueError:
+        return False
 
 
 def settle_heap() -> None:

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from jdxmail.process import libc, process_alive
+from jdxmail.process import libc, tmp_writer_alive
 from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
 
 __all__ = [
@@ -473,17 +473,6 @@ def claim_sized(path: str | Path) -> tuple[int, int] | None:
     return fd, mine.st_size
 
 
-def _tmp_writer_alive(name: str) -> bool:
-    """Whether the process that named tmp file ``ID.pPID.N.tmp`` still runs."""
-    parts = name.split(".")
-    if len(parts) != 4 or not parts[1].startswith("p"):
-        return False
-    try:
-        return process_alive(int(parts[1][1:]))
-    except ValueError:
-        return False
-
-
 def _unlink_quietly(path: str | Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -641,7 +630,7 @@ class Spool:
         for directory in (self.tmp_dir, self.mailbox_tmp_dir):
             for leftover in directory.iterdir():
                 # another process sharing the spool may be writing it right now
-                if _tmp_writer_alive(leftover.name):
+                if tmp_writer_alive(leftover.name):
                     continue
                 with contextlib.suppress(OSError):
                     leftover.unlink()
@@ -718,7 +707,7 @@ class Spool:
             )
 
     def _tmp_name(self, queue_id: str) -> str:
-        """A new tmp file name ``ID.pPID.N.tmp`` (see _tmp_writer_alive)."""
+        """A new tmp file name ``ID.pPID.N.tmp`` (see process.tmp_writer_alive)."""
         self._tmp_counter += 1
         return f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
 

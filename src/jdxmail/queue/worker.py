@@ -28,7 +28,7 @@ from typing import Any
 
 import aiosmtplib
 
-from jdxmail.process import process_alive
+from jdxmail.process import tmp_writer_alive
 from jdxmail.queue.bounce import FailedRecipient, build_dsn
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
@@ -120,15 +120,6 @@ class DeliveryOptions:
     def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
         """The options the config's ``Delivery`` section asks for."""
         return cls(**delivery.model_dump())
-
-
-def _writer_alive(temp_name: str) -> bool:
-    """Whether the process that named a ``.NAME.PID.NS.tmp`` state file still runs."""
-    parts = temp_name.split(".")
-    try:
-        return process_alive(int(parts[-3]))
-    except (IndexError, ValueError):
-        return False
 
 
 @dataclass(slots=True)
@@ -435,7 +426,7 @@ class DeliveryEngine:
         """Startup scan: every queued message is scheduled; leftovers are cleaned."""
         for leftover in self.spool.state_dir.glob(".*.tmp"):
             # another process (serve --workers, the queue CLI) may be writing it now
-            if _writer_alive(leftover.name):
+            if tmp_writer_alive(leftover.name):
                 continue
             with contextlib.suppress(OSError):
                 leftover.unlink()
