@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jdxmail.queue.spool import FLUSH_FILE, MAGIC, QUEUE_SUFFIX, claim, queue_id_time
+from jdxmail.queue.spool import (
+    FLUSH_FILE,
+    MAGIC,
+    QUEUE_SUFFIX,
+    STATE_SUFFIX,
+    claim,
+    queue_id_time,
+)
 from jdxmail.queue.state import (
     FAILED,
     PENDING,
@@ -145,6 +152,11 @@ def _entry(path: Path, state_data: Any) -> QueueEntry:
     return entry
 
 
+def _state_path(spool_dir: Path | str, queue_id: str) -> Path:
+    """``state/ID.json`` of a queued message (what Spool.state_path gives a Spool)."""
+    return Path(spool_dir) / "state" / f"{queue_id}{STATE_SUFFIX}"
+
+
 def _state_data(path: Path) -> Any:
     try:
         return read_json(path)
@@ -160,7 +172,7 @@ def list_queue(spool_dir: Path) -> list[QueueEntry]:
     entries = []
     for path in sorted(queue_dir.glob(f"*{QUEUE_SUFFIX}")):
         queue_id = path.name.removesuffix(QUEUE_SUFFIX)
-        state = _state_data(Path(spool_dir) / "state" / f"{queue_id}.json")
+        state = _state_data(_state_path(spool_dir, queue_id))
         if path.exists():
             entries.append(_entry(path, state))
     return entries
@@ -201,7 +213,7 @@ def show_message(spool_dir: Path, queue_id: str) -> tuple[QueueEntry, str, bool]
         record = _state_data(path.with_suffix(".json"))
         state = record.get("state") if isinstance(record, dict) else None
     else:
-        state = _state_data(Path(spool_dir) / "state" / f"{queue_id}.json")
+        state = _state_data(_state_path(spool_dir, queue_id))
     entry = _entry(path, state)
     raw = path.read_bytes()
     start = raw.find(b"\n", len(MAGIC)) + 1
@@ -218,7 +230,7 @@ def _touch_flush(spool_dir: Path) -> None:
 
 
 def _due_now(spool_dir: Path, queue_id: str, recipients: list[str]) -> None:
-    state_path = Path(spool_dir) / "state" / f"{queue_id}.json"
+    state_path = _state_path(spool_dir, queue_id)
     data = _state_data(state_path)
     if data is None:
         return
@@ -273,7 +285,7 @@ def retry_message(spool_dir: Path, queue_id: str) -> bool:
                     state.recipients[recipient] = RecipientState(status=PENDING)
             state.next_try = 0.0
             state.waiting_for = ""
-            state_path = Path(spool_dir) / "state" / f"{queue_id}.json"
+            state_path = _state_path(spool_dir, queue_id)
             write_json_atomic(state_path, state.to_json(), sync=True)
             os.replace(path, Path(spool_dir) / "queue" / path.name)
             with contextlib.suppress(FileNotFoundError):
@@ -299,9 +311,7 @@ def delete_message(spool_dir: Path, queue_id: str) -> bool:
         raise MessageBusy(f"{queue_id} is being delivered right now; try again in a moment")
     try:
         path.unlink()
-        side = (
-            path.with_suffix(".json") if failed else Path(spool_dir) / "state" / f"{queue_id}.json"
-        )
+        side = path.with_suffix(".json") if failed else _state_path(spool_dir, queue_id)
         with contextlib.suppress(FileNotFoundError):
             side.unlink()
     finally:
