@@ -1044,3 +1044,29 @@ async def test_session_lost_after_data_sends_the_next_message_on_a_new_one(
     retried = read_queued_message(running.spool.queue_path(waiting)).data
     assert got == [next(data for data in sent if data != retried) + b".\r\n"]
     assert state_of(running.spool.spool_dir, waiting).attempts == 1
+
+
+async def test_stop_while_messages_wait_for_a_turn_keeps_them_all(
+    tmp_path: Path, run_engine: RunEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() while one message is stuck at a silent relay and others wait for a turn
+    there: every message stays queued, none is half-sent, nothing crashes."""
+    await _queued_before_start(tmp_path, 4)
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()
+        writer.close()
+
+    async with raw_upstream(silent, time_out=30) as relay:
+        running = await run_engine(
+            settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
+        )
+        await accepted.wait()
+        await asyncio.sleep(0.1)  # the second worker is waiting for a turn by now
+        await running.engine.stop(0.2)
+    assert spool_stats(running.spool.spool_dir).queued == 4
+    assert "unexpectedly" not in caplog.text
+    assert "Traceback" not in caplog.text
+    assert all(r.levelno < logging.ERROR for r in caplog.records)
