@@ -66,6 +66,21 @@ async def raw_upstream(
         server.close()
 
 
+@contextlib.asynccontextmanager
+async def silent_upstream() -> AsyncIterator[tuple[RelaySettings, asyncio.Event]]:
+    """A relay (TimeOut 30 s) that takes connections and never says a word; the event
+    is set once one is made."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()
+        writer.close()
+
+    async with raw_upstream(silent, time_out=30) as relay:
+        yield relay, accepted
+
+
 def state_of(spool_dir: Path, queue_id: str) -> DeliveryState:
     """The delivery state on disk of *queue_id*."""
     data = json.loads((spool_dir / "state" / f"{queue_id}.json").read_text())
@@ -822,15 +837,7 @@ async def test_stop_does_not_wait_for_a_silent_relay(
     tmp_path: Path, run_engine: RunEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     """stop(grace) gives up on an attempt to a relay that never answers; mail stays queued."""
-
-    accepted = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set()
-        await reader.read()
-        writer.close()
-
-    async with raw_upstream(silent, time_out=30) as relay:
+    async with silent_upstream() as (relay, accepted):
         running = await run_engine(settings_for(tmp_path, relay))
         queue_id = await running.spool.store(message())
         await accepted.wait()
@@ -1052,14 +1059,7 @@ async def test_stop_while_messages_wait_for_a_turn_keeps_them_all(
     """stop() while one message is stuck at a silent relay and others wait for a turn
     there: every message stays queued, none is half-sent, nothing crashes."""
     await _queued_before_start(tmp_path, 4)
-    accepted = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set()
-        await reader.read()
-        writer.close()
-
-    async with raw_upstream(silent, time_out=30) as relay:
+    async with silent_upstream() as (relay, accepted):
         running = await run_engine(
             settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
         )
