@@ -858,8 +858,11 @@ class Spool:
                 tmp, final = plan.queue_file
                 head = encode_queued_head(plan.queue_id, message)
                 size = len(head) + len(message.data)
-                reuse = len(message.data) <= SPARE_MAX_SIZE and self._take_spare(tmp, size)
-                stocked = None if reuse else self._take_stock()
+                # (in batch mode the event loop writes messages this small: only it
+                # takes files made ahead or starts the thread that makes them)
+                small = len(message.data) <= SPARE_MAX_SIZE
+                reuse = small and self._take_spare(tmp, size)
+                stocked = self._take_stock() if small and not reuse else None
                 if stocked is not None:
                     tmp = stocked
                     plan.queue_file = (tmp, final)
