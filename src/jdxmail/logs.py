@@ -134,7 +134,7 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
 
     With *echo* (the console) each line is written there too, by this one handler:
     a record is then filtered, formatted and locked for once rather than once per
-    output (two handlers cost about 45 µs per line, this one about 25).
+    output (a line logged costs about 40 µs of CPU here, 47 with two handlers).
     """
 
     def __init__(self, path: Path, *, echo: TextIO | None = None) -> None:

@@ -25,11 +25,13 @@ __all__ = [
 _PR_SET_PDEATHSIG = 1
 
 
-@functools.cache
 def libc() -> ctypes.CDLL | None:
     """The C library (for syncfs, inotify and prctl), opened once; None if not Linux."""
-    if sys.platform != "linux":
-        return None
+    return _open_libc() if sys.platform == "linux" else None
+
+
+@functools.cache
+def _open_libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:

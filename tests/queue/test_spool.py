@@ -59,7 +59,7 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
 
 
 def unfinished(tmp_dir: Path) -> list[Path]:
-    """Files in spool/tmp/ other than the empty ones made ahead (``stockN.pPID.0.tmp``)."""
+    """Files in spool/tmp/ other than the empty ones made ahead (``stock.pPID.N.tmp``)."""
     return [
         p for p in tmp_dir.iterdir() if not (p.name.startswith("stock") and p.stat().st_size == 0)
     ]

@@ -1059,12 +1059,18 @@ class RelayPool:
             await connection.close()
         return await self.connect()
 
-    def release(self, connection: RelayConnection, *, healthy: bool, tx: Transaction) -> None:
-        """*tx* is done with *connection*: keep it (or drop it) and end the turn.
+    def release(
+        self, connection: RelayConnection | None, *, healthy: bool, tx: Transaction
+    ) -> None:
+        """*tx* is done with *connection* (None: it got none): keep it (or drop it) and
+        end the turn.
 
         A successor lined up by *tx* gets the session; if the session broke, it gets
         a plain turn instead and sends its commands again on another session.
         """
+        if connection is None:  # (a successor is only lined up on a session)
+            self.end_turn()
+            return
         alive = healthy and connection.client.is_connected
         successor, tx.successor = tx.successor, None
         if successor is not None:

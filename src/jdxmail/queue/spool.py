@@ -400,12 +400,9 @@ def write_synced(
 
 def _load_syncfs() -> Callable[[int], int] | None:
     c = libc()
-    try:
-        function = c.syncfs if c is not None else None
-    except AttributeError:
+    if c is None or not hasattr(c, "syncfs"):
         return None
-    if function is None:
-        return None
+    function = c.syncfs
     function.argtypes = [ctypes.c_int]
     function.restype = ctypes.c_int
     return function
@@ -707,9 +704,9 @@ class Spool:
             )
 
     def _tmp_name(self, queue_id: str) -> str:
-        """A new tmp file name ``ID.pPID.N.tmp`` (see process.tmp_writer_alive)."""
+        """A new tmp file name for *queue_id* (see _tmp_file_name)."""
         self._tmp_counter += 1
-        return f"{queue_id}.p{os.getpid()}.{self._tmp_counter}.tmp"
+        return _tmp_file_name(queue_id, self._tmp_counter)
 
     def _submit(self, jobs: list[_Store]) -> None:
         with self._cond:
@@ -962,14 +959,13 @@ class Spool:
 
     def _stock_loop(self) -> None:
         """The stock thread: keep up to _STOCK empty tmp files made ahead."""
-        pid = os.getpid()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         while not self._closing:
             self._restock.wait()
             self._restock.clear()
             while len(self._stock) < _STOCK and not self._closing:
-                # ID.pPID.N.tmp like every tmp file: removed at start if this process died
-                path = f"{self._tmp_prefix}stock{next(self._stock_names)}.p{pid}.0.tmp"
+                # named like every tmp file: removed at start if this process died
+                path = self._tmp_prefix + _tmp_file_name("stock", next(self._stock_names))
                 try:
                     os.close(os.open(path, flags, 0o600))
                 except OSError as exc:  # the loop then creates its own files
@@ -1000,6 +996,11 @@ class Spool:
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""
         return sorted(_ids_in(self.queue_dir))
+
+
+def _tmp_file_name(stem: str, number: int) -> str:
+    """``STEM.pPID.N.tmp``: a tmp file of this process (see process.tmp_writer_alive)."""
+    return f"{stem}.p{os.getpid()}.{number}.tmp"
 
 
 def _blocks(size: int) -> int:

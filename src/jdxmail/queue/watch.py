@@ -21,7 +21,6 @@ import ctypes
 import logging
 import os
 import struct
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +65,7 @@ class _Inotify:
 
 
 def _load_inotify() -> _Inotify | None:
-    c = libc() if sys.platform == "linux" else None
+    c = libc()
     if c is None:
         return None
     try:

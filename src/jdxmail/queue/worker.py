@@ -806,28 +806,23 @@ class DeliveryEngine:
                     reused = connection.messages > 0
                     result = await connection.send(tx, pool)
             except StageError as exc:
-                pool.end_turn()
+                pool.release(connection, healthy=False, tx=tx)
                 return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
             except Exception as exc:  # the session broke or the deadline passed
                 stage = Stage.CONNECT
-                if connection is None:
-                    pool.end_turn()
-                else:
+                if connection is not None:
                     stage = tx.stage
                     dropped = isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
                     if reused and dropped and stage is Stage.MAIL and not retried:
                         connection.client.close()  # (keeping the turn for a new session)
                         retried = True
                         continue
-                    pool.release(connection, healthy=False, tx=tx)
+                pool.release(connection, healthy=False, tx=tx)
                 if isinstance(exc, TimeoutError) and not str(exc):
                     exc = TimeoutError(f"no answer within {deadline:g} s")
                 return AttemptResult(pool.name, failure=classify(stage, exc))
             except BaseException:  # cancelled (stop): the turn passes on
-                if connection is None:
-                    pool.end_turn()
-                else:
-                    pool.release(connection, healthy=False, tx=tx)
+                pool.release(connection, healthy=False, tx=tx)
                 raise
             pool.release(connection, healthy=True, tx=tx)
             return result
