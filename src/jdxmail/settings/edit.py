@@ -3,15 +3,22 @@
 Only the edited value changes: JSON keeps every comment, key order and indentation
 outside it; TOML is edited through tomlkit, which keeps comments and layout. The
 result is validated before it is written, and written atomically (temporary file,
-fsync, rename), keeping the file's permissions.
+fsync, rename), keeping the file's permissions and owner.
+
+Every writer (``jdxmail user add|remove|passwd``, the web console) goes through
+edit_config, which holds an exclusive lock (flock on ``.NAME.lock`` beside the file)
+from reading the file to replacing it, so edits made at the same time all land.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,20 @@ from jdxmail.settings.files import (
 )
 from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, UserSettings
 
-__all__ = ["ConfigWriteError", "UserEdit", "UserNotFoundError", "edit_users"]
+__all__ = [
+    "LOCK_WAIT",
+    "ConfigLockedError",
+    "ConfigWriteError",
+    "UserEdit",
+    "UserNotFoundError",
+    "config_lock",
+    "edit_config",
+    "edit_users",
+    "lock_path",
+]
+
+#: seconds a writer waits for another writer of the same config to finish
+LOCK_WAIT = 15.0
 
 
 class ConfigWriteError(ConfigError, OSError):
@@ -42,6 +62,10 @@ class ConfigWriteError(ConfigError, OSError):
         self.path = path
         self.reason = reason
         self.fix = fix
+
+
+class ConfigLockedError(ConfigWriteError):
+    """Another process held the config's lock for longer than the wait allows."""
 
 
 class UserNotFoundError(ConfigError, KeyError):
@@ -133,19 +157,69 @@ def _edit_toml(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) ->
     return tomlkit.dumps(document)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace *path* with *text*, or create it; raise ConfigWriteError (row F1)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    mode = None
-    with contextlib.suppress(FileNotFoundError):
-        mode = stat.S_IMODE(path.stat().st_mode)
-    if path.exists() and not os.access(path, os.W_OK):
-        owner = _owner(path)
+def lock_path(path: Path) -> Path:
+    """The lock file of the config *path*: ``.NAME.lock`` in the same folder."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(f".{real.name}.lock")
+
+
+@contextlib.contextmanager
+def config_lock(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the exclusive lock of the config *path* (flock on its lock file).
+
+    Raises ConfigLockedError when another writer keeps it for more than *wait*
+    seconds, and ConfigWriteError when the lock file cannot be made.
+    """
+    lock = lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except PermissionError:
         raise ConfigWriteError(
             path,
-            f"permission denied (mode {mode or 0:04o}, owner {owner})",
-            f"make it writable with `chmod u+w {path}`, or run as {owner}",
-        )
+            f"the folder {lock.parent} is not writable by this user (for the lock file)",
+            f"give this user write access to {lock.parent}, or run as its owner "
+            f"({_owner(lock.parent)})",
+        ) from None
+    except OSError as exc:
+        raise ConfigWriteError(
+            path, exc.strerror or str(exc), "check the disk and the folder"
+        ) from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigLockedError(
+                        path,
+                        f"another process has been editing it for over {wait:.0f} s "
+                        f"(it holds {lock})",
+                        "wait for the other `jdxmail user` command or console edit to end, "
+                        "then try again",
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace *path* with *text*, or create it; raise ConfigWriteError (row F1).
+
+    The new file gets the old one's mode and (where this user may set it) owner and
+    group; a symlinked config is replaced at its target, so the link stays.
+    """
+    path = Path(os.path.realpath(path))
+    folder = path.parent
+    mode = None
+    owner: tuple[int, int] | None = None
+    with contextlib.suppress(FileNotFoundError):
+        info = path.stat()
+        mode = stat.S_IMODE(info.st_mode)
+        owner = (info.st_uid, info.st_gid)
+    _check_writable(path)
     try:
         handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except PermissionError:
@@ -162,15 +236,52 @@ def _write_atomically(path: Path, text: str) -> None:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             out.write(text)
             out.flush()
+            if owner is not None:
+                _keep_owner(out.fileno(), *owner)
+            os.fchmod(out.fileno(), mode if mode is not None else 0o600)
             os.fsync(out.fileno())
-        os.chmod(temp, mode if mode is not None else 0o600)
         os.replace(temp, path)
+        _fsync_folder(folder)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise ConfigWriteError(
             path, exc.strerror or str(exc), "check the disk and the folder"
         ) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Raise ConfigWriteError (row F1) when *path* exists and this user may not write it."""
+    if path.exists() and not os.access(path, os.W_OK):
+        owner = _owner(path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        raise ConfigWriteError(
+            path,
+            f"permission denied (mode {mode:04o}, owner {owner})",
+            f"make it writable with `chmod u+w {path}`, or run as {owner}",
+        )
+
+
+def _keep_owner(fd: int, uid: int, gid: int) -> None:
+    """Give the new file the old owner and group, as far as this user may."""
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.fchown(fd, uid, gid)
+    except PermissionError:
+        # not root: the group can still be kept when this user is in it
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, -1, gid)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (best effort: some filesystems refuse it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _owner(path: Path) -> str:
@@ -180,21 +291,55 @@ def _owner(path: Path) -> str:
         return "its owner"
 
 
-def edit_users(path: Path, edit: UserEdit, *, create: bool = False) -> ConfigSource:
-    """Apply *edit* to the config file at *path* and return the new source.
+def edit_config(
+    path: Path,
+    change: Callable[[ConfigSource], str],
+    *,
+    create: bool = False,
+    wait: float = LOCK_WAIT,
+) -> ConfigSource:
+    """Apply *change* (current source → new text) to the config at *path*, under its lock.
 
-    With *create*, a missing file is made from the built-in default config (JSON or
+    The one way jdxmail writes a config: the file is read, changed, validated and
+    replaced while the lock is held, so concurrent edits never lose each other.
+    With *create*, a missing file starts as the built-in default config (JSON or
     TOML by the file's suffix). Raises ConfigFileError/ConfigParseError when the file
-    cannot be read, UserNotFoundError, ConfigInvalidError when the edited config would
-    not be valid, and ConfigWriteError (row F1) when it cannot be written.
+    cannot be read, ConfigInvalidError when the result would not be valid,
+    ConfigLockedError when another writer holds the lock too long, and
+    ConfigWriteError (row F1) when it cannot be written; *change* may raise any
+    ConfigError of its own.
     """
-    if create and not path.exists():
-        text = DEFAULT_CONFIG_TEXT
-        if path.suffix.lower() == ".toml":
-            text = _default_toml()
-        source = source_from_text(path, text)
-    else:
-        source = read_source(path)
+    _check_writable(path)
+    with config_lock(path, wait):
+        if create and not path.exists():
+            text = DEFAULT_CONFIG_TEXT
+            if path.suffix.lower() == ".toml":
+                text = _default_toml()
+            source = source_from_text(path, text)
+        else:
+            source = read_source(path)
+        new_text = change(source)
+        new_source = source_from_text(path, new_text)
+        settings, findings = inspect_source(new_source)
+        if settings is None:
+            raise ConfigInvalidError(new_source, findings)
+        _write_atomically(path, new_text)
+    return new_source
+
+
+def edit_users(
+    path: Path, edit: UserEdit, *, create: bool = False, wait: float = LOCK_WAIT
+) -> ConfigSource:
+    """Apply *edit* to the config file at *path* (through edit_config) and return the
+    new source.
+
+    Raises what edit_config raises, and UserNotFoundError / ConfigInvalidError (a
+    duplicate name) for an edit that does not fit the users in the file.
+    """
+    return edit_config(path, lambda source: _users_text(source, edit), create=create, wait=wait)
+
+
+def _users_text(source: ConfigSource, edit: UserEdit) -> str:
     index = _user_index(source, edit.user_name)
     if edit.action == "add" and index is not None:
         raise ConfigInvalidError(
@@ -204,13 +349,7 @@ def edit_users(path: Path, edit: UserEdit, *, create: bool = False) -> ConfigSou
     if edit.action != "add" and index is None:
         raise UserNotFoundError(edit.user_name, source)
     editor = _edit_toml if source.format == "toml" else _edit_json
-    new_text = editor(source.text, source.prefix, edit, index)
-    new_source = source_from_text(path, new_text)
-    settings, findings = inspect_source(new_source)
-    if settings is None:
-        raise ConfigInvalidError(new_source, findings)
-    _write_atomically(path, new_text)
-    return new_source
+    return editor(source.text, source.prefix, edit, index)
 
 
 def _default_toml() -> str:
