@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jdxmail.cli.common import ConfigOption, JsonOption, read_password
+from jdxmail.cli.common import (
+    ConfigOption,
+    JsonOption,
+    read_password,
+    refuse_control_characters,
+    stdin_is_terminal,
+)
 from jdxmail.cli.exitcodes import ExitCode, PortExit, RelayExit
 from jdxmail.cli.render import (
     err_console,
@@ -202,6 +208,10 @@ def check_port(
 
     from jdxmail.diagnostics import port as port_check  # noqa: PLC0415
 
+    refuse_control_characters(
+        {"--bind": bind, "--network-address": network_address}, PortExit.OTHER
+    )
+
     loaded: LoadedConfig | None = None
     if port is None or bind is None:
         loaded, problem = _load_quiet(config)
@@ -270,7 +280,7 @@ def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
 
 
 def _ask_password(user: str, from_stdin: bool) -> str:
-    if not from_stdin and not sys.stdin.isatty():
+    if not from_stdin and not stdin_is_terminal():
         fail(
             f"a password is needed for {user!r} and stdin is not a terminal",
             "pass it on one line of standard input with --password-stdin (or set it in the "
@@ -388,6 +398,16 @@ def relay_test(
         target_from_relay,
     )
 
+    refuse_control_characters(
+        {
+            "--relay": relay,
+            "--provider": provider,
+            "--host": host,
+            "--user": user,
+            "--from": mail_from,
+            "--to": rcpt_to,
+        }
+    )
     if send and (mail_from is None or rcpt_to is None):
         fail("--send needs --from and --to", code=ExitCode.USAGE)
     if tls is TlsChoice.auto:
@@ -518,6 +538,9 @@ def send_test(
         probe_relay,
     )
 
+    refuse_control_characters(
+        {"--to": rcpt_to, "--from": mail_from, "--server": server, "--user": user}
+    )
     mode = TlsMode(tls.value)
     if server is not None:
         host, port = _split_server(server)
@@ -571,6 +594,7 @@ def auth_string(
     """
     from jdxmail.diagnostics.authstring import auth_lines  # noqa: PLC0415
 
+    refuse_control_characters({"USER": user})
     password = read_password(from_stdin=password_stdin, confirm=False)
     lines = auth_lines(user, password)
     if json_output:
@@ -605,6 +629,7 @@ def doctor(
 
     from jdxmail.diagnostics.doctor import run_doctor  # noqa: PLC0415
 
+    refuse_control_characters({"--network-address": network_address})
     report = asyncio.run(run_doctor(config, relay_timeout=timeout, network_address=network_address))
     code = ExitCode.OK if report.ok else ExitCode.FAILED
     if json_output:

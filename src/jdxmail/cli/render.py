@@ -30,7 +30,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
-def fail(message: str, fix: str = "", code: ExitCode = ExitCode.FAILED) -> NoReturn:
+def fail(message: str, fix: str = "", code: int = ExitCode.FAILED) -> NoReturn:
     """Print ``error: message`` (and the fix) to stderr and exit with *code*."""
     text = Text("error: ", style="bold red")
     text.append(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from jdxmail.cli.common import (
     exit_for_config_error,
     load_or_exit,
     read_password,
+    refuse_control_characters,
+    stdin_is_terminal,
 )
 from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.password_cmd import HashChoice
@@ -130,6 +133,7 @@ def add_user(
 
     With no config file yet, this creates ./appsettings.json from the defaults.
     """
+    refuse_control_characters({"NAME": name})
     if not name.strip():
         fail("the user name is empty", "give the name the client types at AUTH", ExitCode.USAGE)
     path = _target(config, create=True)
@@ -145,10 +149,16 @@ def remove_user(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove a user."""
+    refuse_control_characters({"NAME": name})
     path = _target(config, create=False)
     if not yes:
-        if not typer.get_text_stream("stdin").isatty():
-            fail(f"not removing {name!r} without confirmation", "pass --yes", ExitCode.USAGE)
+        if not stdin_is_terminal():
+            state = "closed" if sys.stdin is None else "not a terminal"
+            fail(
+                f"not removing {name!r} without confirmation (stdin is {state})",
+                "pass --yes",
+                ExitCode.USAGE,
+            )
         if not typer.confirm(f"Remove user {name!r} from {path}?"):
             raise typer.Exit(ExitCode.FAILED)
     _apply(path, "remove", name, None, None)
@@ -163,6 +173,7 @@ def change_password(
     password_stdin: StdinOption = False,
 ) -> None:
     """Set a user's password (stored as a hash; scrypt unless --type says otherwise)."""
+    refuse_control_characters({"NAME": name})
     path = _target(config, create=False)
     password = read_password(from_stdin=password_stdin, confirm=True, what="New password")
     _apply(path, "passwd", name, password, hash_type)
@@ -183,6 +194,7 @@ def check_user(
     from jdxmail import passwords  # noqa: PLC0415
     from jdxmail.settings.edit import UserNotFoundError, user_from  # noqa: PLC0415
 
+    refuse_control_characters({"NAME": name})
     loaded = load_or_exit(config)
     try:
         user = user_from(loaded.source, name)

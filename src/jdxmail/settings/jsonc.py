@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 _MAX_DEPTH = 64
+#: longer numbers fit no setting (and Python refuses int() of over 4300 digits)
+_MAX_NUMBER_LENGTH = 100
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _LITERALS = {"true": True, "false": False, "null": None}
 
@@ -130,6 +132,10 @@ class _Parser:
         if number:
             start, self.pos = self.pos, number.end()
             literal = number.group()
+            if len(literal) > _MAX_NUMBER_LENGTH:
+                raise self.fail(
+                    f"a number of {len(literal)} characters is too long for any setting", start
+                )
             scalar: Any = float(literal) if any(c in literal for c in ".eE") else int(literal)
             return Node("number", start, self.pos, scalar=scalar)
         for word, scalar in _LITERALS.items():
