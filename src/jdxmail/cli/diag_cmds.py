@@ -261,7 +261,9 @@ def relay_exit(reports: list[RelayReport]) -> RelayExit:
     return RelayExit.OK
 
 
-def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
+def _render_relay(
+    report: RelayReport, *, transcript: bool = False, interrupted: bool = False
+) -> None:
     t = report.target
     provider = f", {t.provider.label}" if t.provider and t.provider.label not in t.label else ""
     where = f"{t.host}:{t.port}"
@@ -273,7 +275,9 @@ def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
             arrow = "→" if direction == "C" else "←"
             out_console.print(f"  {arrow} {line}", markup=False)
     problems = [f for f in report.findings if f.severity.label != "info"]
-    if problems:
+    if interrupted:
+        out_console.print("  result: interrupted before the end", style="bold yellow")
+    elif problems:
         render_findings("  result", problems)
     else:
         out_console.print("  result: ok", style="bold green")
@@ -387,12 +391,13 @@ def relay_test(
     docs/test-relay.md): 10 DNS, 11 connect, 12 banner, 13 EHLO, 14 TLS, 15 EHLO after
     TLS, 16 AUTH, 17 MAIL FROM, 18 RCPT TO, 19 DATA; 2 bad arguments or config.
     """
-    import asyncio  # noqa: PLC0415
 
     from pydantic import SecretStr  # noqa: PLC0415
 
+    from jdxmail.cli.interrupt import Interrupted, run_interruptible  # noqa: PLC0415
     from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
         ProbeOptions,
+        RelayReport,
         TlsMode,
         probe_relay,
         target_from_relay,
@@ -458,25 +463,35 @@ def relay_test(
                 changes["port"] = port
         prepared.append(replace(target, **changes))
     options = ProbeOptions(mail_from=mail_from, rcpt_to=rcpt_to, send=send)
+    reports: list[RelayReport] = []
 
-    async def run_all() -> list[RelayReport]:
-        return [await probe_relay(t, options) for t in prepared]
+    async def run_all() -> None:
+        for target in prepared:
+            reports.append(RelayReport(target))
+            await probe_relay(target, options, report=reports[-1])
 
-    reports = asyncio.run(run_all())
+    interrupted = False
+    try:
+        run_interruptible(run_all())
+    except Interrupted:
+        interrupted = True
     for report in reports:
         report.findings = _with_lines(report.findings, loaded)
-    code = relay_exit(reports)
+    code: int = ExitCode.INTERRUPTED if interrupted else relay_exit(reports)
     if json_output:
         print_json(
             {
-                "ok": code is RelayExit.OK,
+                "ok": code == RelayExit.OK,
                 "exit_code": int(code),
+                "interrupted": interrupted,
                 "relays": [r.to_json() for r in reports],
             }
         )
     else:
         for report in reports:
-            _render_relay(report)
+            _render_relay(report, interrupted=interrupted and report is reports[-1])
+    if interrupted:
+        err_console.print("interrupted (Ctrl-C): the stages above are those that finished")
     raise typer.Exit(int(code))
 
 
@@ -526,13 +541,14 @@ def send_test(
 
     The exit code names the failing stage, as for test-relay (0: the server took it).
     """
-    import asyncio  # noqa: PLC0415
 
     from pydantic import SecretStr  # noqa: PLC0415
 
+    from jdxmail.cli.interrupt import Interrupted, run_interruptible  # noqa: PLC0415
     from jdxmail.diagnostics.port import connect_address  # noqa: PLC0415
     from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
         ProbeOptions,
+        RelayReport,
         RelayTarget,
         TlsMode,
         probe_relay,
@@ -564,18 +580,26 @@ def send_test(
     )
     sender = mail_from or (user if user and "@" in user else "jdxmail-test@localhost")
     options = ProbeOptions(mail_from=sender, rcpt_to=rcpt_to, send=True)
-    report = asyncio.run(probe_relay(target, options))
-    code = relay_exit([report])
+    report = RelayReport(target)
+    interrupted = False
+    try:
+        run_interruptible(probe_relay(target, options, report=report))
+    except Interrupted:
+        interrupted = True
+    code: int = ExitCode.INTERRUPTED if interrupted else relay_exit([report])
     if json_output:
         data = report.to_json()
         data["exit_code"] = int(code)
+        data["interrupted"] = interrupted
         if transcript:
             data["transcript"] = [f"{d}: {line}" for d, line in report.transcript]
         print_json(data)
     else:
-        _render_relay(report, transcript=transcript)
+        _render_relay(report, transcript=transcript, interrupted=interrupted)
         if report.final_reply:
             out_console.print(f"final reply: {report.final_reply}", markup=False)
+    if interrupted:
+        err_console.print("interrupted (Ctrl-C): the stages above are those that finished")
     raise typer.Exit(int(code))
 
 

@@ -481,14 +481,19 @@ class _Prober:
         self.session = _Session(reader, writer, self.target.timeout, self.report.transcript)
         try:
             await self.conversation()
+        except asyncio.CancelledError:
+            # Ctrl-C or a caller giving up: no polite QUIT (it could wait a full timeout)
+            writer.transport.abort()
+            raise
         finally:
-            await self.quit()
-            writer.close()
-            try:
-                async with asyncio.timeout(1):
-                    await writer.wait_closed()
-            except (OSError, TimeoutError, ssl.SSLError):
-                pass
+            if not writer.is_closing():
+                await self.quit()
+                writer.close()
+                try:
+                    async with asyncio.timeout(1):
+                        await writer.wait_closed()
+                except (OSError, TimeoutError, ssl.SSLError):
+                    pass
         self.latency()
         return self.report
 
@@ -1147,8 +1152,15 @@ async def probe_relay(
     options: ProbeOptions | None = None,
     *,
     resolver: Resolver | None = None,
+    report: RelayReport | None = None,
 ) -> RelayReport:
     """Walk one SMTP session with *target* and report every stage (never raises for
-    network trouble: every outcome is in the report)."""
+    network trouble: every outcome is in the report).
+
+    Stages are added to *report* (a new one by default) as they finish, so a caller
+    that cancels the probe (Ctrl-C) still has what was learnt so far.
+    """
     prober = _Prober(target, options or ProbeOptions(), resolver or _system_resolver)
+    if report is not None:
+        prober.report = report
     return await prober.run()
