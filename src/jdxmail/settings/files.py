@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -163,7 +164,8 @@ def find_config(
     folder = cwd if cwd is not None else Path.cwd()
     for name in DEFAULT_NAMES:
         candidate = folder / name
-        if candidate.is_file():
+        # anything there but a folder is the config (a FIFO is then refused, not skipped)
+        if candidate.exists() and not candidate.is_dir():
             return candidate
     return None
 
@@ -173,21 +175,56 @@ def builtin_source() -> ConfigSource:
     return source_from_text(None, DEFAULT_CONFIG_TEXT, "builtin")
 
 
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages ("a FIFO", "a character device"…)."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def read_source(path: Path) -> ConfigSource:
-    """Read and parse *path*; raise ConfigFileError or ConfigParseError."""
+    """Read and parse *path*; raise ConfigFileError or ConfigParseError.
+
+    Only a regular file is read: a FIFO, device or socket is refused before any read
+    (reading one could block forever or never end).
+    """
     try:
-        if path.is_dir():
-            raise ConfigFileError(path, "it is a directory", "name the file, not its folder")
-        size = path.stat().st_size
-        if size > _MAX_CONFIG_BYTES:
-            raise ConfigFileError(path, f"it is {size} bytes, too large for a config file")
-        raw = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ConfigFileError(path, "it is a directory", "name the file, not its folder")
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigFileError(
+                    path,
+                    f"it is {_file_kind(info.st_mode)}, not a regular file",
+                    "point --config or $JDXMAIL_CONFIG at the config file itself",
+                )
+            if info.st_size > _MAX_CONFIG_BYTES:
+                raise ConfigFileError(
+                    path, f"it is {info.st_size} bytes, too large for a config file"
+                )
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb") as handle:
+                fd = -1
+                raw = handle.read(_MAX_CONFIG_BYTES + 1)
+        finally:
+            if fd >= 0:
+                os.close(fd)
     except ConfigFileError:
         raise
     except FileNotFoundError:
         raise ConfigFileError(
             path, "no such file", "check the path, or run without --config for the defaults"
         ) from None
+    except IsADirectoryError:
+        raise ConfigFileError(path, "it is a directory", "name the file, not its folder") from None
     except PermissionError:
         raise ConfigFileError(
             path,
