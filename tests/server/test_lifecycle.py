@@ -300,12 +300,14 @@ def test_self_signed_option_serves_starttls(tmp_path: Path, serve: list[ServePro
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        ("Spool", "cannot create the spool directories"),
-        ("Logs", "cannot write the log file"),
+        ("Spool", "is not a folder"),
+        ("Logs", "is not a folder"),
+        ("Mailbox", "is not a folder"),
     ],
 )
 def test_unusable_folder_is_one_clear_message(tmp_path: Path, key: str, message: str) -> None:
-    """A spool or log folder that cannot be made is named, exit 1, no traceback."""
+    """A spool, mailbox or log folder that cannot be made is named (as validate-config
+    names it), exit 1, no traceback."""
     (tmp_path / "blocker").write_text("a file, not a folder")
     config = write_json(
         tmp_path / "appsettings.json", {"Paths": {key: str(tmp_path / "blocker" / "sub")}}

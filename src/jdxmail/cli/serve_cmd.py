@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import socket
 
     from jdxmail.server.app import DeliveryMode, SmtpServerApp
+    from jdxmail.settings.files import LoadedConfig
     from jdxmail.settings.model import Settings
 
 __all__ = ["DeliveryChoice", "certificate_lines", "serve", "status_lines"]
@@ -141,6 +142,7 @@ def serve(
             'set "Enabled": true under "SmtpServer" in that file',
             ExitCode.FAILED,
         )
+    _refuse_unusable_paths(loaded)
     try:
         log_file = configure_logging(
             settings.paths.logs, level=logging.DEBUG if verbose else logging.INFO
@@ -190,6 +192,18 @@ def serve(
     app = make_app()
     code = asyncio.run(_run(app, loaded.source.name, log_file, settings.paths.mailbox))
     raise typer.Exit(int(code))
+
+
+def _refuse_unusable_paths(loaded: LoadedConfig) -> None:
+    """Exit 1, as validate-config would report, when a Paths folder cannot be used."""
+    from jdxmail.cli.render import err_console, render_findings  # noqa: PLC0415
+    from jdxmail.findings import has_errors  # noqa: PLC0415
+    from jdxmail.settings.checks import check_paths  # noqa: PLC0415
+
+    findings = check_paths(loaded.settings, loaded.source)
+    if has_errors(findings):
+        render_findings(f"{loaded.source.name}: serve cannot start", findings, err_console)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def _serve_workers(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import stat
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 
@@ -16,7 +18,7 @@ from jdxmail.providers import provider_for_host, suggest_host
 from jdxmail.settings.files import ConfigSource
 from jdxmail.settings.model import RelaySettings, Settings, relay_password_env
 
-__all__ = ["check_settings", "local_addresses"]
+__all__ = ["check_paths", "check_settings", "local_addresses"]
 
 Emit = Callable[..., None]
 
@@ -44,17 +46,7 @@ def _is_wildcard(address: str) -> bool:
     return address in ("0.0.0.0", "::")
 
 
-def check_settings(
-    settings: Settings,
-    source: ConfigSource,
-    addresses: set[str] | None = None,
-) -> list[Finding]:
-    """Every semantic finding for *settings* read from *source*.
-
-    *addresses* are this host's IP addresses (default: read from the interfaces).
-    """
-    findings: list[Finding] = []
-
+def _emitter(source: ConfigSource, findings: list[Finding]) -> Emit:
     def emit(
         severity: Severity,
         code: str,
@@ -69,6 +61,28 @@ def check_settings(
             )
         )
 
+    return emit
+
+
+def check_paths(settings: Settings, source: ConfigSource) -> list[Finding]:
+    """Findings for Paths.* (resolved *settings*) that would stop serve from starting:
+    a folder under a regular file, or one this user cannot create or write."""
+    findings: list[Finding] = []
+    _check_paths(settings, _emitter(source, findings))
+    return findings
+
+
+def check_settings(
+    settings: Settings,
+    source: ConfigSource,
+    addresses: set[str] | None = None,
+) -> list[Finding]:
+    """Every semantic finding for *settings* read from *source*.
+
+    *addresses* are this host's IP addresses (default: read from the interfaces).
+    """
+    findings: list[Finding] = []
+    emit = _emitter(source, findings)
     _check_server(settings, emit, local_addresses() if addresses is None else addresses)
     _check_users(settings, emit)
     for index, relay in enumerate(settings.relays):
@@ -78,7 +92,35 @@ def check_settings(
         for check in (_check_relay_tls, _check_relay_provider):
             check(relay, path, emit)
     _check_file_mode(settings, source, emit)
+    _check_paths(settings, emit)
     return findings
+
+
+def _check_paths(settings: Settings, emit: Emit) -> None:
+    paths = settings.paths
+    for key, folder in (("Spool", paths.spool), ("Mailbox", paths.mailbox), ("Logs", paths.logs)):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            what = "it is a file" if existing == folder else f"{existing} is a file"
+            emit(
+                Severity.ERROR,
+                "paths.not-a-folder",
+                f"Paths.{key} {folder} is not a folder: {what}, so `jdxmail serve` "
+                "cannot keep its files there",
+                f"point Paths.{key} at a folder, or move {existing} away",
+                ("Paths", key),
+            )
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            what = "" if existing == folder else f" (it would be made in {existing})"
+            emit(
+                Severity.ERROR,
+                "paths.not-writable",
+                f"Paths.{key} {folder} is not writable by this user{what}",
+                f"give this user write access to {existing}, or set Paths.{key}",
+                ("Paths", key),
+            )
 
 
 def _check_server(settings: Settings, emit: Emit, addresses: set[str]) -> None:
@@ -195,9 +237,19 @@ def _check_tls_files(settings: Settings, emit: Emit) -> None:
             "set Tls.CertFile and Tls.KeyFile (or run `jdxmail serve --self-signed` for tests)",
             ("SmtpServer", "Tls", "ImplicitTlsPort"),
         )
+    readable = True
     for key, value in (("CertFile", tls.cert_file), ("KeyFile", tls.key_file)):
-        if value is not None and not os.access(value, os.R_OK):
-            reason = "does not exist" if not value.exists() else "is not readable by this user"
+        if value is None:
+            continue
+        reason = ""
+        if not value.exists():
+            reason = "does not exist"
+        elif not value.is_file():
+            reason = "is not a regular file"
+        elif not os.access(value, os.R_OK):
+            reason = "is not readable by this user"
+        if reason:
+            readable = False
             emit(
                 Severity.ERROR,
                 "tls.file-unreadable",
@@ -205,6 +257,69 @@ def _check_tls_files(settings: Settings, emit: Emit) -> None:
                 "fix the path, or the file's permissions",
                 ("SmtpServer", "Tls", key),
             )
+    if readable and tls.cert_file is not None and tls.key_file is not None:
+        _check_certificate(tls.cert_file, tls.key_file, emit)
+
+
+def _check_certificate(cert_file: Path, key_file: Path, emit: Emit) -> None:
+    """Load the pair as serve does; name the file at fault when it fails."""
+    try:
+        cert_text = cert_file.read_bytes()
+        key_text = key_file.read_bytes()
+    except OSError:
+        return
+    fix = (
+        "CertFile must be a PEM certificate (chain: -----BEGIN CERTIFICATE-----) and "
+        "KeyFile its unencrypted PEM key (-----BEGIN PRIVATE KEY-----)"
+    )
+    cert_path: KeyPath = ("SmtpServer", "Tls", "CertFile")
+    key_path: KeyPath = ("SmtpServer", "Tls", "KeyFile")
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        emit(
+            Severity.ERROR,
+            "tls.not-pem",
+            f"Tls.CertFile {cert_file} is not a PEM certificate; `jdxmail serve` cannot load it",
+            fix,
+            cert_path,
+        )
+        return
+    if b"PRIVATE KEY-----" not in key_text:
+        emit(
+            Severity.ERROR,
+            "tls.not-pem",
+            f"Tls.KeyFile {key_file} is not a PEM private key; `jdxmail serve` cannot load it",
+            fix,
+            key_path,
+        )
+        return
+    if b"ENCRYPTED" in key_text:
+        emit(
+            Severity.ERROR,
+            "tls.key-encrypted",
+            f"Tls.KeyFile {key_file} is encrypted with a passphrase; `jdxmail serve` "
+            "cannot ask for it",
+            f"store it without a passphrase: `openssl pkey -in {key_file} -out key.pem` "
+            "(and chmod 600 key.pem)",
+            key_path,
+        )
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        mismatch = "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc)
+        message = (
+            f"Tls.KeyFile {key_file} does not belong to the certificate {cert_file}"
+            if mismatch
+            else f"the certificate {cert_file} and key {key_file} cannot be loaded: {exc}"
+        )
+        emit(
+            Severity.ERROR,
+            "tls.key-mismatch" if mismatch else "tls.not-pem",
+            message,
+            "use the key made with this certificate" if mismatch else fix,
+            key_path if mismatch else cert_path,
+        )
 
 
 def _check_users(settings: Settings, emit: Emit) -> None:

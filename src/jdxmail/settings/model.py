@@ -172,6 +172,17 @@ class SmtpServerSettings(Section):
                 raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
         return value
 
+    @field_validator("host_name")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        # it goes into the banner, the EHLO reply and Received: headers verbatim
+        if value is not None and any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(
+                "HostName must be one word without spaces, line breaks or control "
+                "characters (it is sent in the banner and the EHLO reply)"
+            )
+        return value
+
     @field_validator("local_domains")
     @classmethod
     def _lower_domains(cls, value: list[str] | None) -> list[str] | None:
