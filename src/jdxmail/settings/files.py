@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 import stat
 import types
@@ -363,6 +364,13 @@ _TYPE_FIXES = {
 }
 
 
+def _as_written(value: Any) -> str:
+    """*value* as it is written in the file (``true``, ``"yes"``), not as Python shows it."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
 def _describe_error(error: Mapping[str, Any]) -> tuple[str, str]:
     """User-facing message and fix for one pydantic error, never echoing a secret."""
     loc = tuple(error["loc"])
@@ -373,7 +381,7 @@ def _describe_error(error: Mapping[str, Any]) -> tuple[str, str]:
         return f"required key {key!r} is missing", f"add {key!r} here"
     secret = any(isinstance(p, str) and p.casefold() in _SECRET_KEYS for p in loc)
     value = error.get("input")
-    shown = repr(value)
+    shown = _as_written(value)
     visible = not secret and not isinstance(value, dict | list) and value is not None
     if visible and shown not in message:
         message = f"{message}; got {shown}"

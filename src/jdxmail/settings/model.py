@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -101,7 +102,11 @@ class Section(BaseModel):
     )
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+#: Values are read strictly: a whole JSON/TOML number for a number ("2525", true and
+#: 2525.5 are errors, not 2525 and 1), true/false for a switch ("yes", 1 are errors).
+Whole = Annotated[int, Strict()]
+Switch = Annotated[bool, Strict()]
+Port = Annotated[Whole, Field(ge=1, le=65535)]
 
 
 class UserSettings(Section):
@@ -133,13 +138,13 @@ class TlsSettings(Section):
 class SmtpServerSettings(Section):
     """The SMTP server that apps, devices and test suites connect to."""
 
-    enabled: bool = True
+    enabled: Switch = True
     bind_address: str = "127.0.0.1"
     port: Port = 2525
     #: name in the banner, EHLO reply and Received: headers; default: this host's name
     host_name: str | None = None
     #: seconds an idle client may wait between commands (and per relay step)
-    time_out: int = Field(default=30, ge=1, le=3600)
+    time_out: Whole = Field(default=30, ge=1, le=3600)
     users: list[UserSettings] = Field(default_factory=list)
     #: domains delivered to local mailboxes; default: localhost and HostName
     local_domains: list[str] | None = None
@@ -147,18 +152,18 @@ class SmtpServerSettings(Section):
     trusted_networks: list[Annotated[IPNetwork, BeforeValidator(_network)]] = Field(
         default_factory=list
     )
-    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
-    max_recipients: int = Field(default=100, ge=1)
-    max_connections: int = Field(default=100, ge=1)
+    max_message_size: Whole = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: Whole = Field(default=100, ge=1)
+    max_connections: Whole = Field(default=100, ge=1)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     #: allow AUTH over an unencrypted connection from off this machine
-    allow_plaintext_auth: bool = False
+    allow_plaintext_auth: Switch = False
     #: what to do with a bare CR or LF in message data (SMTP smuggling defence)
     bare_line_endings: Literal["Reject", "Normalize"] = "Reject"
     #: failed logins from one client address before it is disconnected with 421
-    auth_failure_limit: int = Field(default=5, ge=1)
+    auth_failure_limit: Whole = Field(default=5, ge=1)
     #: seconds over which failed logins are counted
-    auth_failure_window: int = Field(default=300, ge=1)
+    auth_failure_window: Whole = Field(default=300, ge=1)
 
     @field_validator("bind_address")
     @classmethod
@@ -208,15 +213,15 @@ class RelaySettings(Section):
     host: str = Field(min_length=1)
     port: Port = 587
     #: 465: TLS from the first byte; any other port: STARTTLS, required
-    use_tls: bool = True
+    use_tls: Switch = True
     username: str | None = None
     password: SecretStr | None = None
     #: messages per day this relay takes before mail waits or goes to the next relay
-    daily_quota: int | None = Field(default=None, ge=1)
-    verify_certificate: bool = True
+    daily_quota: Whole | None = Field(default=None, ge=1)
+    verify_certificate: Switch = True
     ca_file: Path | None = None
     #: seconds per step of the relay session; default: SmtpServer.TimeOut
-    time_out: int | None = Field(default=None, ge=1, le=3600)
+    time_out: Whole | None = Field(default=None, ge=1, le=3600)
 
     @property
     def display_name(self) -> str:
@@ -233,17 +238,17 @@ class DeliverySettings(Section):
     """How queued mail is relayed: retries, parallel sessions, sender rewriting."""
 
     #: seconds a message may wait for a relay before it bounces (5 days)
-    message_lifetime: int = Field(default=5 * 24 * 3600, ge=60)
+    message_lifetime: Whole = Field(default=5 * 24 * 3600, ge=60)
     #: seconds before the first retry; doubled each attempt (with jitter)
-    retry_delay: int = Field(default=60, ge=1)
+    retry_delay: Whole = Field(default=60, ge=1)
     #: the longest wait between two attempts, in seconds
-    retry_max_delay: int = Field(default=3600, ge=1)
+    retry_max_delay: Whole = Field(default=3600, ge=1)
     #: parallel sessions per relay, reused for consecutive messages
-    connections_per_relay: int = Field(default=4, ge=1, le=100)
+    connections_per_relay: Whole = Field(default=4, ge=1, le=100)
     #: send with the relay account as envelope sender (relays that refuse others: C7)
-    rewrite_sender: bool = False
+    rewrite_sender: Switch = False
     #: also put the relay account in From: (the original From becomes Reply-To)
-    rewrite_from: bool = False
+    rewrite_from: Switch = False
 
 
 class PathSettings(Section):
