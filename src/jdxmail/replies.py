@@ -121,6 +121,9 @@ AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
 AUTH_NOT_AVAILABLE = Reply(502, "5.5.1", "AUTH not available: this server has no users")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_THROTTLED = Reply(421, "4.7.0", "Too many failed logins from your address; try again later")
+AUTH_USER_THROTTLED = Reply(
+    421, "4.7.0", "Too many failed logins for this user from your address; try again later"
+)
 #: the AUTH LOGIN prompts as a telnet user of the guide sees them
 AUTH_LOGIN_USERNAME = Reply(334, "", "VXNlcm5hbWU6")
 AUTH_LOGIN_PASSWORD = Reply(334, "", "UGFzc3dvcmQ6")

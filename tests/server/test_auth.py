@@ -134,14 +134,15 @@ async def test_stored_hash_sent_as_password_logs_the_d2_hint(
 
 
 async def test_failed_logins_are_throttled_per_address(start_server: StartServer) -> None:
-    """After AuthFailureLimit failures the client gets 421 4.7.0 and so does its next try."""
+    """After AuthFailureLimit failures of a user the client gets 421 4.7.0, and so does its
+    next try as that user."""
     app = await start_server(Users=[user_entry()], AuthFailureLimit=3)
     client = await logged_in_client(port_of(app))
     bad = "AUTH PLAIN " + b64(f"\0{USER}\0nope")
     assert (await client.cmd(bad)).startswith("535 5.7.8")
     assert (await client.cmd(bad)).startswith("535 5.7.8")
     assert await client.cmd(bad) == (
-        "421 4.7.0 Too many failed logins from your address; try again later"
+        "421 4.7.0 Too many failed logins for this user from your address; try again later"
     )
     assert await client.closed()
     again = await logged_in_client(port_of(app))

@@ -80,11 +80,22 @@ def test_throttle_window_forgets_old_failures() -> None:
     """Failures older than AuthFailureWindow no longer count."""
     now = [1000.0]
     throttle = AuthThrottle(limit=2, window=60, clock=lambda: now[0])
-    assert throttle.record_failure(LAN) == 1
-    assert not throttle.blocked(LAN)
-    assert throttle.record_failure(LAN) == 2
-    assert throttle.blocked(LAN)
-    assert not throttle.blocked("198.51.100.1")
+    assert throttle.record_failure(LAN, "app@example.com") == 1
+    assert not throttle.blocked(LAN, "app@example.com")
+    assert throttle.record_failure(LAN, "APP@example.com") == 2
+    assert throttle.blocked(LAN, "app@example.com")
+    assert not throttle.blocked(LAN, "other@example.com")
+    assert not throttle.blocked("198.51.100.1", "app@example.com")
     now[0] += 61
-    assert not throttle.blocked(LAN)
+    assert not throttle.blocked(LAN, "app@example.com")
     assert throttle.failures(LAN) == 0
+
+
+def test_throttle_blocks_an_address_failing_over_many_names() -> None:
+    """An address failing for many names is blocked for every name, the right one too."""
+    throttle = AuthThrottle(limit=2, window=60)
+    for index in range(throttle.address_limit):
+        assert not throttle.address_blocked(LAN)
+        throttle.record_failure(LAN, f"guess{index}@example.com")
+    assert throttle.address_blocked(LAN)
+    assert throttle.blocked(LAN, "never-tried@example.com")

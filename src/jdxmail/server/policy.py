@@ -18,7 +18,7 @@ from jdxmail import replies
 from jdxmail.replies import Reply
 from jdxmail.settings.model import SmtpServerSettings, UserSettings
 
-__all__ = ["AuthAvailability", "AuthThrottle", "Policy", "Route", "domain_of"]
+__all__ = ["ADDRESS_FACTOR", "AuthAvailability", "AuthThrottle", "Policy", "Route", "domain_of"]
 
 
 class Route(enum.Enum):
@@ -150,8 +150,21 @@ class Policy:
         return False
 
 
+#: an address is throttled as a whole after this many times AuthFailureLimit failures
+#: (over any user names): enough for a few misconfigured apps on one machine, far too
+#: few for guessing passwords across many names
+ADDRESS_FACTOR = 4
+
+
 class AuthThrottle:
-    """Failed logins per client address in a sliding window (survives reloads)."""
+    """Failed logins in a sliding window, per client address and user name (survives
+    reloads).
+
+    A (address, user) pair is blocked after ``limit`` failures, so one app with a wrong
+    password does not lock out the other apps on the same machine (they share
+    127.0.0.1). The address as a whole is blocked after ``limit * ADDRESS_FACTOR``
+    failures over any names, so trying many names stays throttled.
+    """
 
     def __init__(
         self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
@@ -159,35 +172,52 @@ class AuthThrottle:
         self.limit = limit
         self.window = window
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str | tuple[str, str], deque[float]] = {}
 
     def configure(self, limit: int, window: float) -> None:
         """Take new limits (on reload), keeping the failures counted so far."""
         self.limit, self.window = limit, window
 
-    def failures(self, client_ip: str) -> int:
-        """Failed logins from *client_ip* within the window."""
-        times = self._failures.get(client_ip)
+    @property
+    def address_limit(self) -> int:
+        """Failures over all names after which an address is blocked."""
+        return self.limit * ADDRESS_FACTOR
+
+    @staticmethod
+    def _key(client_ip: str, user: str | None) -> str | tuple[str, str]:
+        return client_ip if user is None else (client_ip, user.casefold())
+
+    def failures(self, client_ip: str, user: str | None = None) -> int:
+        """Failed logins within the window from *client_ip* (as *user*, or over all)."""
+        key = self._key(client_ip, user)
+        times = self._failures.get(key)
         if not times:
             return 0
         horizon = self._clock() - self.window
         while times and times[0] < horizon:
             times.popleft()
         if not times:
-            del self._failures[client_ip]
+            del self._failures[key]
             return 0
         return len(times)
 
-    def blocked(self, client_ip: str) -> bool:
-        """True when *client_ip* has used up its failed logins for the window."""
-        return self.failures(client_ip) >= self.limit
+    def address_blocked(self, client_ip: str) -> bool:
+        """True when *client_ip* failed too often over all names: no AUTH at all."""
+        return self.failures(client_ip) >= self.address_limit
 
-    def record_failure(self, client_ip: str) -> int:
-        """Count one failed login; return the failures now in the window."""
-        count = self.failures(client_ip)
-        self._failures.setdefault(client_ip, deque()).append(self._clock())
-        if len(self._failures) > 100_000:
-            # A flood of distinct addresses must not grow memory without bound.
-            oldest = next(iter(self._failures))
-            del self._failures[oldest]
-        return count + 1
+    def blocked(self, client_ip: str, user: str | None = None) -> bool:
+        """True when *client_ip* may not try *user* now (or, without *user*, any name)."""
+        if self.address_blocked(client_ip):
+            return True
+        return user is not None and self.failures(client_ip, user) >= self.limit
+
+    def record_failure(self, client_ip: str, user: str | None = None) -> int:
+        """Count one failed login; return the failures of this address and user now in
+        the window (over all names without *user*)."""
+        now = self._clock()
+        for key in {self._key(client_ip, None), self._key(client_ip, user)}:
+            self._failures.setdefault(key, deque()).append(now)
+        while len(self._failures) > 100_000:
+            # A flood of distinct addresses or names must not grow memory without bound.
+            del self._failures[next(iter(self._failures))]
+        return self.failures(client_ip, user)

@@ -28,7 +28,7 @@ from jdxmail import replies
 from jdxmail.queue.spool import AcceptedMessage, SpoolError
 from jdxmail.replies import Reply
 from jdxmail.server.auth import SaslError, check_password, decode_response, parse_plain
-from jdxmail.server.policy import AuthThrottle, Policy, Route
+from jdxmail.server.policy import ADDRESS_FACTOR, AuthThrottle, Policy, Route
 
 if TYPE_CHECKING:
     from jdxmail.settings.model import SmtpServerSettings
@@ -589,7 +589,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             assert availability.refusal is not None
             self.send(availability.refusal)
             return
-        if self.host.throttle.blocked(self.client_ip):
+        if self.host.throttle.address_blocked(self.client_ip):
             self._auth_log.warning("%s is throttled after failed logins", self.client_ip)
             self.send(replies.AUTH_THROTTLED)
             self.close()
@@ -614,6 +614,16 @@ class SmtpSession(asyncio.BufferedProtocol):
         if credentials is None:
             return
         authzid, username, password = credentials
+        if self.host.throttle.blocked(self.client_ip, username):
+            # this name failed too often from here: no password check (guessing stops)
+            self._auth_log.warning(
+                "%s is throttled for user %s after failed logins",
+                self.client_ip,
+                _PRINTABLE.sub("?", username)[:64],
+            )
+            self.send(replies.AUTH_USER_THROTTLED)
+            self.close()
+            return
         user = runtime.policy.user(username)
         outcome = await check_password(user, password)
         if outcome.success and authzid in ("", username) and user is not None:
@@ -631,8 +641,9 @@ class SmtpSession(asyncio.BufferedProtocol):
         self, username: str, sent_hash: bool, broken_hash: str | None, unknown: bool
     ) -> None:
         shown = _PRINTABLE.sub("?", username)[:64]
-        failures = self.host.throttle.record_failure(self.client_ip)
-        limit = self.host.throttle.limit
+        throttle = self.host.throttle
+        failures = throttle.record_failure(self.client_ip, username)
+        limit = throttle.limit
         reason = "unknown user" if unknown else "wrong password"
         if broken_hash:
             reason = "the stored password of this user is unusable"
@@ -656,11 +667,25 @@ class SmtpSession(asyncio.BufferedProtocol):
         delay = self.host.auth_failure_delay * min(failures, 5)
         if delay > 0:
             await asyncio.sleep(delay)
-        if failures >= limit:
+        if throttle.address_blocked(self.client_ip):
             self._auth_log.warning(
-                "%s reached AuthFailureLimit (%d), disconnecting", self.client_ip, limit
+                "%s reached %d failed logins over all user names (AuthFailureLimit x %d), "
+                "disconnecting",
+                self.client_ip,
+                throttle.address_limit,
+                ADDRESS_FACTOR,
             )
             self.send(replies.AUTH_THROTTLED)
+            self.close()
+            return
+        if failures >= limit:
+            self._auth_log.warning(
+                "%s reached AuthFailureLimit (%d) for user %s, disconnecting",
+                self.client_ip,
+                limit,
+                shown,
+            )
+            self.send(replies.AUTH_USER_THROTTLED)
             self.close()
             return
         self.send(replies.AUTH_FAILED)
