@@ -129,6 +129,7 @@ def serve(
 
     from jdxmail.logs import LogSetupError, configure_logging  # noqa: PLC0415
     from jdxmail.server.app import FROM_SETTINGS, SmtpServerApp  # noqa: PLC0415
+    from jdxmail.server.config_watch import ConfigWatcher, state_dir  # noqa: PLC0415
     from jdxmail.settings.files import load_settings  # noqa: PLC0415
 
     bind_address = _check_bind(bind)
@@ -163,7 +164,7 @@ def serve(
         if delivery is DeliveryChoice.PROCESS and loaded.source.path is not None:
             # one delivery process relays for every worker
             mode = "process" if index == 0 else "none"
-        return SmtpServerApp(
+        app = SmtpServerApp(
             settings,
             bind_address=bind_address,
             port=port,
@@ -178,6 +179,10 @@ def serve(
             config_path=loaded.source.path,
             config_text=loaded.source.text,
         )
+        if loaded.source.path is not None:
+            # a changed config file is reloaded as SIGHUP would (docs/serve.md)
+            app.add_component(ConfigWatcher(loaded.source.path, state_dir(settings), app.reload))
+        return app
 
     if workers > 1:
         code = _serve_workers(

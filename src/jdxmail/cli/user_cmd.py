@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -21,6 +21,9 @@ from jdxmail.cli.common import (
 from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.password_cmd import HashChoice
 from jdxmail.cli.render import err_console, fail, out_console, print_json
+
+if TYPE_CHECKING:
+    from jdxmail.settings.files import ConfigSource
 
 __all__ = ["app"]
 
@@ -65,7 +68,7 @@ def _target(config: Path | None, *, create: bool) -> Path:
 
 def _apply(
     path: Path, action: str, name: str, password: str | None, kind: HashChoice | None
-) -> None:
+) -> ConfigSource:
     from jdxmail import passwords  # noqa: PLC0415
     from jdxmail.settings.edit import (  # noqa: PLC0415
         ConfigWriteError,
@@ -81,13 +84,53 @@ def _apply(
         stored = passwords.hash_password(password, hash_type)
     edit = UserEdit(action, name, stored, hash_type.value if hash_type else None)
     try:
-        edit_users(path, edit, create=action == "add")
+        return edit_users(path, edit, create=action == "add")
     except ConfigWriteError as error:
         fail(f"{error} (JDX-F1)", error.fix)
     except UserNotFoundError as error:
         fail(str(error), "see the names with `jdxmail user list`")
     except ConfigError as error:
         raise exit_for_config_error(error) from None
+
+
+def _report_pickup(path: Path, source: ConfigSource) -> None:
+    """Say whether a running ``jdxmail serve`` of this config loaded the edit."""
+    from jdxmail.server.config_watch import (  # noqa: PLC0415
+        Pickup,
+        config_digest,
+        state_dir,
+        wait_for_pickup,
+    )
+    from jdxmail.settings.files import ConfigError, settings_from_source  # noqa: PLC0415
+
+    try:
+        settings = settings_from_source(source).settings
+    except ConfigError:
+        return
+    report = wait_for_pickup(path, state_dir(settings), config_digest(source.text.encode("utf-8")))
+    pids = ", ".join(str(pid) for pid in report.pids)
+    who = (
+        f"the running server (PID {pids})"
+        if len(report.pids) == 1
+        else f"the {len(report.pids)} running server processes (PIDs {pids})"
+    )
+    if report.pickup is Pickup.NO_SERVER:
+        err_console.print(
+            "no running `jdxmail serve` uses this config; the change applies when it starts"
+        )
+    elif report.pickup is Pickup.LOADED:
+        err_console.print(f"{who} loaded the change")
+    elif report.pickup is Pickup.REFUSED:
+        err_console.print(
+            f"warning: {who} could not load the new config and keeps its old settings; see its log",
+            style="yellow",
+        )
+    else:
+        err_console.print(
+            f"warning: {who} has not loaded the change yet; it looks at the file every "
+            f"second (or send it SIGHUP: `kill -HUP {report.pids[0]}`)",
+            style="yellow",
+        )
 
 
 @app.command("list")
@@ -138,8 +181,9 @@ def add_user(
         fail("the user name is empty", "give the name the client types at AUTH", ExitCode.USAGE)
     path = _target(config, create=True)
     password = read_password(from_stdin=password_stdin, confirm=True)
-    _apply(path, "add", name, password, hash_type)
+    source = _apply(path, "add", name, password, hash_type)
     err_console.print(f"added user {name!r} to {path}")
+    _report_pickup(path, source)
 
 
 @app.command("remove")
@@ -161,8 +205,9 @@ def remove_user(
             )
         if not typer.confirm(f"Remove user {name!r} from {path}?"):
             raise typer.Exit(ExitCode.FAILED)
-    _apply(path, "remove", name, None, None)
+    source = _apply(path, "remove", name, None, None)
     err_console.print(f"removed user {name!r} from {path}")
+    _report_pickup(path, source)
 
 
 @app.command("passwd")
@@ -176,8 +221,9 @@ def change_password(
     refuse_control_characters({"NAME": name})
     path = _target(config, create=False)
     password = read_password(from_stdin=password_stdin, confirm=True, what="New password")
-    _apply(path, "passwd", name, password, hash_type)
+    source = _apply(path, "passwd", name, password, hash_type)
     err_console.print(f"changed the password of {name!r} in {path}")
+    _report_pickup(path, source)
 
 
 @app.command("check")

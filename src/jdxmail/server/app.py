@@ -3,7 +3,8 @@
 Order of things: the spool opens, the extra components start (the delivery engine),
 then the listeners bind. Stopping runs backwards: listeners close, idle clients get
 ``421`` and in-flight transactions may finish within the grace period, components
-stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users and policy.
+stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users and policy (and so
+does a change of the config file, through server.config_watch when serve adds it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Literal, Protocol
 
 from jdxmail.logs import register_secret
 from jdxmail.queue.spool import Spool, SpoolError
+from jdxmail.server.config_watch import describe_changes
 from jdxmail.server.errors import ServerDisabledError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
@@ -262,6 +264,8 @@ class SmtpServerApp:
             return False
         old = self.settings.smtp_server
         new = settings.smtp_server
+        for change in describe_changes(self.settings, settings):
+            logger.info("config change: %s", change)
         self.settings = settings
         self.runtime = self._runtime(settings)
         self.throttle.configure(new.auth_failure_limit, new.auth_failure_window)
