@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,30 @@ def test_ctrl_c_stops_a_wait_at_once(
     else:
         assert "DNS" in out
         assert "127.0.0.1 is an IP address" in out
+
+
+@pytest.mark.parametrize("command", ["check-port", "doctor"])
+def test_ctrl_c_stops_check_port_and_doctor(
+    command: str, silent_listener: socket.socket, tmp_path: Path
+) -> None:
+    """check-port --listening and doctor, waiting on a silent server, stop at Ctrl-C
+    with a message and exit 130."""
+    port = silent_listener.getsockname()[1]
+    if command == "check-port":
+        args = ["check-port", "--listening", "--bind", "127.0.0.1", "--port", str(port)]
+        args += ["--timeout", "20"]
+    else:
+        config = tmp_path / "appsettings.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "SmtpServer": {"Port": port, "TrustedNetworks": ["127.0.0.0/8"]},
+                    "RelayServer": {"Host": "127.0.0.1", "Port": port, "UseTls": False},
+                }
+            )
+        )
+        args = ["doctor", "--config", str(config), "--timeout", "20"]
+    code, out, err = _interrupt_once_connected(args, silent_listener)
+    assert code == ExitCode.INTERRUPTED, (out, err)
+    assert "interrupted (Ctrl-C)" in err
+    assert "Traceback" not in out + err

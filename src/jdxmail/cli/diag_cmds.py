@@ -6,7 +6,7 @@ import enum
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -18,6 +18,7 @@ from jdxmail.cli.common import (
     stdin_is_terminal,
 )
 from jdxmail.cli.exitcodes import ExitCode, PortExit, RelayExit
+from jdxmail.cli.interrupt import Interrupted, run_interruptible
 from jdxmail.cli.render import (
     err_console,
     fail,
@@ -106,6 +107,14 @@ def _with_lines(findings: list[Finding], loaded: LoadedConfig | None) -> list[Fi
         else:
             out.append(finding)
     return out
+
+
+def _interrupted(json_output: bool, when: str) -> NoReturn:
+    """Ctrl-C during a wait: say so (as JSON with --json) and exit 130."""
+    if json_output:
+        print_json({"interrupted": True, "exit_code": int(ExitCode.INTERRUPTED)})
+    err_console.print(f"interrupted (Ctrl-C) {when}")
+    raise typer.Exit(int(ExitCode.INTERRUPTED))
 
 
 def _load_quiet(config: Path | None) -> tuple[LoadedConfig | None, str | None]:
@@ -204,7 +213,6 @@ def check_port(
     port below 1024, 3 other (address not on this host, not answering, firewall,
     unreadable config).
     """
-    import asyncio  # noqa: PLC0415
 
     from jdxmail.diagnostics import port as port_check  # noqa: PLC0415
 
@@ -223,9 +231,12 @@ def check_port(
         port = port if port is not None else smtp.port
         bind = bind if bind is not None else smtp.bind_address
     if listening:
-        report = asyncio.run(
-            port_check.check_listening(bind, port, other_address=network_address, wait=timeout)
-        )
+        try:
+            report = run_interruptible(
+                port_check.check_listening(bind, port, other_address=network_address, wait=timeout)
+            )
+        except Interrupted:
+            _interrupted(json_output, f"while waiting for the banner on {bind}:{port}")
     else:
         report = port_check.check_port(bind, port)
     report.findings = _with_lines(report.findings, loaded)
@@ -394,7 +405,6 @@ def relay_test(
 
     from pydantic import SecretStr  # noqa: PLC0415
 
-    from jdxmail.cli.interrupt import Interrupted, run_interruptible  # noqa: PLC0415
     from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
         ProbeOptions,
         RelayReport,
@@ -544,7 +554,6 @@ def send_test(
 
     from pydantic import SecretStr  # noqa: PLC0415
 
-    from jdxmail.cli.interrupt import Interrupted, run_interruptible  # noqa: PLC0415
     from jdxmail.diagnostics.port import connect_address  # noqa: PLC0415
     from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
         ProbeOptions,
@@ -649,12 +658,16 @@ def doctor(
     Prints one report with a row per TROUBLESHOOTING-MAP id (`JDX-A1 ✓ port 2525 free`)
     and the fixes of the failures. Exit 0 when nothing failed, 1 otherwise.
     """
-    import asyncio  # noqa: PLC0415
 
     from jdxmail.diagnostics.doctor import run_doctor  # noqa: PLC0415
 
     refuse_control_characters({"--network-address": network_address})
-    report = asyncio.run(run_doctor(config, relay_timeout=timeout, network_address=network_address))
+    try:
+        report = run_interruptible(
+            run_doctor(config, relay_timeout=timeout, network_address=network_address)
+        )
+    except Interrupted:
+        _interrupted(json_output, "before the checks finished")
     code = ExitCode.OK if report.ok else ExitCode.FAILED
     if json_output:
         print_json(report.to_json())

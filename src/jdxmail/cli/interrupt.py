@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from collections.abc import Coroutine
@@ -25,6 +24,8 @@ def run_interruptible(coro: Coroutine[Any, Any, T]) -> T:
     Here the task is cancelled and the caller gets control back to print what was
     learnt so far, within a fraction of a second.
     """
+    import asyncio  # noqa: PLC0415 - not needed for --help
+
 
     async def main() -> T:
         loop = asyncio.get_running_loop()
