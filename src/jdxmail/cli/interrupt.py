@@ -26,7 +26,6 @@ def run_interruptible(coro: Coroutine[Any, Any, T]) -> T:
     """
     import asyncio  # noqa: PLC0415 - not needed for --help
 
-
     async def main() -> T:
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(coro)

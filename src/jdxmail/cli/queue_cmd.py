@@ -6,6 +6,7 @@ delivered at that moment is never changed under the delivery engine's feet.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -211,6 +212,12 @@ def delete_command(
     except QueueAdminError as exc:
         fail(str(exc), "run `jdxmail queue list` (or `queue failed`) for the ids")
     if not yes:
+        if sys.stdin is None:
+            fail(
+                f"not deleting {queue_id} without confirmation (stdin is closed)",
+                "pass --yes",
+                ExitCode.USAGE,
+            )
         recipients = ", ".join(entry.recipients) or "?"
         if not typer.confirm(
             f"Delete {queue_id} from <{entry.mail_from}> to {recipients}?", default=False
