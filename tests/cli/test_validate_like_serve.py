@@ -101,3 +101,53 @@ def test_host_name_with_control_characters(value: str, write_config: WriteConfig
     text = _config({"Port": 2525, "HostName": value})
     path = write_config(text)
     _assert_both_refuse(path, "SmtpServer.HostName", _line_of(text, "HostName"), "HostName")
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (
+            {"SmtpServer": {"Users": [{"UserName": "a\r\nb", "Password": "x" * 64}]}},
+            "SmtpServer.Users[0].UserName",
+        ),
+        (
+            {"RelayServer": {"Host": "smtp.example.com", "Username": "me\r\nRSET"}},
+            "RelayServer.Username",
+        ),
+        ({"RelayServer": {"Host": "smtp.exa\nmple.com"}}, "RelayServer.Host"),
+        (
+            {"SmtpServer": {"LocalDomains": ["ok.example", "bad\x1b.example"]}},
+            "SmtpServer.LocalDomains[1]",
+        ),
+    ],
+)
+def test_names_with_control_characters(
+    data: dict[str, object], key: str, write_config: WriteConfig
+) -> None:
+    """A user name, relay host or account, or local domain with a control character is
+    refused: with RewriteSender the relay account goes into MAIL FROM verbatim."""
+    path = write_config(json.dumps(data, indent=2))
+    checked = _run("validate-config", "--config", str(path), "--json")
+    assert checked.returncode == ExitCode.FAILED
+    findings = json.loads(checked.stdout)["findings"]
+    assert any(f["key"] == key and "control characters" in f["message"] for f in findings), findings
+
+
+def test_relay_ca_file_that_is_not_pem(write_config: WriteConfig, tmp_path: Path) -> None:
+    """A relay CaFile without a PEM certificate is an error of CaFile (every delivery
+    attempt would fail its certificate check)."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    text = json.dumps(
+        {
+            "SmtpServer": {"TrustedNetworks": ["127.0.0.0/8"]},
+            "RelayServer": {"Host": "smtp.example.com", "CaFile": "ca.pem"},
+        },
+        indent=2,
+    )
+    path = write_config(text)
+    checked = _run("validate-config", "--config", str(path), "--json")
+    assert checked.returncode == ExitCode.FAILED
+    findings = json.loads(checked.stdout)["findings"]
+    assert any(
+        f["key"] == "RelayServer.CaFile" and f["line"] == _line_of(text, "CaFile") for f in findings
+    ), findings

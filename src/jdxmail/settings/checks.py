@@ -442,6 +442,18 @@ def _check_relay_tls(relay: RelaySettings, path: KeyPath, emit: Emit) -> None:
             "fix the path or the permissions",
             (*path, "CaFile"),
         )
+    elif relay.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(relay.ca_file))
+        except (ssl.SSLError, OSError, ValueError):
+            emit(
+                Severity.ERROR,
+                "relay.ca-not-pem",
+                f"relay {relay.display_name}: CaFile {relay.ca_file} holds no PEM "
+                "certificate, so every delivery attempt would fail its TLS check",
+                "point CaFile at the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)",
+                (*path, "CaFile"),
+            )
     if relay.username and relay.password is None:
         env = relay_password_env(relay.name)
         emit(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -86,6 +87,18 @@ def _network(value: object) -> object:
         ) from None
 
 
+def _no_control_characters(value: str) -> str:
+    # names and addresses end up in SMTP commands (MAIL FROM with RewriteSender) and
+    # logs: a CR/LF would end a command early and smuggle another one
+    if any(not char.isprintable() for char in value):
+        raise ValueError("must not contain line breaks, tabs or other control characters")
+    return value
+
+
+#: a name, host or address: printable characters only
+Text = Annotated[str, AfterValidator(_no_control_characters)]
+
+
 def _upper_hash_type(value: object) -> object:
     return HashType.parse(value) if isinstance(value, str) else value
 
@@ -112,13 +125,13 @@ Port = Annotated[Whole, Field(ge=1, le=65535)]
 class UserSettings(Section):
     """An SMTP user who may log in with AUTH PLAIN or AUTH LOGIN."""
 
-    user_name: str = Field(min_length=1)
+    user_name: Text = Field(min_length=1)
     #: the stored form of the password (a hash, or the password itself for PLAIN)
     password: SecretStr
     hash_type: Annotated[HashType, BeforeValidator(_upper_hash_type)] = HashType.SHA256
     #: envelope senders this user may use besides its own name; None = any sender.
     #: An entry ``@example.com`` allows every address of that domain.
-    allowed_senders: list[str] | None = None
+    allowed_senders: list[Text] | None = None
 
 
 class TlsSettings(Section):
@@ -147,7 +160,7 @@ class SmtpServerSettings(Section):
     time_out: Whole = Field(default=30, ge=1, le=3600)
     users: list[UserSettings] = Field(default_factory=list)
     #: domains delivered to local mailboxes; default: localhost and HostName
-    local_domains: list[str] | None = None
+    local_domains: list[Text] | None = None
     #: networks whose clients may relay without AUTH
     trusted_networks: list[Annotated[IPNetwork, BeforeValidator(_network)]] = Field(
         default_factory=list
@@ -209,12 +222,12 @@ class SmtpServerSettings(Section):
 class RelaySettings(Section):
     """An upstream SMTP server (Gmail, Outlook, SendGrid, SES…) that mail is handed to."""
 
-    name: str | None = None
-    host: str = Field(min_length=1)
+    name: Text | None = None
+    host: Text = Field(min_length=1)
     port: Port = 587
     #: 465: TLS from the first byte; any other port: STARTTLS, required
     use_tls: Switch = True
-    username: str | None = None
+    username: Text | None = None
     password: SecretStr | None = None
     #: messages per day this relay takes before mail waits or goes to the next relay
     daily_quota: Whole | None = Field(default=None, ge=1)
