@@ -102,6 +102,7 @@ BARE_LINE_ENDING = Reply(
     "5.6.0",
     "Message contains a bare CR or LF; lines must end with CRLF (SMTP smuggling protection)",
 )
+NUL_BYTE = Reply(550, "5.6.0", "Message contains a NUL byte (not allowed in mail, RFC 5321 2.3.8)")
 DATA_LINE_TOO_LONG = Reply(
     550, "5.6.0", "Message has a line longer than 1000 bytes (RFC 5321 4.5.3.1.6)"
 )

@@ -826,11 +826,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         normalize = runtime.server.bare_line_endings == "Normalize"
+        strip_nul = runtime.server.nul_bytes == "Strip"
         if len(content) > _INLINE_CLEAN_LIMIT:
             # Scanning megabytes takes milliseconds; keep other sessions responsive.
-            body, problem = await asyncio.to_thread(clean_data, content, normalize=normalize)
+            body, problem = await asyncio.to_thread(
+                clean_data, content, normalize=normalize, strip_nul=strip_nul
+            )
         else:
-            body, problem = clean_data(content, normalize=normalize)
+            body, problem = clean_data(content, normalize=normalize, strip_nul=strip_nul)
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
             self.send(problem)
@@ -932,14 +935,32 @@ class SmtpSession(asyncio.BufferedProtocol):
 
 
 def clean_data(
-    content: bytes | bytearray, *, normalize: bool
+    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False
 ) -> tuple[bytes | bytearray, Reply | None]:
-    """Check line endings and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
+    """Check line endings, NUL bytes and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
 
     *content* is the data as received, ending in CRLF (or empty). A bare CR or LF is
-    refused (550) unless *normalize*, which turns every line ending into CRLF. The
-    result is *content* itself when there is nothing to change (no copy).
+    refused (550) unless *normalize*, which turns every line ending into CRLF. A NUL
+    byte (not allowed in mail: RFC 5321 2.3.8, RFC 2045 2.7) is refused unless
+    *strip_nul*, which removes them. The result is *content* itself when there is
+    nothing to change (no copy).
     """
+    # A receiver that drops NUL bytes would see "\r\n\0.\r\n" as the end of data and
+    # read the rest as a second message: never store or relay one.
+    has_nul = content.find(b"\x00") >= 0
+    if has_nul and not strip_nul:
+        return b"", replies.NUL_BYTE
+    content, problem = _unstuff(content, normalize=normalize)
+    if has_nul and problem is None:
+        # After un-stuffing: the line "\0." was not stuffed and stays the line "."
+        # (which the relay client stuffs again on the way out).
+        content = content.replace(b"\x00", b"")
+    return content, problem
+
+
+def _unstuff(
+    content: bytes | bytearray, *, normalize: bool
+) -> tuple[bytes | bytearray, Reply | None]:
     # Three C-speed counts instead of a pass in Python; they also catch "\n\r".
     crlf = content.count(b"\r\n")
     if content.count(b"\n") != crlf or content.count(b"\r") != crlf:

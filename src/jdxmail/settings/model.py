@@ -155,6 +155,8 @@ class SmtpServerSettings(Section):
     allow_plaintext_auth: bool = False
     #: what to do with a bare CR or LF in message data (SMTP smuggling defence)
     bare_line_endings: Literal["Reject", "Normalize"] = "Reject"
+    #: what to do with NUL bytes in message data (never stored or relayed)
+    nul_bytes: Literal["Reject", "Strip"] = "Reject"
     #: failed logins from one client address before it is disconnected with 421
     auth_failure_limit: int = Field(default=5, ge=1)
     #: seconds over which failed logins are counted
