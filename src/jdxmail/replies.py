@@ -69,7 +69,8 @@ HELP = Reply(
 
 # -- syntax -------------------------------------------------------------------------
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognized")
-LINE_TOO_LONG = Reply(500, "5.5.2", "Command line too long (limit 512 bytes)")
+#: RFC 5321 4.5.3.1.4 "500 Line too long"; sent as soon as the limit is passed
+LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (limit 512 bytes)")
 NOT_UTF8 = Reply(500, "5.5.2", "Command is not valid UTF-8")
 BARE_LINE_ENDING_COMMAND = Reply(500, "5.5.2", "Command must end with CRLF")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")

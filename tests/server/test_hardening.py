@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,30 @@ async def test_nul_never_reaches_a_local_mailbox(
         assert reply.startswith("250 ")
         assert len(files) == 1
         assert b"\x00" not in files[0].read_bytes()
+
+
+LINE_TOO_LONG = "500 5.5.6 Line too long (limit 512 bytes)"
+
+
+async def test_endless_command_line_is_answered_while_it_streams(
+    start_server: StartServer,
+) -> None:
+    """10 MB without CRLF gets 500 5.5.6 before the line ends; after its CRLF the session goes on."""
+    app = await start_server()
+    client = await Client.connect(port_of(app))
+    chunk = b"A" * 65536
+    sent = 0
+
+    async def stream() -> None:
+        nonlocal sent
+        while sent < 10 * 1024 * 1024:
+            client.send(chunk)
+            await client.writer.drain()
+            sent += len(chunk)
+
+    streaming = asyncio.create_task(stream())
+    assert await client.line() == LINE_TOO_LONG
+    await streaming
+    # The rest of the long line is discarded up to its CRLF without another reply.
+    client.send(b"QUIT\r\n")
+    assert await client.cmd("NOOP") == "250 2.0.0 OK"

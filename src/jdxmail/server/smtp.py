@@ -197,6 +197,8 @@ class SmtpSession(asyncio.BufferedProtocol):
         self._closed = False
         self._eof = False
         self._paused = False
+        #: the tail of a too-long line is still to be dropped (see _read_line)
+        self._discarding = False
         self._messages = 0
         self._log = logging.LoggerAdapter(logger, {"session": self.id})
         self._auth_log = logging.LoggerAdapter(auth_logger, {"session": self.id})
@@ -334,7 +336,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             raise _Closed
 
     async def _read_line(self, limit: int) -> bytes:
-        """One line up to and including LF; raise _TooLong after dropping a longer one."""
+        """One line up to and including LF; raise _TooLong for a longer one.
+
+        _TooLong comes as soon as *limit* is passed, so that the client is told while
+        it is still sending (RFC 5321 4.5.3.1.4); the rest of that line is dropped as
+        it arrives, by the next call, so memory stays bounded however long it is.
+        """
+        if self._discarding:
+            await self._discard_line()
         scanned = 0
         while True:
             index = self._buffer.find(b"\n", scanned)
@@ -345,15 +354,20 @@ class SmtpSession(asyncio.BufferedProtocol):
                 return self._take(index + 1)
             scanned = len(self._buffer)
             if scanned > limit:
-                # Drop what we have and keep reading until the end of this line.
-                self._take(scanned)
-                while True:
-                    await self._fill()
-                    index = self._buffer.find(b"\n")
-                    if index >= 0:
-                        self._take(index + 1)
-                        raise _TooLong
-                    self._take(len(self._buffer))
+                self._take_all()
+                self._discarding = True
+                raise _TooLong
+            await self._fill()
+
+    async def _discard_line(self) -> None:
+        """Drop input up to and including the next LF (the tail of a too-long line)."""
+        while True:
+            index = self._buffer.find(b"\n")
+            if index >= 0:
+                self._take(index + 1)
+                self._discarding = False
+                return
+            self._take_all()
             await self._fill()
 
     # -- the session ----------------------------------------------------------------
