@@ -53,6 +53,10 @@ BANNER = Reply(220, "", "{host} ESMTP jdxmail SMTP Server Ready")
 BYE = Reply(221, "2.0.0", "Bye")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "{host} Too many connections, try again later")
 TIMEOUT = Reply(421, "4.4.2", "{host} Timeout waiting for a command, closing connection")
+DATA_TIMEOUT = Reply(421, "4.4.2", "{host} Message data arriving too slowly, closing connection")
+TOO_MANY_FROM_CLIENT = Reply(
+    421, "4.7.0", "{host} Too many connections from your address, try again later"
+)
 SHUTTING_DOWN = Reply(421, "4.3.2", "{host} Service shutting down, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "{host} Too many bad commands, closing connection")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import jdxmail.server.app as app_module
 from tests.server.conftest import Client, StartServer, port_of
 from tests.server.test_data import RecordingStore, open_data
 
@@ -84,3 +85,93 @@ async def test_endless_command_line_is_answered_while_it_streams(
     # The rest of the long line is discarded up to its CRLF without another reply.
     client.send(b"QUIT\r\n")
     assert await client.cmd("NOOP") == "250 2.0.0 OK"
+
+
+async def trickle(client: Client, data: bytes, every: float = 0.2) -> None:
+    """Send *data* one byte at a time, *every* seconds, until done or the server hangs up."""
+    for byte in data:
+        if client.writer.is_closing() or client.reader.at_eof():
+            return
+        client.send(bytes([byte]))
+        try:
+            await client.writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(every)
+
+
+async def test_command_line_trickled_byte_by_byte_times_out(start_server: StartServer) -> None:
+    """A command line that is not complete within TimeOut gets 421 4.4.2 however it trickles."""
+    app = await start_server(TimeOut=1)
+    client = await Client.connect(port_of(app))
+    sender = asyncio.create_task(trickle(client, b"NOOP" * 100))
+    assert await client.line() == (
+        "421 4.4.2 mx.test Timeout waiting for a command, closing connection"
+    )
+    assert await client.closed()
+    sender.cancel()
+    assert app.session_count == 0
+
+
+async def test_data_trickled_below_the_minimum_rate_times_out(start_server: StartServer) -> None:
+    """DATA arriving slower than the minimum rate gets 421 4.4.2 once its deadline passes."""
+    store = RecordingStore()
+    app = await start_server(TimeOut=1, store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    sender = asyncio.create_task(trickle(client, b"Subject: slow\r\n\r\n" + b"x" * 500))
+    assert await client.line() == (
+        "421 4.4.2 mx.test Message data arriving too slowly, closing connection"
+    )
+    assert await client.closed()
+    sender.cancel()
+    assert store.messages == []
+
+
+async def test_data_at_a_fair_rate_may_take_longer_than_timeout(start_server: StartServer) -> None:
+    """A message sent in bursts above the minimum rate is accepted though it takes > TimeOut."""
+    store = RecordingStore()
+    app = await start_server(TimeOut=1, store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    for _ in range(4):
+        client.send(b"y" * 990 + b"\r\n")
+        await client.writer.drain()
+        await asyncio.sleep(0.4)
+    client.send(b".\r\n")
+    assert (await client.line()).startswith("250 2.0.0 OK: queued as Q1")
+
+
+async def test_connections_per_client_address_are_capped(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client address gets at most MaxConnectionsPerClient sessions; others still get in."""
+    # Tests may only use loopback, which is exempt: count it as a remote address here.
+    monkeypatch.setattr(app_module, "_capped_per_client", lambda ip: True)
+    app = await start_server(MaxConnectionsPerClient=2, MaxConnections=10)
+    first = await Client.connect(port_of(app))
+    second = await Client.connect(port_of(app))
+    third = await Client.connect(port_of(app), banner=False)
+    assert await third.line() == (
+        "421 4.7.0 mx.test Too many connections from your address, try again later"
+    )
+    assert await third.closed()
+    assert await first.cmd("NOOP") == "250 2.0.0 OK"
+    # Another address is not held back by the first one's sessions.
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port_of(app), local_addr=("127.0.0.2", 0)
+    )
+    assert (await reader.readline()).startswith(b"220 ")
+    writer.close()
+    assert await second.cmd("QUIT") == "221 2.0.0 Bye"
+    assert await second.closed()
+    fourth = await Client.connect(port_of(app))
+    assert await fourth.cmd("NOOP") == "250 2.0.0 OK"
+
+
+async def test_loopback_clients_are_not_capped_per_address(start_server: StartServer) -> None:
+    """Local apps all share 127.0.0.1: MaxConnectionsPerClient does not apply to loopback."""
+    app = await start_server(MaxConnectionsPerClient=1)
+    clients = [await Client.connect(port_of(app)) for _ in range(3)]
+    for client in clients:
+        assert await client.cmd("NOOP") == "250 2.0.0 OK"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -63,6 +64,20 @@ class BoundAddress:
         scheme = "smtps" if self.implicit_tls else "smtp"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def _capped_per_client(client_ip: str) -> bool:
+    """True when MaxConnectionsPerClient applies to *client_ip*: not to loopback.
+
+    Every local app shares 127.0.0.1 (and ::1), so a cap per address there would only
+    be a second, smaller MaxConnections for the apps jdxmail mostly serves; a local
+    process could take every slot anyway. The cap keeps one host of the network
+    from holding all of them.
+    """
+    try:
+        return not ipaddress.ip_address(client_ip).is_loopback
+    except ValueError:
+        return True
 
 
 class SmtpServerApp:
@@ -135,6 +150,8 @@ class SmtpServerApp:
         self.addresses: list[BoundAddress] = []
         self._servers: list[asyncio.Server] = []
         self._sessions: set[SmtpSession] = set()
+        #: open sessions per client address (addresses under MaxConnectionsPerClient)
+        self._per_client: dict[str, int] = {}
         self._started_components: list[Component] = []
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -158,16 +175,32 @@ class SmtpServerApp:
         """True once stop() has begun."""
         return self._stopping
 
-    def session_opened(self, session: SmtpSession) -> bool:
-        """Admit *session* unless MaxConnections sessions are open already."""
-        if self._stopping or len(self._sessions) >= self.runtime.server.max_connections:
-            return False
+    def session_opened(self, session: SmtpSession) -> str | None:
+        """Admit *session*, or name the limit that is reached (the settings key)."""
+        server = self.runtime.server
+        if self._stopping or len(self._sessions) >= server.max_connections:
+            return "MaxConnections"
+        ip = session.client_ip
+        if _capped_per_client(ip):
+            count = self._per_client.get(ip, 0)
+            if count >= server.max_connections_per_client:
+                return "MaxConnectionsPerClient"
+            self._per_client[ip] = count + 1
         self._sessions.add(session)
-        return True
+        return None
 
     def session_closed(self, session: SmtpSession) -> None:
         """Forget *session*."""
+        if session not in self._sessions:
+            return
         self._sessions.discard(session)
+        ip = session.client_ip
+        count = self._per_client.get(ip)
+        if count is not None:
+            if count > 1:
+                self._per_client[ip] = count - 1
+            else:
+                del self._per_client[ip]
 
     @property
     def delivery_pid(self) -> int | None:

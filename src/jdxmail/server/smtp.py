@@ -42,6 +42,8 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
 AUTH_LINE_LIMIT = 12288  # RFC 4954 4
 TEXT_LINE_LIMIT = 1000  # RFC 5321 4.5.3.1.6, including CRLF (plus one for a stuffed dot)
 BAD_COMMAND_LIMIT = 10
+#: bytes per second DATA must average: its deadline is TimeOut plus size / this rate
+DATA_MIN_RATE = 1024
 _READ_HIGH_WATER = 256 * 1024
 _INLINE_CLEAN_LIMIT = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
@@ -114,8 +116,8 @@ class SessionHost(Protocol):
         """True once the server is shutting down."""
         ...
 
-    def session_opened(self, session: SmtpSession) -> bool:
-        """Register *session*; False when the server is full (MaxConnections)."""
+    def session_opened(self, session: SmtpSession) -> str | None:
+        """Register *session*, or name the limit reached (MaxConnections[PerClient])."""
         ...
 
     def session_closed(self, session: SmtpSession) -> None:
@@ -193,6 +195,10 @@ class SmtpSession(asyncio.BufferedProtocol):
         #: one timer per session for TimeOut, moved on lazily (not one per command)
         self._idle_timer: asyncio.TimerHandle | None = None
         self._wait_since = 0.0
+        #: when the line or DATA being read must be complete (None: TimeOut from the
+        #: first wait for it), so that a client trickling bytes cannot hold a slot
+        self._deadline: float | None = None
+        self._reading_data = False
         self._timed_out = False
         self._closed = False
         self._eof = False
@@ -284,13 +290,19 @@ class SmtpSession(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _due(self) -> float:
+        """When the current wait ends: TimeOut of silence, or the deadline if sooner."""
+        due = self._wait_since + self.host.runtime.server.time_out
+        deadline = self._deadline
+        return due if deadline is None or deadline > due else deadline
+
     def _check_idle(self) -> None:
-        """The TimeOut timer: end a wait that has been silent too long, else re-arm."""
+        """The TimeOut timer: end a wait past its due time, else re-arm."""
         self._idle_timer = None
         if self._closed or self._waiter is None:
             return  # not waiting for the client: the next wait arms a new timer
         loop = asyncio.get_running_loop()
-        due = self._wait_since + self.host.runtime.server.time_out
+        due = self._due()
         if loop.time() >= due:
             self._timed_out = True
             self._wake()
@@ -321,10 +333,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             raise _Closed
         loop = asyncio.get_running_loop()
         self._wait_since = loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = loop.call_at(
-                self._wait_since + self.host.runtime.server.time_out, self._check_idle
-            )
+        if self._deadline is None:
+            self._deadline = self._wait_since + self.host.runtime.server.time_out
+        timer = self._idle_timer
+        due = self._due()
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._idle_timer = loop.call_at(due, self._check_idle)
         self._waiter = loop.create_future()
         try:
             await self._waiter
@@ -378,13 +394,19 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.send(replies.SHUTTING_DOWN.format(host=runtime.host_name))
             self.close()
             return
-        if not self.host.session_opened(self):
+        limit = self.host.session_opened(self)
+        if limit is not None:
+            per_client = limit == "MaxConnectionsPerClient"
             self._log.warning(
-                "%s refused: MaxConnections (%d) reached",
+                "%s refused: %s (%d) reached",
                 self.client_ip,
-                runtime.server.max_connections,
+                limit,
+                runtime.server.max_connections_per_client
+                if per_client
+                else runtime.server.max_connections,
             )
-            self.send(replies.TOO_MANY_CONNECTIONS.format(host=runtime.host_name))
+            refusal = replies.TOO_MANY_FROM_CLIENT if per_client else replies.TOO_MANY_CONNECTIONS
+            self.send(refusal.format(host=runtime.host_name))
             self.close()
             return
         self._log.info(
@@ -399,10 +421,20 @@ class SmtpSession(asyncio.BufferedProtocol):
         except _Closed:
             pass
         except TimeoutError:
-            self._log.info(
-                "%s idle for %ds, closing", self.client_ip, self.host.runtime.server.time_out
-            )
-            self.send(replies.TIMEOUT.format(host=self.host.runtime.host_name))
+            if self._reading_data:
+                self._log.info(
+                    "%s sent message data slower than %d bytes/s, closing",
+                    self.client_ip,
+                    DATA_MIN_RATE,
+                )
+                self.send(replies.DATA_TIMEOUT.format(host=self.host.runtime.host_name))
+            else:
+                self._log.info(
+                    "%s sent no complete command within %ds, closing",
+                    self.client_ip,
+                    self.host.runtime.server.time_out,
+                )
+                self.send(replies.TIMEOUT.format(host=self.host.runtime.host_name))
         except Exception:
             self._log.exception("session failed")
         finally:
@@ -420,6 +452,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self.send(replies.SHUTTING_DOWN.format(host=self.host.runtime.host_name))
                 return
             self.phase = _Phase.READING
+            self._deadline = None  # a command line gets TimeOut from the first wait for it
             try:
                 raw = await self._read_line(COMMAND_LIMIT)
             except _TooLong:
@@ -682,6 +715,7 @@ class SmtpSession(asyncio.BufferedProtocol):
     async def _challenge(self, prompt: Reply) -> bytes | None:
         """Send a 334 prompt and decode the answer; None when the client cancelled."""
         self.send(prompt)
+        self._deadline = None
         try:
             raw = await self._read_line(AUTH_LINE_LIMIT)
         except _TooLong:
@@ -918,6 +952,15 @@ class SmtpSession(asyncio.BufferedProtocol):
         Input is read in chunks; past the limit only the last four bytes are kept (to
         find the terminator), so memory stays bounded by the limit.
         """
+        self._reading_data = True  # left set when it raises: _run picks the 421 by it
+        data = await self._read_data_until_end(limit)
+        self._reading_data = False
+        return data
+
+    async def _read_data_until_end(self, limit: int) -> bytearray | None:
+        # The deadline grows with what arrived: TimeOut + received / DATA_MIN_RATE.
+        start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
+        received = 0
         data = bytearray()
         scan_from = 0
         too_big = False
@@ -943,7 +986,9 @@ class SmtpSession(asyncio.BufferedProtocol):
                 del data[:-4]
             scan_from = max(0, len(data) - 4)
             if not self._buffer:
+                self._deadline = start + received / DATA_MIN_RATE
                 await self._fill()
+            received += len(self._buffer)
             data += self._buffer
             self._take_all()
 

@@ -150,6 +150,8 @@ class SmtpServerSettings(Section):
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
     max_connections: int = Field(default=100, ge=1)
+    #: sessions one client address may hold at once (loopback clients are exempt)
+    max_connections_per_client: int = Field(default=25, ge=1)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     #: allow AUTH over an unencrypted connection from off this machine
     allow_plaintext_auth: bool = False
