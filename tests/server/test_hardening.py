@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 from pathlib import Path
 
 import pytest
 
 import jdxmail.server.app as app_module
-from tests.server.conftest import Client, StartServer, port_of
+from tests.server.conftest import Client, StartServer, port_of, user_entry
 from tests.server.test_data import RecordingStore, open_data
 
 NUL_REFUSED = "550 5.6.0 Message contains a NUL byte (not allowed in mail, RFC 5321 2.3.8)"
@@ -175,3 +177,56 @@ async def test_loopback_clients_are_not_capped_per_address(start_server: StartSe
     clients = [await Client.connect(port_of(app)) for _ in range(3)]
     for client in clients:
         assert await client.cmd("NOOP") == "250 2.0.0 OK"
+
+
+def b64(data: bytes) -> str:
+    """Base64 of raw *data*."""
+    return base64.b64encode(data).decode()
+
+
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+BAD_BASE64 = "501 5.5.2 Cannot decode base64"
+BAD_PLAIN = "501 5.5.2 AUTH PLAIN needs authzid NUL user NUL password"
+
+
+@pytest.mark.parametrize(
+    ("exchange", "last"),
+    [
+        (["AUTH PLAIN //4A/wD/"], AUTH_FAILED),  # \xff\xfe NUL \xff NUL \xff
+        (["AUTH PLAIN " + b64(b"\x00\xc3(\x00password")], AUTH_FAILED),
+        (["AUTH PLAIN " + b64(b"\x00test@example.com\x00\xff\xfe")], AUTH_FAILED),
+        (["AUTH PLAIN " + b64(b"\xff\x00test@example.com\x00password")], AUTH_FAILED),
+        (["AUTH PLAIN", "//4A/wD/"], AUTH_FAILED),
+        (["AUTH PLAIN !!!!"], BAD_BASE64),
+        (["AUTH PLAIN dGVzdA="], BAD_BASE64),
+        (["AUTH PLAIN \u00e9\u00e9\u00e9\u00e9"], BAD_BASE64),
+        (["AUTH PLAIN " + b64(b"user\x00password")], BAD_PLAIN),
+        (["AUTH PLAIN " + b64(b"a\x00b\x00c\x00d")], BAD_PLAIN),
+        (["AUTH PLAIN " + b64(b"\x00\x00password")], BAD_PLAIN),
+        (["AUTH PLAIN ="], BAD_PLAIN),
+        (["AUTH LOGIN //4=", b64(b"password")], AUTH_FAILED),
+        (["AUTH LOGIN", b64(b"\xff\xfe"), b64(b"password")], AUTH_FAILED),
+        (["AUTH LOGIN", b64(b"test@example.com"), b64(b"\xff\xfe\x00")], AUTH_FAILED),
+        (["AUTH LOGIN", "not base64!"], BAD_BASE64),
+        (["AUTH LOGIN", b64(b"test@example.com"), "%%%"], BAD_BASE64),
+    ],
+)
+async def test_malformed_auth_gets_a_reply_and_the_session_lives(
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    exchange: list[str],
+    last: str,
+) -> None:
+    """Broken or non-UTF-8 AUTH data gets 501/535, no ERROR line, and the session goes on."""
+    app = await start_server(Users=[user_entry()])
+    client = await Client.connect(port_of(app))
+    await client.ehlo()
+    with caplog.at_level(logging.INFO, logger="jdxmail"):
+        for line in exchange[:-1]:
+            assert (await client.cmd(line)).startswith("334 ")
+        assert await client.cmd(exchange[-1]) == last
+        assert await client.cmd("NOOP") == "250 2.0.0 OK"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    warnings = [r.getMessage() for r in caplog.records if r.name == "jdxmail.auth"]
+    assert any("127.0.0.1" in w and ("login failed" in w or "malformed" in w) for w in warnings)
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "jdxmail.auth")

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Protocol
 from jdxmail import replies
 from jdxmail.queue.spool import AcceptedMessage, SpoolError
 from jdxmail.replies import Reply
-from jdxmail.server.auth import SaslError, check_password, decode_response, parse_plain
+from jdxmail.server.auth import (
+    SaslError,
+    check_password,
+    decode_response,
+    decode_utf8,
+    parse_plain,
+)
 from jdxmail.server.policy import AuthThrottle, Policy, Route
 
 if TYPE_CHECKING:
@@ -656,6 +662,15 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self.send(replies.AUTH_UNKNOWN_MECHANISM)
                 return
         except SaslError as exc:
+            if exc.kind == "utf8":
+                await self._auth_failed("?", reason="user name or password not UTF-8")
+                return
+            self._auth_log.warning(
+                "%s sent malformed AUTH %s data (%s)",
+                self.client_ip,
+                mechanism,
+                "not base64" if exc.kind == "base64" else "not authzid NUL user NUL password",
+            )
             self.send(replies.AUTH_BAD_BASE64 if exc.kind == "base64" else replies.AUTH_BAD_PLAIN)
             return
         if credentials is None:
@@ -671,16 +686,23 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.send(replies.AUTH_OK)
             return
         await self._auth_failed(
-            username, outcome.sent_stored_hash, outcome.broken_hash, user is None
+            username,
+            sent_hash=outcome.sent_stored_hash,
+            broken_hash=outcome.broken_hash,
+            reason="unknown user" if user is None else "wrong password",
         )
 
     async def _auth_failed(
-        self, username: str, sent_hash: bool, broken_hash: str | None, unknown: bool
+        self,
+        username: str,
+        *,
+        reason: str,
+        sent_hash: bool = False,
+        broken_hash: str | None = None,
     ) -> None:
         shown = _PRINTABLE.sub("?", username)[:64]
         failures = self.host.throttle.record_failure(self.client_ip)
         limit = self.host.throttle.limit
-        reason = "unknown user" if unknown else "wrong password"
         if broken_hash:
             reason = "the stored password of this user is unusable"
             self._auth_log.error(
@@ -745,9 +767,7 @@ class SmtpSession(asyncio.BufferedProtocol):
         password_blob = await self._challenge(replies.AUTH_LOGIN_PASSWORD)
         if password_blob is None:
             return None
-        user = user_blob.decode("utf-8", "surrogateescape")
-        password = password_blob.decode("utf-8", "surrogateescape")
-        return "", user, password
+        return "", decode_utf8(user_blob), decode_utf8(password_blob)
 
     # -- MAIL / RCPT ---------------------------------------------------------------------
 
