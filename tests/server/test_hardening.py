@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import email.policy
 import logging
 from pathlib import Path
 
@@ -230,3 +232,78 @@ async def test_malformed_auth_gets_a_reply_and_the_session_lives(
     warnings = [r.getMessage() for r in caplog.records if r.name == "jdxmail.auth"]
     assert any("127.0.0.1" in w and ("login failed" in w or "malformed" in w) for w in warnings)
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "jdxmail.auth")
+
+
+async def test_recipient_with_empty_domain_is_refused(start_server: StartServer) -> None:
+    """RCPT TO:<x@> gets 553 5.1.3 instead of a mailbox folder named "x@"."""
+    app = await start_server()
+    client = await Client.connect(port_of(app))
+    await client.ehlo()
+    assert await client.cmd("MAIL FROM:<a@localhost>") == "250 2.1.0 Sender OK"
+    assert await client.cmd("RCPT TO:<x@>") == "553 5.1.3 Malformed address: no domain"
+    assert (
+        await client.cmd("MAIL FROM:<x@>")
+        == "503 5.5.1 Sender already given; send RSET to start over"
+    )
+    assert await client.cmd("RSET") == "250 2.0.0 Reset OK"
+    assert await client.cmd("MAIL FROM:<x@>") == "553 5.1.3 Malformed address: no domain"
+
+
+@pytest.mark.parametrize(
+    "name", ["bad\x00name", "bad\x01name", "tab\tname", "del\x7f", "a..\u00fc"]
+)
+async def test_ehlo_name_with_control_characters_is_refused(
+    start_server: StartServer, name: str
+) -> None:
+    """EHLO/HELO with a control character (or a non-ASCII name with no A-label) gets 501."""
+    app = await start_server()
+    client = await Client.connect(port_of(app))
+    for verb in ("EHLO", "HELO"):
+        assert await client.cmd(f"{verb} {name}") == f"501 5.5.4 Invalid {verb} name"
+    assert await client.cmd("MAIL FROM:<a@localhost>") == "503 5.5.1 Send EHLO or HELO first"
+
+
+async def test_non_ascii_ehlo_name_is_written_as_a_label(start_server: StartServer) -> None:
+    """A UTF-8 EHLO name (RFC 6531 U-label) goes into Received: as its xn-- form, never raw."""
+    store = RecordingStore()
+    app = await start_server(store=store)
+    client = await Client.connect(port_of(app))
+    await client.ehlo("b\u00fccher.example")
+    assert (await client.cmd("MAIL FROM:<a@localhost>")).startswith("250")
+    assert (await client.cmd("RCPT TO:<v@localhost>")).startswith("250")
+    assert (await client.cmd("DATA")).startswith("354")
+    client.send("Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert (await client.line()).startswith("250 ")
+    data = store.messages[0].data
+    assert data.startswith(b"Received: from xn--bcher-kva.example ([127.0.0.1])\r\n")
+    assert data.isascii()
+
+
+@pytest.mark.parametrize("rcpt", ["v@localhost", "far@example.org"])
+async def test_message_without_date_gets_one(start_server: StartServer, rcpt: str) -> None:
+    """A message without Date: is stored (for mailbox and relay alike) with one added."""
+    store = RecordingStore()
+    app = await start_server(store=store, TrustedNetworks=["127.0.0.1/32"])
+    client = await Client.connect(port_of(app))
+    await open_data(client, rcpt=rcpt)
+    client.send("Subject: no date\r\n\r\nDate: not a header\r\n.\r\n")
+    assert (await client.line()).startswith("250 ")
+    message = email.message_from_bytes(store.messages[0].data, policy=email.policy.default)
+    assert len(message.get_all("Date") or []) == 1
+    assert message["Date"].datetime is not None
+    body = message.get_body()
+    assert body is not None
+    assert body.get_content().strip() == "Date: not a header"
+
+
+async def test_message_with_a_date_keeps_it(start_server: StartServer) -> None:
+    """A message that has a Date: header keeps it and gets no second one."""
+    store = RecordingStore()
+    app = await start_server(store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    client.send("Subject: x\r\ndate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\nbody\r\n.\r\n")
+    assert (await client.line()).startswith("250 ")
+    data = bytes(store.messages[0].data)
+    assert data.lower().count(b"\r\ndate:") == 1
+    assert b"date: Tue, 01 Dec 2026 10:00:00 +0000" in data

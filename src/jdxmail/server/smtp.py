@@ -55,6 +55,7 @@ _INLINE_CLEAN_LIMIT = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
+_DATE = re.compile(rb"(?im)^date[ \t]*:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
@@ -518,9 +519,21 @@ class SmtpSession(asyncio.BufferedProtocol):
     async def _greet(self, arg: str, *, esmtp: bool) -> None:
         runtime = self.host.runtime
         name = arg.split(" ", 1)[0]
+        verb = "EHLO" if esmtp else "HELO"
         if not name:
-            self.send(replies.SYNTAX_HELO.format(verb="EHLO" if esmtp else "HELO"))
+            self.send(replies.SYNTAX_HELO.format(verb=verb))
             return
+        if _CONTROL.search(name):
+            self.send(replies.BAD_HELO_NAME.format(verb=verb))
+            return
+        if not name.isascii():
+            # RFC 6531 allows U-labels here; the Received: header gets the A-label form,
+            # as a header of a message that may not be SMTPUTF8 must stay ASCII.
+            try:
+                name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                self.send(replies.BAD_HELO_NAME.format(verb=verb))
+                return
         self._reset_transaction()
         self.helo, self.esmtp = name, esmtp
         if not esmtp:
@@ -1084,14 +1097,15 @@ def add_trace_headers(
     recipients: list[str],
     when: float,
 ) -> tuple[bytes | bytearray, str]:
-    """Prepend a Received: header (RFC 5321 4.4) and a Message-ID when there is none.
+    """Prepend a Received: header (RFC 5321 4.4), and Date and Message-ID when missing.
 
     Returns the new data and the message id (without angle brackets). A bytearray
     *body* gets the headers inserted in place and is returned itself.
     """
     header_end = body.find(b"\r\n\r\n")
     # Search the header section in place (endpos) rather than a copy of it.
-    found = _MESSAGE_ID.search(body, 0, len(body) if header_end < 0 else header_end + 2)
+    headers_end = len(body) if header_end < 0 else header_end + 2
+    found = _MESSAGE_ID.search(body, 0, headers_end)
     date = _date_header(when)
     lines = [
         f"Received: from {_clean(helo or 'unknown')} ([{client_ip}])",
@@ -1104,6 +1118,9 @@ def add_trace_headers(
     else:
         lines[-1] += ";"
         lines.append(f"\t{date}")
+    if _DATE.search(body, 0, headers_end) is None:
+        # RFC 5322 3.6 requires one; a submission server adds it (RFC 6409 8.3).
+        lines.append(f"Date: {date}")
     message_id = ""
     if found is not None:
         value = found.group(1).replace(b"\r\n", b"").decode("utf-8", "replace").strip()
@@ -1210,6 +1227,8 @@ def _check_address(address: str, smtputf8: bool) -> None:
         atoms_ok = _DOT_ATOM.fullmatch(local) is not None if local.isascii() else " " not in local
         if not atoms_ok or ".." in local or local.startswith(".") or local.endswith("."):
             raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad local part"))
+    if at and not domain:
+        raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="no domain"))
     if domain:
         if domain.startswith("[") and domain.endswith("]"):
             return
