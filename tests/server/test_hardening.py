@@ -6,14 +6,19 @@ import asyncio
 import base64
 import email
 import email.policy
+import json
 import logging
+import socket
 from pathlib import Path
 
 import pytest
 
 import jdxmail.server.app as app_module
-from tests.server.conftest import Client, StartServer, port_of, user_entry
+from jdxmail.server.app import SmtpServerApp
+from jdxmail.server.errors import BindError
+from tests.server.conftest import Client, StartServer, make_settings, port_of, user_entry
 from tests.server.test_data import RecordingStore, open_data
+from tests.server.test_lifecycle import run_serve
 
 NUL_REFUSED = "550 5.6.0 Message contains a NUL byte (not allowed in mail, RFC 5321 2.3.8)"
 
@@ -307,3 +312,42 @@ async def test_message_with_a_date_keeps_it(start_server: StartServer) -> None:
     data = bytes(store.messages[0].data)
     assert data.lower().count(b"\r\ndate:") == 1
     assert b"date: Tue, 01 Dec 2026 10:00:00 +0000" in data
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers"])
+def test_busy_port_fails_before_spool_and_delivery_start(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    """serve on a taken port fails at once: no spool made, no cleanup, no delivery process."""
+    config = tmp_path / "appsettings.json"
+    config.write_text(
+        json.dumps(
+            {
+                "SmtpServer": {"BindAddress": "127.0.0.1"},
+                "RelayServers": [{"Host": "127.0.0.1", "Port": 9, "UseTls": False}],
+                "Paths": {"Spool": "spool", "Mailbox": "mailbox", "Logs": "logs"},
+            }
+        )
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve(tmp_path, "--config", str(config), "--port", str(port), *workers)
+    assert result.returncode == 1
+    assert "the port is already in use" in result.stderr
+    assert "delivery process" not in result.stderr
+    assert not (tmp_path / "spool").exists()
+    assert not (tmp_path / "mailbox").exists()
+
+
+async def test_app_binds_before_opening_the_spool(tmp_path: Path) -> None:
+    """SmtpServerApp.start raises BindError on a taken port before the spool is made."""
+    settings = make_settings(tmp_path, RelayServers=[{"Host": "127.0.0.1", "Port": 9}])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        app = SmtpServerApp(settings, port=taken.getsockname()[1])
+        with pytest.raises(BindError):
+            await app.start()
+    assert not (tmp_path / "spool").exists()

@@ -149,6 +149,8 @@ class SmtpServerApp:
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
         self._servers: list[asyncio.Server] = []
+        #: listeners bound by _start that accept once everything else has started
+        self._bound: list[tuple[asyncio.Server, int, str]] = []
         self._sessions: set[SmtpSession] = set()
         #: open sessions per client address (addresses under MaxConnectionsPerClient)
         self._per_client: dict[str, int] = {}
@@ -324,7 +326,7 @@ class SmtpServerApp:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> list[BoundAddress]:
-        """Open the spool, start components, bind the listeners; return their addresses.
+        """Bind the listeners, open the spool, start components, accept; return addresses.
 
         Raises ServerDisabledError, TlsSetupError, StorageError or BindError (each
         with ``fix``); nothing is left running when it raises.
@@ -352,6 +354,19 @@ class SmtpServerApp:
         return list(self.addresses)
 
     async def _start(self) -> None:
+        # Bind first: a taken port is the commonest failure, and finding it before the
+        # spool is opened (and cleaned up) and a delivery process started means a
+        # second `serve` by mistake touches nothing. Listeners accept only at the end.
+        loop = asyncio.get_running_loop()
+        await self._listen(loop, self.port, None, "SmtpServer.Port", self._sockets)
+        if self.implicit_tls_port is not None:
+            await self._listen(
+                loop,
+                self.implicit_tls_port,
+                self.tls_context,
+                "SmtpServer.Tls.ImplicitTlsPort",
+                self._tls_sockets,
+            )
         if self._own_spool is not None:
             try:
                 await self._own_spool.open()
@@ -366,16 +381,12 @@ class SmtpServerApp:
             self._started_components.append(component)
         if self._before_listen is not None:
             await self._before_listen()
-        loop = asyncio.get_running_loop()
-        await self._listen(loop, self.port, None, "SmtpServer.Port", self._sockets)
-        if self.implicit_tls_port is not None:
-            await self._listen(
-                loop,
-                self.implicit_tls_port,
-                self.tls_context,
-                "SmtpServer.Tls.ImplicitTlsPort",
-                self._tls_sockets,
-            )
+        for server, port, key in self._bound:
+            try:
+                await server.start_serving()
+            except OSError as exc:
+                raise bind_error(exc, self.bind_address, port, key) from None
+        self._bound.clear()
 
     async def _listen(
         self,
@@ -397,6 +408,7 @@ class SmtpServerApp:
                             sock=sock,
                             ssl=context,
                             ssl_handshake_timeout=timeout,
+                            start_serving=False,
                         )
                     )
             else:
@@ -408,6 +420,7 @@ class SmtpServerApp:
                         ssl=context,
                         ssl_handshake_timeout=timeout,
                         reuse_address=True,
+                        start_serving=False,
                     )
                 )
         except OSError as exc:
@@ -416,6 +429,7 @@ class SmtpServerApp:
             raise bind_error(exc, self.bind_address, port, key) from None
         for server in servers:
             self._servers.append(server)
+            self._bound.append((server, port, key))
             for sock in server.sockets:
                 host, bound_port = sock.getsockname()[:2]
                 self.addresses.append(BoundAddress(str(host), int(bound_port), implicit))
