@@ -909,9 +909,10 @@ class DeliveryEngine:
         failed = state.failed()
         queue_id = message.queue_id
         if failed:
-            if message.mail_from:
+            unbounced = state.unbounced()
+            if message.mail_from and unbounced:
                 try:
-                    await self._bounce(message, state)
+                    await self._bounce(message, unbounced)
                 except SpoolError as exc:
                     logger.error(
                         "%s: could not store the bounce (%s); trying again later",
@@ -921,13 +922,21 @@ class DeliveryEngine:
                     )
                     await self._reschedule(message, state, False, [], self.clock())
                     return
-            else:
+            elif not message.mail_from:
                 logger.warning(
                     "%s: %d recipient(s) failed; no bounce for a message from <>",
                     queue_id,
                     len(failed),
                     extra={"session": message.session_id},
                 )
+            else:
+                logger.warning(
+                    "%s: %d recipient(s) failed again; the sender had a bounce for them already",
+                    queue_id,
+                    len(failed),
+                    extra={"session": message.session_id},
+                )
+            state.bounced = sorted(set(state.bounced) | set(failed))
             await asyncio.to_thread(self._move_failed, message, state)
             logger.warning(
                 "%s: kept in %s (%d failed, %d delivered)",
@@ -940,14 +949,14 @@ class DeliveryEngine:
         else:
             self._remove_later(queue_id, loaded)
 
-    async def _bounce(self, message: QueuedMessage, state: DeliveryState) -> None:
+    async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:
         failed = [
             FailedRecipient(
                 r, s.code or "5.0.0", s.reply, s.relay, s.at, self._relay_hosts.get(s.relay, "")
             )
-            for r, s in state.failed().items()
+            for r, s in recipients.items()
         ]
-        expired = any(s.code == "4.4.7" for s in state.failed().values())
+        expired = any(s.code == "4.4.7" for s in recipients.values())
         data, message_id = build_dsn(
             reporting_host=self.host_name,
             original_sender=message.mail_from,
