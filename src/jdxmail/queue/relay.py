@@ -925,6 +925,8 @@ class RelayPool:
         self._waiting: collections.deque[_Waiter] = collections.deque()
         self._idle: list[RelayConnection] = []
         self._context = _tls_context(relay)
+        #: set when a reload removed this relay: sessions are closed, not kept
+        self._retired = False
 
     @property
     def name(self) -> str:
@@ -1084,11 +1086,16 @@ class RelayPool:
                 successor.transaction.ahead = False
                 successor.future.set_result(None)
             return
-        if alive:
+        if alive and not self._retired:
             self._idle.append(connection)
         else:
             connection.client.close()
         self.end_turn()
+
+    def retire(self) -> None:
+        """This relay is no longer used (a reload): sessions still in use are closed
+        when their attempt is done instead of being kept."""
+        self._retired = True
 
     def end_turn(self) -> None:
         """A turn is over: the next waiting transaction gets it, else it is free."""

@@ -301,6 +301,8 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: closing the sessions of relays a reload removed
+        self._retiring: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
@@ -351,6 +353,73 @@ class DeliveryEngine:
             for n in range(workers)
         ]
 
+    def reload(self, settings: Settings) -> None:
+        """Relay the next attempts with *settings*' relays and Delivery section (SIGHUP).
+
+        Attempts in progress finish with the relay they started with; a relay whose
+        settings did not change keeps its sessions and its breaker. Nothing queued is
+        touched: every message is tried at its next due time with the new relays
+        (``queue flush`` makes that now).
+        """
+        delivery = DeliveryOptions.from_settings(settings.delivery)
+        server = settings.smtp_server
+        kept = list(self.pools)
+        before = {id(p) for p in kept}
+        pools: list[RelayPool] = []
+        for relay in settings.relays:
+            step_timeout = float(relay.time_out or server.time_out)
+            same = (
+                (relay, delivery.connections_per_relay, step_timeout, server.effective_host_name)
+                == (p.relay, p.size, p.step_timeout, p.local_hostname)
+                for p in kept
+            )
+            index = next((n for n, match in enumerate(same) if match), None)
+            if index is not None:
+                pools.append(kept.pop(index))
+                continue
+            pools.append(
+                RelayPool(
+                    relay,
+                    local_hostname=server.effective_host_name,
+                    step_timeout=step_timeout,
+                    size=delivery.connections_per_relay,
+                )
+            )
+        for retired in kept:
+            retired.retire()
+            task = asyncio.get_running_loop().create_task(retired.close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self.settings = settings
+        self.options = delivery
+        self.lifetime = float(delivery.message_lifetime)
+        self.retry_delay = float(delivery.retry_delay)
+        self.retry_max_delay = float(delivery.retry_max_delay)
+        self.host_name = server.effective_host_name
+        self.local_domains = {d.lower() for d in server.effective_local_domains}
+        self.pools = pools
+        # a relay that changed starts with a closed breaker; an attempt in progress at
+        # a relay that is gone still finds its own
+        self.breakers = {
+            **self.breakers,
+            **{
+                p.name: self.breakers[p.name] if id(p) in before else CircuitBreaker(p.name)
+                for p in pools
+            },
+        }
+        self._relay_hosts.update({p.name: p.relay.host for p in pools})
+        if self._tasks and not self._stopping:
+            workers = max(1, 2 * sum(p.size for p in pools))
+            self._tasks += [
+                asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
+                for n in range(len(self._tasks) - 1, workers)
+            ]
+        relay_log.info(
+            "relays reloaded: %s (%d retired)",
+            ", ".join(f"{p.name} ({p.relay.host}:{p.relay.port})" for p in pools) or "none",
+            len(kept),
+        )
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking messages; let attempts in progress finish within *grace* seconds."""
         self._stopping = True
@@ -372,7 +441,9 @@ class DeliveryEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(p.close() for p in self.pools), return_exceptions=True)
+        await asyncio.gather(
+            *self._retiring, *(p.close() for p in self.pools), return_exceptions=True
+        )
         if self._files is not None:
             files, self._files = self._files, None
             await asyncio.to_thread(files.close)
@@ -545,7 +616,7 @@ class DeliveryEngine:
 
     def _relays_resting(self, now: float) -> float | None:
         """When the first breaker reopens, if every relay's breaker is open; else None."""
-        breakers = self.breakers.values()
+        breakers = [self.breakers[p.name] for p in self.pools]
         if not breakers or any(b.allows(now) for b in breakers):
             return None
         return min(b.open_until for b in breakers)
