@@ -114,13 +114,23 @@ class DeliveryState:
 
 
 def write_json_atomic(path: Path, data: Any, *, sync: bool = False) -> None:
-    """Replace *path* with *data* as JSON so a reader sees the old or the new file."""
+    """Replace *path* with *data* as JSON so a reader sees the old or the new file.
+
+    A folder someone deleted is made again. Raises OSError (the disk is full…); the
+    old file is then left as it was, and no temporary file.
+    """
+    text = json.dumps(data, ensure_ascii=False, indent=1)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=1)
+        try:
+            handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115
+        with handle:
+            handle.write(text)
+            handle.flush()
             if sync:
-                handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import logging
 import os
@@ -88,6 +89,14 @@ _LOCKED_RETRY = 1.0
 _SPARE_COUNT_EVERY = 128
 #: unexpected errors on one message before it is moved to corrupt/
 _MAX_CRASHES = 3
+
+
+def _io_reason(exc: OSError) -> str:
+    """What an I/O error means, for the log (``the disk is full: /path``)."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        exc.errno or 0, exc.strerror or str(exc)
+    )
+    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 def backoff_delay(attempts: int, first: float, cap: float, rng: Callable[[], float]) -> float:
@@ -591,6 +600,17 @@ class DeliveryEngine:
                         self._schedule(queue_id, resting)
             except asyncio.CancelledError:
                 raise
+            except OSError as exc:
+                # The disk is full, a write failed: the message and what it was told
+                # so far stay as they were on disk (at worst a recipient is sent to
+                # twice), and it is tried again later — not a crash to quarantine for.
+                logger.error(
+                    "%s: could not write the delivery state (%s); trying again in %.0f s",
+                    queue_id,
+                    _io_reason(exc),
+                    self.retry_delay,
+                )
+                self._schedule(queue_id, self.clock() + self.retry_delay)
             except Exception:
                 crashes = self._crashes.get(queue_id, 0) + 1
                 self._crashes[queue_id] = crashes
