@@ -31,9 +31,11 @@ import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
 from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
+    EightBitUnsupported,
     Outcome,
     Payload,
     RelayPool,
@@ -91,6 +93,23 @@ _SPARE_COUNT_EVERY = 128
 _MAX_CRASHES = 3
 
 
+#: failure statuses of a relay lacking what the message needs → the bounce's status
+#: and reason when no relay has it
+_LACKING = {
+    "4.6.7": ("5.6.7", "the message needs SMTPUTF8 and no relay offers it"),
+    "4.6.3": (
+        "5.6.3",
+        "the message has 8-bit content and no relay offers 8BITMIME "
+        "(Delivery.EightBitDowngrade is Bounce, or no 7bit copy could be made)",
+    ),
+}
+
+
+def _seven_bit_copy(data: Payload) -> bytes:
+    """A 7bit copy of *data* (read whole if spooled); CPU work: call in a thread."""
+    return to_7bit(data.read() if isinstance(data, SpooledBody) else data)
+
+
 def _io_reason(exc: OSError) -> str:
     """What an I/O error means, for the log (``the disk is full: /path``)."""
     reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
@@ -124,6 +143,8 @@ class DeliveryOptions:
     #: also replace the From: header with the relay account (the original From
     #: becomes Reply-To unless the message has one)
     rewrite_from: bool = False
+    #: 8-bit content for a relay without 8BITMIME: "Convert" (a 7bit copy) or "Bounce"
+    eight_bit_downgrade: str = "Convert"
 
     @classmethod
     def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
@@ -754,7 +775,10 @@ class DeliveryEngine:
             state.first_try = now
         waits: list[tuple[float, str]] = []
         tried = False
-        lacking_utf8 = 0
+        #: relays that lack what the message needs (SMTPUTF8, or 8BITMIME when a
+        #: 7bit copy is not made), by the status of their failure
+        lacking: list[str] = []
+        eight_bit = await self._has_8bit(message)
         for pool in self.pools:
             pending = state.pending()
             if not pending:
@@ -776,7 +800,10 @@ class DeliveryEngine:
                     extra={"session": message.session_id},
                 )
                 continue
-            result = await self._attempt(pool, message, pending)
+            result = await self._attempt(pool, message, pending, eight_bit)
+            if self._convert_now(result, pool, eight_bit):
+                # the relay's EHLO said no 8BITMIME on this first session: a 7bit copy
+                result = await self._attempt(pool, message, pending, eight_bit)
             if result is None:  # the breaker opened while it waited for a turn
                 if quota is not None:
                     await asyncio.to_thread(self.quota.give_back, pool.name, now)
@@ -787,8 +814,8 @@ class DeliveryEngine:
             if quota is not None and not delivered:
                 await asyncio.to_thread(self.quota.give_back, pool.name, now)
             failure = result.failure
-            if failure is not None and failure.status == "4.6.7":
-                lacking_utf8 += 1
+            if failure is not None and failure.status in _LACKING:
+                lacking.append(failure.status)
             if failure is not None and failure.trips_breaker:
                 breaker.failure(self.clock())
             else:
@@ -805,15 +832,13 @@ class DeliveryEngine:
             state.attempts += 1
             state.last_try = now
         pending = state.pending()
-        if pending and lacking_utf8 == len(self.pools):
-            # RFC 6531 §3.2: no relay can carry it, so it bounces now rather than in 5 days
+        if pending and lacking and len(lacking) == len(self.pools):
+            # RFC 6531 §3.2 / RFC 6152: no relay can carry it, so it bounces now rather
+            # than in 5 days
+            code, reply = _LACKING["4.6.7" if "4.6.7" in lacking else "4.6.3"]
             for recipient in pending:
                 state.recipients[recipient] = RecipientState(
-                    status=FAILED,
-                    code="5.6.7",
-                    reply="the message needs SMTPUTF8 and no relay offers it",
-                    relay=state.last_relay,
-                    at=now,
+                    status=FAILED, code=code, reply=reply, relay=state.last_relay, at=now
                 )
             pending = []
         if pending and now - message.received_at >= self.lifetime:
@@ -866,20 +891,59 @@ class DeliveryEngine:
             extra={"session": message.session_id},
         )
 
+    async def _has_8bit(self, message: QueuedMessage) -> bool:
+        """Whether the message's data has bytes above 127 (big ones read in a thread)."""
+        if message.spooled is None:
+            return has_8bit(message.data)
+        spooled = message.spooled
+        return await asyncio.to_thread(lambda: has_8bit(spooled.read()))
+
+    def _convert_now(self, result: AttemptResult | None, pool: RelayPool, eight_bit: bool) -> bool:
+        """Whether *result* failed only for want of 8BITMIME, which a 7bit copy solves."""
+        return (
+            eight_bit
+            and self.options.eight_bit_downgrade == "Convert"
+            and result is not None
+            and result.failure is not None
+            and result.failure.status == "4.6.3"
+            and pool.offers_8bitmime is False
+        )
+
     async def _attempt(
-        self, pool: RelayPool, message: QueuedMessage, recipients: list[str]
+        self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
     ) -> AttemptResult | None:
         """One attempt at *pool*'s relay, within the total deadline of an attempt.
 
         Waits for a turn at the relay first (not counted in the deadline); None when
         the relay's breaker opened meanwhile. A reused session that the relay closed
-        while idle is replaced once, silently.
+        while idle is replaced once, silently. 8-bit data for a relay known to lack
+        8BITMIME is sent as a 7bit copy when ``EightBitDowngrade`` is ``Convert``.
         """
         try:
             mail_from, data = self._as_sent(pool, message)
         except Exception as exc:  # (a big message's file could not be read for rewriting)
             return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
+        convert = (
+            eight_bit
+            and pool.offers_8bitmime is False
+            and self.options.eight_bit_downgrade == "Convert"
+        )
+        if convert:
+            try:
+                data = await asyncio.to_thread(_seven_bit_copy, data)
+            except Exception as exc:  # (a message the MIME parser cannot take apart)
+                reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
+                return AttemptResult(
+                    pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason))
+                )
+            relay_log.info(
+                "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
+                message.queue_id,
+                pool.name,
+                extra={"session": message.session_id},
+            )
         tx = Transaction(mail_from, recipients, data, message.mail_options)
+        tx.eight_bit = eight_bit and not convert
         handed = await pool.turn(tx)
         if handed is None and not self.breakers[pool.name].allows(self.clock()):
             pool.end_turn()
@@ -899,6 +963,9 @@ class DeliveryEngine:
             except StageError as exc:
                 pool.release(connection, healthy=False, tx=tx)
                 return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
+            except aiosmtplib.SMTPNotSupported as exc:  # (found before a command was sent)
+                pool.release(connection, healthy=True, tx=tx)
+                return AttemptResult(pool.name, failure=classify(Stage.MAIL, exc))
             except Exception as exc:  # the session broke or the deadline passed
                 stage = Stage.CONNECT
                 if connection is not None:
