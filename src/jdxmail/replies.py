@@ -101,6 +101,7 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {queue_id}")
 STORE_FAILED = Reply(451, "4.3.0", "Could not store the message; try again later")
+STORE_FULL = Reply(452, "4.3.1", "Insufficient system storage; try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (limit {limit})")
 TOO_BIG = Reply(552, "5.3.4", "Message too big (limit {limit} bytes)")
 BARE_LINE_ENDING = Reply(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
-from jdxmail.queue.spool import AcceptedMessage, SpoolError
+from jdxmail.queue.spool import AcceptedMessage, SpoolError, SpoolFull
 from jdxmail.replies import Reply
 from jdxmail.server.auth import (
     SaslError,
@@ -951,7 +951,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
-            self.send(replies.STORE_FAILED)
+            self.send(replies.STORE_FULL if isinstance(exc, SpoolFull) else replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
