@@ -118,7 +118,7 @@ class ConfigWatcher:
     ) -> None:
         self.config_path = Path(os.path.realpath(config_path))
         self.run_dir = run_dir
-        self.reload = reload
+        self._reload_server = reload
         self.interval = interval
         self.state_file = run_dir / "serve-unstarted.json"
         self._identity = _identity(self.config_path)
@@ -163,9 +163,17 @@ class ConfigWatcher:
             return False
         self._digest = digest
         logger.info("%s changed on disk, reloading", self.config_path)
-        ok = self.reload()
-        self._write_state(ok=ok)
+        ok = self._reload_server()
+        if not ok:
+            self._write_state(ok=False)  # on success reload() below has written it
         return ok
+
+    def reload(self, settings: Settings) -> None:
+        """The server took new settings (SIGHUP or this watcher): note the file as loaded,
+        so that a SIGHUP after an edit does not make the next look reload it again."""
+        self._identity = _identity(self.config_path)
+        self._digest = self._read_digest()
+        self._write_state(ok=True)
 
     def _write_state(self, *, ok: bool) -> None:
         state = {

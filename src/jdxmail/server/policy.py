@@ -206,10 +206,16 @@ class AuthThrottle:
         return self.failures(client_ip) >= self.address_limit
 
     def blocked(self, client_ip: str, user: str | None = None) -> bool:
-        """True when *client_ip* may not try *user* now (or, without *user*, any name)."""
+        """True when *client_ip* may not try *user* now.
+
+        Without *user* this is a throttle by address alone (``limit`` failures from
+        the address, as the web console's login form counts them).
+        """
+        if user is None:
+            return self.failures(client_ip) >= self.limit
         if self.address_blocked(client_ip):
             return True
-        return user is not None and self.failures(client_ip, user) >= self.limit
+        return self.failures(client_ip, user) >= self.limit
 
     def record_failure(self, client_ip: str, user: str | None = None) -> int:
         """Count one failed login; return the failures of this address and user now in
