@@ -21,11 +21,12 @@ import re
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
-from jdxmail.queue.spool import AcceptedMessage, SpoolError
+from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError
 from jdxmail.replies import Reply
 from jdxmail.server.auth import (
     SaslError,
@@ -39,7 +40,7 @@ from jdxmail.server.policy import AuthThrottle, Policy, Route
 if TYPE_CHECKING:
     from jdxmail.settings.model import SmtpServerSettings
 
-__all__ = ["MessageStore", "Runtime", "SessionHost", "SmtpSession"]
+__all__ = ["DataSpill", "MessageStore", "Runtime", "SessionHost", "SmtpSession"]
 
 logger = logging.getLogger("jdxmail.smtp")
 auth_logger = logging.getLogger("jdxmail.auth")
@@ -52,6 +53,8 @@ BAD_COMMAND_LIMIT = 10
 DATA_MIN_RATE = 1024
 _READ_HIGH_WATER = 256 * 1024
 _INLINE_CLEAN_LIMIT = 1024 * 1024
+#: DATA past this many bytes goes to a file in the spool's tmp/ as it arrives
+SPILL_THRESHOLD = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
@@ -908,7 +911,19 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         normalize = runtime.server.bare_line_endings == "Normalize"
         strip_nul = runtime.server.nul_bytes == "Strip"
-        if len(content) > _INLINE_CLEAN_LIMIT:
+        tail: DataTail | None = None
+        body: bytes | bytearray
+        if isinstance(content, DataSpill):
+            # Checked and cleaned as it arrived; its tail is already in the spool's tmp/.
+            body = content.head if content.head is not None else bytearray()
+            problem, tail = content.problem, content.tail
+            if content.error is not None:
+                self._log.error(
+                    "could not store the message from <%s>: %s",
+                    transaction.mail_from,
+                    content.error,
+                )
+        elif len(content) > _INLINE_CLEAN_LIMIT:
             # Scanning megabytes takes milliseconds; keep other sessions responsive.
             body, problem = await asyncio.to_thread(
                 clean_data, content, normalize=normalize, strip_nul=strip_nul
@@ -946,6 +961,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             session_id=self.id,
             received_at=received_at,
             mail_options=transaction.options,
+            tail=tail,
         )
         try:
             queue_id = await self.host.store.store(message)
@@ -961,7 +977,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             "accepted %s from <%s> size=%d local=%s relay=%s queue id %s",
             f"<{message_id}>",
             transaction.mail_from,
-            len(data),
+            message.size,
             ",".join(transaction.local) or "-",
             ",".join(transaction.relay) or "-",
             queue_id,
@@ -979,7 +995,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             name += "A"
         return name
 
-    async def _read_data(self, limit: int) -> bytearray | None:
+    async def _read_data(self, limit: int) -> bytearray | DataSpill | None:
         """Read message data up to CRLF.CRLF; None when it was larger than *limit*.
 
         Input is read in chunks; past the limit only the last four bytes are kept (to
@@ -990,40 +1006,73 @@ class SmtpSession(asyncio.BufferedProtocol):
         self._reading_data = False
         return data
 
-    async def _read_data_until_end(self, limit: int) -> bytearray | None:
+    async def _read_data_until_end(self, limit: int) -> bytearray | DataSpill | None:
         # The deadline grows with what arrived: TimeOut + received / DATA_MIN_RATE.
         start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
         received = 0
         data = bytearray()
+        # Past SPILL_THRESHOLD the data goes through a DataSpill to the spool as it
+        # arrives (when the store has tails), and *data* keeps only what is unchecked.
+        new_tail = getattr(self.host.store, "new_tail", None)
+        spill: DataSpill | None = None
+        fed = 0  # bytes handed to the spill
         scan_from = 0
         too_big = False
-        while True:
-            if not too_big and data.startswith(_END_OF_DATA[2:]):
-                index = -2  # ".\r\n" right after the DATA line's CRLF: no content
-            else:
-                index = data.find(_END_OF_DATA, scan_from)
-            if index != -1:
-                rest = data[index + len(_END_OF_DATA) :]
-                if rest:
-                    self._buffer[0:0] = rest
-                if too_big or index + 2 > limit:
-                    return None
-                # Trim the tail in place: no copy. (The head is never trimmed: a
-                # bytearray with a trimmed head is copied whole when it grows, as it
-                # does when the trace headers are put in front.)
-                del data[index + 2 :]
-                return data
-            if not too_big and len(data) > limit + 3:
-                too_big = True
-            if too_big:
-                del data[:-4]
-            scan_from = max(0, len(data) - 4)
-            if not self._buffer:
-                self._deadline = start + received / DATA_MIN_RATE
-                await self._fill()
-            received += len(self._buffer)
-            data += self._buffer
-            self._take_all()
+        try:
+            while True:
+                if fed == 0 and not too_big and data.startswith(_END_OF_DATA[2:]):
+                    index = -2  # ".\r\n" right after the DATA line's CRLF: no content
+                else:
+                    index = data.find(_END_OF_DATA, scan_from)
+                if index != -1:
+                    rest = data[index + len(_END_OF_DATA) :]
+                    if rest:
+                        self._buffer[0:0] = rest
+                    if too_big or fed + index + 2 > limit:
+                        return None
+                    if spill is not None:
+                        spill.feed(data[: index + 2])
+                        spill.finish()
+                        handed, spill = spill, None
+                        return handed
+                    # Trim the tail in place: no copy. (The head is never trimmed: a
+                    # bytearray with a trimmed head is copied whole when it grows, as it
+                    # does when the trace headers are put in front.)
+                    del data[index + 2 :]
+                    return data
+                if not too_big and fed + len(data) > limit + 3:
+                    too_big = True
+                if too_big:
+                    del data[:-4]
+                elif new_tail is not None and (spill is not None or len(data) > SPILL_THRESHOLD):
+                    if spill is None:
+                        spill = self._open_spill(new_tail)
+                    # The last four bytes may be the start of CRLF.CRLF: keep them.
+                    if len(data) > 4:
+                        spill.feed(data[:-4])
+                        fed += len(data) - 4
+                        del data[:-4]
+                scan_from = max(0, len(data) - 4)
+                if not self._buffer:
+                    self._deadline = start + received / DATA_MIN_RATE
+                    await self._fill()
+                received += len(self._buffer)
+                data += self._buffer
+                self._take_all()
+        finally:
+            if spill is not None:
+                spill.discard()
+
+    def _open_spill(self, new_tail: Callable[[], DataTail]) -> DataSpill:
+        server = self.host.runtime.server
+        normalize = server.bare_line_endings == "Normalize"
+        strip_nul = server.nul_bytes == "Strip"
+        try:
+            tail = new_tail()
+        except SpoolError as exc:
+            self._log.error("cannot take a big message into the spool: %s", exc)
+            return DataSpill(None, normalize=normalize, strip_nul=strip_nul)
+        return DataSpill(tail, normalize=normalize, strip_nul=strip_nul)
 
 
 def clean_data(
@@ -1066,6 +1115,74 @@ def _unstuff(
     elif b"\r\n." not in content:
         return content, None
     return content.replace(b"\r\n.", b"\r\n"), None
+
+
+class DataSpill:
+    """Message data too big to hold in memory, checked and cleaned as it arrives.
+
+    Input is cut at line ends (a line never spans two pieces) and each piece goes
+    through :func:`clean_data`, so the result is what clean_data would make of the
+    whole. The first piece (about SPILL_THRESHOLD bytes, with the header section) is
+    kept in memory for the trace headers; the rest is written to a :class:`DataTail`
+    in the spool's tmp/. After a problem (bare line end, NUL, long line, a failed
+    write) nothing more is kept and the tail is closed: *problem* is the reply.
+    """
+
+    def __init__(self, tail: DataTail | None, *, normalize: bool, strip_nul: bool) -> None:
+        self.tail = tail
+        self.normalize = normalize
+        self.strip_nul = strip_nul
+        #: the first cleaned piece (None until one was made)
+        self.head: bytearray | None = None
+        self.problem: Reply | None = None if tail is not None else replies.STORE_FAILED
+        #: the write error behind a STORE_FAILED problem
+        self.error: OSError | None = None
+        self._carry: bytes | bytearray = b""
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        """Take the next bytes of data (still dot-stuffed, as received)."""
+        if self.problem is not None:
+            return
+        block = self._carry + chunk if self._carry else chunk
+        # Cut after the last LF, or after a CR whose next byte is here and no LF (a
+        # CR at the very end may be half of a CRLF).
+        end = max(block.rfind(b"\n"), block.rfind(b"\r", 0, len(block) - 1)) + 1
+        self._carry = block[end:]
+        if len(self._carry) > TEXT_LINE_LIMIT + 1:
+            self._fail(replies.DATA_LINE_TOO_LONG)
+        elif end:
+            self._emit(block if end == len(block) else block[:end])
+
+    def finish(self) -> None:
+        """The data is complete (it ended with CRLF)."""
+        block, self._carry = self._carry, b""
+        if block and self.problem is None:
+            self._emit(block)
+
+    def discard(self) -> None:
+        """Drop the tail (the message is not stored after all)."""
+        if self.tail is not None:
+            self.tail.close()
+            self.tail = None
+
+    def _fail(self, problem: Reply) -> None:
+        self.problem = problem
+        self.head = None
+        self.discard()
+
+    def _emit(self, block: bytes | bytearray) -> None:
+        cleaned, problem = clean_data(block, normalize=self.normalize, strip_nul=self.strip_nul)
+        if problem is not None:
+            self._fail(problem)
+        elif self.head is None:
+            # (*block* is a copy of ours, and so is what clean_data made of it)
+            self.head = cleaned if isinstance(cleaned, bytearray) else bytearray(cleaned)
+        elif self.tail is not None:
+            try:
+                self.tail.write(cleaned)
+            except OSError as exc:
+                self.error = exc
+                self._fail(replies.STORE_FAILED)
 
 
 def _has_long_line(content: bytes | bytearray) -> bool:
