@@ -70,6 +70,28 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         await app.stop(1.0)
 
 
+@pytest.fixture
+async def spool_server(tmp_path: Path) -> AsyncIterator[Any]:
+    """Start a server with the real spool (relays configured, nobody delivering)."""
+    apps: list[SmtpServerApp] = []
+
+    async def start(**smtp: Any) -> SmtpServerApp:
+        settings = make_settings(
+            tmp_path,
+            TrustedNetworks=["127.0.0.1/32"],
+            RelayServers=[{"Host": "127.0.0.1", "Port": 9, "UseTls": False}],
+            **smtp,
+        )
+        app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0, delivery="none")
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop(1.0)
+
+
 def port_of(app: SmtpServerApp, implicit_tls: bool = False) -> int:
     """The bound port of *app*'s plain (or implicit-TLS) listener."""
     return next(a.port for a in app.addresses if a.implicit_tls is implicit_tls)

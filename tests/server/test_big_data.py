@@ -6,41 +6,17 @@ import os
 import random
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jdxmail.queue.spool import crc32_combine, read_queued_message
-from jdxmail.server.app import SmtpServerApp
 from jdxmail.server.smtp import SPILL_THRESHOLD, clean_data
-from tests.server.conftest import Client, make_settings, port_of
+from tests.server.conftest import Client, port_of
 from tests.server.test_data import open_data
 
 HEAD = b"Subject: big\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <big@test>\r\n\r\n"
-
-
-@pytest.fixture
-async def spool_server(tmp_path: Path) -> AsyncIterator[Any]:
-    """Start a server with the real spool (relays configured, nobody delivering)."""
-    apps: list[SmtpServerApp] = []
-
-    async def start(**smtp: Any) -> SmtpServerApp:
-        settings = make_settings(
-            tmp_path,
-            TrustedNetworks=["127.0.0.1/32"],
-            RelayServers=[{"Host": "127.0.0.1", "Port": 9, "UseTls": False}],
-            **smtp,
-        )
-        app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0, delivery="none")
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop(1.0)
 
 
 def stored(tmp_path: Path) -> tuple[list[bytes], list[bytes]]:

@@ -162,6 +162,56 @@ class _Transaction:
         return len(self.local) + len(self.relay)
 
 
+class _Chunks:
+    """The BDAT chunks of one message: in memory, or past SPILL_THRESHOLD in a DataSpill."""
+
+    def __init__(self, limit: int, open_spill: Callable[[], DataSpill] | None) -> None:
+        self.limit = limit
+        self.size = 0
+        self.too_big = False
+        self._open_spill = open_spill
+        self._data = bytearray()
+        self._spill: DataSpill | None = None
+        self._last = b""
+
+    def add(self, piece: bytes) -> None:
+        """Take the next bytes of a chunk."""
+        self.size += len(piece)
+        if self.too_big or not piece:
+            return
+        if self.size > self.limit:
+            self.too_big = True
+            self.discard()
+            return
+        self._last = piece[-1:]
+        if self._spill is not None:
+            self._spill.feed(piece)
+            return
+        self._data += piece
+        if len(self._data) > SPILL_THRESHOLD and self._open_spill is not None:
+            self._spill = self._open_spill()
+            self._spill.feed(self._data)
+            self._data = bytearray()
+
+    def finish(self) -> bytearray | DataSpill:
+        """The whole message, ending with CRLF (added when the client sent none)."""
+        end = b"" if self._last == b"\n" or self.size == 0 else b"\r\n"
+        if self._spill is None:
+            self._data += end
+            return self._data
+        spill, self._spill = self._spill, None
+        spill.feed(end)
+        spill.finish()
+        return spill
+
+    def discard(self) -> None:
+        """Drop what was received (and the spilled part's file)."""
+        self._data = bytearray()
+        if self._spill is not None:
+            self._spill.discard()
+            self._spill = None
+
+
 class _SyntaxProblem(ValueError):
     """A MAIL/RCPT argument is malformed; carries the reply to send."""
 
@@ -216,6 +266,8 @@ class SmtpSession(asyncio.BufferedProtocol):
         #: the tail of a too-long line is still to be dropped (see _read_line)
         self._discarding = False
         self._messages = 0
+        #: the BDAT chunks of the current transaction (RFC 3030), once one came
+        self._chunks: _Chunks | None = None
         self._log = logging.LoggerAdapter(logger, {"session": self.id})
         self._auth_log = logging.LoggerAdapter(auth_logger, {"session": self.id})
 
@@ -451,6 +503,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
+            self._reset_transaction()
             self.close()
             self.host.session_closed(self)
             self._log.info("%s disconnected", self.client_ip)
@@ -510,6 +563,9 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     def _reset_transaction(self) -> None:
         self.transaction = None
+        if self._chunks is not None:
+            self._chunks.discard()
+            self._chunks = None
 
     # -- simple commands -------------------------------------------------------------
 
@@ -553,6 +609,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             "8BITMIME",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
+            "CHUNKING",
         ]
         if self.host.tls_context is not None and not self.tls_active:
             keywords.append("STARTTLS")
@@ -587,7 +644,6 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     _cmd_TURN = _cmd_EXPN
     _cmd_ETRN = _cmd_EXPN
-    _cmd_BDAT = _cmd_EXPN
 
     # -- STARTTLS (RFC 3207) ---------------------------------------------------------
 
@@ -896,9 +952,11 @@ class SmtpSession(asyncio.BufferedProtocol):
         if arg:
             self.send(replies.SYNTAX_NO_ARGUMENT.format(verb="DATA"))
             return
-        runtime = self.host.runtime
+        if self._chunks is not None:
+            self.send(replies.DATA_AFTER_BDAT)
+            return
         self.send(replies.START_DATA)
-        limit = runtime.server.max_message_size
+        limit = self.host.runtime.server.max_message_size
         content = await self._read_data(limit)
         self.transaction = None
         if content is None:
@@ -909,6 +967,13 @@ class SmtpSession(asyncio.BufferedProtocol):
             )
             self.send(replies.TOO_BIG.format(limit=limit))
             return
+        await self._accept(transaction, content, unstuff=True)
+
+    async def _accept(
+        self, transaction: _Transaction, content: bytearray | DataSpill, *, unstuff: bool
+    ) -> None:
+        """Check, clean and store a complete message; send the reply."""
+        runtime = self.host.runtime
         normalize = runtime.server.bare_line_endings == "Normalize"
         strip_nul = runtime.server.nul_bytes == "Strip"
         tail: DataTail | None = None
@@ -926,10 +991,12 @@ class SmtpSession(asyncio.BufferedProtocol):
         elif len(content) > _INLINE_CLEAN_LIMIT:
             # Scanning megabytes takes milliseconds; keep other sessions responsive.
             body, problem = await asyncio.to_thread(
-                clean_data, content, normalize=normalize, strip_nul=strip_nul
+                clean_data, content, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff
             )
         else:
-            body, problem = clean_data(content, normalize=normalize, strip_nul=strip_nul)
+            body, problem = clean_data(
+                content, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff
+            )
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
             self.send(problem)
@@ -983,6 +1050,74 @@ class SmtpSession(asyncio.BufferedProtocol):
             queue_id,
         )
         self.send(replies.QUEUED.format(queue_id=queue_id))
+
+    # -- BDAT (RFC 3030) -----------------------------------------------------------------
+
+    async def _cmd_BDAT(self, arg: str) -> None:
+        parts = arg.split()
+        if (
+            not parts
+            or len(parts) > 2
+            or not parts[0].isdigit()
+            or len(parts[0]) > 18
+            or (len(parts) == 2 and parts[1].upper() != "LAST")
+        ):
+            # The size of the chunk that follows is unknown: its bytes cannot be told
+            # from commands, so the session cannot go on.
+            self.send(replies.SYNTAX_BDAT)
+            self.close()
+            return
+        size, last = int(parts[0]), len(parts) == 2
+        transaction = self.transaction
+        refusal = None
+        if self.helo is None:
+            refusal = replies.NEED_HELO
+        elif transaction is None:
+            refusal = replies.NEED_MAIL
+        elif transaction.count == 0:
+            refusal = replies.NEED_RCPT
+        if refusal is not None or transaction is None:
+            await self._read_chunk(size, lambda piece: None)  # RFC 3030 §3: read, drop
+            self.send(refusal or replies.NEED_MAIL)
+            return
+        limit = self.host.runtime.server.max_message_size
+        if self._chunks is None:
+            new_tail = getattr(self.host.store, "new_tail", None)
+            self._chunks = _Chunks(
+                limit,
+                None if new_tail is None else lambda: self._open_spill(new_tail, unstuff=False),
+            )
+        chunks = self._chunks
+        await self._read_chunk(size, chunks.add)
+        if chunks.too_big:
+            self._log.warning(
+                "message from <%s> refused: larger than MaxMessageSize (%d bytes)",
+                transaction.mail_from,
+                limit,
+            )
+            self._reset_transaction()  # RFC 3030 §2: the transaction has failed
+            self.send(replies.TOO_BIG.format(limit=limit))
+            return
+        if not last:
+            self.send(replies.CHUNK_OK.format(size=size))
+            return
+        self._chunks = None
+        self.transaction = None
+        await self._accept(transaction, chunks.finish(), unstuff=False)
+
+    async def _read_chunk(self, size: int, sink: Callable[[bytes], None]) -> None:
+        """Read exactly *size* bytes of BDAT data, handing them to *sink* as they come."""
+        start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
+        received = 0
+        self._reading_data = True
+        while received < size:
+            if not self._buffer:
+                self._deadline = start + received / DATA_MIN_RATE
+                await self._fill()
+            piece = self._take(min(size - received, len(self._buffer)))
+            received += len(piece)
+            sink(piece)
+        self._reading_data = False
 
     def _protocol_name(self, smtputf8: bool) -> str:
         # RFC 3848 / RFC 6531 "with" protocol types.
@@ -1063,20 +1198,20 @@ class SmtpSession(asyncio.BufferedProtocol):
             if spill is not None:
                 spill.discard()
 
-    def _open_spill(self, new_tail: Callable[[], DataTail]) -> DataSpill:
+    def _open_spill(self, new_tail: Callable[[], DataTail], *, unstuff: bool = True) -> DataSpill:
         server = self.host.runtime.server
         normalize = server.bare_line_endings == "Normalize"
         strip_nul = server.nul_bytes == "Strip"
+        tail: DataTail | None = None
         try:
             tail = new_tail()
         except SpoolError as exc:
             self._log.error("cannot take a big message into the spool: %s", exc)
-            return DataSpill(None, normalize=normalize, strip_nul=strip_nul)
-        return DataSpill(tail, normalize=normalize, strip_nul=strip_nul)
+        return DataSpill(tail, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff)
 
 
 def clean_data(
-    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False
+    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False, unstuff: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
     """Check line endings, NUL bytes and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
 
@@ -1084,14 +1219,14 @@ def clean_data(
     refused (550) unless *normalize*, which turns every line ending into CRLF. A NUL
     byte (not allowed in mail: RFC 5321 2.3.8, RFC 2045 2.7) is refused unless
     *strip_nul*, which removes them. The result is *content* itself when there is
-    nothing to change (no copy).
+    nothing to change (no copy). BDAT data is not dot-stuffed: *unstuff* False.
     """
     # A receiver that drops NUL bytes would see "\r\n\0.\r\n" as the end of data and
     # read the rest as a second message: never store or relay one.
     has_nul = content.find(b"\x00") >= 0
     if has_nul and not strip_nul:
         return b"", replies.NUL_BYTE
-    content, problem = _unstuff(content, normalize=normalize)
+    content, problem = _unstuff(content, normalize=normalize, unstuff=unstuff)
     if has_nul and problem is None:
         # After un-stuffing: the line "\0." was not stuffed and stays the line "."
         # (which the relay client stuffs again on the way out).
@@ -1100,7 +1235,7 @@ def clean_data(
 
 
 def _unstuff(
-    content: bytes | bytearray, *, normalize: bool
+    content: bytes | bytearray, *, normalize: bool, unstuff: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
     # Three C-speed counts instead of a pass in Python; they also catch "\n\r".
     crlf = content.count(b"\r\n")
@@ -1110,6 +1245,8 @@ def _unstuff(
         content = _LINE_END.sub(b"\r\n", content)
     if _has_long_line(content):
         return b"", replies.DATA_LINE_TOO_LONG
+    if not unstuff:
+        return content, None
     if content.startswith(b"."):
         content = content[1:]
     elif b"\r\n." not in content:
@@ -1128,10 +1265,13 @@ class DataSpill:
     write) nothing more is kept and the tail is closed: *problem* is the reply.
     """
 
-    def __init__(self, tail: DataTail | None, *, normalize: bool, strip_nul: bool) -> None:
+    def __init__(
+        self, tail: DataTail | None, *, normalize: bool, strip_nul: bool, unstuff: bool = True
+    ) -> None:
         self.tail = tail
         self.normalize = normalize
         self.strip_nul = strip_nul
+        self.unstuff = unstuff
         #: the first cleaned piece (None until one was made)
         self.head: bytearray | None = None
         self.problem: Reply | None = None if tail is not None else replies.STORE_FAILED
@@ -1171,7 +1311,9 @@ class DataSpill:
         self.discard()
 
     def _emit(self, block: bytes | bytearray) -> None:
-        cleaned, problem = clean_data(block, normalize=self.normalize, strip_nul=self.strip_nul)
+        cleaned, problem = clean_data(
+            block, normalize=self.normalize, strip_nul=self.strip_nul, unstuff=self.unstuff
+        )
         if problem is not None:
             self._fail(problem)
         elif self.head is None:
