@@ -1177,6 +1177,9 @@ class SmtpSession(asyncio.BufferedProtocol):
                     return data
                 if not too_big and fed + len(data) > limit + 3:
                     too_big = True
+                    if spill is not None:  # free its file now, not at the end of the data
+                        spill.discard()
+                        spill = None
                 if too_big:
                     del data[:-4]
                 elif new_tail is not None and (spill is not None or len(data) > SPILL_THRESHOLD):
