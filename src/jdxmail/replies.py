@@ -105,6 +105,7 @@ SYNTAX_BDAT = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]; closing connection"
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT; send RSET")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {queue_id}")
 STORE_FAILED = Reply(451, "4.3.0", "Could not store the message; try again later")
+STORE_FULL = Reply(452, "4.3.1", "Insufficient system storage; try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (limit {limit})")
 TOO_BIG = Reply(552, "5.3.4", "Message too big (limit {limit} bytes)")
 BARE_LINE_ENDING = Reply(

@@ -3,7 +3,8 @@
 Order of things: the spool opens, the extra components start (the delivery engine),
 then the listeners bind. Stopping runs backwards: listeners close, idle clients get
 ``421`` and in-flight transactions may finish within the grace period, components
-stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users and policy.
+stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users, policy and
+(through the delivery engine or process) relays.
 """
 
 from __future__ import annotations
@@ -315,6 +316,11 @@ class SmtpServerApp:
                 "changes to SmtpServer.%s take effect after a restart",
                 ", SmtpServer.".join(restart_keys),
             )
+        for component in self._started_components:
+            # the delivery engine, or the process running it, takes the new relays
+            relays = getattr(component, "reload", None)
+            if callable(relays):
+                relays(settings)
         logger.info(
             "settings reloaded: %d users, %d trusted networks, local domains %s",
             len(new.users),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import errno
 import itertools
 import logging
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
-from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError
+from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.replies import Reply
 from jdxmail.server.auth import (
     SaslError,
@@ -1034,7 +1035,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
-            self.send(replies.STORE_FAILED)
+            self.send(replies.STORE_FULL if isinstance(exc, SpoolFull) else replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
@@ -1206,11 +1207,16 @@ class SmtpSession(asyncio.BufferedProtocol):
         normalize = server.bare_line_endings == "Normalize"
         strip_nul = server.nul_bytes == "Strip"
         tail: DataTail | None = None
+        refusal = replies.STORE_FAILED
         try:
             tail = new_tail()
         except SpoolError as exc:
             self._log.error("cannot take a big message into the spool: %s", exc)
-        return DataSpill(tail, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff)
+            if isinstance(exc, SpoolFull):
+                refusal = replies.STORE_FULL
+        return DataSpill(
+            tail, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff, refusal=refusal
+        )
 
 
 def clean_data(
@@ -1269,7 +1275,13 @@ class DataSpill:
     """
 
     def __init__(
-        self, tail: DataTail | None, *, normalize: bool, strip_nul: bool, unstuff: bool = True
+        self,
+        tail: DataTail | None,
+        *,
+        normalize: bool,
+        strip_nul: bool,
+        unstuff: bool = True,
+        refusal: Reply = replies.STORE_FAILED,
     ) -> None:
         self.tail = tail
         self.normalize = normalize
@@ -1277,7 +1289,8 @@ class DataSpill:
         self.unstuff = unstuff
         #: the first cleaned piece (None until one was made)
         self.head: bytearray | None = None
-        self.problem: Reply | None = None if tail is not None else replies.STORE_FAILED
+        #: *refusal* when there is no tail (the spool could not make one)
+        self.problem: Reply | None = None if tail is not None else refusal
         #: the write error behind a STORE_FAILED problem
         self.error: OSError | None = None
         self._carry: bytes | bytearray = b""
@@ -1327,7 +1340,8 @@ class DataSpill:
                 self.tail.write(cleaned)
             except OSError as exc:
                 self.error = exc
-                self._fail(replies.STORE_FAILED)
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                self._fail(replies.STORE_FULL if full else replies.STORE_FAILED)
 
 
 def _has_long_line(content: bytes | bytearray) -> bool:

@@ -274,6 +274,8 @@ class DeliverySettings(Section):
     rewrite_sender: bool = False
     #: also put the relay account in From: (the original From becomes Reply-To)
     rewrite_from: bool = False
+    #: 8-bit content for a relay without 8BITMIME: a 7bit copy (qp/base64), or a bounce
+    eight_bit_downgrade: Literal["Convert", "Bounce"] = "Convert"
 
 
 class PathSettings(Section):
