@@ -57,7 +57,14 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
 
     async def start(settings: Settings | None = None, **kwargs: Any) -> SmtpServerApp:
         options: dict[str, Any] = {"port": 0, "auth_failure_delay": 0.0, "grace": 2.0}
-        for key in ("store", "self_signed", "implicit_tls_port", "reload_settings", "grace"):
+        for key in (
+            "store",
+            "self_signed",
+            "implicit_tls_port",
+            "proxy_port",
+            "reload_settings",
+            "grace",
+        ):
             if key in kwargs:
                 options[key] = kwargs.pop(key)
         app = SmtpServerApp(settings or make_settings(tmp_path, **kwargs), **options)

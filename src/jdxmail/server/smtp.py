@@ -15,6 +15,7 @@ import asyncio
 import email.utils
 import enum
 import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from jdxmail import replies
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.replies import Reply
+from jdxmail.server import proxy as proxy_protocol
 from jdxmail.server.auth import (
     SaslError,
     check_password,
@@ -235,10 +237,14 @@ class SmtpSession(asyncio.BufferedProtocol):
     read lands in one shared buffer and only what arrived is copied.
     """
 
-    def __init__(self, host: SessionHost, *, implicit_tls: bool = False) -> None:
+    def __init__(
+        self, host: SessionHost, *, implicit_tls: bool = False, proxy: bool = False
+    ) -> None:
         self.host = host
         self.id = _session_id()
         self.implicit_tls = implicit_tls
+        #: the connection starts with a PROXY header naming the real client
+        self.proxied = proxy
         self.tls_active = implicit_tls
         self.client_ip = "?"
         self.client_port = 0
@@ -452,6 +458,9 @@ class SmtpSession(asyncio.BufferedProtocol):
     # -- the session ----------------------------------------------------------------
 
     async def _run(self) -> None:
+        if self.proxied and not await self._read_proxy_header():
+            self.close()
+            return
         runtime = self.host.runtime
         if self.host.stopping:
             self.send(replies.SHUTTING_DOWN.format(host=runtime.host_name))
@@ -508,6 +517,48 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.close()
             self.host.session_closed(self)
             self._log.info("%s disconnected", self.client_ip)
+
+    async def _read_proxy_header(self) -> bool:
+        """Read the PROXY header and take the client's address from it; False: close.
+
+        Only TrustedProxies may connect; the whole header must come within
+        ProxyTimeout. Nothing is sent before it (SMTP's server speaks first, so no
+        client data can pass for a header).
+        """
+        server = self.host.runtime.server
+        proxy_ip = self.client_ip
+        try:
+            trusted = any(ipaddress.ip_address(proxy_ip) in net for net in server.trusted_proxies)
+        except ValueError:
+            trusted = False
+        if not trusted:
+            self._log.warning(
+                "%s is not in SmtpServer.TrustedProxies: PROXY port connection closed",
+                proxy_ip,
+            )
+            return False
+        self._deadline = asyncio.get_running_loop().time() + server.proxy_timeout
+        try:
+            while (header := proxy_protocol.parse(self._buffer)) is None:
+                await self._fill()
+        except proxy_protocol.ProxyHeaderError as exc:
+            self._log.warning("%s: %s; connection closed", proxy_ip, exc)
+            return False
+        except (TimeoutError, _Closed):
+            self._log.warning(
+                "%s sent no complete PROXY header within %ds; connection closed",
+                proxy_ip,
+                server.proxy_timeout,
+            )
+            return False
+        finally:
+            self._deadline = None
+            self._timed_out = False
+        self._take(header.length)
+        if not header.local:  # LOCAL: the proxy's own check; its address applies
+            self.client_ip, self.client_port = header.client_ip, header.client_port
+        self._log.debug("PROXY v%d from %s: client %s", header.version, proxy_ip, self.client_ip)
+        return True
 
     async def _command_loop(self) -> None:
         bad_commands = 0
