@@ -107,6 +107,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
     from jdxmail.queue.spool import QUEUE_SUFFIX, Spool, SpoolError  # noqa: PLC0415
     from jdxmail.queue.watch import QueueWatcher  # noqa: PLC0415
     from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
+    from jdxmail.stats import StatsRecorder  # noqa: PLC0415
 
     for relay in settings.relays:
         if relay.password is not None:
@@ -130,6 +131,10 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
         )
     engine = DeliveryEngine(settings, spool)
     await engine.start()
+    recorder = StatsRecorder(
+        settings.paths.spool, "delivery", engine.counters, relays=engine.relay_health
+    )
+    await recorder.start()
     watcher = QueueWatcher(spool.queue_dir, QUEUE_SUFFIX, engine.enqueue, engine.rescan)
     if not watcher.start():
         engine.rescan_interval = _POLL_WITHOUT_INOTIFY
@@ -142,6 +147,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
     finally:
         watcher.close()
         await engine.stop(grace)
+        await recorder.stop()
         await spool.close()
     return 0
 

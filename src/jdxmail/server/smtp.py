@@ -29,6 +29,7 @@ from jdxmail.queue.spool import AcceptedMessage, SpoolError
 from jdxmail.replies import Reply
 from jdxmail.server.auth import SaslError, check_password, decode_response, parse_plain
 from jdxmail.server.policy import AuthThrottle, Policy, Route
+from jdxmail.stats import Counters
 
 if TYPE_CHECKING:
     from jdxmail.settings.model import SmtpServerSettings
@@ -106,6 +107,8 @@ class SessionHost(Protocol):
     runtime: Runtime
     throttle: AuthThrottle
     store: MessageStore
+    #: what the sessions count (accepted, rejected, auth failures)
+    counters: Counters
     tls_context: ssl.SSLContext | None
     auth_failure_delay: float
 
@@ -631,6 +634,7 @@ class SmtpSession(asyncio.BufferedProtocol):
         self, username: str, sent_hash: bool, broken_hash: str | None, unknown: bool
     ) -> None:
         shown = _PRINTABLE.sub("?", username)[:64]
+        self.host.counters.auth_failures += 1
         failures = self.host.throttle.record_failure(self.client_ip)
         limit = self.host.throttle.limit
         reason = "unknown user" if unknown else "wrong password"
@@ -724,6 +728,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self._log.warning(
                     "user %s may not send as <%s> (AllowedSenders)", self.auth_user, address
                 )
+                self.host.counters.rejected += 1
                 self.send(replies.SENDER_NOT_ALLOWED.format(user=self.auth_user))
                 return
         self.transaction = _Transaction(address, smtputf8, options)
@@ -778,6 +783,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         policy = runtime.policy
         if transaction.count >= runtime.server.max_recipients:
+            self.host.counters.rejected += 1
             self.send(replies.TOO_MANY_RECIPIENTS.format(limit=runtime.server.max_recipients))
             return
         if not policy.may_send_to(
@@ -789,6 +795,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 address,
                 transaction.mail_from,
             )
+            self.host.counters.rejected += 1
             self.send(replies.RELAY_DENIED)
             return
         target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
@@ -823,6 +830,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 transaction.mail_from,
                 limit,
             )
+            self.host.counters.rejected += 1
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         normalize = runtime.server.bare_line_endings == "Normalize"
@@ -833,6 +841,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             body, problem = clean_data(content, normalize=normalize)
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
+            self.host.counters.rejected += 1
             self.send(problem)
             return
         self._messages += 1
@@ -867,10 +876,12 @@ class SmtpSession(asyncio.BufferedProtocol):
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
+            self.host.counters.rejected += 1
             self.send(replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
+            self.host.counters.rejected += 1
             self.send(replies.STORE_FAILED)
             return
         self._log.info(
@@ -882,6 +893,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             ",".join(transaction.relay) or "-",
             queue_id,
         )
+        self.host.counters.accepted += 1
         self.send(replies.QUEUED.format(queue_id=queue_id))
 
     def _protocol_name(self, smtputf8: bool) -> str:
