@@ -57,23 +57,28 @@ class LogLine:
     category: str
     session: str
     message: str
+    #: where the line starts in its file (LogFollower's lines), else -1
+    at: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
+        data: dict[str, Any] = {
             "time": self.time,
             "level": self.level,
             "category": self.category,
             "session": self.session,
             "message": self.message,
         }
+        if self.at >= 0:
+            data["at"] = self.at
+        return data
 
 
-def parse_line(text: str) -> LogLine:
+def parse_line(text: str, at: int = -1) -> LogLine:
     """Split a log line; a line of another shape is kept whole as the message."""
     match = _LINE.match(text)
     if match is None:
-        return LogLine("", "", "", "", text)
+        return LogLine("", "", "", "", text, at)
     session = match["session"]
     return LogLine(
         match["time"],
@@ -81,6 +86,7 @@ def parse_line(text: str) -> LogLine:
         match["category"],
         "" if session == "-" else session,
         match["message"],
+        at,
     )
 
 
@@ -165,6 +171,10 @@ class LogPage:
     lines: list[LogLine] = field(default_factory=list)
     #: True when older matching lines were left out (the limit was reached)
     more: bool = False
+    #: the file's size when it was read: followed lines before it are already here
+    end: int = 0
+    #: the file's inode (a follower's lines of another file are all new)
+    inode: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -172,6 +182,8 @@ class LogPage:
             "day": None if self.day is None else self.day.to_json(),
             "lines": [line.to_json() for line in self.lines],
             "more": self.more,
+            "end": self.end,
+            "file": self.inode,
         }
 
 
@@ -189,24 +201,22 @@ def _find_day(logs_dir: Path, day: str | None) -> LogDay | None:
     raise UnknownLogDay(f"no log file for {wanted.isoformat()} in {logs_dir}")
 
 
-def _lines_backwards(path: Path) -> Any:
-    """The file's lines, last first, read in blocks from the end."""
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        position = handle.tell()
-        rest = b""
-        while position > 0:
-            step = min(_BLOCK, position)
-            position -= step
-            handle.seek(position)
-            chunk = handle.read(step) + rest
-            parts = chunk.split(b"\n")
-            rest = parts[0]
-            for raw in reversed(parts[1:]):
-                if raw:
-                    yield raw.decode("utf-8", "replace").rstrip("\r")
-        if rest:
-            yield rest.decode("utf-8", "replace").rstrip("\r")
+def _lines_backwards(handle: Any, end: int) -> Any:
+    """The lines of the open file before *end*, last first, read in blocks."""
+    position = end
+    rest = b""
+    while position > 0:
+        step = min(_BLOCK, position)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step) + rest
+        parts = chunk.split(b"\n")
+        rest = parts[0]
+        for raw in reversed(parts[1:]):
+            if raw:
+                yield raw.decode("utf-8", "replace").rstrip("\r")
+    if rest:
+        yield rest.decode("utf-8", "replace").rstrip("\r")
 
 
 def read_log(
@@ -225,13 +235,16 @@ def read_log(
         return page
     kept: list[LogLine] = []
     try:
-        for text in _lines_backwards(found.path):
-            line = parse_line(text)
-            if query.keeps(line):
-                if len(kept) == limit:
-                    page.more = True
-                    break
-                kept.append(line)
+        with open(found.path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            page.end, page.inode = stat.st_size, stat.st_ino
+            for text in _lines_backwards(handle, stat.st_size):
+                line = parse_line(text)
+                if query.keeps(line):
+                    if len(kept) == limit:
+                        page.more = True
+                        break
+                    kept.append(line)
     except FileNotFoundError:
         pass
     kept.reverse()
@@ -257,8 +270,13 @@ class LogFollower:
             return
         self._inode, self._offset = stat.st_ino, stat.st_size
 
+    @property
+    def inode(self) -> int:
+        """The inode of the file followed (0 before the first look)."""
+        return self._inode or 0
+
     def read_new(self, max_bytes: int = 1 << 20) -> list[LogLine]:
-        """Lines appended since the last call (complete lines only)."""
+        """Lines appended since the last call (complete lines only), each with ``at``."""
         try:
             stat = self.path.stat()
         except OSError:
@@ -270,7 +288,13 @@ class LogFollower:
         with open(self.path, "rb") as handle:
             handle.seek(self._offset)
             data = handle.read(max_bytes)
+        start = self._offset - len(self._partial)
         self._offset += len(data)
         data = self._partial + data
         *complete, self._partial = data.split(b"\n")
-        return [parse_line(raw.decode("utf-8", "replace").rstrip("\r")) for raw in complete if raw]
+        lines = []
+        for raw in complete:
+            if raw:
+                lines.append(parse_line(raw.decode("utf-8", "replace").rstrip("\r"), start))
+            start += len(raw) + 1
+        return lines

@@ -81,9 +81,11 @@ COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))
 class RelayHealth:
     """What a delivery engine knows about one relay: its breaker and the last outcome.
 
-    ``failures`` counts failures in a row (connection, TLS, login, a 4xx for the
-    whole message); ``open_until`` is when the breaker lets the relay be tried
-    again (0: closed).
+    ``failures`` counts failures in a row that trip the breaker (connection, TLS,
+    login); ``open_until`` is when the breaker lets the relay be tried again (0:
+    closed). ``last_reply`` is the last failure's text, also of a relay that
+    answered but refused the message (a 4xx/5xx to MAIL or DATA): "failing" is
+    shown while that was the relay's last outcome.
     """
 
     name: str
@@ -102,7 +104,7 @@ class RelayHealth:
         """``resting`` (breaker open), ``failing``, ``ok`` or ``unused`` (not tried)."""
         if self.open_until > now:
             return "resting"
-        if self.failures and self.last_failure_at >= self.last_success_at:
+        if self.last_failure_at and self.last_failure_at >= self.last_success_at:
             return "failing"
         if self.last_success_at:
             return "ok"

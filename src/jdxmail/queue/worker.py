@@ -150,6 +150,13 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.last_success_at = now
 
+    def refused(self, now: float, reply: str) -> None:
+        """The relay answered but did not take the message (*reply*): it works, so the
+        breaker closes as on success; the console shows the reply."""
+        self.success()
+        self.last_reply = reply
+        self.last_failure_at = now
+
     def failure(self, now: float, reply: str = "") -> None:
         """The relay failed (*reply*: what it said or what went wrong); open the breaker
         after *threshold* failures in a row."""
@@ -721,6 +728,8 @@ class DeliveryEngine:
                 lacking_utf8 += 1
             if failure is not None and failure.trips_breaker:
                 breaker.failure(self.clock(), failure.text)
+            elif failure is not None:
+                breaker.refused(self.clock(), failure.text)
             else:
                 breaker.success(self.clock())
             if failure is None or not failure.failover:

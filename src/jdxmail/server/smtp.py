@@ -747,6 +747,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 if not value.isdigit() or len(value) > 20:
                     raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="SIZE"))
                 if int(value) > limit:
+                    self.host.counters.rejected += 1
                     raise _SyntaxProblem(replies.TOO_BIG.format(limit=limit))
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
