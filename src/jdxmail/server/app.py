@@ -342,6 +342,12 @@ class SmtpServerApp:
             logger.info("listening on %s", address)
         return list(self.addresses)
 
+    @property
+    def listeners_shared(self) -> bool:
+        """True when the listening sockets were handed over (``serve --workers``): they
+        are shared with other processes and pause_listeners() cannot stop them."""
+        return bool(self._sockets or self._tls_sockets)
+
     def live_stats(self) -> list[ProcessStats]:
         """This process's figures now (fresher than its stats file), for stats.collect."""
         if self.stats_recorder is None:
@@ -361,7 +367,7 @@ class SmtpServerApp:
             raise ServerError("the server is stopping")
         if self.paused:
             return False
-        if self._sockets or self._tls_sockets:
+        if self.listeners_shared:
             raise ServerError(
                 "with serve --workers the listeners are shared by every worker process "
                 "and cannot be stopped from here",

@@ -101,6 +101,8 @@ class ServerStatus:
     delivery: str
     relays: list[RelayStatus]
     processes: list[dict[str, Any]] = field(default_factory=list)
+    #: False when the listeners are shared by several processes (serve --workers)
+    can_stop: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -110,6 +112,7 @@ class ServerStatus:
             "pid": self.pid,
             "listeners": {
                 "state": self.listener_state,
+                "can_stop": self.can_stop,
                 "since": self.listening_since,
                 "addresses": [item.to_json() for item in self.listeners],
             },
@@ -184,4 +187,5 @@ def server_status(app: SmtpServerApp, *, now: float | None = None) -> ServerStat
         delivery=app.delivery if settings.relays else "",
         relays=relays,
         processes=totals.processes,
+        can_stop=not app.listeners_shared,
     )

@@ -49,6 +49,8 @@ def listeners_json(ctx: ConsoleContext) -> dict[str, Any]:
             for a in server.addresses
         ],
         "sessions": server.session_count,
+        #: False with serve --workers (the sockets are shared by the processes)
+        "can_stop": not server.listeners_shared,
     }
 
 

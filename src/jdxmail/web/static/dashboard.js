@@ -15,7 +15,11 @@
     var badge = document.getElementById("listener-state");
     badge.textContent = stopped ? "SMTP stopped" : "SMTP listening";
     badge.className = "badge " + (stopped ? "bad" : "good");
-    document.getElementById("listeners-stop").hidden = stopped;
+    var stop = document.getElementById("listeners-stop");
+    stop.hidden = stopped;
+    stop.disabled = l.can_stop === false;
+    stop.title = l.can_stop === false
+      ? "serve --workers: the listeners are shared by every worker; stop the whole server instead" : "";
     document.getElementById("listeners-start").hidden = !stopped;
     document.getElementById("listener-hint").hidden = !stopped;
     var body = document.querySelector("#listeners tbody");
