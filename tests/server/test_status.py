@@ -133,3 +133,11 @@ async def test_relay_failure_shows_as_failing_with_its_reply(
     assert status["today"]["deferred"] == 1
     assert status["queue"]["queued"] == 1
     assert status["queue"]["oldest_age_seconds"] is not None
+    for _ in range(2):  # two more failures in a row open the circuit breaker
+        engine.flush()
+        await engine.wait_idle()
+    status = (await asyncio.to_thread(server_status, app)).to_json()
+    (upstream,) = status["relays"]
+    assert upstream["state"] == "resting"
+    assert upstream["failures"] == 3
+    assert upstream["resting_until"] > status["now"]
