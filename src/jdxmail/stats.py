@@ -290,6 +290,9 @@ class Totals:
     relays: dict[str, RelayHealth]
     #: the processes counted: role, pid, running, started, updated
     processes: list[dict[str, Any]]
+    #: the counts since start of the processes still running (monotonic per process,
+    #: like Prometheus counters: a restart starts them over)
+    total: dict[str, int] = field(default_factory=dict)
 
 
 def collect(
@@ -312,6 +315,7 @@ def collect(
     for stats in live:
         by_file[(stats.role, stats.pid)] = stats
     today = dict.fromkeys(COUNTER_NAMES, 0)
+    total = dict.fromkeys(COUNTER_NAMES, 0)
     sessions = 0
     relays: dict[str, RelayHealth] = {}
     processes: list[dict[str, Any]] = []
@@ -326,6 +330,9 @@ def collect(
             continue
         if running:
             sessions += stats.sessions
+            for name, value in stats.total.items():
+                if name in total:
+                    total[name] += value
         for health in stats.relays:
             known = relays.get(health.name)
             if known is None or health.last_event > known.last_event:
@@ -339,4 +346,6 @@ def collect(
                 "updated": stats.updated,
             }
         )
-    return Totals(day=day, today=today, sessions=sessions, relays=relays, processes=processes)
+    return Totals(
+        day=day, today=today, sessions=sessions, relays=relays, processes=processes, total=total
+    )

@@ -54,6 +54,7 @@ async def test_stats_file_holds_the_counts_after_stop(tmp_path: Path) -> None:
     assert json.loads(files[0].read_text())["today"]["accepted"] == 1
     totals = collect(tmp_path / "spool")
     assert totals.today["accepted"] == 1
+    assert totals.total["accepted"] == 0  # since-start counts: of running processes only
 
 
 def test_figures_of_other_processes_are_summed(tmp_path: Path) -> None:
