@@ -81,3 +81,22 @@ async def test_diagnostics_page_shows_staged_results(console: Console, page: Any
     assert "answering" in (text or "")
     assert "220" in (text or "")
     await screenshot(page, "diagnostics", console.tmp)
+
+
+async def test_relay_password_never_reaches_the_answer(make_console: MakeConsole) -> None:
+    """test-relay and doctor with a relay account answer without its password."""
+    upstream = await Upstream(mail_reply=None).start()
+    secret = "Very-Secret-Relay-Pw-42"
+    try:
+        extra = {"Username": "app@example.com", "Password": secret}
+        console = await make_console(relay_config(upstream.port, relay_extra=extra))
+        async with httpx.AsyncClient(base_url=console.url, timeout=30) as http:
+            tested = await http.post("/api/v1/diagnostics/test-relay", json={})
+            doctor = await http.post("/api/v1/diagnostics/doctor", json={"timeout": 5})
+            status = await http.get("/api/v1/status")
+        assert tested.status_code == 200
+        assert tested.json()["relays"][0]["relay"] == "upstream"
+        for answer in (tested, doctor, status):
+            assert secret not in answer.text
+    finally:
+        await upstream.close()

@@ -85,7 +85,12 @@ class Upstream:
                 await writer.wait_closed()
 
 
-def relay_config(upstream_port: int, name: str = "upstream", **smtp: object) -> str:
+def relay_config(
+    upstream_port: int,
+    name: str = "upstream",
+    relay_extra: dict[str, object] | None = None,
+    **smtp: object,
+) -> str:
     """A console config relaying everything not local to 127.0.0.1:*upstream_port*."""
 
     server = {
@@ -96,5 +101,11 @@ def relay_config(upstream_port: int, name: str = "upstream", **smtp: object) -> 
         "LocalDomains": ["localhost"],
         **smtp,
     }
-    relay = {"Name": name, "Host": "127.0.0.1", "Port": upstream_port, "UseTls": False}
+    relay = {
+        "Name": name,
+        "Host": "127.0.0.1",
+        "Port": upstream_port,
+        "UseTls": False,
+        **(relay_extra or {}),
+    }
     return json.dumps({"SmtpServer": server, "RelayServers": [relay]}, indent=2)
