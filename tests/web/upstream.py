@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -88,7 +89,7 @@ class Upstream:
 def relay_config(
     upstream_port: int,
     name: str = "upstream",
-    relay_extra: dict[str, object] | None = None,
+    relay_extra: Mapping[str, object] | None = None,
     **smtp: object,
 ) -> str:
     """A console config relaying everything not local to 127.0.0.1:*upstream_port*."""
