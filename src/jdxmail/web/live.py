@@ -5,7 +5,9 @@ While at least one page listens (an open event stream), it publishes
 - ``stats``: the dashboard's figures (:func:`jdxmail.server.status.server_status`),
   when they changed — they include the other processes' stats files, which is why
   they are polled rather than pushed;
-- ``queue``: the queued and failed messages, when the queue folders changed;
+- ``queue``: ``{"queued": n, "failed": n}`` when the queue folders changed (the queue
+  page then asks ``GET /api/v1/queue``: reading every message's envelope is left to
+  a page that shows them);
 - ``log``: ``{"file": inode, "lines": [...]}``, the lines appended to today's log file
   by any process, each with ``at`` (its offset in the file: a page skips those before
   the ``end`` of what it read itself).
@@ -50,7 +52,7 @@ def _queue_signature(spool: os.PathLike[str]) -> tuple[Any, ...]:
 async def background(ctx: ConsoleContext) -> None:
     """Publish ``stats``, ``queue`` and ``log`` events until cancelled."""
     from jdxmail.web.dashboard import status_json  # noqa: PLC0415
-    from jdxmail.web.queue import queue_json  # noqa: PLC0415
+    from jdxmail.web.queue import queue_counts  # noqa: PLC0415
 
     follower = LogFollower(ctx.server.settings.paths.logs)
     await asyncio.to_thread(follower.start_at_end)
@@ -79,7 +81,7 @@ async def background(ctx: ConsoleContext) -> None:
             signature = await asyncio.to_thread(_queue_signature, spool)
             if signature != last_queue:
                 last_queue = signature
-                ctx.events.publish("queue", await queue_json(ctx))
+                ctx.events.publish("queue", await queue_counts(ctx))
         except asyncio.CancelledError:
             raise
         except Exception:  # a bad moment (a file renamed under us): try again next time

@@ -26,10 +26,11 @@ from jdxmail.queue.admin import (
     retry_message,
     show_message,
 )
+from jdxmail.queue.spool import spool_stats
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.responses import ApiError, page
 
-__all__ = ["queue_json", "routes"]
+__all__ = ["queue_counts", "queue_json", "routes"]
 
 #: the most entries one listing returns (the oldest first)
 MAX_ENTRIES = 1000
@@ -69,8 +70,14 @@ def _admin_error(exc: Exception) -> ApiError:
     return ApiError(500, str(exc))
 
 
+async def queue_counts(ctx: ConsoleContext) -> dict[str, Any]:
+    """The ``queue`` event: how many messages wait and failed (a folder count)."""
+    stats = await asyncio.to_thread(spool_stats, ctx.server.settings.paths.spool)
+    return {"queued": stats.queued, "failed": stats.failed}
+
+
 async def _changed(ctx: ConsoleContext) -> None:
-    ctx.events.publish("queue", await queue_json(ctx))
+    ctx.events.publish("queue", await queue_counts(ctx))
 
 
 async def queue_page(request: Request) -> Response:

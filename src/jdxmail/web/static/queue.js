@@ -83,7 +83,19 @@
       return A.api("GET", "/api/v1/queue");
     }).then(render).catch(function (e) { A.toast(e.message, "error"); });
   });
-  A.on("queue", render);
+  // a queue event says the spool changed: fetch the listing (one request at a time)
+  var fetching = false, again = false;
+  function refresh() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    A.api("GET", "/api/v1/queue").then(render)
+      .catch(function (e) { A.toast(e.message, "error"); })
+      .then(function () {
+        fetching = false;
+        if (again) { again = false; refresh(); }
+      });
+  }
+  A.on("queue", refresh);
   render(current);
   // the "next try" countdown moves on without a reload
   window.setInterval(function () { if (document.visibilityState === "visible") render(current); }, 5000);
