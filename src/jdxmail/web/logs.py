@@ -71,7 +71,12 @@ async def logs_page(request: Request) -> Response:
     """``GET /logs``: the newest lines, filtered by the form's values."""
     ctx = context(request)
     day, query, limit = _query(request)
-    data = await logs_json(ctx, day, query, limit)
+    try:
+        data = await logs_json(ctx, day, query, limit)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        raise ApiError(404, exc.message, "open Logs again and pick a day from its list") from None
     return page(
         request,
         "logs.html",
