@@ -149,7 +149,11 @@ async def doctor(request: Request) -> Response:
     ctx = context(request)
     body = await _body(request)
     timeout = _number(body, "timeout", 0.1, MAX_TIMEOUT)
-    report = await run_doctor(ctx.config_path, relay_timeout=timeout)
+    # doctor reads files and asks psutil who holds the port, without threads of its own
+    # (it was written for the CLI): its own event loop in a thread keeps serve's free
+    report = await asyncio.to_thread(
+        asyncio.run, run_doctor(ctx.config_path, relay_timeout=timeout)
+    )
     return JSONResponse(report.to_json())
 
 
