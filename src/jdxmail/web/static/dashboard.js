@@ -94,4 +94,6 @@
   A.on("stats", render);
   A.on("listeners", function (l) { current.listeners = l; renderListeners(l); });
   render(current);
+  // "listening since … (how long)" moves on between events
+  window.setInterval(function () { renderListeners(current.listeners); }, 10000);
 })();
