@@ -58,6 +58,7 @@ async def background(ctx: ConsoleContext) -> None:
     await asyncio.to_thread(follower.start_at_end)
     last_stats: dict[str, Any] | None = None
     last_queue: tuple[Any, ...] | None = None
+    last_error = ""
     while True:
         await asyncio.sleep(INTERVAL)
         try:
@@ -82,7 +83,11 @@ async def background(ctx: ConsoleContext) -> None:
             if signature != last_queue:
                 last_queue = signature
                 ctx.events.publish("queue", await queue_counts(ctx))
+            last_error = ""
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bad moment (a file renamed under us): try again next time
-            logger.exception("live console figures failed")
+        except Exception as exc:  # a bad moment (a file renamed under us): try again
+            # Logged once per kind of failure: each line would be followed and published.
+            if str(exc) != last_error:
+                last_error = str(exc)
+                logger.warning("live console figures failed: %s", exc)
