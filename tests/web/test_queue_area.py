@@ -148,3 +148,28 @@ async def test_queue_page_lists_the_message_and_its_reply(
     await upstream.wait_for(1)
     await row.wait_for(state="detached", timeout=10000)
     await expect(page.locator("#count-queued")).to_have_text("0", timeout=10000)
+
+
+async def test_delivery_process_figures_reach_the_dashboard(
+    make_console: MakeConsole, upstream: Upstream
+) -> None:
+    """With the delivery process (serve's default) its relayed count and the relay's
+    state show on the console, read from the file it writes."""
+    upstream.mail_reply = None
+    console = await make_console(relay_config(upstream.port), delivery="process")
+    await asyncio.to_thread(send, console.smtp_port)
+    await asyncio.to_thread(send, console.smtp_port, "dave@example.org")
+    await upstream.wait_for(2)
+    async with httpx.AsyncClient(base_url=console.url) as http:
+        status = (await http.get("/api/v1/status")).json()
+        for _ in range(50):  # the delivery process writes its figures once a second
+            if status["today"]["relayed"] == 2:
+                break
+            await asyncio.sleep(0.1)
+            status = (await http.get("/api/v1/status")).json()
+    assert status["today"]["relayed"] == 2
+    assert status["today"]["accepted"] == 2
+    assert status["delivery"] == "process"
+    assert status["relays"][0]["state"] == "ok"
+    roles = sorted(p["role"] for p in status["processes"] if p["running"])
+    assert roles == ["delivery", "smtp"]
