@@ -432,8 +432,8 @@ class SmtpServerApp:
         )
         return True
 
-    def _session_factory(self, implicit: bool) -> Callable[[], SmtpSession]:
-        return lambda: SmtpSession(self, implicit_tls=implicit)
+    def _session_factory(self, implicit: bool, proxy: bool) -> Callable[[], SmtpSession]:
+        return lambda: SmtpSession(self, implicit_tls=implicit, proxy=proxy)
 
     async def resume_listeners(self) -> bool:
         """Listen again on the addresses pause_listeners() closed; False if listening.
@@ -454,7 +454,7 @@ class SmtpServerApp:
                 implicit = address.implicit_tls
                 try:
                     server = await loop.create_server(
-                        self._session_factory(implicit),
+                        self._session_factory(implicit, address.proxy),
                         address.host,
                         address.port,
                         ssl=context,
@@ -463,6 +463,8 @@ class SmtpServerApp:
                     )
                 except OSError as exc:
                     key = "SmtpServer.Tls.ImplicitTlsPort" if implicit else "SmtpServer.Port"
+                    if address.proxy:
+                        key = "SmtpServer.ProxyPort"
                     raise bind_error(exc, address.host, address.port, key) from None
                 servers.append(server)
         except BaseException:
