@@ -24,6 +24,7 @@ __all__ = ["app"]
 app = typer.Typer(
     help="List, inspect, retry and delete queued mail (works while `serve` runs).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 IdArg = Annotated[str, typer.Argument(help="The queue id, as `jdxmail queue list` shows it.")]

@@ -25,6 +25,7 @@ app = typer.Typer(
     help="List, add, remove and re-password SMTP users in the config file (edited in place, "
     "comments and layout kept).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 NameArg = Annotated[
