@@ -588,9 +588,15 @@ def send_test(
     )
 
     mode = TlsMode(tls.value)
-    if server is not None:
-        if host is not None:
-            fail("give --host, not --server too (its old spelling)", code=ExitCode.USAGE)
+    if server is not None:  # the old spelling of --host HOST:PORT
+        if host is not None or port is not None:
+            fail("give --host and --port, not --server too", code=ExitCode.USAGE)
+        if split_host_port(server, "--server")[1] is None:
+            fail(
+                f"--server {server!r} is not HOST:PORT",
+                "e.g. --host 127.0.0.1 --port 2525 (or --host 127.0.0.1:2525)",
+                ExitCode.USAGE,
+            )
         host = server
     host, port = _host_and_port(host, port)
     if host is None or port is None:

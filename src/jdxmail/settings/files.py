@@ -165,7 +165,9 @@ def find_config(
     for name in DEFAULT_NAMES:
         candidate = folder / name
         if candidate.is_file():
-            return candidate
+            # found in the working folder: named as the user would ("appsettings.json")
+            return candidate if cwd is not None else Path(name)
+        # (a relative path: every reader resolves it once, see ConfigSource.base_dir)
     return None
 
 
