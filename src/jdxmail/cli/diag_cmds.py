@@ -640,7 +640,7 @@ def send_test(
 
 
 def auth_string(
-    user: Annotated[str, typer.Argument(help="The user name to log in as.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The user name to log in as.")],
     password_stdin: PasswordStdin = False,
     json_output: JsonOption = False,
 ) -> None:

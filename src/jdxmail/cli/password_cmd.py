@@ -26,6 +26,7 @@ def hash_password(
     password: Annotated[
         str | None,
         typer.Argument(
+            metavar="PASSWORD",
             help="The password. Omit it to be asked (hidden), or use --password-stdin, to "
             "keep it out of shell history.",
             show_default=False,

@@ -27,7 +27,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-IdArg = Annotated[str, typer.Argument(help="The queue id, as `jdxmail queue list` shows it.")]
+IdArg = Annotated[
+    str, typer.Argument(metavar="ID", help="The queue id, as `jdxmail queue list` shows it.")
+]
 
 
 def _spool(config: Path | None) -> Path:

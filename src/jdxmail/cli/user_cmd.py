@@ -29,7 +29,8 @@ app = typer.Typer(
 )
 
 NameArg = Annotated[
-    str, typer.Argument(help="The user's name, as typed at AUTH (often an address).")
+    str,
+    typer.Argument(metavar="NAME", help="The user's name, as typed at AUTH (often an address)."),
 ]
 StdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from one line of stdin.")
