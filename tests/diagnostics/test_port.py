@@ -374,7 +374,11 @@ async def test_listening_waits_for_a_server_that_is_starting() -> None:
 def test_bad_arguments_exit_3_as_the_help_says(args: list[str]) -> None:
     """Bad arguments exit 3 ("other", as --help says), never 2, which means "no privilege"."""
     result = subprocess.run(
-        [JDXMAIL, "check-port", *args, "--json"], capture_output=True, text=True, timeout=60
+        [JDXMAIL, "check-port", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == PortExit.OTHER, result.stderr
     document = json.loads(result.stdout)

@@ -57,11 +57,12 @@ def main() -> None:
 
 def _click_errors() -> ModuleType:
     """The exceptions module of the click that Typer runs on (its own copy since 0.2x)."""
+    import importlib  # noqa: PLC0415
+
     try:
-        from typer._click import exceptions  # noqa: PLC0415
-    except ImportError:  # an older Typer on the click package
-        from click import exceptions  # noqa: PLC0415
-    return exceptions
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:  # an older Typer, on the click package
+        return importlib.import_module("click.exceptions")
 
 
 def _usage_error(exc: click.UsageError) -> int:

@@ -546,7 +546,9 @@ def send_test(
             show_default=False,
         ),
     ] = None,
-    port: Annotated[int | None, port_option("The server's port (default: SmtpServer.Port).")] = None,
+    port: Annotated[
+        int | None, port_option("The server's port (default: SmtpServer.Port).")
+    ] = None,
     server: Annotated[
         str | None,
         typer.Option("--server", hidden=True, help="Old spelling of --host HOST:PORT."),
