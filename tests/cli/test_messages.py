@@ -22,9 +22,7 @@ def test_missing_config_from_the_environment_says_so(
     assert "without --config" not in err
 
 
-def test_missing_config_from_the_option_names_the_option(
-    runner: CliRunner, tmp_path: Path
-) -> None:
+def test_missing_config_from_the_option_names_the_option(runner: CliRunner, tmp_path: Path) -> None:
     """With --config, the fix still speaks of --config."""
     code, _, err = invoke(runner, "validate-config", "--config", str(tmp_path / "gone.json"))
     assert code == 2
