@@ -130,6 +130,7 @@ def serve(
         int | None,
         typer.Option(
             "--web-port",
+            metavar="PORT",
             min=0,
             max=65535,
             help="Web console port instead of WebUI.Port (0: any free port).",
