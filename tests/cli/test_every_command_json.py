@@ -17,7 +17,9 @@ from subprocess import CompletedProcess, run
 from typing import NamedTuple
 
 import pytest
+import typer.main
 
+from jdxmail.cli.app import app
 from jdxmail.cli.exitcodes import ExitCode, PortExit, RelayExit
 
 JDXMAIL = str(Path(sys.executable).with_name("jdxmail"))
@@ -159,9 +161,6 @@ def test_json_errors_are_one_document(name: str, configs: Path) -> None:
 
 def test_every_json_command_is_in_the_table() -> None:
     """Each command that takes --json has at least one row (a new one must be added here)."""
-    import typer.main  # noqa: PLC0415
-
-    from jdxmail.cli.app import app  # noqa: PLC0415
 
     def walk(command: object, path: tuple[str, ...]) -> list[tuple[str, ...]]:
         subcommands = getattr(command, "commands", None)
