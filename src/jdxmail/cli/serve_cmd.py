@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -346,4 +347,9 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
     sys.stdout.flush()
     settle_heap()
     await app.serve()
+    # Stopped: what is left is the event loop's teardown. A second SIGTERM or Ctrl-C now
+    # (systemd, an impatient user) would kill the process with the default action and
+    # exit 143 after a clean stop; the process is on its way out anyway.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return ExitCode.OK if app.failure is None else ExitCode.FAILED
