@@ -5,8 +5,8 @@ present ``Origin`` must be the console's own (cross-site requests); a console of
 loopback refuses everything while no console user is configured; bodies are limited
 to :data:`MAX_BODY`; with console users every path but the login page and static
 files needs a session cookie or HTTP Basic; a state-changing request from a browser
-(it sends ``Origin``, a cookie or ``Sec-Fetch-*``) needs the CSRF token of its
-session or cookie in ``X-CSRF-Token`` or the form field ``csrf_token``. Plain API
+(it sends ``Origin``, the session cookie or ``Sec-Fetch-*``) needs the CSRF token of
+its session or cookie in ``X-CSRF-Token`` or the form field ``csrf_token``. Plain API
 clients (curl, a test suite) send none of those and need no token.
 
 Every answer gets a strict Content-Security-Policy (unless the handler set its own,
@@ -162,9 +162,12 @@ class SecurityMiddleware:
             ), receive
         receive = _limited(receive)
 
+        # Every current browser sends Origin with a POST and Sec-Fetch-* with everything;
+        # a session cookie is a browser's too. The CSRF cookie alone is not: API clients
+        # with a cookie jar (requests.Session, httpx.Client) keep it without being one.
         browser = (
             origin is not None
-            or "cookie" in headers
+            or SESSION_COOKIE in request.cookies
             or any(key.startswith("sec-fetch-") for key in headers)
         )
         session = ctx.auth.session(request.cookies.get(SESSION_COOKIE))
@@ -183,7 +186,9 @@ class SecurityMiddleware:
             if credentials is not None:
                 user = await ctx.auth.verify(users, ip, *credentials)
             if user is None:
-                return self._unauthorized(request, browser, "wrong user name or password"), receive
+                answer = json_error(401, "wrong user name or password", "check WebUI.Users")
+                answer.headers["WWW-Authenticate"] = 'Basic realm="jdxmail console"'
+                return answer, receive
         public = any(scope["path"].startswith(p) for p in _PUBLIC)
         if users and user is None and not public:
             return self._unauthorized(request, browser, "log in first"), receive
@@ -192,7 +197,7 @@ class SecurityMiddleware:
             expected = session.csrf
         else:
             expected = request.cookies.get(CSRF_COOKIE, "")
-            if len(expected) < 32:
+            if len(expected) < 32 and not wants_json(scope["path"]):
                 expected = secrets.token_urlsafe(32)
                 cookie = f"{CSRF_COOKIE}={expected}; Path=/; HttpOnly; SameSite=Strict"
                 new_cookie.append(cookie + ("; Secure" if ctx.tls else ""))
