@@ -130,6 +130,7 @@ async def page() -> AsyncIterator[Any]:
             headless=True,
         )
         context = await browser.new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(10_000)
         browser_page = await context.new_page()
         try:
             yield browser_page

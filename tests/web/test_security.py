@@ -163,13 +163,14 @@ async def test_plain_api_client_on_loopback_needs_no_token(console: Console) -> 
 
 
 async def test_every_answer_has_the_security_headers(http: httpx.AsyncClient) -> None:
-    """Pages, API answers and errors carry CSP, no-store, nosniff and no-referrer."""
+    """Pages, API answers and errors carry CSP, no-store, nosniff and a same-origin
+    referrer policy (other sites get no referrer)."""
     for path in ("/", "/api/v1/nothing-here", "/no-page", "/login"):
         answer = await http.get(path)
         assert answer.headers["Content-Security-Policy"] == CSP, path
         assert answer.headers["Cache-Control"] == "no-store", path
         assert answer.headers["X-Content-Type-Options"] == "nosniff", path
-        assert answer.headers["Referrer-Policy"] == "no-referrer", path
+        assert answer.headers["Referrer-Policy"] == "same-origin", path
     assert "'unsafe-inline'" not in CSP
     static = await http.get("/static/console.js")
     assert static.status_code == 200

@@ -11,7 +11,8 @@ clients (curl, a test suite) send none of those and need no token.
 
 Every answer gets a strict Content-Security-Policy (unless the handler set its own,
 e.g. the sandbox of an HTML mail), ``Cache-Control: no-store`` (unless set),
-``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``. An
+``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: same-origin`` (no
+referrer to any other site). An
 exception in a handler is logged and answered 500 without details.
 """
 
@@ -92,7 +93,9 @@ class SecurityMiddleware:
                 if "cache-control" not in headers:
                     headers["Cache-Control"] = "no-cache" if static else "no-store"
                 headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "no-referrer"
+                # not no-referrer: Chrome then sends "Origin: null" with the console's own
+                # form posts; same-origin still tells other sites nothing
+                headers["Referrer-Policy"] = "same-origin"
                 for cookie in new_cookie:
                     headers.append("Set-Cookie", cookie)
             await send(message)
