@@ -469,3 +469,57 @@ async def test_doctor_reports_an_unprotected_console(tmp_path: Path) -> None:
     assert len(rows) == 1
     assert rows[0].ok is False
     assert not report.ok
+
+
+async def test_console_can_use_the_smtp_certificate(
+    make_console: MakeConsole, cert_files: dict[str, str], ca: trustme.CA
+) -> None:
+    """WebUI.UseSmtpCertificate serves HTTPS with SmtpServer.Tls's certificate."""
+    config = json.loads(users_config(web={"UseSmtpCertificate": True}))
+    config["SmtpServer"]["Tls"] = cert_files
+    console = await make_console(json.dumps(config))
+    assert console.url.startswith("https://")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with httpx.AsyncClient(base_url=console.url, verify=context) as client:
+        answer = await client.get("/", auth=(ADMIN, ADMIN_PASSWORD))
+    assert answer.status_code == 200
+
+
+async def test_text_in_pages_is_escaped(http: httpx.AsyncClient) -> None:
+    """Markup in a requested path is shown as text on the 404 page, never run."""
+    answer = await http.get("/%3Cscript%3Ealert(1)%3C/script%3E")
+    assert answer.status_code == 404
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in answer.text
+    assert "<script>alert" not in answer.text
+
+
+async def test_changed_password_takes_effect_on_reload(make_console: MakeConsole) -> None:
+    """After a reload with a new hash the old password no longer opens the API."""
+    console = await make_console(users_config())
+    async with httpx.AsyncClient(base_url=console.url) as client:
+        assert (await client.get("/", auth=(ADMIN, ADMIN_PASSWORD))).status_code == 200
+        config = json.loads(console.config_path.read_text())
+        config["WebUI"]["Users"][0] = {"UserName": ADMIN, "Password": hash_password("new-pw")}
+        console.config_path.write_text(json.dumps(config))
+        assert console.app.reload()
+        assert (await client.get("/", auth=(ADMIN, ADMIN_PASSWORD))).status_code == 401
+        assert (await client.get("/", auth=(ADMIN, "new-pw"))).status_code == 200
+
+
+async def test_off_loopback_console_closes_when_its_users_are_removed(
+    make_console: MakeConsole, cert_files: dict[str, str], ca: trustme.CA
+) -> None:
+    """A reload that removes every console user of an exposed console shuts it (503)."""
+    console = await make_console(users_config(web={"Tls": cert_files}), web_bind="0.0.0.0")
+    config = json.loads(console.config_path.read_text())
+    config["WebUI"]["Users"] = []
+    console.config_path.write_text(json.dumps(config))
+    assert console.app.reload()
+    port = console.web.context.port  # type: ignore[union-attr]
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with httpx.AsyncClient(verify=context) as client:
+        answer = await client.get(f"https://127.0.0.1:{port}/")
+    assert answer.status_code == 503
+    assert "no console user" in answer.json()["error"]

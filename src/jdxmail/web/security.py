@@ -151,7 +151,11 @@ class SecurityMiddleware:
         if method not in _SAFE_METHODS and headers.get("sec-fetch-site") == "cross-site":
             return json_error(403, "cross-site request refused"), receive
 
-        users = ctx.server.settings.web_ui.users
+        settings = ctx.server.settings
+        users = settings.web_ui.users
+        ctx.auth.throttle.configure(  # as SIGHUP does for SMTP AUTH
+            settings.smtp_server.auth_failure_limit, settings.smtp_server.auth_failure_window
+        )
         if not users and not ctx.loopback:
             return json_error(
                 503,
