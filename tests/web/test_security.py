@@ -126,7 +126,7 @@ async def test_browser_post_without_csrf_token_is_refused(
     assert "jdx_csrf" in http.cookies
     answer = await http.post("/logout", headers={"Origin": console.url})
     assert answer.status_code == 403
-    assert "CSRF" in answer.json()["error"]
+    assert "CSRF token" in answer.text
     wrong = await http.post("/logout", headers={"Origin": console.url, "X-CSRF-Token": "x" * 43})
     assert wrong.status_code == 403
 
@@ -216,6 +216,16 @@ async def test_malformed_json_is_a_clear_400(test_area_console: httpx.AsyncClien
     assert listed.status_code == 400
     good = await test_area_console.post("/api/v1/echo", json={"a": 1})
     assert good.json() == {"a": 1}
+
+
+async def test_api_csrf_refusal_is_json(
+    test_area_console: httpx.AsyncClient,
+) -> None:
+    """A browser's API call without the token gets a JSON 403 that JDX.api can show."""
+    origin = str(test_area_console.base_url).rstrip("/")
+    answer = await test_area_console.post("/api/v1/echo", json={}, headers={"Origin": origin})
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "missing or wrong CSRF token"
 
 
 async def test_huge_body_is_refused_with_413(test_area_console: httpx.AsyncClient) -> None:
@@ -521,5 +531,8 @@ async def test_off_loopback_console_closes_when_its_users_are_removed(
     ca.configure_trust(context)
     async with httpx.AsyncClient(verify=context) as client:
         answer = await client.get(f"https://127.0.0.1:{port}/")
+        api = await client.get(f"https://127.0.0.1:{port}/api/v1/events")
     assert answer.status_code == 503
-    assert "no console user" in answer.json()["error"]
+    assert "no console user" in answer.text
+    assert api.status_code == 503
+    assert "no console user" in api.json()["error"]
