@@ -82,9 +82,9 @@ async def test_jdx_api_sends_the_token_and_reports_server_errors(
     with_token = await page.evaluate("JDX.api('POST', '/logout').then(() => 'ok', e => e.message)")
     assert with_token == "ok"
     error = await page.evaluate(
-        "JDX.api('GET', '/api/v1/no-such').then(() => 'ok', e => e.message)"
+        "JDX.api('GET', '/api/v1/no-such').then(() => null, e => [e.message, e.fix, e.status])"
     )
-    assert error.startswith("no such API resource: /api/v1/no-such")
+    assert error == ["no such API resource: /api/v1/no-such", "docs/api.md lists them", 404]
 
 
 async def test_toast_shows_a_message(console: Console, page: Any) -> None:
