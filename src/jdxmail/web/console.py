@@ -139,6 +139,7 @@ class WebConsole:
             date_header=False,
             proxy_headers=False,  # X-Forwarded-For must not fool the login throttle
             ws="none",
+            limit_concurrency=256,  # beyond it: 503 rather than unbounded connections
             timeout_graceful_shutdown=max(int(self.grace), 1),
         )
         config.load()
