@@ -72,15 +72,19 @@ async def test_page_loads_in_chromium_with_no_console_errors(console: Console, p
 
 
 async def test_jdx_api_sends_the_token_and_reports_server_errors(
-    console: Console, page: Any
+    area_console: Console, page: Any
 ) -> None:
     """In chromium JDX.api's POST passes the CSRF check, a bare fetch POST does not, and
     an API error surfaces as the server's message."""
-    await page.goto(console.url + "/")
-    bare = await page.evaluate("fetch('/logout', {method: 'POST'}).then(r => r.status)")
+    await page.goto(area_console.url + "/")
+    bare = await page.evaluate(
+        "fetch('/api/v1/test/echo', {method: 'POST', body: '{}'}).then(r => r.status)"
+    )
     assert bare == 403
-    with_token = await page.evaluate("JDX.api('POST', '/logout').then(() => 'ok', e => e.message)")
-    assert with_token == "ok"
+    echoed = await page.evaluate(
+        "JDX.api('POST', '/api/v1/test/echo', {a: 1}).then(d => d.a, e => e.message)"
+    )
+    assert echoed == 1
     error = await page.evaluate(
         "JDX.api('GET', '/api/v1/no-such').then(() => null, e => [e.message, e.fix, e.status])"
     )

@@ -9,21 +9,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
 import trustme
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
 from jdxmail.diagnostics.doctor import run_doctor
 from jdxmail.passwords import HashType, hash_password
-from jdxmail.web import app as web_app
 from jdxmail.web.console import ConsoleSetupError
-from jdxmail.web.responses import json_body
 from jdxmail.web.security import CSP, MAX_BODY
 from tests.conftest import invoke
 from tests.web.conftest import Console, MakeConsole
@@ -97,66 +92,77 @@ async def test_foreign_host_is_refused(console: Console, http: httpx.AsyncClient
     assert ok.status_code == 200
 
 
-async def test_cross_site_post_is_refused(http: httpx.AsyncClient) -> None:
+async def test_cross_site_post_is_refused(
+    area_console: Console, area_http: httpx.AsyncClient
+) -> None:
     """A POST carrying a foreign Origin is refused even with a valid token and cookie."""
-    first = await http.get("/")
-    token = page_token(first.text)
-    answer = await http.post(
-        "/logout", headers={"Origin": "http://evil.example", "X-CSRF-Token": token}
+    token = page_token((await area_http.get("/")).text)
+    answer = await area_http.post(
+        "/test/form", headers={"Origin": "http://evil.example", "X-CSRF-Token": token}
     )
     assert answer.status_code == 403
     assert "cross-site" in answer.json()["error"]
 
 
-async def test_own_origin_with_token_is_accepted(console: Console, http: httpx.AsyncClient) -> None:
+async def test_own_origin_with_token_is_accepted(
+    area_console: Console, area_http: httpx.AsyncClient
+) -> None:
     """The console's own pages (own Origin, token from the page) may POST."""
-    token = page_token((await http.get("/")).text)
-    answer = await http.post("/logout", headers={"Origin": console.url, "X-CSRF-Token": token})
-    assert answer.status_code == 303
+    token = page_token((await area_http.get("/")).text)
+    answer = await area_http.post(
+        "/test/form", headers={"Origin": area_console.url, "X-CSRF-Token": token}
+    )
+    assert answer.status_code == 200
+    assert answer.text == "done"
 
 
 # -- CSRF -----------------------------------------------------------------------------------
 
 
 async def test_browser_post_without_csrf_token_is_refused(
-    console: Console, http: httpx.AsyncClient
+    area_console: Console, area_http: httpx.AsyncClient
 ) -> None:
     """A browser POST (it sends Origin) without the page's token, or a wrong one, gets 403."""
-    await http.get("/")  # the browser now holds the CSRF cookie
-    assert "jdx_csrf" in http.cookies
-    answer = await http.post("/logout", headers={"Origin": console.url})
+    await area_http.get("/")  # the browser now holds the CSRF cookie
+    assert "jdx_csrf" in area_http.cookies
+    browser = {"Origin": area_console.url}
+    answer = await area_http.post("/test/form", headers=browser)
     assert answer.status_code == 403
     assert "CSRF token" in answer.text
-    wrong = await http.post("/logout", headers={"Origin": console.url, "X-CSRF-Token": "x" * 43})
+    wrong = await area_http.post("/test/form", headers={**browser, "X-CSRF-Token": "x" * 43})
     assert wrong.status_code == 403
 
 
-async def test_api_client_with_a_cookie_jar_needs_no_token(http: httpx.AsyncClient) -> None:
+async def test_api_client_with_a_cookie_jar_needs_no_token(area_http: httpx.AsyncClient) -> None:
     """A test suite's session client (keeps cookies, sends no Origin) is not a browser."""
-    await http.get("/")
-    assert "jdx_csrf" in http.cookies
-    answer = await http.post("/logout")
-    assert answer.status_code == 303
+    await area_http.get("/")
+    assert "jdx_csrf" in area_http.cookies
+    answer = await area_http.post("/test/form")
+    assert answer.status_code == 200
 
 
-async def test_fetch_metadata_marks_a_browser(http: httpx.AsyncClient) -> None:
+async def test_fetch_metadata_marks_a_browser(area_http: httpx.AsyncClient) -> None:
     """A POST with Sec-Fetch-* headers (a browser) but no cookie or token is refused."""
-    answer = await http.post("/logout", headers={"Sec-Fetch-Site": "same-origin"})
+    answer = await area_http.post("/test/form", headers={"Sec-Fetch-Site": "same-origin"})
     assert answer.status_code == 403
 
 
-async def test_csrf_form_field_is_accepted(http: httpx.AsyncClient) -> None:
+async def test_csrf_form_field_is_accepted(
+    area_console: Console, area_http: httpx.AsyncClient
+) -> None:
     """A plain HTML form may send the token as the csrf_token field."""
-    token = page_token((await http.get("/")).text)
-    answer = await http.post("/logout", data={"csrf_token": token})
-    assert answer.status_code == 303
+    token = page_token((await area_http.get("/")).text)
+    answer = await area_http.post(
+        "/test/form", data={"csrf_token": token}, headers={"Origin": area_console.url}
+    )
+    assert answer.status_code == 200
 
 
-async def test_plain_api_client_on_loopback_needs_no_token(console: Console) -> None:
+async def test_plain_api_client_on_loopback_needs_no_token(area_console: Console) -> None:
     """curl-like clients (no Origin, no cookie) may POST without a token when open."""
-    async with httpx.AsyncClient(base_url=console.url) as client:
-        answer = await client.post("/logout")
-    assert answer.status_code == 303
+    async with httpx.AsyncClient(base_url=area_console.url) as client:
+        answer = await client.post("/test/form")
+    assert answer.status_code == 200
 
 
 # -- headers --------------------------------------------------------------------------------
@@ -180,58 +186,37 @@ async def test_every_answer_has_the_security_headers(http: httpx.AsyncClient) ->
 # -- errors ---------------------------------------------------------------------------------
 
 
-async def _echo(request: Request) -> Response:
-    return JSONResponse(await json_body(request))
-
-
-async def _crash(request: Request) -> Response:
-    raise RuntimeError("internal detail /etc/secret")
-
-
 @pytest.fixture
-async def test_area_console(
-    make_console: MakeConsole, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A console with an extra area: POST /api/v1/echo (JSON) and GET /api/v1/crash."""
-    area = SimpleNamespace(
-        routes=[
-            Route("/api/v1/echo", _echo, methods=["POST"]),
-            Route("/api/v1/crash", _crash),
-            Route("/crash", _crash),
-        ]
-    )
-    monkeypatch.setattr(web_app, "AREAS", [*web_app.AREAS, area])
-    console = await make_console()
-    async with httpx.AsyncClient(base_url=console.url) as client:
+async def area_http(area_console: Console) -> AsyncIterator[httpx.AsyncClient]:
+    """A plain client on a console with the test area."""
+    async with httpx.AsyncClient(base_url=area_console.url, timeout=10) as client:
         yield client
 
 
-async def test_malformed_json_is_a_clear_400(test_area_console: httpx.AsyncClient) -> None:
+async def test_malformed_json_is_a_clear_400(area_http: httpx.AsyncClient) -> None:
     """A body that is not JSON gets 400 saying where it broke, not a traceback."""
-    answer = await test_area_console.post("/api/v1/echo", content=b'{"a": ')
+    answer = await area_http.post("/api/v1/test/echo", content=b'{"a": ')
     assert answer.status_code == 400
     assert "not valid JSON" in answer.json()["error"]
     assert "fix" in answer.json()
-    listed = await test_area_console.post("/api/v1/echo", content=b"[1, 2]")
+    listed = await area_http.post("/api/v1/test/echo", content=b"[1, 2]")
     assert listed.status_code == 400
-    good = await test_area_console.post("/api/v1/echo", json={"a": 1})
+    good = await area_http.post("/api/v1/test/echo", json={"a": 1})
     assert good.json() == {"a": 1}
 
 
-async def test_api_csrf_refusal_is_json(
-    test_area_console: httpx.AsyncClient,
-) -> None:
+async def test_api_csrf_refusal_is_json(area_http: httpx.AsyncClient) -> None:
     """A browser's API call without the token gets a JSON 403 that JDX.api can show."""
-    origin = str(test_area_console.base_url).rstrip("/")
-    answer = await test_area_console.post("/api/v1/echo", json={}, headers={"Origin": origin})
+    origin = str(area_http.base_url).rstrip("/")
+    answer = await area_http.post("/api/v1/test/echo", json={}, headers={"Origin": origin})
     assert answer.status_code == 403
     assert answer.json()["error"] == "missing or wrong CSRF token"
 
 
-async def test_huge_body_is_refused_with_413(test_area_console: httpx.AsyncClient) -> None:
+async def test_huge_body_is_refused_with_413(area_http: httpx.AsyncClient) -> None:
     """A body over the limit gets 413 JSON, whether it declares its length or not."""
     big = b"x" * (MAX_BODY + 1)
-    declared = await test_area_console.post("/api/v1/echo", content=big)
+    declared = await area_http.post("/api/v1/test/echo", content=big)
     assert declared.status_code == 413
     assert "larger than" in declared.json()["error"]
 
@@ -239,7 +224,7 @@ async def test_huge_body_is_refused_with_413(test_area_console: httpx.AsyncClien
         for _ in range(3):
             yield b" " * (MAX_BODY // 2)
 
-    streamed = await test_area_console.post("/api/v1/echo", content=chunks())
+    streamed = await area_http.post("/api/v1/test/echo", content=chunks())
     assert streamed.status_code == 413
 
 
@@ -257,13 +242,13 @@ async def test_unknown_paths_are_404_json_for_api_and_a_page_otherwise(
 
 
 async def test_handler_crash_is_500_without_details(
-    test_area_console: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    area_http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An exception in a handler is logged and answered 500 with no detail or traceback."""
-    api = await test_area_console.get("/api/v1/crash")
+    api = await area_http.get("/api/v1/test/crash")
     assert api.status_code == 500
     assert api.json()["error"] == "the console could not answer this request"
-    page = await test_area_console.get("/crash")
+    page = await area_http.get("/test/crash")
     assert page.status_code == 500
     for text in (api.text, page.text):
         assert "/etc/secret" not in text
@@ -536,3 +521,20 @@ async def test_off_loopback_console_closes_when_its_users_are_removed(
     assert "no console user" in answer.text
     assert api.status_code == 503
     assert "no console user" in api.json()["error"]
+
+
+async def test_form_after_the_session_ended_goes_to_login(make_console: MakeConsole) -> None:
+    """A page's form posted after a restart (no session) leads to the login form, and
+    its Log out button just goes there."""
+    console = await make_console(users_config())
+    async with httpx.AsyncClient(base_url=console.url) as client:
+        assert (await login(client)).status_code == 303
+        token = page_token((await client.get("/")).text)
+        console.web.context.auth.close_session(client.cookies["jdx_session"])  # type: ignore[union-attr]
+        browser = {"Origin": console.url, "Sec-Fetch-Site": "same-origin"}
+        posted = await client.post("/settings", data={"csrf_token": token}, headers=browser)
+        assert posted.status_code == 303
+        assert posted.headers["location"] == "/login?next=%2Fsettings"
+        out = await client.post("/logout", data={"csrf_token": token}, headers=browser)
+        assert out.status_code == 303
+        assert out.headers["location"] == "/login"

@@ -54,7 +54,7 @@ CSP = (
     "form-action 'self'; base-uri 'none'; object-src 'none'"
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PUBLIC = ("/login", "/static/")
+_PUBLIC = ("/login", "/logout", "/static/")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -157,6 +157,8 @@ class SecurityMiddleware:
         state["user"] = user
         if scope["method"] in _SAFE_METHODS or not browser:
             return None, receive
+        if scope["path"] == "/logout" and session is None:
+            return None, receive  # no session to end: harmless, and no token to check
         token = headers.get(CSRF_HEADER)
         if token is None and headers.get("content-type", "").startswith(_FORMS):
             body = await _read_all(receive)
@@ -266,7 +268,9 @@ class SecurityMiddleware:
         return not own_port or (port or (443 if scheme == "https" else 80)) == own_port
 
     def _unauthorized(self, request: Request, browser: bool, message: str) -> Response:
-        if wants_json(request.url.path) or request.method != "GET":
+        # pages send people to the login form (a form posted after the session ended,
+        # too); the API and other scripts get 401
+        if wants_json(request.url.path) or (request.method != "GET" and not browser):
             answer = json_error(401, message, "log in, or send HTTP Basic with a console user")
             if not browser:
                 answer.headers["WWW-Authenticate"] = 'Basic realm="jdxmail console"'
