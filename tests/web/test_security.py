@@ -538,3 +538,14 @@ async def test_form_after_the_session_ended_goes_to_login(make_console: MakeCons
         out = await client.post("/logout", data={"csrf_token": token}, headers=browser)
         assert out.status_code == 303
         assert out.headers["location"] == "/login"
+
+
+def test_validate_config_reports_a_console_port_clash(runner: CliRunner, tmp_path: Path) -> None:
+    """WebUI.Port equal to SmtpServer.Port is an error naming WebUI.Port."""
+    config = tmp_path / "appsettings.json"
+    config.write_text('{"SmtpServer": {"Port": 5001}, "WebUI": {"Port": 5001}}', encoding="utf-8")
+    config.chmod(0o600)
+    code, out, _ = invoke(runner, "validate-config", "--config", str(config))
+    assert code != 0
+    assert "WebUI.Port" in out
+    assert "both 5001" in out

@@ -245,6 +245,22 @@ def _check_web(settings: Settings, emit: Emit) -> None:
             'WebUI.UseSmtpCertificate), or set WebUI.BindAddress to "127.0.0.1"',
             ("WebUI", "BindAddress"),
         )
+    smtp = settings.smtp_server
+    same_address = (
+        web.bind_address == smtp.bind_address
+        or _is_wildcard(web.bind_address)
+        or _is_wildcard(smtp.bind_address)
+    )
+    for key, port in (("Port", smtp.port), ("Tls.ImplicitTlsPort", smtp.tls.implicit_tls_port)):
+        if same_address and port == web.port:
+            emit(
+                Severity.ERROR,
+                "web.port-clash",
+                f"WebUI.Port and SmtpServer.{key} are both {web.port}: the console cannot "
+                "listen there, and serve runs without it",
+                'give the console its own port, 5001 by default ("Port": 5001 under WebUI)',
+                ("WebUI", "Port"),
+            )
     if (web.tls.cert_file is None) != (web.tls.key_file is None):
         missing = "KeyFile" if web.tls.key_file is None else "CertFile"
         emit(
