@@ -124,5 +124,9 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         exception_handlers={HTTPException: _http_error, ApiError: _api_error},
     )
     app.state.console = ctx
+    for area in AREAS:  # an area may hook into the running server (e.g. to publish events)
+        setup = getattr(area, "setup", None)
+        if setup is not None:
+            setup(ctx)
     app.add_middleware(SecurityMiddleware, ctx=ctx)
     return app
