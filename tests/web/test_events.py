@@ -74,3 +74,13 @@ async def test_browser_page_gets_events_through_jdx_on(console: Console, page: A
     console.web.context.events.publish("queue", {"depth": 7})  # type: ignore[union-attr]
     # wait_for_selector, not wait_for_function: its polling evals, which the CSP forbids
     assert await (await page.wait_for_selector("#seen")).inner_text() == "7"
+
+
+async def test_closing_wakes_a_long_poll(console: Console) -> None:
+    """A handler waiting on events.closing is woken when the console stops."""
+    hub = console.web.context.events  # type: ignore[union-attr]
+    waiter = asyncio.create_task(hub.closing.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await console.app.stop(5.0)
+    await asyncio.wait_for(waiter, 5)
