@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from jdxmail.diagnostics.doctor import run_doctor
+from jdxmail.logs import MaskingFilter
 from jdxmail.passwords import HashType, hash_password
 from jdxmail.web.console import ConsoleSetupError
 from jdxmail.web.security import CSP, MAX_BODY
@@ -559,3 +561,18 @@ def test_validate_config_reports_a_console_port_clash(runner: CliRunner, tmp_pat
     assert code != 0
     assert "WebUI.Port" in out
     assert "both 5001" in out
+
+
+async def test_console_user_added_by_reload_is_masked_in_logs(make_console: MakeConsole) -> None:
+    """A console user's hash that arrives with a reload never appears in a log line."""
+    console = await make_console()
+    new_hash = hash_password("added-later-pw", HashType.SCRYPT)
+    config = json.loads(users_config())
+    config["WebUI"]["Users"] = [{"UserName": "late", "Password": new_hash, "HashType": "SCRYPT"}]
+    console.config_path.write_text(json.dumps(config))
+    assert console.app.reload()
+    async with httpx.AsyncClient(base_url=console.url) as client:
+        assert (await client.get("/", auth=("late", "added-later-pw"))).status_code == 200
+    record = logging.LogRecord("jdxmail.web", logging.INFO, __file__, 1, new_hash, None, None)
+    MaskingFilter().filter(record)
+    assert new_hash not in record.getMessage()

@@ -28,6 +28,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from jdxmail.logs import register_secret
 from jdxmail.web.auth import client_ip
 from jdxmail.web.responses import ApiError, error_page, json_error, wants_json
 from jdxmail.web.sessions import SESSION_COOKIE, Session, basic_credentials
@@ -74,6 +75,7 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, ctx: ConsoleContext) -> None:
         self.app = app
         self.ctx = ctx
+        self._masked_users: object = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -222,6 +224,10 @@ class SecurityMiddleware:
         ctx = self.ctx
         settings = ctx.server.settings
         users = settings.web_ui.users
+        if users is not self._masked_users:  # new settings (a reload): mask new hashes
+            self._masked_users = users
+            for entry in users:
+                register_secret(entry.password.get_secret_value())
         ctx.auth.throttle.configure(  # as SIGHUP does for SMTP AUTH
             settings.smtp_server.auth_failure_limit, settings.smtp_server.auth_failure_window
         )
