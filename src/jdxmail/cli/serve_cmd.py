@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -333,4 +334,8 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
     sys.stdout.flush()
     settle_heap()
     await app.serve()
+    # Stopped: a second SIGTERM/SIGINT while the loop and its threads wind down must not
+    # kill the process (exit -15 instead of 0); the stop it asks for is done already.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return ExitCode.OK if app.failure is None else ExitCode.FAILED
