@@ -93,6 +93,7 @@ async def run_doctor(
     from jdxmail.settings.checks import check_settings  # noqa: PLC0415
     from jdxmail.settings.files import (  # noqa: PLC0415
         ConfigError,
+        apply_environment,
         builtin_source,
         find_config,
         inspect_source,
@@ -102,7 +103,7 @@ async def run_doctor(
     path = find_config(config)
     report = DoctorReport(str(path) if path is not None else "built-in defaults")
     try:
-        source = builtin_source() if path is None else read_source(path)
+        source = apply_environment(builtin_source() if path is None else read_source(path))
     except ConfigError as error:
         report.add("config", False, str(error), getattr(error, "fix", "") or "")
         _check_writable(report, path)
