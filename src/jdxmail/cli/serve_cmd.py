@@ -157,7 +157,9 @@ def serve(
         )
     try:
         log_file = configure_logging(
-            settings.paths.logs, level=logging.DEBUG if verbose else logging.INFO
+            settings.paths.logs,
+            level=logging.DEBUG if verbose else logging.INFO,
+            log_format=settings.logging.format,
         )
     except LogSetupError as exc:
         fail(str(exc), "make the folder writable or set Paths.Logs", ExitCode.FAILED)

@@ -297,6 +297,13 @@ class PathSettings(Section):
     logs: Path = Path("logs")
 
 
+class LoggingSettings(Section):
+    """How log lines are written."""
+
+    #: "text": one line for people and grep; "json": one JSON object per line
+    format: Literal["text", "json"] = "text"
+
+
 class Settings(Section):
     """Everything jdxmail reads from ``appsettings.json`` or ``jdxmail.toml``."""
 
@@ -306,6 +313,7 @@ class Settings(Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     web_ui: WebUISettings = Field(default_factory=WebUISettings, alias="WebUI")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
     def _one_relay_form(self) -> Settings:

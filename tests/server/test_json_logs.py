@@ -1,0 +1,72 @@
+"""``Logging.Format: "json"``: one JSON object per log line, secrets masked."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+from jdxmail.logs import JsonFormatter, MaskingFilter, register_secret
+from jdxmail.passwords import hash_password
+from tests.server.conftest import PASSWORD, USER, user_entry
+from tests.server.test_lifecycle import ServeProcess, serve, smtp_client, write_json
+
+__all__ = ["serve"]  # the fixture
+
+KEYS = {"time", "level", "category", "session", "message", "fields"}
+
+
+def test_serve_writes_json_lines_with_auth_masked(
+    tmp_path: Path, serve: list[ServeProcess]
+) -> None:
+    """A real serve logs only JSON objects, SMTP lines carry the session, AUTH data never."""
+    config = write_json(
+        tmp_path / "appsettings.json",
+        {"SmtpServer": {"Users": [user_entry()]}, "Logging": {"Format": "json"}},
+    )
+    server = ServeProcess(tmp_path, "--config", str(config), "--verbose")
+    serve.append(server)
+    good = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    wrong = base64.b64encode(f"\0{USER}\0not-the-password".encode()).decode()
+    with smtp_client(server.port) as client:
+        client.ehlo()
+        assert client.docmd("AUTH", f"PLAIN {wrong}")[0] == 535
+        assert client.docmd("AUTH", f"PLAIN {good}")[0] == 235
+        client.sendmail(USER, ["someone@example.org"], "Subject: json\r\n\r\nhi\r\n")
+    code, err = server.stop()
+    assert code == 0
+    text = (tmp_path / "logs" / "jdxmail.log").read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    console = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert records
+    assert all(set(r) == KEYS for r in records + console)
+    smtp = [r for r in records if r["category"] == "SMTP"]
+    assert any("accepted" in r["message"] and r["session"] for r in smtp)
+    assert any(r["category"] == "Auth" and r["level"] == "WARNING" for r in records)
+    for secret in (good, wrong, hash_password(PASSWORD).split("$")[-1], "not-the-password"):
+        assert secret not in text
+        assert secret not in err
+    assert any(r["message"] == ">> AUTH" and r["level"] == "DEBUG" for r in records)
+
+
+def test_fields_and_errors_are_json_and_masked() -> None:
+    """extra= values become fields (secrets masked); an exception is one error text."""
+    register_secret("hunter2-relay-secret")
+    record = logging.LogRecord(
+        "jdxmail.relay", logging.ERROR, "", 0, "login to %s failed", ("relay1",), None
+    )
+    record.session = "3f9a1c2e"
+    record.attempt = 3
+    record.reply = "535 bad password hunter2-relay-secret"
+    try:
+        raise ConnectionError("refused hunter2-relay-secret")
+    except ConnectionError as exc:
+        record.exc_info = (type(exc), exc, exc.__traceback__)
+    MaskingFilter().filter(record)
+    data = json.loads(JsonFormatter().format(record))
+    assert data["category"] == "Relay"
+    assert data["session"] == "3f9a1c2e"
+    assert data["message"] == "login to relay1 failed"
+    assert data["fields"] == {"attempt": 3, "reply": "535 bad password ********"}
+    assert data["error"] == "ConnectionError: refused ********"
