@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jdxmail.logs import register_secret
 from jdxmail.queue.spool import Spool, SpoolError
@@ -29,6 +29,9 @@ from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
 from jdxmail.settings.model import Settings
+
+if TYPE_CHECKING:
+    from jdxmail.health import Readiness
 
 __all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "DeliveryMode", "SmtpServerApp"]
 
@@ -69,6 +72,11 @@ class BoundAddress:
             scheme += "+proxy"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def _where(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _capped_per_client(client_ip: str) -> bool:
@@ -156,6 +164,8 @@ class SmtpServerApp:
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
         self._servers: list[asyncio.Server] = []
+        #: each listener's scheme as BoundAddress shows it (for readiness)
+        self._schemes: dict[asyncio.Server, str] = {}
         #: listeners bound by _start that accept once everything else has started
         self._bound: list[tuple[asyncio.Server, int, str]] = []
         self._sessions: set[SmtpSession] = set()
@@ -220,6 +230,40 @@ class SmtpServerApp:
             if isinstance(component, DeliveryProcess):
                 return component.pid
         return None
+
+    async def readiness(self) -> Readiness:
+        """Whether this server should get traffic: listeners, spool, delivery process."""
+        from jdxmail.health import readiness  # noqa: PLC0415
+        from jdxmail.process import process_alive  # noqa: PLC0415
+
+        listeners = [
+            (f"{self._schemes.get(server, 'smtp')}://{_where(sock)}", self._accepting(server))
+            for server in self._servers
+            for sock in server.sockets
+        ]
+        delivery: tuple[bool, str] | None = None
+        if self.settings.relays and self.delivery == "process":
+            pid = self.delivery_pid
+            alive = pid is not None and process_alive(pid)
+            delivery = (
+                alive,
+                f"the delivery process (PID {pid}) runs"
+                if alive
+                else "the delivery process is not running",
+            )
+        elif self.settings.relays and self.delivery == "inline":
+            delivery = (True, "relaying from the server process")
+        paths = self.settings.paths
+        return await asyncio.to_thread(
+            readiness,
+            paths.spool,
+            self.settings.health.min_free_bytes,
+            listeners=listeners,
+            delivery=delivery,
+        )
+
+    def _accepting(self, server: asyncio.Server) -> bool:
+        return server.is_serving() and not self._stopping and not self._stop_requested.is_set()
 
     @property
     def session_count(self) -> int:
@@ -447,6 +491,7 @@ class SmtpServerApp:
             raise bind_error(exc, self.bind_address, port, key) from None
         for server in servers:
             self._servers.append(server)
+            self._schemes[server] = "smtp+proxy" if proxy else "smtps" if implicit else "smtp"
             self._bound.append((server, port, key))
             for sock in server.sockets:
                 host, bound_port = sock.getsockname()[:2]

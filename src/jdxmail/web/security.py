@@ -53,7 +53,8 @@ CSP = (
     "form-action 'self'; base-uri 'none'; object-src 'none'"
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PUBLIC = ("/login", "/static/")
+#: no login needed: the login page, static files, and the health checks of load balancers
+_PUBLIC = ("/login", "/static/", "/healthz", "/readyz")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
