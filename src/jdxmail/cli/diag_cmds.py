@@ -128,30 +128,9 @@ def port_exit(report: PortReport) -> PortExit:
 
 
 def _port_json(report: PortReport) -> dict[str, Any]:
-    facts = report.privilege
-    return {
-        "address": report.address,
-        "port": report.port,
-        "status": report.status.value,
-        "exit_code": int(port_exit(report)),
-        "holder": None
-        if report.holder is None
-        else {
-            "pid": report.holder.pid,
-            "name": report.holder.name,
-            "user": report.holder.user,
-            "cmdline": report.holder.cmdline,
-        },
-        "privilege": None
-        if facts is None
-        else {
-            "euid": facts.euid,
-            "cap_net_bind_service": facts.cap_net_bind_service,
-            "unprivileged_port_start": facts.unprivileged_port_start,
-        },
-        "probes": [p.to_json() for p in report.probes],
-        "findings": [f.to_json() for f in report.findings],
-    }
+    data = report.to_json()
+    del data["ok"]
+    return {**data, "exit_code": int(port_exit(report))}
 
 
 def check_port(
@@ -384,8 +363,8 @@ def relay_test(
     from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
         ProbeOptions,
         TlsMode,
+        config_targets,
         probe_relay,
-        target_from_relay,
     )
 
     if send and (mail_from is None or rcpt_to is None):
@@ -404,12 +383,11 @@ def relay_test(
                 "--user you@gmail.com`",
                 ExitCode.USAGE,
             )
-        targets = []
-        for index, item in enumerate(relays):
-            key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
-            target = target_from_relay(item, key, 15.0)
-            if relay is None or relay.casefold() == item.display_name.casefold():
-                targets.append(target)
+        targets = [
+            target
+            for target in config_targets(settings)
+            if relay is None or relay.casefold() == target.name.casefold()
+        ]
         if not targets:
             names = ", ".join(r.display_name for r in relays)
             fail(f"no relay named {relay!r}", f"use one of: {names}", ExitCode.USAGE)

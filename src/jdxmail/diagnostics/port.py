@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -140,6 +141,33 @@ class PortReport:
     def ok(self) -> bool:
         """True when the port is free (or the server answers from everywhere it should)."""
         return self.status in (PortStatus.FREE, PortStatus.ANSWERING)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: status, who holds the port, privileges, probes, findings."""
+        facts = self.privilege
+        return {
+            "address": self.address,
+            "port": self.port,
+            "status": self.status.value,
+            "ok": self.ok,
+            "holder": None
+            if self.holder is None
+            else {
+                "pid": self.holder.pid,
+                "name": self.holder.name,
+                "user": self.holder.user,
+                "cmdline": self.holder.cmdline,
+            },
+            "privilege": None
+            if facts is None
+            else {
+                "euid": facts.euid,
+                "cap_net_bind_service": facts.cap_net_bind_service,
+                "unprivileged_port_start": facts.unprivileged_port_start,
+            },
+            "probes": [p.to_json() for p in self.probes],
+            "findings": [f.to_json() for f in self.findings],
+        }
 
 
 def privilege_facts() -> PrivilegeFacts:

@@ -38,7 +38,7 @@ from jdxmail.providers import (
     reply_hint,
     suggest_host,
 )
-from jdxmail.settings.model import RelaySettings
+from jdxmail.settings.model import RelaySettings, Settings
 
 __all__ = [
     "SLOW_STAGE_MS",
@@ -49,6 +49,7 @@ __all__ = [
     "Resolver",
     "Stage",
     "TlsMode",
+    "config_targets",
     "describe_certificate",
     "probe_relay",
     "provider_target",
@@ -267,6 +268,15 @@ def target_from_relay(relay: RelaySettings, key: KeyPath, default_timeout: float
         relay.display_name,
         provider_for_host(relay.host),
     )
+
+
+def config_targets(settings: Settings, default_timeout: float = 15.0) -> list[RelayTarget]:
+    """A target for each relay of *settings*, with its key path (for the findings' fixes)."""
+    targets = []
+    for index, item in enumerate(settings.relays):
+        key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
+        targets.append(target_from_relay(item, key, default_timeout))
+    return targets
 
 
 def sample_message(mail_from: str, rcpt_to: str, host: str) -> bytes:
