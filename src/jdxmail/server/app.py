@@ -208,15 +208,19 @@ class SmtpServerApp:
         """Admit *session*, or name the limit that is reached (the settings key)."""
         server = self.runtime.server
         if self._stopping or len(self._sessions) >= server.max_connections:
+            self.counters.refused_max_connections += 1
             return "MaxConnections"
         ip = session.client_ip
         if _capped_per_client(ip):
             count = self._per_client.get(ip, 0)
             if count >= server.max_connections_per_client:
+                self.counters.refused_per_client += 1
                 return "MaxConnectionsPerClient"
             self._per_client[ip] = count + 1
         self._sessions.add(session)
         self.counters.connections += 1
+        if session.implicit_tls:
+            self.counters.tls_implicit += 1
         return None
 
     def session_closed(self, session: SmtpSession) -> None:
@@ -476,8 +480,8 @@ class SmtpServerApp:
         )
         return True
 
-    def _session_factory(self, implicit: bool) -> Callable[[], SmtpSession]:
-        return lambda: SmtpSession(self, implicit_tls=implicit)
+    def _session_factory(self, implicit: bool, proxy: bool = False) -> Callable[[], SmtpSession]:
+        return lambda: SmtpSession(self, implicit_tls=implicit, proxy=proxy)
 
     async def resume_listeners(self) -> bool:
         """Listen again on the addresses pause_listeners() closed; False if listening.
@@ -498,7 +502,7 @@ class SmtpServerApp:
                 implicit = address.implicit_tls
                 try:
                     server = await loop.create_server(
-                        self._session_factory(implicit),
+                        self._session_factory(implicit, address.proxy),
                         address.host,
                         address.port,
                         ssl=context,
@@ -506,9 +510,18 @@ class SmtpServerApp:
                         reuse_address=True,
                     )
                 except OSError as exc:
-                    key = "SmtpServer.Tls.ImplicitTlsPort" if implicit else "SmtpServer.Port"
+                    key = (
+                        "SmtpServer.ProxyPort"
+                        if address.proxy
+                        else "SmtpServer.Tls.ImplicitTlsPort"
+                        if implicit
+                        else "SmtpServer.Port"
+                    )
                     raise bind_error(exc, address.host, address.port, key) from None
                 servers.append(server)
+                self._schemes[server] = (
+                    "smtp+proxy" if address.proxy else "smtps" if implicit else "smtp"
+                )
         except BaseException:
             for server in servers:
                 server.close()

@@ -11,11 +11,13 @@ private interface.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import TYPE_CHECKING
 
 import uvicorn
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -30,15 +32,22 @@ __all__ = ["MetricsListener", "build_probe_app", "routes"]
 
 logger = logging.getLogger("jdxmail.web")
 
-#: paths that need no console login (see security.py)
-PUBLIC_PATHS = ("/healthz", "/readyz")
-
 
 def _server(request: Request) -> SmtpServerApp:
     """The server behind *request*: the console's, or the Metrics listener's."""
     console = getattr(request.app.state, "console", None)
     server: SmtpServerApp = console.server if console is not None else request.app.state.server
     return server
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: every figure in Prometheus' text format (docs/operations.md)."""
+    from jdxmail.metrics import metric_families, render  # noqa: PLC0415
+
+    server = _server(request)
+    live = server.live_stats()  # this process's figures now, read on the loop
+    body = await asyncio.to_thread(lambda: render(metric_families(server.settings, live)))
+    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: Request) -> Response:
@@ -57,6 +66,7 @@ async def readyz(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET", "HEAD"]),
     Route("/readyz", readyz, methods=["GET", "HEAD"]),
 ]

@@ -234,7 +234,9 @@ class SecurityMiddleware:
         return not own_port or (port or (443 if scheme == "https" else 80)) == own_port
 
     def _unauthorized(self, request: Request, browser: bool, message: str) -> Response:
-        if wants_json(request.url.path) or request.method != "GET":
+        # a scraper is no browser: /metrics answers 401 rather than the login page
+        machine = request.url.path == "/metrics"
+        if wants_json(request.url.path) or request.method != "GET" or machine:
             answer = json_error(401, message, "log in, or send HTTP Basic with a console user")
             if not browser:
                 answer.headers["WWW-Authenticate"] = 'Basic realm="jdxmail console"'
