@@ -434,6 +434,8 @@ def collect(
                 "running": running,
                 "started": stats.started,
                 "updated": stats.updated,
+                # it runs a delivery engine (the delivery process, or --delivery inline)
+                "relaying": bool(stats.relays),
             }
         )
     return Totals(

@@ -25,11 +25,18 @@ def _free_port() -> int:
 
 @pytest.fixture
 def running_serve(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """A real `jdxmail serve` on 127.0.0.1:PORT from a config file, until the test ends."""
+    """A real `jdxmail serve` on 127.0.0.1:PORT from a config file with a relay (so a
+    delivery process runs), until the test ends."""
     port = _free_port()
     config = tmp_path / "appsettings.json"
+    relay = {"Name": "up", "Host": "127.0.0.1", "Port": _free_port(), "UseTls": False}
     config.write_text(
-        json.dumps({"SmtpServer": {"Port": port, "TrustedNetworks": ["127.0.0.0/8"]}}),
+        json.dumps(
+            {
+                "SmtpServer": {"Port": port, "TrustedNetworks": ["127.0.0.0/8"]},
+                "RelayServers": [relay],
+            }
+        ),
         encoding="utf-8",
     )
     config.chmod(0o600)
@@ -70,14 +77,19 @@ async def _ready_rows(runner: CliRunner, config: Path) -> tuple[int, list[dict[s
 async def test_doctor_reports_a_running_server_ready(
     running_serve: tuple[Path, int], runner: CliRunner
 ) -> None:
-    """With serve running, doctor's ready rows say its port accepts and the spool is fine."""
+    """With serve running, doctor's ready rows say its port accepts, the spool is fine
+    and the delivery process relays."""
     config, port = running_serve
     code, rows = await _ready_rows(runner, config)
+    delivery = [r for r in rows if str(r["summary"]).startswith("delivery: ")]
+    assert len(delivery) == 1, rows
+    assert delivery[0]["ok"] is True
+    assert "the delivery process (PID " in str(delivery[0]["summary"])
     assert {(r["ok"], r["summary"]) for r in rows if "listener" in str(r["summary"])} == {
         (True, f"listener: 127.0.0.1:{port} accepts connections")
     }
     assert any(r["ok"] is True and str(r["summary"]).startswith("spool: ") for r in rows)
-    assert code == 0
+    assert code == 1  # the relay (nothing listens there) fails its own rows
 
 
 async def test_doctor_fails_on_a_disk_below_the_free_space_threshold(

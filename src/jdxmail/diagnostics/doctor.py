@@ -26,6 +26,7 @@ from jdxmail.diagnostics.port import (
 from jdxmail.diagnostics.relay_probe import RelayReport, probe_relay, target_from_relay
 from jdxmail.findings import Severity
 from jdxmail.health import readiness
+from jdxmail.stats import collect
 from jdxmail.queue.spool import spool_stats
 from jdxmail.settings.model import Settings
 
@@ -181,12 +182,13 @@ async def _check_ready(report: DoctorReport, settings: Settings, running: bool) 
             if port is not None:
                 shown = f"[{host}]" if ":" in host else host
                 listeners.append((f"{shown}:{port}", await _accepts(host, port)))
+    delivery = await asyncio.to_thread(_delivery_state, settings) if running else None
     result = await asyncio.to_thread(
         readiness,
         settings.paths.spool,
         settings.health.min_free_bytes,
         listeners=listeners,
-        delivery=_delivery_state(settings) if running else None,
+        delivery=delivery,
     )
     for check in result.checks:
         if check.name == "listener" and not running:
@@ -208,8 +210,16 @@ async def _accepts(host: str, port: int) -> bool:
 
 
 def _delivery_state(settings: Settings) -> tuple[bool, str] | None:
-    """Whether a delivery process relays for the running server (None: no relay)."""
-    return None
+    """Whether a delivery engine relays for the running server, as the stats files of
+    the processes sharing its spool say (None: no relay configured)."""
+    if not settings.relays:
+        return None
+    engines = [p for p in collect(settings.paths.spool).processes if p["running"] and p["relaying"]]
+    if not engines:
+        return False, "no process relays the queue (no running delivery process)"
+    engine = engines[0]
+    what = "the delivery process" if engine["role"] == "delivery" else "the server process"
+    return True, f"{what} (PID {engine['pid']}) relays the queue"
 
 
 async def _check_relays(
