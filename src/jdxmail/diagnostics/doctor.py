@@ -26,9 +26,9 @@ from jdxmail.diagnostics.port import (
 from jdxmail.diagnostics.relay_probe import RelayReport, probe_relay, target_from_relay
 from jdxmail.findings import Severity
 from jdxmail.health import readiness
-from jdxmail.stats import collect
 from jdxmail.queue.spool import spool_stats
 from jdxmail.settings.model import Settings
+from jdxmail.stats import collect
 
 __all__ = ["DoctorReport", "DoctorRow", "run_doctor"]
 
