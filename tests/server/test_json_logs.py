@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jdxmail.logs import JsonFormatter, MaskingFilter, register_secret
 from jdxmail.passwords import hash_password
+from jdxmail.settings.files import load_settings
 from tests.server.conftest import PASSWORD, USER, user_entry
 from tests.server.test_lifecycle import ServeProcess, serve, smtp_client, write_json
 
@@ -70,3 +71,12 @@ def test_fields_and_errors_are_json_and_masked() -> None:
     assert data["message"] == "login to relay1 failed"
     assert data["fields"] == {"attempt": 3, "reply": "535 bad password ********"}
     assert data["error"] == "ConnectionError: refused ********"
+
+
+def test_a_dotnet_logging_section_still_validates(tmp_path: Path) -> None:
+    """A JumboDogX file's .NET "Logging": {"LogLevel": ...} is accepted beside Format."""
+    config = write_json(
+        tmp_path / "appsettings.json",
+        {"Logging": {"LogLevel": {"Default": "Information"}}, "SmtpServer": {"Port": 2525}},
+    )
+    assert load_settings(config).settings.logging.format == "text"

@@ -322,6 +322,8 @@ class LoggingSettings(Section):
 
     #: "text": one line for people and grep; "json": one JSON object per line
     format: Literal["text", "json"] = "text"
+    #: .NET's ``Logging.LogLevel`` of a JumboDogX appsettings.json: accepted, not used
+    log_level: dict[str, str] | None = None
 
 
 class Settings(Section):
