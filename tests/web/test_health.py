@@ -104,3 +104,15 @@ def test_metrics_listener_serves_health_checks_without_the_console(
     assert ready.json()["ready"] is True
     assert httpx.get(f"{url}/inbox").status_code == 404  # nothing of the console there
     assert server.stop()[0] == 0
+
+
+async def test_readyz_is_503_while_the_listeners_are_stopped(
+    console: Console, http: httpx.AsyncClient
+) -> None:
+    """Listeners stopped from the dashboard make /readyz 503; started again, 200."""
+    assert await console.app.pause_listeners()
+    paused = await http.get("/readyz")
+    assert paused.status_code == 503
+    assert paused.json()["reasons"] == ["listener: no SMTP listener"]
+    assert await console.app.resume_listeners()
+    assert (await http.get("/readyz")).status_code == 200
