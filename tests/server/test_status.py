@@ -142,3 +142,21 @@ async def test_relay_failure_shows_as_failing_with_its_reply(
     assert upstream["state"] == "resting"
     assert upstream["failures"] == 3
     assert upstream["resting_until"] > status["now"]
+
+
+async def test_resume_keeps_the_proxy_listener_a_proxy_listener(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    """After stop and start the PROXY port still reads the balancer's header first."""
+    from tests.server.test_proxy import proxied, v1
+
+    app = await start_server(make_settings(tmp_path), proxy_port=0)
+    assert await app.pause_listeners()
+    assert await app.resume_listeners()
+    assert any(a.proxy for a in app.addresses)
+    client = await proxied(app, v1())
+    # a plain listener would have answered the PROXY line first (500 unknown command)
+    assert (await client.cmd("HELO client.test")).startswith("250")
+    await client.close()
+    status = (await asyncio.to_thread(server_status, app)).to_json()
+    assert [a["proxy"] for a in status["listeners"]["addresses"]] == [False, True]

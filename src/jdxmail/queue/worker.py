@@ -30,7 +30,7 @@ from typing import Any
 import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
-from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
@@ -878,14 +878,14 @@ class DeliveryEngine:
                 )
             pending = []
         if pending and now - message.received_at >= self.lifetime:
-            days = self.lifetime / 86400
+            lifetime = human_duration(self.lifetime)
             for recipient in pending:
                 last = state.recipients[recipient]
                 reply = last.reply or state.last_reply or "no relay could be reached"
                 state.recipients[recipient] = RecipientState(
                     status=FAILED,
-                    code="4.4.7",
-                    reply=f"message expired after {days:g} days in the queue; last reply: {reply}",
+                    code=EXPIRED_STATUS,
+                    reply=f"message expired after {lifetime} in the queue; last reply: {reply}",
                     relay=last.relay,
                     at=now,
                 )
@@ -1158,7 +1158,6 @@ class DeliveryEngine:
             )
             for r, s in recipients.items()
         ]
-        expired = any(s.code == "4.4.7" for s in recipients.values())
         data, message_id = build_dsn(
             reporting_host=self.host_name,
             original_sender=message.mail_from,
@@ -1166,7 +1165,6 @@ class DeliveryEngine:
             queue_id=message.queue_id,
             received_at=message.received_at,
             failed=failed,
-            expired=expired,
             now=self.clock(),
         )
         sender = message.mail_from

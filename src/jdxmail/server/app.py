@@ -480,7 +480,7 @@ class SmtpServerApp:
         )
         return True
 
-    def _session_factory(self, implicit: bool, proxy: bool = False) -> Callable[[], SmtpSession]:
+    def _session_factory(self, implicit: bool, proxy: bool) -> Callable[[], SmtpSession]:
         return lambda: SmtpSession(self, implicit_tls=implicit, proxy=proxy)
 
     async def resume_listeners(self) -> bool:
@@ -510,13 +510,9 @@ class SmtpServerApp:
                         reuse_address=True,
                     )
                 except OSError as exc:
-                    key = (
-                        "SmtpServer.ProxyPort"
-                        if address.proxy
-                        else "SmtpServer.Tls.ImplicitTlsPort"
-                        if implicit
-                        else "SmtpServer.Port"
-                    )
+                    key = "SmtpServer.Tls.ImplicitTlsPort" if implicit else "SmtpServer.Port"
+                    if address.proxy:
+                        key = "SmtpServer.ProxyPort"
                     raise bind_error(exc, address.host, address.port, key) from None
                 servers.append(server)
                 self._schemes[server] = (

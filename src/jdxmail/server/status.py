@@ -33,10 +33,18 @@ class ListenerStatus:
     port: int
     #: ``implicit`` (TLS from the first byte), ``starttls`` (offered) or ``none``
     tls: str
+    #: connections start with a PROXY protocol header (SmtpServer.ProxyPort)
+    proxy: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"address": self.address, "host": self.host, "port": self.port, "tls": self.tls}
+        return {
+            "address": self.address,
+            "host": self.host,
+            "port": self.port,
+            "tls": self.tls,
+            "proxy": self.proxy,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +182,7 @@ def server_status(app: SmtpServerApp, *, now: float | None = None) -> ServerStat
         listener_state="stopped" if app.paused else "listening",
         listening_since=app.listening_since,
         listeners=[
-            ListenerStatus(str(a), a.host, a.port, _tls_mode(app, a.implicit_tls))
+            ListenerStatus(str(a), a.host, a.port, _tls_mode(app, a.implicit_tls), a.proxy)
             for a in app.addresses
         ],
         sessions=sessions,

@@ -45,6 +45,7 @@ def listeners_json(ctx: ConsoleContext) -> dict[str, Any]:
                 "host": a.host,
                 "port": a.port,
                 "tls": "implicit" if a.implicit_tls else tls,
+                "proxy": a.proxy,
             }
             for a in server.addresses
         ],

@@ -27,7 +27,7 @@
     l.addresses.forEach(function (a) {
       body.appendChild(h("tr", {}, [
         h("td", {}, [h("code", { text: a.address })]),
-        h("td", { text: TLS[a.tls] || a.tls })
+        h("td", { text: (TLS[a.tls] || a.tls) + (a.proxy ? "; PROXY protocol (behind a load balancer)" : "") })
       ]));
     });
     set("listening-since", stopped ? "Stopped: connections are refused."
