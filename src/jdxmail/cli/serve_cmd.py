@@ -145,6 +145,7 @@ def serve(
         int | None,
         typer.Option(
             "--metrics-port",
+            metavar="PORT",
             min=0,
             max=65535,
             help="Serve /metrics, /healthz and /readyz on this port (Metrics listener; "
