@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
+from datetime import date
 from pathlib import Path
 
-from jdxmail.logs import JsonFormatter, MaskingFilter, register_secret
+from jdxmail.diagnostics.doctor import _error_lines
+from jdxmail.logs import JsonFormatter, MaskingFilter, configure_logging, register_secret
+from jdxmail.logview import LogQuery, read_log
 from jdxmail.passwords import hash_password
 from jdxmail.settings.files import load_settings
 from tests.server.conftest import PASSWORD, USER, user_entry
@@ -80,3 +84,28 @@ def test_a_dotnet_logging_section_still_validates(tmp_path: Path) -> None:
         {"Logging": {"LogLevel": {"Default": "Information"}}, "SmtpServer": {"Port": 2525}},
     )
     assert load_settings(config).settings.logging.format == "text"
+
+
+def test_json_lines_read_back_like_text_lines(tmp_path: Path) -> None:
+    """The console's log reader filters JSON lines by level, category and session too."""
+    root = logging.getLogger("jdxmail")
+    level, propagate = root.level, root.propagate
+    folder = tmp_path / "logs"
+    configure_logging(folder, console=io.StringIO(), log_format="json")
+    try:
+        logging.getLogger("jdxmail.smtp").info("127.0.0.1 connected", extra={"session": "s1"})
+        logging.getLogger("jdxmail.relay").error("relay gmail failed: 535 bad credentials")
+    finally:
+        configure_logging(None, console=None)
+        root.setLevel(level)
+        root.propagate = propagate
+    page = read_log(folder, query=LogQuery(level="error"))
+    assert [(line.level, line.category, line.message) for line in page.lines] == [
+        ("ERROR", "Relay", "relay gmail failed: 535 bad credentials")
+    ]
+    (connected,) = read_log(folder, query=LogQuery(text="connected")).lines
+    assert connected.session == "s1"
+    assert connected.time.startswith(date.today().isoformat() + " ")
+    assert _error_lines(folder / "jdxmail.log", date.today()) == [
+        (folder / "jdxmail.log").read_text().splitlines()[1]
+    ]  # doctor's G1 row finds JSON ERROR lines too

@@ -26,13 +26,13 @@ from jdxmail.diagnostics.port import (
 from jdxmail.diagnostics.relay_probe import RelayReport, probe_relay, target_from_relay
 from jdxmail.findings import Severity
 from jdxmail.health import readiness
+from jdxmail.logview import parse_line
 from jdxmail.queue.spool import spool_stats
 from jdxmail.settings.model import Settings
 from jdxmail.stats import collect
 
 __all__ = ["DoctorReport", "DoctorRow", "run_doctor"]
 
-_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 _MAX_ERROR_LINES = 3
 #: a queued message older than this means delivery is stuck
 _STUCK_SECONDS = 3600.0
@@ -353,10 +353,12 @@ def _error_lines(log_file: Path, today: date) -> list[str]:
     try:
         with log_file.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                if " ERROR " not in line:
+                if "ERROR" not in line:
                     continue
-                match = _DATE.match(line)
-                if match is None or match.group(1) == day:
+                parsed = parse_line(line.rstrip("\n"))  # text or JSON lines
+                if parsed.level != "ERROR":
+                    continue
+                if not parsed.time or parsed.time.startswith(day):
                     found.append(line.rstrip("\n"))
     except OSError:
         return []
