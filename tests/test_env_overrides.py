@@ -123,3 +123,18 @@ def test_serve_applies_an_override(
         assert client.rcpt("two@example.org")[0] == 452
     code, _ = server.stop()
     assert code == 0
+
+
+def test_metrics_listener_off_loopback_is_warned_about(
+    runner: CliRunner, write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate-config warns that a Metrics listener on 0.0.0.0 has no login."""
+    path = write_config(CONFIG)
+    monkeypatch.setenv("JDXMAIL_Metrics__Enabled", "true")
+    monkeypatch.setenv("JDXMAIL_Metrics__BindAddress", "0.0.0.0")
+    code, out, _ = invoke(runner, "validate-config", "--config", str(path), "--json")
+    assert code == 0
+    (warning,) = [f for f in json.loads(out)["findings"] if f["code"] == "metrics.off-loopback"]
+    assert warning["severity"] == "warning"
+    assert warning["key"] == "Metrics.BindAddress"
+    assert "no login" in warning["message"]
