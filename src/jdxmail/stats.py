@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -117,15 +118,24 @@ class Counters:
     def observe(self, metric: str, value: float, buckets: tuple[float, ...]) -> None:
         """Count *value* in histogram *metric*: its bucket (upper bounds *buckets*,
         not cumulative; past the last: ``+Inf``), the sum and the count."""
-        index = bisect.bisect_left(buckets, value)
-        bound = "+Inf" if index == len(buckets) else repr(float(buckets[index]))
+        keys = _histogram_keys(metric, buckets)
         series = self.series
-        for key, amount in (
-            (f'{metric}_bucket{{le="{bound}"}}', 1.0),
-            (f"{metric}_sum", value),
-            (f"{metric}_count", 1.0),
-        ):
-            series[key] = series.get(key, 0.0) + amount
+        bucket = keys[bisect.bisect_left(buckets, value)]
+        series[bucket] = series.get(bucket, 0.0) + 1.0
+        series[keys[-2]] = series.get(keys[-2], 0.0) + value
+        series[keys[-1]] = series.get(keys[-1], 0.0) + 1.0
+
+
+@functools.cache
+def _histogram_keys(metric: str, buckets: tuple[float, ...]) -> tuple[str, ...]:
+    """The series keys of histogram *metric*: each bucket's, ``+Inf``'s, sum, count
+    (made once: observe() runs once per message)."""
+    bounds = [repr(float(b)) for b in buckets] + ["+Inf"]
+    return (
+        *(f'{metric}_bucket{{le="{bound}"}}' for bound in bounds),
+        f"{metric}_sum",
+        f"{metric}_count",
+    )
 
 
 def series_key(metric: str, labels: tuple[tuple[str, str], ...]) -> str:
