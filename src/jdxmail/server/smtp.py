@@ -28,6 +28,7 @@ from jdxmail import replies
 from jdxmail.queue.spool import AcceptedMessage, SpoolError, SpoolFull
 from jdxmail.replies import Reply
 from jdxmail.server.auth import SaslError, check_password, decode_response, parse_plain
+from jdxmail.server.domaincheck import DomainCheck
 from jdxmail.server.policy import AuthThrottle, Policy, Route
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class Runtime:
     server: SmtpServerSettings
     host_name: str
     policy: Policy
+    #: asks DNS whether relayed recipients' domains take mail (CheckRecipientDomain)
+    domain_check: DomainCheck | None = None
 
 
 class SessionHost(Protocol):
@@ -791,7 +794,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             )
             self.send(replies.RELAY_DENIED)
             return
-        target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
+        route = policy.route(address)
+        if route is Route.RELAY and runtime.domain_check is not None:
+            refusal = await runtime.domain_check.refusal(address)
+            if refusal is not None:
+                self._log.warning("refused <%s>: %s", address, refusal.text)
+                self.send(refusal)
+                return
+        target = transaction.local if route is Route.LOCAL else transaction.relay
         if address.casefold() not in (a.casefold() for a in target):
             target.append(address)
         self.send(replies.RECIPIENT_OK)
