@@ -36,6 +36,8 @@ __all__ = [
     "SmtpServerSettings",
     "TlsSettings",
     "UserSettings",
+    "WebTlsSettings",
+    "WebUISettings",
     "parse_resolver",
     "relay_password_env",
 ]
@@ -105,6 +107,18 @@ class Section(BaseModel):
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _bind_address(value: str) -> str:
+    """BindAddress: an IP address or ``localhost``; ``*`` or empty mean 0.0.0.0."""
+    if value in ("*", ""):
+        return "0.0.0.0"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if value.lower() != "localhost":
+            raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+    return value
+
+
 class UserSettings(Section):
     """An SMTP user who may log in with AUTH PLAIN or AUTH LOGIN."""
 
@@ -151,11 +165,15 @@ class SmtpServerSettings(Section):
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
     max_connections: int = Field(default=100, ge=1)
+    #: sessions one client address may hold at once (loopback clients are exempt)
+    max_connections_per_client: int = Field(default=25, ge=1)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     #: allow AUTH over an unencrypted connection from off this machine
     allow_plaintext_auth: bool = False
     #: what to do with a bare CR or LF in message data (SMTP smuggling defence)
     bare_line_endings: Literal["Reject", "Normalize"] = "Reject"
+    #: what to do with NUL bytes in message data (never stored or relayed)
+    nul_bytes: Literal["Reject", "Strip"] = "Reject"
     #: failed logins from one client address before it is disconnected with 421
     auth_failure_limit: int = Field(default=5, ge=1)
     #: seconds over which failed logins are counted
@@ -164,14 +182,7 @@ class SmtpServerSettings(Section):
     @field_validator("bind_address")
     @classmethod
     def _bind_address(cls, value: str) -> str:
-        if value in ("*", ""):
-            return "0.0.0.0"
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if value.lower() != "localhost":
-                raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
-        return value
+        return _bind_address(value)
 
     @field_validator("local_domains")
     @classmethod
@@ -189,6 +200,36 @@ class SmtpServerSettings(Section):
         if self.local_domains is not None:
             return self.local_domains
         return sorted({"localhost", self.effective_host_name.lower()})
+
+
+class WebTlsSettings(Section):
+    """The web console's own certificate (HTTPS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        """True when both a certificate and a key file are named."""
+        return self.cert_file is not None and self.key_file is not None
+
+
+class WebUISettings(Section):
+    """The web console and HTTP API that ``jdxmail serve`` runs beside the SMTP server."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: Port = 5001
+    tls: WebTlsSettings = Field(default_factory=WebTlsSettings)
+    #: serve HTTPS with SmtpServer.Tls's certificate (when Tls here names none)
+    use_smtp_certificate: bool = False
+    #: console users (same shape and hashes as SmtpServer.Users); none: open on loopback
+    users: list[UserSettings] = Field(default_factory=list)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        return _bind_address(value)
 
 
 class RelaySettings(Section):
@@ -292,6 +333,7 @@ class Settings(Section):
     relay_servers: list[RelaySettings] = Field(default_factory=list)
     paths: PathSettings = Field(default_factory=PathSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    web_ui: WebUISettings = Field(default_factory=WebUISettings, alias="WebUI")
 
     @model_validator(mode="after")
     def _one_relay_form(self) -> Settings:
@@ -358,7 +400,14 @@ class Settings(Section):
             }
         )
         smtp = self.smtp_server.model_copy(update={"tls": tls})
-        resolved = self.model_copy(update={"paths": paths, "smtp_server": smtp})
+        web_tls = self.web_ui.tls.model_copy(
+            update={
+                "cert_file": under(self.web_ui.tls.cert_file),
+                "key_file": under(self.web_ui.tls.key_file),
+            }
+        )
+        web_ui = self.web_ui.model_copy(update={"tls": web_tls})
+        resolved = self.model_copy(update={"paths": paths, "smtp_server": smtp, "web_ui": web_ui})
         if self.relay_server is not None:
             relay = self.relay_server.model_copy(
                 update={"ca_file": under(self.relay_server.ca_file)}
