@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import ipaddress
 import itertools
 import logging
 import os
@@ -1241,6 +1242,8 @@ def _check_address(address: str, smtputf8: bool) -> None:
         raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="no domain"))
     if domain:
         if domain.startswith("[") and domain.endswith("]"):
+            if not _address_literal(domain[1:-1]):
+                raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad address literal"))
             return
         ascii_domain = domain
         if not domain.isascii():
@@ -1250,3 +1253,21 @@ def _check_address(address: str, smtputf8: bool) -> None:
                 raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain")) from None
         if len(ascii_domain) > 253 or not _DOMAIN.fullmatch(ascii_domain):
             raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain"))
+
+
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+")
+
+
+def _address_literal(text: str) -> bool:
+    """Whether *text* (between the brackets) is an RFC 5321 4.1.3 address literal:
+    a dotted-quad IPv4 address, ``IPv6:`` and an IPv6 address, or ``tag:content``."""
+    try:
+        if text[:5].upper() == "IPV6:":
+            ipaddress.IPv6Address(text[5:])
+        else:
+            if ":" in text:
+                return _GENERAL_LITERAL.fullmatch(text) is not None
+            ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
