@@ -24,6 +24,7 @@ import socket
 import ssl
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ from jdxmail.queue.mailbox import mailbox_dir_for
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.model import Settings
 
-EXAMPLES = int(os.environ.get("JDXMAIL_FUZZ_EXAMPLES", "12"))
+LONG_RUN = os.environ.get("JDXMAIL_FUZZ_EXAMPLES")
+EXAMPLES = int(LONG_RUN or "20")
 STEPS = int(os.environ.get("JDXMAIL_FUZZ_STEPS", "25"))
 USER, PASSWORD = "fuzz@fuzz.test", "fuzz-password"
 
@@ -211,6 +213,8 @@ class SmtpMachine(RuleBasedStateMachine):
     server: ServerThread
     mailbox: Path
     errors: list[logging.LogRecord]
+    #: what the run did (messages accepted and refused, logins, TLS, groups)
+    seen: Counter[str]
 
     def __init__(self) -> None:
         super().__init__()
@@ -351,6 +355,7 @@ class SmtpMachine(RuleBasedStateMachine):
             raise Broken("421")
         expected = expected_final(data if data.endswith(b"\r\n") else data + b"\r\n")
         assert code == expected, f"final reply {code}, expected {expected} for {data!r}"
+        self.seen["accepted" if code == 250 else "refused"] += 1
         if code == 250:
             self.accepted.append(Accepted(list(self.conn.recipients), data, token))
         self.conn.in_mail, self.conn.recipients = False, []
@@ -373,6 +378,7 @@ class SmtpMachine(RuleBasedStateMachine):
             assert codes == [250] * (len(rcpts) + 1) + [354], codes
             self.conn.in_mail = True
             self.conn.recipients = [f"{r}@fuzz.test" for r in rcpts]
+            self.seen["pipelined"] += 1
             self._send_body(body)
 
         self._do(act)
@@ -421,6 +427,7 @@ class SmtpMachine(RuleBasedStateMachine):
                 assert not self.conn.authenticated
                 assert not self.conn.in_mail
                 self.conn.authenticated = True
+                self.seen["logged in"] += 1
 
         self._do(act)
 
@@ -442,6 +449,7 @@ class SmtpMachine(RuleBasedStateMachine):
             context.verify_mode = ssl.CERT_NONE
             wrapped = context.wrap_socket(self.conn.sock, server_hostname="localhost")
             fresh = Conn(wrapped, greeted=True, tls=True)
+            self.seen["tls"] += 1
             self.conn = fresh
 
         self._do(act)
@@ -519,6 +527,7 @@ class SmtpMachine(RuleBasedStateMachine):
                     rb"(?:(?:Received|Date|Message-ID):[^\r\n]*\r\n(?:\t[^\r\n]*\r\n)*)+", prefix
                 ), prefix
                 stored[0].unlink()
+                self.seen["checked in the mailbox"] += 1
 
 
 class _Errors(logging.Handler):
@@ -574,6 +583,7 @@ def test_smtp_protocol_fuzz(
     the right class, the server up, accepted mail intact and the log free of errors."""
     server, mailbox, errors = fuzz_server
     SmtpMachine.server, SmtpMachine.mailbox, SmtpMachine.errors = server, mailbox, errors
+    SmtpMachine.seen = Counter()
     run_state_machine_as_test(
         SmtpMachine,
         settings=settings(
@@ -581,6 +591,12 @@ def test_smtp_protocol_fuzz(
             stateful_step_count=STEPS,
             deadline=None,
             database=None,
+            # the CI budget is the same examples every run; a long run explores
+            derandomize=LONG_RUN is None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+    seen = SmtpMachine.seen
+    print(f"fuzz run: {EXAMPLES} examples x {STEPS} steps: {dict(seen)}")
+    assert seen["accepted"] > 0
+    assert seen["refused"] > 0
