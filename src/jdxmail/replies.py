@@ -98,6 +98,9 @@ NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; send RSET to start over
 # -- transaction --------------------------------------------------------------------
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+RECIPIENT_DOMAIN_UNKNOWN = Reply(
+    550, "5.1.2", "Recipient domain {domain} {reason}; check the address{hint}"
+)
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 #: RFC 3030: each BDAT chunk but the LAST one
 CHUNK_OK = Reply(250, "2.0.0", "{size} octets received")

@@ -150,7 +150,8 @@ class DeliveryOptions:
     @classmethod
     def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
         """The options the config's ``Delivery`` section asks for."""
-        return cls(**delivery.model_dump())
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in delivery.model_dump().items() if k in names})
 
 
 @dataclass(slots=True)

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jdxmail.logs import register_secret
 from jdxmail.queue.spool import Spool, SpoolError
+from jdxmail.server.domaincheck import DomainCheck, system_resolver
 from jdxmail.server.errors import ServerDisabledError, ServerError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
-from jdxmail.settings.model import Settings
+from jdxmail.settings.model import Settings, parse_resolver
 from jdxmail.stats import Counters, ProcessStats, StatsRecorder
 
 if TYPE_CHECKING:
@@ -298,7 +299,31 @@ class SmtpServerApp:
         policy = Policy(
             server, relays_configured=bool(settings.relays), tls_available=tls_available
         )
-        return Runtime(server=server, host_name=server.effective_host_name, policy=policy)
+        return Runtime(
+            server=server,
+            host_name=server.effective_host_name,
+            policy=policy,
+            domain_check=self._domain_check(settings),
+        )
+
+    def _domain_check(self, settings: Settings) -> DomainCheck | None:
+        """The recipient-domain check when ``Delivery.CheckRecipientDomain`` is on."""
+        delivery = settings.delivery
+        if not delivery.check_recipient_domain or not settings.relays:
+            return None
+        if delivery.dns_resolver is not None:
+            resolver = parse_resolver(delivery.dns_resolver)
+        else:
+            found = system_resolver()
+            if found is None:
+                logger.warning(
+                    "Delivery.CheckRecipientDomain is on, but no DNS server is known "
+                    "(no nameserver in /etc/resolv.conf): recipient domains are not "
+                    "checked; set Delivery.DnsResolver"
+                )
+                return None
+            resolver = found
+        return DomainCheck(resolver)
 
     def _default_components(self) -> list[Component]:
         """Components started with every server besides those added with add_component.

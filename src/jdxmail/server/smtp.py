@@ -38,6 +38,7 @@ from jdxmail.server.auth import (
     decode_utf8,
     parse_plain,
 )
+from jdxmail.server.domaincheck import DomainCheck
 from jdxmail.server.policy import AuthThrottle, Policy, Route
 from jdxmail.stats import COMMIT_BUCKETS, Counters
 
@@ -122,6 +123,8 @@ class Runtime:
     server: SmtpServerSettings
     host_name: str
     policy: Policy
+    #: asks DNS whether relayed recipients' domains take mail (CheckRecipientDomain)
+    domain_check: DomainCheck | None = None
 
 
 class SessionHost(Protocol):
@@ -1002,7 +1005,15 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.host.counters.reject("policy")
             self.send(replies.RELAY_DENIED)
             return
-        target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
+        route = policy.route(address)
+        if route is Route.RELAY and runtime.domain_check is not None:
+            refusal = await runtime.domain_check.refusal(address)
+            if refusal is not None:
+                self._log.warning("refused <%s>: %s", address, refusal.text)
+                self.host.counters.rejected += 1
+                self.send(refusal)
+                return
+        target = transaction.local if route is Route.LOCAL else transaction.relay
         if address.casefold() not in (a.casefold() for a in target):
             target.append(address)
         self.send(replies.RECIPIENT_OK)
@@ -1589,6 +1600,8 @@ def _check_address(address: str, smtputf8: bool) -> None:
         raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="no domain"))
     if domain:
         if domain.startswith("[") and domain.endswith("]"):
+            if not _address_literal(domain[1:-1]):
+                raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad address literal"))
             return
         ascii_domain = domain
         if not domain.isascii():
@@ -1598,3 +1611,21 @@ def _check_address(address: str, smtputf8: bool) -> None:
                 raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain")) from None
         if len(ascii_domain) > 253 or not _DOMAIN.fullmatch(ascii_domain):
             raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain"))
+
+
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+")
+
+
+def _address_literal(text: str) -> bool:
+    """Whether *text* (between the brackets) is an RFC 5321 4.1.3 address literal:
+    a dotted-quad IPv4 address, ``IPv6:`` and an IPv6 address, or ``tag:content``."""
+    try:
+        if text[:5].upper() == "IPV6:":
+            ipaddress.IPv6Address(text[5:])
+        else:
+            if ":" in text:
+                return _GENERAL_LITERAL.fullmatch(text) is not None
+            ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True

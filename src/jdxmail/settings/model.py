@@ -38,6 +38,7 @@ __all__ = [
     "UserSettings",
     "WebTlsSettings",
     "WebUISettings",
+    "parse_resolver",
     "relay_password_env",
 ]
 
@@ -270,6 +271,27 @@ class RelaySettings(Section):
         return self.use_tls and self.port == 465
 
 
+def parse_resolver(text: str) -> tuple[str, int]:
+    """A DNS server as ``ip``, ``ip:port``, ``[v6]:port`` or a bare IPv6 → (ip, port).
+
+    Raises ValueError when the host is not an IP address (a resolver given by name
+    would need DNS to be found).
+    """
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = int(number)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return host, port
+
+
 class DeliverySettings(Section):
     """How queued mail is relayed: retries, parallel sessions, sender rewriting."""
 
@@ -287,6 +309,23 @@ class DeliverySettings(Section):
     rewrite_from: bool = False
     #: 8-bit content for a relay without 8BITMIME: a 7bit copy (qp/base64), or a bounce
     eight_bit_downgrade: Literal["Convert", "Bounce"] = "Convert"
+    #: ask DNS (MX, then A/AAAA) whether a relayed recipient's domain takes mail at RCPT
+    check_recipient_domain: bool = False
+    #: the DNS server for that check (``ip`` or ``ip:port``); default: /etc/resolv.conf
+    dns_resolver: str | None = None
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _resolver_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_resolver(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address with an optional port "
+                    "(127.0.0.1, 127.0.0.1:5353, [::1]:53)"
+                ) from None
+        return value
 
 
 class PathSettings(Section):
