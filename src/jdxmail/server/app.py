@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from jdxmail.inbox.index import MailboxIndex, RetentionLimits
 from jdxmail.logs import register_secret
 from jdxmail.queue.spool import Spool, SpoolError
+from jdxmail.server.chaos import Chaos
 from jdxmail.server.errors import ServerDisabledError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
@@ -130,6 +132,11 @@ class SmtpServerApp:
         #: True when that certificate is the self-signed dev certificate
         self.certificate_self_signed = False
         self.throttle = AuthThrottle(server.auth_failure_limit, server.auth_failure_window)
+        #: injected failures (off by default), kept across reloads
+        self.chaos = Chaos()
+        #: the index of the local mailboxes (the dev inbox), made by start() in the
+        #: process that relays (one per ``serve --workers``), else None
+        self.inbox: MailboxIndex | None = None
         self.runtime = self._runtime(settings)
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
@@ -197,7 +204,9 @@ class SmtpServerApp:
         policy = Policy(
             server, relays_configured=bool(settings.relays), tls_available=tls_available
         )
-        return Runtime(server=server, host_name=server.effective_host_name, policy=policy)
+        return Runtime(
+            server=server, host_name=server.effective_host_name, policy=policy, chaos=self.chaos
+        )
 
     def _default_components(self) -> list[Component]:
         """Components started with every server besides those added with add_component.
@@ -205,23 +214,32 @@ class SmtpServerApp:
         The delivery engine (or the process running it) is created and returned here
         when relays are configured.
         """
-        if self._own_spool is None or not self.settings.relays or self.delivery == "none":
+        if self._own_spool is None or self.delivery == "none":
             return []
+        self.inbox = MailboxIndex(self.settings.paths.mailbox, limits=self._mailbox_limits)
+        if not self.settings.relays:
+            return [self.inbox]
         if self.delivery == "process" and self.config_path is not None:
             from jdxmail.server.delivery import DeliveryProcess  # noqa: PLC0415
 
             return [
+                self.inbox,
                 DeliveryProcess(
                     self.config_path,
                     grace=self.grace,
                     on_exit=lambda: self.component_failed("the delivery process ended"),
                     server_stopping=lambda: self._stopping or self._stop_requested.is_set(),
                     config_text=self.config_text,
-                )
+                ),
             ]
         from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
 
-        return [DeliveryEngine(self.settings, self._own_spool)]
+        return [self.inbox, DeliveryEngine(self.settings, self._own_spool)]
+
+    def _mailbox_limits(self) -> RetentionLimits:
+        mailbox = self.settings.mailbox
+        max_age = None if mailbox.max_age is None else float(mailbox.max_age)
+        return RetentionLimits(max_messages=mailbox.max_messages, max_age=max_age)
 
     def add_component(self, component: Component) -> None:
         """Run *component* with the server: started before the listeners, stopped after."""

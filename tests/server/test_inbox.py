@@ -1,0 +1,248 @@
+"""The dev inbox index of a running server: listing, search, envelope, retention, chaos."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from jdxmail.inbox.checks import check_message
+from jdxmail.inbox.index import MailboxIndex, MessageEntry
+from jdxmail.inbox.message import parse_message
+from jdxmail.queue.spool import AcceptedMessage, Spool
+from jdxmail.server.app import SmtpServerApp
+from jdxmail.server.chaos import ChaosRule
+from tests.server.conftest import Client, StartServer, make_settings, port_of
+
+
+def html_mail(subject: str, to: str = "dev@localhost", body: str = "Hello there") -> EmailMessage:
+    """A multipart message: text, HTML (base64) and a PDF attachment."""
+    message = EmailMessage()
+    message["From"] = "App <app@example.com>"
+    message["To"] = to
+    message["Subject"] = subject
+    message.set_content(body)
+    message.add_alternative(f"<p>{body}</p>", subtype="html", cte="base64")
+    message.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="a.pdf")
+    return message
+
+
+async def send(app: SmtpServerApp, message: EmailMessage, rcpts: list[str] | None = None) -> None:
+    """Send *message* with smtplib (in a thread: the server runs on this loop)."""
+
+    def go() -> None:
+        with smtplib.SMTP("127.0.0.1", port_of(app)) as client:
+            client.send_message(message, from_addr="bounce@example.com", to_addrs=rcpts)
+
+    await asyncio.to_thread(go)
+
+
+async def arrival(index: MailboxIndex, count: int = 1) -> list[MessageEntry]:
+    """Wait until *count* more messages were announced by *index*."""
+    seen: list[MessageEntry] = []
+    done = asyncio.Event()
+
+    def on(entry: MessageEntry) -> None:
+        seen.append(entry)
+        if len(seen) >= count:
+            done.set()
+
+    index.subscribe(on)
+    await asyncio.wait_for(done.wait(), 10)
+    return seen
+
+
+async def test_sent_mail_is_listed_with_envelope_and_session(start_server: StartServer) -> None:
+    """A message sent with smtplib is listed newest first with its headers, envelope,
+    attachment count and the SMTP session it came in on."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox, 2))
+    await send(app, html_mail("first"))
+    await send(app, html_mail("second"))
+    await waiting
+    page = await app.inbox.page(0, 10)
+    assert page.total == 2
+    assert [m.summary.subject for m in page.messages] == ["second", "first"]
+    entry = page.messages[0]
+    assert entry.summary.sender == "App <app@example.com>"
+    assert entry.summary.to == ("dev@localhost",)
+    assert entry.summary.attachments == 1
+    assert entry.summary.envelope.mail_from == "bounce@example.com"
+    assert entry.summary.envelope.rcpt_to == "dev@localhost"
+    parsed = parse_message(await app.inbox.read(entry))
+    assert parsed.session is not None
+    assert parsed.session.client_address == "127.0.0.1"
+    assert parsed.session.tls is False
+    assert parsed.session.auth_user is None
+    assert parsed.html is not None
+    assert "<p>Hello there</p>" in parsed.html
+    assert [(a.filename, a.content_type, a.size) for a in parsed.attachments] == [
+        ("a.pdf", "application/pdf", 13)
+    ]
+
+
+async def test_search_finds_body_text_of_an_encoded_part(start_server: StartServer) -> None:
+    """A search for a word only in the base64 HTML part or in To finds the message."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox, 2))
+    await send(app, html_mail("one", body="plain words"))
+    message = html_mail("two", to="qa@localhost", body="x")
+    message.get_payload()[0].get_payload()[1].set_content(  # type: ignore[union-attr,index]
+        "<p>zebracorn</p>", subtype="html", cte="base64"
+    )
+    await send(app, message)
+    await waiting
+    found = await app.inbox.page(0, 10, "zebracorn")
+    assert [m.summary.subject for m in found.messages] == ["two"]
+    assert [m.summary.subject for m in (await app.inbox.page(0, 10, "to:qa@")).messages] == [
+        "two"
+    ]
+    assert (await app.inbox.page(0, 10, 'subject:"one" plain')).total == 1
+    assert (await app.inbox.page(0, 10, "nothing-like-this")).total == 0
+
+
+async def test_mail_stored_by_another_process_shows_up(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A message another process stores into the same mailboxes (serve --workers) is
+    announced, and one removed by hand disappears from the list."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    other = Spool(tmp_path / "spool2", tmp_path / "mailbox")
+    async with other:
+        await other.store(
+            AcceptedMessage(
+                mail_from="a@example.com",
+                relay_recipients=(),
+                local_recipients=("new-box@localhost",),
+                data=b"Subject: from elsewhere\r\n\r\nhi\r\n",
+                message_id="x1@test",
+                auth_user=None,
+                client_address="127.0.0.1",
+                session_id="s",
+                received_at=time.time(),
+            )
+        )
+    (entry,) = await waiting
+    assert entry.summary.subject == "from elsewhere"
+    assert entry.folder == "new-box@localhost"
+    app.inbox.path_of(entry).unlink()
+    for _ in range(200):
+        if app.inbox.get(entry.id) is None:
+            break
+        await asyncio.sleep(0.01)
+    assert app.inbox.get(entry.id) is None
+
+
+async def test_max_messages_keeps_the_newest(tmp_path: Path, start_server: StartServer) -> None:
+    """With Mailbox.MaxMessages 2, sending three messages leaves the two newest files."""
+    settings = make_settings(tmp_path).model_copy(
+        update={"mailbox": make_settings(tmp_path).mailbox.model_copy(update={"max_messages": 2})}
+    )
+    app = await start_server(settings)
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox, 3))
+    for n in range(3):
+        await send(app, html_mail(f"m{n}"))
+    await waiting
+    for _ in range(200):
+        files = list((tmp_path / "mailbox").glob("*/*.eml"))
+        if len(files) == 2:  # noqa: PLR2004
+            break
+        await asyncio.sleep(0.01)
+    assert len(files) == 2  # noqa: PLR2004
+    assert sorted(m.summary.subject for m in app.inbox.newest()) == ["m1", "m2"]
+
+
+async def test_ids_are_never_paths(start_server: StartServer) -> None:
+    """Anything that is not a known id (path tricks included) finds nothing."""
+    app = await start_server()
+    assert app.inbox is not None
+    for bad in ("../../etc/passwd", "dev@localhost/x.eml", "", "0" * 17, "A" * 16):
+        assert app.inbox.get(bad) is None
+    assert await app.inbox.delete(["../x", "/etc/passwd"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "expected"),
+    [
+        ("MAIL", 451, "451 4.3.0 Chaos: temporary failure injected by jdxmail, try again"),
+        ("RCPT", 452, "452 4.3.1 Chaos: insufficient storage injected by jdxmail, try again"),
+        ("DATA", 451, "451 4.3.0 Chaos: temporary failure injected by jdxmail, try again"),
+    ],
+)
+async def test_chaos_answers_at_the_chosen_command(
+    start_server: StartServer, stage: str, code: int, expected: str
+) -> None:
+    """Chaos at 100% answers the chosen command with the chosen code; off again, it
+    accepts mail as usual."""
+    app = await start_server()
+    app.chaos.configure({stage: ChaosRule(code, 100)})  # type: ignore[dict-item]
+    client = await Client.connect(port_of(app))
+    await client.ehlo()
+    replies = [
+        await client.cmd("MAIL FROM:<a@example.com>"),
+        await client.cmd("RCPT TO:<dev@localhost>"),
+        await client.cmd("DATA"),
+    ]
+    assert expected in replies
+    app.chaos.configure({})
+    await client.cmd("RSET")
+    assert (await client.cmd("MAIL FROM:<a@example.com>")).startswith("250")
+
+
+async def test_chaos_421_closes_the_connection(start_server: StartServer) -> None:
+    """Chaos 421 at MAIL sends the reply and closes the connection."""
+    app = await start_server()
+    app.chaos.configure({"MAIL": ChaosRule(421, 100)})
+    client = await Client.connect(port_of(app))
+    await client.ehlo()
+    assert (await client.cmd("MAIL FROM:<a@example.com>")).startswith("421 4.3.2 Chaos")
+    assert await client.reader.read() == b""
+
+
+def test_chaos_rule_refuses_unknown_codes() -> None:
+    """Only 451, 452, 535 and 421 at 0-100 percent can be configured."""
+    with pytest.raises(ValueError, match="code must be one of"):
+        ChaosRule(550, 50)
+    with pytest.raises(ValueError, match="0 to 100"):
+        ChaosRule(451, 150)
+
+
+def test_checks_find_what_mail_clients_drop() -> None:
+    """The dev checks list links with their targets, images without alt, the missing
+    text part and the features clients drop."""
+    raw = (
+        b"From: a@example.com\r\nTo: b@example.com\r\nSubject: s\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+        b'<p style="position: fixed">Hi <a href="http://localhost:3000/reset">reset</a>'
+        b' <a href="https://example.com/x">site</a><img src="https://example.com/i.png">'
+        b"<script>alert(1)</script><form></form></p>\r\n"
+    )
+    report = check_message(parse_message(raw))
+    codes = {f.code for f in report.findings}
+    assert {
+        "no-text-part",
+        "img-alt",
+        "feature-script",
+        "feature-form",
+        "feature-position",
+    } <= codes
+    assert [(link.href, link.text) for link in report.links] == [
+        ("http://localhost:3000/reset", "reset"),
+        ("https://example.com/x", "site"),
+    ]
+    assert report.links[0].problem is not None
+    assert "localhost" in report.links[0].problem
+    assert report.links[1].problem is None
