@@ -27,7 +27,9 @@ def html_mail(subject: str, to: str = "dev@localhost", body: str = "Hello there"
     message["Subject"] = subject
     message.set_content(body)
     message.add_alternative(f"<p>{body}</p>", subtype="html", cte="base64")
-    message.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="a.pdf")
+    message.add_attachment(
+        b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="a.pdf"
+    )
     return message
 
 
@@ -102,9 +104,7 @@ async def test_search_finds_body_text_of_an_encoded_part(start_server: StartServ
     await waiting
     found = await app.inbox.page(0, 10, "zebracorn")
     assert [m.summary.subject for m in found.messages] == ["two"]
-    assert [m.summary.subject for m in (await app.inbox.page(0, 10, "to:qa@")).messages] == [
-        "two"
-    ]
+    assert [m.summary.subject for m in (await app.inbox.page(0, 10, "to:qa@")).messages] == ["two"]
     assert (await app.inbox.page(0, 10, 'subject:"one" plain')).total == 1
     assert (await app.inbox.page(0, 10, "nothing-like-this")).total == 0
 
@@ -158,10 +158,10 @@ async def test_max_messages_keeps_the_newest(tmp_path: Path, start_server: Start
     await waiting
     for _ in range(200):
         files = list((tmp_path / "mailbox").glob("*/*.eml"))
-        if len(files) == 2:  # noqa: PLR2004
+        if len(files) == 2:
             break
         await asyncio.sleep(0.01)
-    assert len(files) == 2  # noqa: PLR2004
+    assert len(files) == 2
     assert sorted(m.summary.subject for m in app.inbox.newest()) == ["m1", "m2"]
 
 

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from jdxmail.web import auth
+from jdxmail.web import auth, inbox
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
 from jdxmail.web.responses import ApiError, error_page, page
@@ -35,6 +35,7 @@ HERE = Path(__file__).parent
 
 #: the area modules whose ``routes`` are mounted (each helper adds its own, one line)
 AREAS: list[ModuleType] = []
+AREAS.append(inbox)
 
 #: the navigation bar of every page: (area key for ``active``, label, link)
 NAV: list[tuple[str, str, str]] = [
@@ -122,5 +123,9 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         exception_handlers={HTTPException: _http_error, ApiError: _api_error},
     )
     app.state.console = ctx
+    for area in AREAS:  # an area may hook into the running server (e.g. to publish events)
+        setup = getattr(area, "setup", None)
+        if setup is not None:
+            setup(ctx)
     app.add_middleware(SecurityMiddleware, ctx=ctx)
     return app

@@ -71,8 +71,8 @@ def setup(ctx: ConsoleContext) -> None:
 
 
 def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 
@@ -157,7 +157,9 @@ def chaos_json(ctx: ConsoleContext) -> dict[str, Any]:
     rules: dict[str, Any] = {}
     for stage in STAGES:
         rule = chaos.rules.get(stage)
-        rules[stage] = None if rule is None else {"code": rule.code, "probability": rule.probability}
+        rules[stage] = (
+            None if rule is None else {"code": rule.code, "probability": rule.probability}
+        )
     return {"active": chaos.active, "rules": rules, "codes": sorted(CHAOS_CODES)}
 
 
@@ -388,7 +390,9 @@ async def put_chaos(request: Request) -> Response:
     body = await json_body(request)
     given = body.get("rules", {})
     if not isinstance(given, dict):
-        raise ApiError(400, 'rules must be an object, e.g. {"RCPT": {"code": 452, "probability": 50}}')
+        raise ApiError(
+            400, 'rules must be an object, e.g. {"RCPT": {"code": 452, "probability": 50}}'
+        )
     rules: dict[str, ChaosRule] = {}
     for stage, value in given.items():
         if stage not in STAGES:
@@ -396,7 +400,7 @@ async def put_chaos(request: Request) -> Response:
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise ApiError(400, f"{stage}: give {{\"code\": 451, \"probability\": 10}} or null")
+            raise ApiError(400, f'{stage}: give {{"code": 451, "probability": 10}} or null')
         code, probability = value.get("code"), value.get("probability", 0)
         if not isinstance(code, int) or not isinstance(probability, int | float):
             raise ApiError(400, f"{stage}: code must be a number and probability a percentage")

@@ -192,7 +192,9 @@ class SecurityMiddleware:
             expected = session.csrf
         else:
             expected = request.cookies.get(CSRF_COOKIE, "")
-            if len(expected) < 32:
+            # API answers set no cookie: a client keeping cookies (httpx, requests.Session)
+            # would be taken for a browser on its next call and need a token
+            if len(expected) < 32 and not wants_json(scope["path"]):
                 expected = secrets.token_urlsafe(32)
                 cookie = f"{CSRF_COOKIE}={expected}; Path=/; HttpOnly; SameSite=Strict"
                 new_cookie.append(cookie + ("; Secure" if ctx.tls else ""))
