@@ -239,7 +239,13 @@ def check_message(message: ParsedMessage) -> CheckReport:
     bad_links = [link for link in report.links if link.problem]
     if bad_links:
         findings.append(
-            Finding("links", "warning", "links to look at (see the list of links)", len(bad_links))
+            Finding(
+                "links",
+                "warning",
+                f"{len(bad_links)} link{'' if len(bad_links) == 1 else 's'} to look at: see the "
+                "problem beside each link",
+                len(bad_links),
+            )
         )
     if not message.summary.subject:
         findings.append(Finding("no-subject", "info", "no Subject header"))

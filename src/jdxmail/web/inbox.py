@@ -459,6 +459,9 @@ async def message_page(request: Request) -> Response:
             "raw": raw.decode("utf-8", "replace"),
             "checks": checks_json(report),
             "relays": [r.display_name for r in ctx.server.settings.relays],
+            "remote_images": sum(
+                1 for i in report.images if i.src.lower().startswith(("http:", "https:", "//"))
+            ),
         },
         active="inbox",
     )

@@ -20,7 +20,8 @@
   function prettify(root) {
     root.querySelectorAll("[data-bytes]").forEach(function (el) { el.textContent = humanSize(el.dataset.bytes); });
     root.querySelectorAll("time[datetime]").forEach(function (el) {
-      el.textContent = localTime(el.getAttribute("datetime"));
+      const iso = el.getAttribute("datetime");
+      el.textContent = el.classList.contains("full") ? new Date(iso).toLocaleString() : localTime(iso);
       el.title = el.getAttribute("datetime");
     });
   }
@@ -55,7 +56,9 @@
     if (m.attachments) {
       const clip = document.createElement("span");
       clip.className = "clip";
-      clip.textContent = " 📎 " + m.attachments;
+      clip.textContent = String(m.attachments);
+      clip.title = m.attachments + (m.attachments === 1 ? " attachment" : " attachments");
+      subject.appendChild(document.createTextNode(" "));
       subject.appendChild(clip);
     }
     tr.appendChild(subject);
