@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import smtplib
 import time
 from email.message import EmailMessage
@@ -12,7 +13,7 @@ import pytest
 
 from jdxmail.inbox.checks import check_message
 from jdxmail.inbox.index import MailboxIndex, MessageEntry
-from jdxmail.inbox.message import parse_message
+from jdxmail.inbox.message import parse_message, parse_summary
 from jdxmail.queue.spool import AcceptedMessage, Spool
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.server.chaos import ChaosRule
@@ -246,3 +247,48 @@ def test_checks_find_what_mail_clients_drop() -> None:
     assert report.links[0].problem is not None
     assert "localhost" in report.links[0].problem
     assert report.links[1].problem is None
+
+
+async def test_max_age_removes_old_messages_at_start(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    """With Mailbox.MaxAge, a message file older than that is removed when serve starts;
+    a recent one stays."""
+    box = tmp_path / "mailbox" / "dev@localhost"
+    box.mkdir(parents=True)
+    old, new = box / "old@x.eml", box / "new@x.eml"
+    for path in (old, new):
+        path.write_bytes(b"Subject: " + path.stem.encode() + b"\r\n\r\nx\r\n")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    base = make_settings(tmp_path)
+    settings = base.model_copy(
+        update={"mailbox": base.mailbox.model_copy(update={"max_age": 86400})}
+    )
+    app = await start_server(settings)
+    assert app.inbox is not None
+    await app.inbox.ready()
+    for _ in range(200):
+        if not old.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not old.exists()
+    assert new.exists()
+    assert [m.summary.subject for m in app.inbox.newest()] == ["new@x"]
+
+
+def test_summary_decodes_encoded_words_and_folded_headers() -> None:
+    """Encoded-word subjects and sender names and folded headers read as the user sees
+    them; a Return-Path the client sent further down is not taken as the envelope."""
+    raw = (
+        b"Received: from x ([127.0.0.1])\r\n\tby mx (jdxmail) with ESMTP id a.1; now\r\n"
+        b"From: =?utf-8?b?SsO8cmdlbg==?= <j@example.com>\r\n"
+        b"To: a@example.com,\r\n b@example.com\r\n"
+        b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= aus\r\n\tBerlin\r\n"
+        b"Return-Path: <forged@evil.example>\r\n\r\nbody\r\n"
+    )
+    summary = parse_summary(raw)
+    assert summary.sender == "Jürgen <j@example.com>"
+    assert summary.to == ("a@example.com", "b@example.com")
+    assert summary.subject == "Grüße aus Berlin"
+    assert summary.envelope.mail_from is None

@@ -9,12 +9,15 @@ because its headers always come after ours.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import mmap
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import EmailMessage
 from email.utils import getaddresses
 
 __all__ = [
@@ -110,17 +113,40 @@ def _text(value: object) -> str:
     return "" if value is None else " ".join(str(value).split())
 
 
+def _decoded(value: str) -> str:
+    """A header value with RFC 2047 encoded words decoded, white space folded."""
+    if "=?" in value:
+        with contextlib.suppress(ValueError, LookupError, HeaderParseError):
+            value = str(make_header(decode_header(value)))
+    return " ".join(value.split())
+
+
 def _addresses(values: list[str]) -> tuple[str, ...]:
     out: list[str] = []
-    for name, address in getaddresses(values):
+    for raw_name, address in getaddresses(values):
+        name = _decoded(raw_name)
         if not address and not name:
             continue
         out.append(f"{name} <{address}>" if name and address else address or name)
     return tuple(out)
 
 
-def _parse_headers(head: bytes) -> Message:
-    return email.message_from_bytes(head, policy=email.policy.default)
+_FOLDED = re.compile(r"\r?\n(?=[ \t])")
+
+
+def header_lines(head: bytes) -> list[tuple[str, str]]:
+    """The (name, raw value) pairs of a header section, in order, unfolded.
+
+    A few string operations instead of the email package's parser: the index reads
+    every message's headers at start, and the parser took ~0.5 ms a message.
+    """
+    text = _FOLDED.sub("", head.decode("utf-8", "replace"))
+    lines: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        name, colon, value = line.rstrip("\r").partition(":")
+        if colon and name and name == name.strip() and name.isprintable():
+            lines.append((name, value.strip()))
+    return lines
 
 
 def _envelope(lines: list[tuple[str, str]]) -> Envelope:
@@ -133,28 +159,23 @@ def _envelope(lines: list[tuple[str, str]]) -> Envelope:
     return Envelope(mail_from, rcpt_to)
 
 
-def _summary(message: Message, attachments: int) -> Summary:
-    def get(name: str) -> str:
-        try:
-            return _text(message.get(name))
-        except (ValueError, IndexError, TypeError):  # malformed header the policy gave up on
-            return _text(message.get_all(name, [""])[0] if message.get_all(name) else "")
-
+def _summary(lines: list[tuple[str, str]], attachments: int) -> Summary:
     def all_of(name: str) -> list[str]:
-        try:
-            return [str(v) for v in message.get_all(name) or []]
-        except (ValueError, IndexError, TypeError):
-            return []
+        return [value for key, value in lines if key.lower() == name]
+
+    def first(name: str) -> str:
+        values = all_of(name)
+        return _decoded(values[0]) if values else ""
 
     senders = _addresses(all_of("from"))
     return Summary(
-        sender=senders[0] if senders else get("from"),
+        sender=senders[0] if senders else first("from"),
         to=_addresses(all_of("to")),
         cc=_addresses(all_of("cc")),
-        subject=get("subject"),
-        date=get("date"),
-        message_id=get("message-id").strip("<>"),
-        envelope=_envelope([(k, str(v)) for k, v in message.raw_items()]),
+        subject=first("subject"),
+        date=first("date"),
+        message_id=first("message-id").strip("<>"),
+        envelope=_envelope(lines),
         attachments=attachments,
     )
 
@@ -166,7 +187,7 @@ def parse_summary(head: bytes, whole: bytes | mmap.mmap | None = None) -> Summar
     ``Content-Disposition: attachment`` lines, without parsing the MIME tree.
     """
     attachments = len(_ATTACHMENT.findall(whole)) if whole is not None else 0
-    return _summary(_parse_headers(header_section(head)), attachments)
+    return _summary(header_lines(header_section(head)), attachments)
 
 
 def _session(headers: list[tuple[str, str]], envelope: Envelope) -> Session | None:
@@ -263,7 +284,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
             text = _body_text(part)
         elif kind == "text/html" and html is None:
             html = _body_text(part)
-    summary = _summary(message, sum(1 for a in attachments if not a.inline))
+    summary = _summary(
+        header_lines(header_section(raw)), sum(1 for a in attachments if not a.inline)
+    )
     return ParsedMessage(
         summary=summary,
         session=_session(headers, summary.envelope),
