@@ -14,9 +14,11 @@ import pytest
 from jdxmail.inbox.checks import check_message
 from jdxmail.inbox.index import MailboxIndex, MessageEntry
 from jdxmail.inbox.message import parse_message, parse_summary
+from jdxmail.queue.mailbox import delivery_head
 from jdxmail.queue.spool import AcceptedMessage, Spool
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.server.chaos import ChaosRule
+from jdxmail.server.smtp import add_trace_headers
 from tests.server.conftest import Client, StartServer, make_settings, port_of
 
 
@@ -292,3 +294,30 @@ def test_summary_decodes_encoded_words_and_folded_headers() -> None:
     assert summary.to == ("a@example.com", "b@example.com")
     assert summary.subject == "Grüße aus Berlin"
     assert summary.envelope.mail_from is None
+
+
+@pytest.mark.parametrize("recipients", [["a@localhost"], ["a@localhost", "b@localhost"]])
+def test_session_is_read_from_our_received_header(recipients: list[str]) -> None:
+    """The session (client, HELO, TLS, login, transaction id) comes from the Received
+    header the server writes, with one recipient or several."""
+    data, _ = add_trace_headers(
+        b"Subject: s\r\n\r\nx\r\n",
+        helo="laptop.test",
+        client_ip="192.0.2.7",
+        host_name="mx.test",
+        protocol="ESMTPSA",
+        transaction_id="0a1b2c3d.4",
+        auth_user="bob",
+        recipients=recipients,
+        when=time.time(),
+    )
+    raw = delivery_head("app@example.com", recipients[0]) + bytes(data)
+    session = parse_message(raw).session
+    assert session is not None
+    assert (session.client_address, session.helo, session.transaction_id) == (
+        "192.0.2.7",
+        "laptop.test",
+        "0a1b2c3d.4",
+    )
+    assert session.tls is True
+    assert session.auth_user == "bob"

@@ -255,3 +255,26 @@ async def test_release_without_relay_says_why(console: Console, http: httpx.Asyn
     response = await http.post(f"/api/v1/messages/{found['id']}/release", json={"to": ["a@b.c"]})
     assert response.status_code == 409
     assert "RelayServer" in response.json()["fix"]
+
+
+async def test_html_frame_policy_and_inline_images(
+    console: Console, http: httpx.AsyncClient
+) -> None:
+    """The HTML frame forbids scripts and remote content (unless ?remote=1) and shows the
+    mail's own cid: images inline."""
+    message = mail("with logo", html='<p>Hi</p><img src="cid:logo@shop" alt="logo">')
+    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part.add_related(  # type: ignore[union-attr]
+        b"\x89PNG\r\n\x1a\nfake", maintype="image", subtype="png", cid="<logo@shop>"
+    )
+    await send(console, message)
+    found = await wait_for(http, "with logo")
+    frame = await http.get(f"/inbox/{found['id']}/html")
+    policy = frame.headers["content-security-policy"]
+    assert "script-src 'none'" in policy
+    assert "sandbox" in policy
+    assert "img-src 'self' data:;" in policy
+    assert 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in frame.text
+    remote = await http.get(f"/inbox/{found['id']}/html", params={"remote": "1"})
+    assert "img-src 'self' data: http: https:" in remote.headers["content-security-policy"]
+    assert "script-src 'none'" in remote.headers["content-security-policy"]

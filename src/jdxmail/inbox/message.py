@@ -36,7 +36,7 @@ _ATTACHMENT = re.compile(rb"(?im)^content-disposition:[ \t]*attachment")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _OURS = re.compile(
     r"^from (?P<helo>\S+) \(\[(?P<ip>[^\]]*)\]\)\s+by (?P<host>\S+) \(jdxmail\) "
-    r"with (?P<proto>\S+) id (?P<id>\S+?);?(?:\s+\(authenticated user (?P<user>[^)]*)\))?"
+    r"with (?P<proto>\S+) id (?P<id>[^\s;]+);?(?:\s+\(authenticated user (?P<user>[^)]*)\))?"
     r"(?:\s+for <(?P<rcpt>[^>]*)>)?;?\s*(?P<date>.*)$",
     re.DOTALL,
 )

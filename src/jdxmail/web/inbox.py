@@ -14,6 +14,7 @@ font unless the page asks for ``?remote=1`` (the "load remote content" button).
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import re
 from datetime import UTC, datetime
@@ -41,6 +42,8 @@ PAGE_SIZE = 50
 MAX_LIMIT = 1000
 #: the longest a wait-for-message call may wait, in seconds
 MAX_WAIT = 300.0
+#: cid: images up to this size are shown in the HTML (as data: URLs)
+_INLINE_IMAGE_LIMIT = 5 * 1024 * 1024
 _CID = re.compile(r"""(?i)(["'(])cid:([^"')\s>]+)""")
 
 #: the HTML mail's policy: no script ever; remote content only when asked for
@@ -467,27 +470,43 @@ async def message_page(request: Request) -> Response:
     )
 
 
-def _frame_html(entry: MessageEntry, parsed: ParsedMessage) -> str:
+def _frame_html(raw: bytes, parsed: ParsedMessage) -> str:
+    """The HTML body with ``cid:`` images put inline as data: URLs.
+
+    Inline, not links to the attachment API: the sandboxed frame has an opaque origin,
+    so its requests carry no console cookie (with console users they would be refused).
+    """
     body = parsed.html or ""
-    by_cid = {a.content_id: a.index for a in parsed.attachments if a.content_id}
+    if "cid:" not in body.lower():
+        return '<base target="_blank">' + body
+    images: dict[str, str] = {}
+    for part in attachment_parts(parse_raw(raw)):
+        content_id = str(part.get("content-id", "")).strip().strip("<>")
+        payload = part.get_payload(decode=True)
+        if (
+            content_id
+            and part.get_content_maintype() == "image"
+            and isinstance(payload, bytes)
+            and len(payload) <= _INLINE_IMAGE_LIMIT
+        ):
+            encoded = base64.b64encode(payload).decode("ascii")
+            images[content_id] = f"data:{part.get_content_type()};base64,{encoded}"
 
     def cid(match: re.Match[str]) -> str:
-        number = by_cid.get(match[2])
-        if number is None:
-            return match[0]
-        return f"{match[1]}/api/v1/messages/{entry.id}/attachments/{number}"
+        url = images.get(match[2])
+        return match[0] if url is None else f"{match[1]}{url}"
 
     return '<base target="_blank">' + _CID.sub(cid, body)
 
 
 async def message_html(request: Request) -> Response:
     """``/inbox/{id}/html``: the HTML body for the sandboxed iframe (see the module)."""
-    entry, _, parsed = await _parsed(request)
+    _, raw, parsed = await _parsed(request)
     if parsed.html is None:
         text = html.escape(parsed.text or "(this message has no HTML part)")
         content = f'<pre style="white-space:pre-wrap;font:14px monospace">{text}</pre>'
     else:
-        content = _frame_html(entry, parsed)
+        content = await asyncio.to_thread(_frame_html, raw, parsed)
     remote = request.query_params.get("remote") == "1"
     return Response(
         content,
