@@ -191,7 +191,7 @@ async def test_chaos_answers_at_the_chosen_command(
     """Chaos at 100% answers the chosen command with the chosen code; off again, it
     accepts mail as usual."""
     app = await start_server()
-    app.chaos.configure({stage: ChaosRule(code, 100)})  # type: ignore[dict-item]
+    app.chaos.configure({stage: ChaosRule(code, 100)})
     client = await Client.connect(port_of(app))
     await client.ehlo()
     replies = [
@@ -321,3 +321,22 @@ def test_session_is_read_from_our_received_header(recipients: list[str]) -> None
     )
     assert session.tls is True
     assert session.auth_user == "bob"
+
+
+async def test_chaos_reaches_other_processes_sharing_the_spool(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    """Chaos set on one server (the console's worker) applies on another sharing its
+    spool (another worker) once it looks at the shared rules; turned off, it is off there."""
+    settings = make_settings(tmp_path)
+    first = await start_server(settings)
+    second = await start_server(settings)
+    first.chaos.configure({"RCPT": ChaosRule(452, 100)})
+    second.chaos.refresh()  # what its once-a-second look does
+    client = await Client.connect(port_of(second))
+    await client.ehlo()
+    await client.cmd("MAIL FROM:<a@example.com>")
+    assert (await client.cmd("RCPT TO:<dev@localhost>")).startswith("452 4.3.1 Chaos")
+    first.chaos.configure({})
+    second.chaos.refresh()
+    assert (await client.cmd("RCPT TO:<dev@localhost>")).startswith("250")

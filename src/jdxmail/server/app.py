@@ -133,7 +133,7 @@ class SmtpServerApp:
         self.certificate_self_signed = False
         self.throttle = AuthThrottle(server.auth_failure_limit, server.auth_failure_window)
         #: injected failures (off by default), kept across reloads
-        self.chaos = Chaos()
+        self.chaos = Chaos(settings.paths.spool / "chaos.json")
         #: the index of the local mailboxes (the dev inbox), made by start() in the
         #: process that relays (one per ``serve --workers``), else None
         self.inbox: MailboxIndex | None = None
@@ -349,6 +349,7 @@ class SmtpServerApp:
         for component in [*self._default_components(), *self.components]:
             await component.start()
             self._started_components.append(component)
+        await self.chaos.start(reset=self.inbox is not None)
         if self._before_listen is not None:
             await self._before_listen()
         loop = asyncio.get_running_loop()
@@ -474,6 +475,7 @@ class SmtpServerApp:
             except Exception:
                 logger.exception("a component failed to stop")
         self._started_components.clear()
+        await self.chaos.stop()
         if self._own_spool is not None:
             await self._own_spool.close()
         self._servers.clear()

@@ -411,7 +411,7 @@ async def put_chaos(request: Request) -> Response:
             rules[stage] = ChaosRule(code, float(probability))
         except ValueError as exc:
             raise ApiError(400, f"{stage}: {exc}") from None
-    ctx.server.chaos.configure(rules)  # type: ignore[arg-type]
+    ctx.server.chaos.configure(rules)
     return JSONResponse(chaos_json(ctx))
 
 
