@@ -147,3 +147,22 @@ async def test_screenshots_of_inbox_and_message(
     assert await page.locator("[data-panel=checks]").is_visible()
     assert "points at this machine" in await page.locator("[data-panel=checks]").inner_text()
     await shot(page, "message-checks.png", tmp_path)
+
+
+async def test_chaos_panel_turns_chaos_on_and_off(
+    console: Console, http: httpx.AsyncClient, page: Any
+) -> None:
+    """The Chaos panel of the inbox sets a rule (the server then answers RCPT with 452)
+    and turns chaos off again."""
+    await page.goto(console.url + "/inbox")
+    await page.click("#chaos summary")
+    await page.select_option("select[name=code-RCPT]", "452")
+    await page.fill("input[name=p-RCPT]", "100")
+    await page.click("#chaos-form button[type=submit]")
+    await page.wait_for_selector("#chaos-state.on")
+    state = (await http.get("/api/v1/chaos")).json()
+    assert state["rules"]["RCPT"] == {"code": 452, "probability": 100.0}
+    assert console.app.chaos.reply("RCPT") is not None
+    await page.click("#chaos-off")
+    await page.wait_for_selector("#chaos-state.off")
+    assert (await http.get("/api/v1/chaos")).json()["active"] is False
