@@ -122,7 +122,7 @@ async def test_screenshots_of_inbox_and_message(
         )
         message.replace_header("From", senders[n % len(senders)])
         await send(console, message)
-    await wait_for(http, "Order #1025 confirmed")
+    await wait_for(http, "Invitation: design review 1029")  # the last one sent
     await page.goto(console.url + "/inbox")
     rows = page.locator("#messages tbody tr")
     assert await rows.count() == 30
