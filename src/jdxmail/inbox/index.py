@@ -20,6 +20,7 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import itertools
 import logging
 import mmap
 import os
@@ -150,11 +151,15 @@ class MailboxIndex:
         self._limits = limits
         self._entries: dict[str, MessageEntry] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        self._order: list[tuple[float, str]] = []
+        #: (time, arrival number, id) of every message, oldest first: file times are
+        #: coarse (a few ms), so messages stored together are kept in arrival order
+        self._order: list[tuple[float, int, str]] = []
+        self._order_key: dict[str, tuple[float, int, str]] = {}
+        self._arrivals = itertools.count()
         self._listeners: list[Callable[[MessageEntry], None]] = []
         self._waiters: list[tuple[Callable[[MessageEntry], bool], asyncio.Future[MessageEntry]]]
         self._waiters = []
-        self._pending: set[tuple[str, str]] = set()
+        self._pending: dict[tuple[str, str], None] = {}
         self._loader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._watcher: MailboxWatcher | None = None
@@ -214,7 +219,7 @@ class MailboxIndex:
 
     def newest(self) -> Iterable[MessageEntry]:
         """Every message, newest first."""
-        for _, message_id in reversed(self._order):
+        for *_, message_id in reversed(self._order):
             yield self._entries[message_id]
 
     async def page(self, start: int = 0, limit: int = 50, query: str = "") -> Page:
@@ -223,7 +228,7 @@ class MailboxIndex:
         parsed = Query.parse(query)
         if parsed.empty:
             end = len(self._order) - start
-            ids = [m for _, m in reversed(self._order[max(0, end - limit) : max(0, end)])]
+            ids = [m for *_, m in reversed(self._order[max(0, end - limit) : max(0, end)])]
             return Page(len(self._order), start, [self._entries[m] for m in ids])
         matched = await self._search(parsed)
         chosen = [self._entries[m] for m in matched[start : start + limit] if m in self._entries]
@@ -294,7 +299,7 @@ class MailboxIndex:
 
     def _on_file(self, folder: str, name: str, present: bool) -> None:
         if present:
-            self._pending.add((folder, name))
+            self._pending[(folder, name)] = None
             self._kick()
             return
         message_id = self._by_key.get((folder, name))
@@ -309,7 +314,7 @@ class MailboxIndex:
 
     async def _scan_folder(self, folder: str) -> None:
         names = await asyncio.to_thread(_files_in, self.root / folder)
-        self._pending.update((folder, n) for n in names)
+        self._pending.update(dict.fromkeys((folder, n) for n in names))
         self._kick()
 
     def _kick(self) -> None:
@@ -318,14 +323,13 @@ class MailboxIndex:
 
     async def _load_pending(self) -> None:
         while self._pending:
-            batch, self._pending = list(self._pending), set()
+            batch, self._pending = list(self._pending), {}
             loaded = await asyncio.to_thread(_load_entries, self.root, batch)
             for key in batch:
-                entry = loaded.get(key)
-                if entry is None:
-                    if (gone := self._by_key.get(key)) is not None:
-                        self._remove(gone)
-                    continue
+                if key not in loaded and (gone := self._by_key.get(key)) is not None:
+                    self._remove(gone)
+            # by time; a stable sort keeps the order of the events for equal times
+            for entry in sorted(loaded.values(), key=lambda e: e.time):
                 self._add(entry, announce=self._ready.is_set())
         self._enforce_count()
 
@@ -333,7 +337,7 @@ class MailboxIndex:
         keys = await asyncio.to_thread(_all_files, self.root)
         for key in [k for k in self._by_key if k not in keys]:
             self._remove(self._by_key[key])
-        self._pending.update(k for k in keys if k not in self._by_key)
+        self._pending.update(dict.fromkeys(k for k in sorted(keys) if k not in self._by_key))
         if self._loader is not None and not self._loader.done():
             await self._loader
         if self._pending:
@@ -354,7 +358,9 @@ class MailboxIndex:
             announce = False  # a file written again (copied in): not new mail
         self._entries[entry.id] = entry
         self._by_key[(entry.folder, entry.name)] = entry.id
-        bisect.insort(self._order, (entry.time, entry.id))
+        key = (entry.time, next(self._arrivals), entry.id)
+        self._order_key[entry.id] = key
+        bisect.insort(self._order, key)
         self._generation += 1
         if not announce:
             return
@@ -372,8 +378,9 @@ class MailboxIndex:
         if entry is None:
             return
         self._by_key.pop((entry.folder, entry.name), None)
-        index = bisect.bisect_left(self._order, (entry.time, entry.id))
-        if index < len(self._order) and self._order[index] == (entry.time, entry.id):
+        key = self._order_key.pop(message_id)
+        index = bisect.bisect_left(self._order, key)
+        if index < len(self._order) and self._order[index] == key:
             del self._order[index]
         self._generation += 1
 
@@ -383,7 +390,7 @@ class MailboxIndex:
         limit = self._limits().max_messages
         if limit is None or len(self._order) <= limit:
             return
-        excess = [m for _, m in self._order[: len(self._order) - limit]]
+        excess = [m for *_, m in self._order[: len(self._order) - limit]]
         logger.info("inbox: removing %d messages over Mailbox.MaxMessages", len(excess))
         self._spawn(self.delete(excess))
 
@@ -393,11 +400,12 @@ class MailboxIndex:
         doomed: list[str] = []
         if limits.max_age is not None:
             cutoff = time.time() - limits.max_age
-            index = bisect.bisect_left(self._order, (cutoff, ""))
-            doomed = [m for _, m in self._order[:index]]
+            index = bisect.bisect_left(self._order, (cutoff, -1, ""))
+            doomed = [m for *_, m in self._order[:index]]
         if limits.max_messages is not None:
             over = len(self._order) - limits.max_messages
-            doomed = list(dict.fromkeys([*doomed, *(m for _, m in self._order[: max(0, over)])]))
+            oldest = (m for *_, m in self._order[: max(0, over)])
+            doomed = list(dict.fromkeys([*doomed, *oldest]))
         if doomed:
             logger.info("inbox: removing %d messages past the Mailbox limits", len(doomed))
         return await self.delete(doomed)
