@@ -40,6 +40,8 @@ __all__ = ["routes", "setup"]
 #: page size of the list (the API's default and largest ?limit=)
 PAGE_SIZE = 50
 MAX_LIMIT = 1000
+#: how much of the source the Raw tab shows (the download has all of it)
+RAW_SHOWN = 256 * 1024
 #: the longest a wait-for-message call may wait, in seconds
 MAX_WAIT = 300.0
 #: cid: images up to this size are shown in the HTML (as data: URLs)
@@ -294,7 +296,7 @@ async def get_attachment(request: Request) -> Response:
 async def get_checks(request: Request) -> Response:
     """``GET /api/v1/messages/{id}/checks``: the dev checks."""
     _, _, parsed = await _parsed(request)
-    return JSONResponse(checks_json(check_message(parsed)))
+    return JSONResponse(checks_json(await asyncio.to_thread(check_message, parsed)))
 
 
 async def delete_message(request: Request) -> Response:
@@ -453,13 +455,14 @@ async def message_page(request: Request) -> Response:
     """``/inbox/{id}``: one message with its tabs."""
     ctx = context(request)
     entry, raw, parsed = await _parsed(request)
-    report = check_message(parsed)
+    report = await asyncio.to_thread(check_message, parsed)
     return page(
         request,
         "message.html",
         {
             "m": message_json(entry, parsed),
-            "raw": raw.decode("utf-8", "replace"),
+            "raw": raw[:RAW_SHOWN].decode("utf-8", "replace"),
+            "raw_cut": len(raw) > RAW_SHOWN,
             "checks": checks_json(report),
             "relays": [r.display_name for r in ctx.server.settings.relays],
             "remote_images": sum(
