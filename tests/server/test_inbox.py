@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import smtplib
 import time
 from email.message import EmailMessage
@@ -340,3 +341,27 @@ async def test_chaos_reaches_other_processes_sharing_the_spool(
     first.chaos.configure({})
     second.chaos.refresh()
     assert (await client.cmd("RCPT TO:<dev@localhost>")).startswith("250")
+
+
+async def test_a_removed_mailbox_folder_leaves_and_comes_back(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    """Removing a recipient's folder by hand empties it from the list; the next mail to
+    that recipient (a new folder) shows up again."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    await send(app, html_mail("before"))
+    await waiting
+    await asyncio.to_thread(shutil.rmtree, tmp_path / "mailbox" / "dev@localhost")
+    for _ in range(200):
+        if len(app.inbox) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert len(app.inbox) == 0
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    await send(app, html_mail("after"))
+    (entry,) = await waiting
+    assert entry.summary.subject == "after"
+    assert [m.summary.subject for m in app.inbox.newest()] == ["after"]

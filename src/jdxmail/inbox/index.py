@@ -311,6 +311,9 @@ class MailboxIndex:
 
     def _on_overflow(self) -> None:
         self._spawn(self._rescan())
+        if self._watcher is not None and not self._watcher.active and self._poller is None:
+            logger.warning("inbox: no longer watching %s; rescanning it instead", self.root)
+            self._poller = asyncio.create_task(self._poll(), name="jdxmail-inbox-rescan")
 
     async def _scan_folder(self, folder: str) -> None:
         names = await asyncio.to_thread(_files_in, self.root / folder)
