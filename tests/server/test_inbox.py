@@ -365,3 +365,13 @@ async def test_a_removed_mailbox_folder_leaves_and_comes_back(
     (entry,) = await waiting
     assert entry.summary.subject == "after"
     assert [m.summary.subject for m in app.inbox.newest()] == ["after"]
+
+
+async def test_chaos_at_auth_answers_535(start_server: StartServer) -> None:
+    """Chaos 535 at AUTH answers the login attempt with the injected failure."""
+    app = await start_server()
+    app.chaos.configure({"AUTH": ChaosRule(535, 100)})
+    client = await Client.connect(port_of(app))
+    await client.ehlo()
+    reply = await client.cmd("AUTH PLAIN AHVzZXIAcGFzcw==")
+    assert reply == "535 5.7.8 Chaos: authentication failure injected by jdxmail"
