@@ -69,7 +69,12 @@ def setup(ctx: ConsoleContext) -> None:
     index = ctx.server.inbox
     if index is None:
         return
-    index.subscribe(lambda entry: ctx.events.publish("message", summary_json(entry)))
+
+    def publish(entry: MessageEntry) -> None:
+        if ctx.events.listeners:  # no open page: not even the JSON is built
+            ctx.events.publish("message", summary_json(entry))
+
+    index.subscribe(publish)
 
 
 # -- JSON shapes ---------------------------------------------------------------------------
