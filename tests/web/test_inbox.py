@@ -109,7 +109,12 @@ async def test_wait_returns_when_mail_arrives(console: Console, http: httpx.Asyn
     waiting = asyncio.ensure_future(
         http.get("/api/v1/messages/wait", params={"to": "late@localhost", "timeout": 20})
     )
-    await asyncio.sleep(0)  # the request is on its way before the mail
+    assert console.app.inbox is not None
+    for _ in range(500):  # the call waits before the mail is sent
+        if console.app.inbox.waiting:
+            break
+        await asyncio.sleep(0.01)
+    assert console.app.inbox.waiting == 1
     await send(console, mail("late one", to="late@localhost"))
     response = await waiting
     assert response.status_code == 200

@@ -204,6 +204,11 @@ class MailboxIndex:
 
     # -- reading ----------------------------------------------------------------------
 
+    @property
+    def waiting(self) -> int:
+        """How many wait_for() calls are waiting for a message."""
+        return len(self._waiters)
+
     def __len__(self) -> int:
         return len(self._entries)
 
