@@ -9,6 +9,7 @@ including jdxmail's ``Received:`` header, goes as it was received.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Protocol
@@ -17,6 +18,8 @@ from jdxmail.inbox.message import header_section, parse_summary, strip_envelope
 from jdxmail.queue.spool import AcceptedMessage
 
 __all__ = ["MAX_RELEASE_RECIPIENTS", "ReleaseError", "parse_recipients", "release"]
+
+logger = logging.getLogger("jdxmail.queue")
 
 #: at most this many addresses per release
 MAX_RELEASE_RECIPIENTS = 50
@@ -80,4 +83,11 @@ async def release(
         session_id="release",
         received_at=time.time(),
     )
-    return await store.store(message)
+    queue_id = await store.store(message)
+    logger.info(
+        "released <%s> from the inbox to %s (queue id %s)",
+        message.message_id,
+        ",".join(recipients),
+        queue_id,
+    )
+    return queue_id
