@@ -1,6 +1,11 @@
 // jdxmail console: the inbox list and the message page (uses JDX from console.js).
 "use strict";
 (function () {
+  // an API error as a toast: the server's error text, and its fix when it gave one
+  function failed(error) {
+    JDX.toast(error.message + (error.fix ? " (" + error.fix + ")" : ""), "error");
+  }
+
   function humanSize(bytes) {
     const n = Number(bytes);
     if (n < 1024) { return n + " B"; }
@@ -117,7 +122,7 @@
           const result = await JDX.api("DELETE", "/api/v1/messages", { ids: ids });
           JDX.toast("Deleted " + result.deleted + " message" + (result.deleted === 1 ? "" : "s"), "ok");
           window.location.reload();
-        } catch (error) { JDX.toast(error.message, "error"); }
+        } catch (error) { failed(error); }
       });
     }
     const delAll = document.getElementById("delete-all");
@@ -128,7 +133,7 @@
           const result = await JDX.api("DELETE", "/api/v1/messages");
           JDX.toast("Deleted " + result.deleted + " messages", "ok");
           window.location.href = "/inbox";
-        } catch (error) { JDX.toast(error.message, "error"); }
+        } catch (error) { failed(error); }
       });
     }
     const live = table.dataset.liveInsert === "1";
@@ -176,13 +181,13 @@
         const state = await JDX.api("PUT", "/api/v1/chaos", { rules: rules });
         show(state);
         JDX.toast(state.active ? "Chaos is on" : "Chaos is off", state.active ? "info" : "ok");
-      } catch (error) { JDX.toast(error.message, "error"); }
+      } catch (error) { failed(error); }
     });
     document.getElementById("chaos-off").addEventListener("click", async function () {
       try {
         show(await JDX.api("PUT", "/api/v1/chaos", { rules: {} }));
         JDX.toast("Chaos is off", "ok");
-      } catch (error) { JDX.toast(error.message, "error"); }
+      } catch (error) { failed(error); }
     });
   }
 
@@ -212,7 +217,7 @@
       try {
         await JDX.api("DELETE", "/api/v1/messages/" + encodeURIComponent(id));
         window.location.href = "/inbox";
-      } catch (error) { JDX.toast(error.message, "error"); }
+      } catch (error) { failed(error); }
     });
     const release = document.getElementById("release-form");
     if (release) {
@@ -224,7 +229,7 @@
           const result = await JDX.api("POST", "/api/v1/messages/" + encodeURIComponent(id) + "/release", body);
           JDX.toast("Queued as " + result.queued + " for " + result.to.join(", "), "ok");
           release.reset();
-        } catch (error) { JDX.toast(error.message, "error"); }
+        } catch (error) { failed(error); }
       });
     }
   }
