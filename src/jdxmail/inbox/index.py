@@ -473,7 +473,11 @@ def _read_file(path: Path) -> bytes:
 def _load_entries(root: Path, keys: list[tuple[str, str]]) -> dict[tuple[str, str], MessageEntry]:
     loaded: dict[tuple[str, str], MessageEntry] = {}
     for folder, name in keys:
-        entry = _load_entry(root, folder, name)
+        try:
+            entry = _load_entry(root, folder, name)
+        except Exception:  # a message this reader cannot take must not stop the others
+            logger.exception("inbox: cannot read %s", root / folder / name)
+            continue
         if entry is not None:
             loaded[(folder, name)] = entry
     return loaded
