@@ -342,17 +342,20 @@ class MailboxIndex:
         self._enforce_count()
 
     async def _rescan(self, *, first: bool = False) -> None:
-        keys = await asyncio.to_thread(_all_files, self.root)
-        for key in [k for k in self._by_key if k not in keys]:
-            self._remove(self._by_key[key])
-        self._pending.update(dict.fromkeys(k for k in sorted(keys) if k not in self._by_key))
-        if self._loader is not None and not self._loader.done():
-            await self._loader
-        if self._pending:
-            await self._load_pending()
-        if first:
-            logger.info("inbox: %d messages in %s", len(self._entries), self.root)
-            self._ready.set()
+        try:
+            keys = await asyncio.to_thread(_all_files, self.root)
+            for key in [k for k in self._by_key if k not in keys]:
+                self._remove(self._by_key[key])
+            self._pending.update(dict.fromkeys(k for k in sorted(keys) if k not in self._by_key))
+            if self._loader is not None and not self._loader.done():
+                with contextlib.suppress(Exception):  # (it logged its own failures)
+                    await self._loader
+            if self._pending:
+                await self._load_pending()
+        finally:
+            if first:  # even after a failure: the console must not wait forever
+                logger.info("inbox: %d messages in %s", len(self._entries), self.root)
+                self._ready.set()
 
     async def _poll(self) -> None:
         while True:
