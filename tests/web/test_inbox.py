@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -105,7 +106,8 @@ async def test_search_and_paging(console: Console, http: httpx.AsyncClient) -> N
 
 async def test_wait_returns_when_mail_arrives(console: Console, http: httpx.AsyncClient) -> None:
     """A wait-for-message call made before the mail is sent returns once it arrives; one
-    for a message that never comes answers 404 after its timeout."""
+    for a message that never comes (or came before ?since=) answers 404 after its
+    timeout."""
     waiting = asyncio.ensure_future(
         http.get("/api/v1/messages/wait", params={"to": "late@localhost", "timeout": 20})
     )
@@ -119,6 +121,13 @@ async def test_wait_returns_when_mail_arrives(console: Console, http: httpx.Asyn
     response = await waiting
     assert response.status_code == 200
     assert response.json()["subject"] == "late one"
+    later = await http.get(
+        "/api/v1/messages/wait",
+        params={"to": "late@localhost", "since": f"{time.time() + 3600:.3f}", "timeout": 0},
+    )
+    assert later.status_code == 404  # the one there arrived before ?since=
+    bad = await http.get("/api/v1/messages/wait", params={"since": "yesterday"})
+    assert bad.status_code == 400
     missing = await http.get("/api/v1/messages/wait", params={"subject": "never", "timeout": 0})
     assert missing.status_code == 404
     assert "no message matching" in missing.json()["error"]

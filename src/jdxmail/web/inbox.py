@@ -331,8 +331,9 @@ async def delete_messages(request: Request) -> Response:
 
 
 async def wait_message(request: Request) -> Response:
-    """``GET /api/v1/messages/wait?to=&from=&subject=&timeout=``: the newest message
-    matching (substrings, any case), waiting up to ``timeout`` seconds for one."""
+    """``GET /api/v1/messages/wait?to=&from=&subject=&since=&timeout=``: the newest
+    message matching (substrings, any case; arrived at or after ``since``), waiting up
+    to ``timeout`` seconds for one."""
     index = _index(request)
     params = request.query_params
     to = params.get("to", "").lower()
@@ -344,8 +345,11 @@ async def wait_message(request: Request) -> Response:
     except ValueError:
         raise ApiError(400, f"?timeout= must be seconds, not {raw_timeout[:20]!r}") from None
     timeout = max(0.0, min(MAX_WAIT, timeout))
+    since = _since(params.get("since"))
 
     def match(entry: MessageEntry) -> bool:
+        if entry.time < since:
+            return False
         s = entry.summary
         rcpts = " ".join((*s.to, *s.cc, s.envelope.rcpt_to or "", entry.folder)).lower()
         froms = f"{s.sender} {s.envelope.mail_from or ''}".lower()
@@ -359,6 +363,27 @@ async def wait_message(request: Request) -> Response:
             "check the sender's settings (port, recipient) and the log; raise ?timeout=",
         )
     return JSONResponse(summary_json(entry))
+
+
+def _since(value: str | None) -> float:
+    """``?since=``: epoch seconds or an ISO 8601 time (naive: UTC); none: 0."""
+    if not value:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400,
+            f"?since= must be epoch seconds or an ISO 8601 time, not {value[:40]!r}",
+            "e.g. ?since=2026-12-04T14:00:00Z or ?since=1796400000",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 async def release_message(request: Request) -> Response:
