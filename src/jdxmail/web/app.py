@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from jdxmail.web import auth, inbox
+from jdxmail.web import auth, dashboard, diagnostics, inbox, logs, queue
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
 from jdxmail.web.responses import ApiError, error_page, page
@@ -34,8 +34,13 @@ logger = logging.getLogger("jdxmail.web")
 HERE = Path(__file__).parent
 
 #: the area modules whose ``routes`` are mounted (each helper adds its own, one line)
-AREAS: list[ModuleType] = []
-AREAS.append(inbox)
+AREAS: list[ModuleType] = [
+    dashboard,
+    inbox,
+    queue,
+    logs,
+    diagnostics,
+]
 
 #: the navigation bar of every page: (area key for ``active``, label, link)
 NAV: list[tuple[str, str, str]] = [
