@@ -146,6 +146,12 @@ TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 TLS_ALREADY = Reply(503, "5.5.1", "TLS already active")
 
+# -- chaos (the dev inbox's failure injection, off by default; docs/web.md) -----------
+CHAOS_451 = Reply(451, "4.3.0", "Chaos: temporary failure injected by jdxmail, try again")
+CHAOS_452 = Reply(452, "4.3.1", "Chaos: insufficient storage injected by jdxmail, try again")
+CHAOS_535 = Reply(535, "5.7.8", "Chaos: authentication failure injected by jdxmail")
+CHAOS_421 = Reply(421, "4.3.2", "Chaos: jdxmail closes the connection (injected failure)")
+
 #: every reply, by name, for docs and tests
 ALL_REPLIES: dict[str, Reply] = {
     name: value for name, value in dict(globals()).items() if isinstance(value, Reply)

@@ -53,7 +53,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jdxmail.process import libc, tmp_writer_alive
-from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
+from jdxmail.queue.mailbox import (
+    MailboxDelivery,
+    delivery_head,
+    mailbox_dir_for,
+    message_file_name,
+)
 
 __all__ = [
     "FLUSH_FILE",
@@ -816,6 +821,7 @@ class Spool:
                     tmp=self.mailbox_tmp_dir / self._tmp_name(plan.queue_id),
                     directory=directory,
                     name=name,
+                    head=delivery_head(message.mail_from, recipient),
                 )
             )
 
@@ -1064,7 +1070,9 @@ class Spool:
                 )
             for delivery in plan.mailbox_files:
                 plan.tmp_files.append(delivery.tmp)
-                write_synced(delivery.tmp, (message.data,), sync=sync, tail=message.tail)
+                write_synced(
+                    delivery.tmp, (delivery.head, message.data), sync=sync, tail=message.tail
+                )
         except BaseException:
             self._undo(plan)
             raise

@@ -43,6 +43,7 @@ from jdxmail.server.policy import AuthThrottle, Policy, Route
 from jdxmail.stats import COMMIT_BUCKETS, Counters
 
 if TYPE_CHECKING:
+    from jdxmail.server.chaos import Chaos
     from jdxmail.settings.model import SmtpServerSettings
 
 __all__ = ["DataSpill", "MessageStore", "Runtime", "SessionHost", "SmtpSession"]
@@ -125,6 +126,8 @@ class Runtime:
     policy: Policy
     #: asks DNS whether relayed recipients' domains take mail (CheckRecipientDomain)
     domain_check: DomainCheck | None = None
+    #: injected failures for testing clients (docs/web.md); None or inactive: none
+    chaos: Chaos | None = None
 
 
 class SessionHost(Protocol):
@@ -606,11 +609,25 @@ class SmtpSession(asyncio.BufferedProtocol):
                     if self._log.isEnabledFor(logging.DEBUG):
                         shown = verb if verb == "AUTH" else f"{verb} {arg}".strip()
                         self._log.debug(">> %s", shown)
+                    chaos = self.host.runtime.chaos
+                    if chaos is not None and chaos.active and self._chaos(chaos, verb):
+                        continue
                     await handler(arg)
             if bad_commands >= BAD_COMMAND_LIMIT:
                 self._log.warning("%s sent too many bad commands, closing", self.client_ip)
                 self.send(replies.TOO_MANY_ERRORS.format(host=self.host.runtime.host_name))
                 return
+
+    def _chaos(self, chaos: Chaos, verb: str) -> bool:
+        """Answer an injected failure instead of *verb* when chaos says so (testing)."""
+        reply = chaos.reply(verb)  # (other verbs have no rule: None)
+        if reply is None:
+            return False
+        self._log.info("chaos: answered %s with %s", verb, reply.code)
+        self.send(reply)
+        if reply.code == 421:
+            self.close()
+        return True
 
     def _decode_command(self, raw: bytes | None) -> Reply | tuple[str, str]:
         if raw is None:

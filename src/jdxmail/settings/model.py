@@ -30,6 +30,7 @@ from jdxmail.passwords import HashType
 __all__ = [
     "DEFAULT_CONFIG_TEXT",
     "DeliverySettings",
+    "MailboxSettings",
     "PathSettings",
     "RelaySettings",
     "Settings",
@@ -328,6 +329,15 @@ class DeliverySettings(Section):
         return value
 
 
+class MailboxSettings(Section):
+    """Retention of the local mailboxes (the dev inbox), pruned in the background."""
+
+    #: keep at most this many messages (all mailboxes together); null: no limit
+    max_messages: int | None = Field(default=None, ge=1)
+    #: remove messages older than this many seconds; null: keep them
+    max_age: int | None = Field(default=None, ge=60)
+
+
 class PathSettings(Section):
     """Where jdxmail keeps its files; relative paths are under the config file's folder."""
 
@@ -371,6 +381,7 @@ class Settings(Section):
     smtp_server: SmtpServerSettings = Field(default_factory=SmtpServerSettings)
     relay_server: RelaySettings | None = None
     relay_servers: list[RelaySettings] = Field(default_factory=list)
+    mailbox: MailboxSettings = Field(default_factory=MailboxSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     web_ui: WebUISettings = Field(default_factory=WebUISettings, alias="WebUI")
