@@ -26,8 +26,15 @@ from typing import TypeGuard
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.protocol import SMTPProtocol
 
+from jdxmail.queue._aiosmtplib_compat import (
+    KeepingProtocol,
+    command_lock,
+    drain,
+    expect_reply,
+    keeping_protocol,
+)
 from jdxmail.queue.spool import SpooledBody
 from jdxmail.settings.model import RelaySettings
 
@@ -463,7 +470,7 @@ async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
         pieces = (view[start : start + _CHUNK] for start in range(0, len(view), _CHUNK))
     for piece in pieces:
         protocol.write(piece)  # type: ignore[arg-type]
-        await protocol._drain_helper()
+        await drain(protocol)
     protocol.write(b".\r\n")
 
 
@@ -478,22 +485,22 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPResponse:
     """DATA with *data* on *client*, like ``client.data()`` but without its regex passes.
 
-    Uses the same protocol steps as aiosmtplib's own DATA command; if a future
-    aiosmtplib no longer has them, falls back to ``client.data()``.
+    Uses the same protocol steps as aiosmtplib's own DATA command (through
+    _aiosmtplib_compat); falls back to ``client.data()`` when the connection is gone.
     """
     protocol = client.protocol
-    lock = getattr(protocol, "_command_lock", None)
-    if protocol is None or lock is None or not hasattr(protocol, "_response_pending"):
+    lock = None if protocol is None else command_lock(protocol)
+    if protocol is None or lock is None:
         return await client.data(data.read() if isinstance(data, SpooledBody) else data)
     timeout = client.timeout
     try:
         async with lock:
-            protocol._response_pending = True
+            expect_reply(protocol)
             protocol.write(b"DATA\r\n")
             start = await protocol.read_response(timeout=timeout)
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
-            protocol._response_pending = True
+            expect_reply(protocol)
             await _write_payload(protocol, data)
             reply = await protocol.read_response(timeout=timeout)
             if reply.code != 250:
@@ -502,128 +509,6 @@ async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPRe
         client.close()
         raise
     return reply
-
-
-#: where the event loop reads relay replies into (recv_into); shared by all sessions,
-#: as each read is handed over (buffer_updated) before the next one begins
-_RECV_BUFFER = memoryview(bytearray(16 * 1024))
-
-
-class _KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):
-    """aiosmtplib's protocol, except that replies arriving early are kept.
-
-    aiosmtplib (5.1) drops data that arrives while a parsed reply waits to be taken,
-    so several replies to pipelined commands (RFC 2920) could be lost. This keeps
-    everything in the buffer and parses the next reply from it first. It is also a
-    buffered protocol (see _keeping_protocol): reads land in one shared buffer
-    instead of a new 256 KiB bytes object each, which glibc maps and unmaps.
-    """
-
-    #: set while read_replies waits for more data (a class default: instances are
-    #: switched to this class after aiosmtplib made them, so __init__ never runs)
-    _more: asyncio.Future[None] | None = None
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_RECV_BUFFER[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
-        waiter = self._response_waiter
-        if waiter is None:
-            return
-        self._buffer.extend(data)
-        if len(self._buffer) > MAX_RESPONSE_LENGTH * 4:
-            del self._buffer[:]
-            if self.transport is not None:
-                self.transport.close()
-            return
-        more = self._more
-        if more is not None:
-            if not more.done():
-                more.set_result(None)
-            return
-        if waiter.done() or not getattr(self, "_response_pending", True):
-            # Nobody reads yet (replies to commands sent ahead of their
-            # transaction's turn): they wait in the buffer for read_replies.
-            return
-        try:
-            response = self._read_response_from_buffer()
-        except Exception as exc:  # handed to the reader, as aiosmtplib does
-            self._set_response_exception(waiter, exc)
-        else:
-            if response is not None:
-                waiter.set_result(response)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        more = self._more
-        super().connection_lost(exc)
-        if more is not None and not more.done():
-            more.set_exception(aiosmtplib.SMTPServerDisconnected("Connection lost"))
-            more.exception()  # retrieved: the reader may be gone already
-
-    async def read_replies(
-        self, count: int, patience: float | None
-    ) -> list[aiosmtplib.SMTPResponse]:
-        """The next *count* replies in order, within *patience* seconds for all of them."""
-        replies: list[aiosmtplib.SMTPResponse] = []
-        loop = self._loop
-        waiter = self._response_waiter
-        if waiter is not None and waiter.done() and not waiter.cancelled():
-            # a reply aiosmtplib's reader took from the buffer before this read: the
-            # oldest (raises if it was malformed)
-            replies.append(waiter.result())
-            self._response_waiter = loop.create_future()
-        deadline = None if patience is None else loop.time() + patience
-        while len(replies) < count:
-            response = self._read_response_from_buffer() if self._buffer else None
-            if response is not None:
-                replies.append(response)
-                continue
-            if self.transport is None:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            # One timer per wait for data rather than an asyncio.timeout() scope
-            # (which costs several handles and a task uncancel per reply read).
-            more = self._more = loop.create_future()
-            timer = None if deadline is None else loop.call_at(deadline, _expire, more, patience)
-            try:
-                await more
-            finally:
-                self._more = None
-                if timer is not None:
-                    timer.cancel()
-        return replies
-
-    async def read_response(
-        self,
-        timeout: float | None = None,  # noqa: ASYNC109 (the signature aiosmtplib calls)
-    ) -> aiosmtplib.SMTPResponse:
-        waiter = self._response_waiter
-        if waiter is not None and not waiter.done() and self._buffer:
-            response = self._read_response_from_buffer()
-            if response is not None:
-                return response
-        return await super().read_response(timeout)
-
-
-def _expire(waiter: asyncio.Future[None], patience: float | None) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"no reply within {patience:g} s"))
-
-
-def _keeping_protocol(client: aiosmtplib.SMTP) -> _KeepingProtocol | None:
-    """*client*'s protocol, switched to keep early replies; None if that is unsafe."""
-    protocol = client.protocol
-    if isinstance(protocol, _KeepingProtocol):
-        return protocol
-    if type(protocol) is not SMTPProtocol or not hasattr(protocol, "_response_waiter"):
-        return None
-    protocol.__class__ = _KeepingProtocol
-    transport = protocol.transport
-    if transport is not None:
-        transport.set_protocol(protocol)  # so the transport reads with get_buffer now
-    return protocol  # type: ignore[return-value]
 
 
 #: a plain dot-atom address, which aiosmtplib's quote_address returns unchanged in <>
@@ -711,11 +596,11 @@ class RelayConnection:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def pipelining(self) -> _KeepingProtocol | None:
+    def pipelining(self) -> KeepingProtocol | None:
         """The protocol to pipeline commands on (RFC 2920), if the relay offers it."""
         if not self.client.supports_extension("pipelining"):
             return None
-        return _keeping_protocol(self.client)
+        return keeping_protocol(self.client)
 
     def prepare(self, tx: Transaction) -> bytes:
         """Make *tx* ready for this session; return its MAIL, RCPT and DATA commands.
@@ -855,7 +740,7 @@ class RelayConnection:
 
     async def _send_pipelined(
         self,
-        protocol: _KeepingProtocol,
+        protocol: KeepingProtocol,
         tx: Transaction,
         pool: RelayPool | None,
         commands: bytes = b"",
@@ -874,7 +759,7 @@ class RelayConnection:
         accepted: list[str] = []
         refusals: list[tuple[str, Verdict]] = []
         final: aiosmtplib.SMTPResponse | None = None
-        lock = protocol._command_lock
+        lock = command_lock(protocol)
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         async with lock:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from jdxmail.logs import register_secret
+from jdxmail.queue._aiosmtplib_compat import AiosmtplibMismatch
 from jdxmail.queue.spool import Spool, SpoolError
 from jdxmail.server.errors import ServerDisabledError, ServerError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
@@ -503,7 +504,10 @@ class SmtpServerApp:
                     "Paths.Spool to a folder it may write",
                 ) from None
         for component in [*self._default_components(), *self.components]:
-            await component.start()
+            try:
+                await component.start()
+            except AiosmtplibMismatch as exc:
+                raise ServerError(str(exc), "pip install --upgrade aiosmtplib") from None
             self._started_components.append(component)
         if self._before_listen is not None:
             await self._before_listen()
