@@ -1,4 +1,4 @@
-"""Sessions to upstream relays with aiosmtplib, and what each upstream error means.
+"""Sessions to upstream relays with aiosmtplib, pooled, with pipelined hand-off.
 
 ``UseTls`` on port 465 is TLS from the first byte; on any other port STARTTLS is
 *required* (``start_tls=True``: if the relay does not offer it, the attempt fails
@@ -6,8 +6,8 @@ rather than sending in plaintext). Certificates are verified unless a relay says
 ``VerifyCertificate: false``. AUTH uses a mechanism the relay offers (PLAIN, else
 LOGIN), since some providers (Outlook) do not offer PLAIN.
 
-Every upstream failure becomes a :class:`Verdict` through :data:`OUTCOME_TABLE`,
-the one place that decides retry / bounce / fail over / count against the relay.
+Every upstream failure becomes a :class:`Verdict` through the outcome table in
+:mod:`jdxmail.queue.outcomes`; data is encoded by :mod:`jdxmail.data_encoding`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
-import os
 import re
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
@@ -28,6 +26,7 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
 
+from jdxmail.data_encoding import CHUNK, dot_stuffed, stuffed_body, stuffed_pieces
 from jdxmail.queue._aiosmtplib_compat import (
     KeepingProtocol,
     command_lock,
@@ -35,270 +34,32 @@ from jdxmail.queue._aiosmtplib_compat import (
     expect_reply,
     keeping_protocol,
 )
+from jdxmail.queue.outcomes import (
+    EightBitUnsupported,
+    Outcome,
+    RelayUnusable,
+    Scope,
+    Stage,
+    Verdict,
+    classify,
+    enhanced_status,
+)
 from jdxmail.queue.spool import SpooledBody
 from jdxmail.settings.model import RelaySettings
 
 __all__ = [
-    "OUTCOME_TABLE",
     "AttemptResult",
-    "EightBitUnsupported",
-    "Outcome",
     "Payload",
     "RecipientResult",
     "RelayPool",
-    "RelayUnusable",
-    "Scope",
-    "Stage",
     "StageError",
     "Transaction",
-    "Verdict",
-    "classify",
-    "dot_stuffed",
-    "enhanced_status",
     "payload_size",
     "rewrite_from_header",
     "send_data",
-    "stuffed_pieces",
 ]
 
 logger = logging.getLogger("jdxmail.relay")
-
-
-class Stage(enum.Enum):
-    """Where in the relay session something happened."""
-
-    CONNECT = "connect"
-    TLS = "tls"
-    EHLO = "ehlo"
-    AUTH = "auth"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
-
-
-class Outcome(enum.Enum):
-    """What becomes of a recipient after an attempt."""
-
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    BOUNCE = "bounce"
-
-
-class Scope(enum.Enum):
-    """Whom a failure concerns: the relay (try another), the message, or one recipient."""
-
-    RELAY = "relay"
-    MESSAGE = "message"
-    RECIPIENT = "recipient"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The decision for one failure: outcome, scope, fail over, count against the relay."""
-
-    outcome: Outcome
-    scope: Scope
-    failover: bool
-    trips_breaker: bool
-    status: str
-    code: int
-    reply: str
-    row: str
-
-    @property
-    def text(self) -> str:
-        """The reply as a user sees it: ``550 5.1.1 no such user``."""
-        return f"{self.code} {self.reply}" if self.code else self.reply
-
-
-class RelayUnusable(Exception):
-    """The relay session cannot be used for this attempt (STARTTLS missing, no AUTH...)."""
-
-    def __init__(self, message: str, *, stage: Stage, status: str = "4.7.0") -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.status = status
-
-
-ErrorTest = Callable[[Stage, BaseException], bool]
-
-
-class EightBitUnsupported(aiosmtplib.SMTPNotSupported):
-    """The message has 8-bit content and the relay does not offer 8BITMIME (RFC 6152)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One row of the outcome table."""
-
-    name: str
-    test: ErrorTest
-    outcome: Outcome
-    scope: Scope
-    failover: bool
-    trips_breaker: bool
-    status: str
-
-
-def _code(exc: BaseException) -> int:
-    return exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else 0
-
-
-def _is_4xx(exc: BaseException) -> bool:
-    return 400 <= _code(exc) < 500
-
-
-def _is_5xx(exc: BaseException) -> bool:
-    return 500 <= _code(exc) < 600
-
-
-def _network(exc: BaseException) -> bool:
-    return isinstance(exc, OSError | TimeoutError | aiosmtplib.SMTPServerDisconnected) or (
-        isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPTimeoutError)
-        and not isinstance(exc, aiosmtplib.SMTPResponseException)
-    )
-
-
-#: The one table from an upstream failure to what happens to the mail. First match
-#: wins; each row is tested in tests/queue/test_outcomes.py.
-OUTCOME_TABLE: tuple[Row, ...] = (
-    Row(
-        "certificate not trusted",
-        lambda s, e: isinstance(e, ssl.SSLCertVerificationError),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.5",
-    ),
-    Row(
-        "TLS handshake failed",
-        lambda s, e: isinstance(e, ssl.SSLError),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
-    ),
-    Row(
-        "relay unusable (no STARTTLS, no usable AUTH)",
-        lambda s, e: isinstance(e, RelayUnusable),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
-    ),
-    Row(
-        "service closing (421)",
-        lambda s, e: _code(e) == 421,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.3.2",
-    ),
-    Row(
-        "greeting or EHLO refused",
-        lambda s, e: s in (Stage.CONNECT, Stage.EHLO, Stage.TLS) and _code(e) > 0,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.4.2",
-    ),
-    Row(
-        "authentication refused (our configuration, never the sender's fault)",
-        lambda s, e: s is Stage.AUTH,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.8",
-    ),
-    Row(
-        "connection failed, dropped or timed out",
-        lambda s, e: _network(e),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.4.1",
-    ),
-    Row(
-        "relay lacks 8BITMIME for 8-bit content",
-        lambda s, e: isinstance(e, EightBitUnsupported),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.3",
-    ),
-    Row(
-        "relay lacks a needed extension (SMTPUTF8)",
-        lambda s, e: isinstance(e, aiosmtplib.SMTPNotSupported),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.7",
-    ),
-    Row(
-        "address the relay cannot take (bad syntax)",
-        lambda s, e: isinstance(e, ValueError),
-        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.1.3",
-    ),
-    Row(
-        "sender refused for now (MAIL 4xx)",
-        lambda s, e: s is Stage.MAIL and _is_4xx(e),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.0.0",
-    ),
-    Row(
-        "sender refused (MAIL 5xx)",
-        lambda s, e: s is Stage.MAIL and _is_5xx(e),
-        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.0.0",
-    ),
-    Row(
-        "recipient refused for now (RCPT 4xx)",
-        lambda s, e: s is Stage.RCPT and _is_4xx(e),
-        Outcome.RETRY, Scope.RECIPIENT, False, False, "4.0.0",
-    ),
-    Row(
-        "recipient refused (RCPT 5xx)",
-        lambda s, e: s is Stage.RCPT and _is_5xx(e),
-        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.0.0",
-    ),
-    Row(
-        "message refused for now (DATA 4xx)",
-        lambda s, e: s is Stage.DATA and _is_4xx(e),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.0.0",
-    ),
-    Row(
-        "message refused (DATA 5xx)",
-        lambda s, e: s is Stage.DATA and _is_5xx(e),
-        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.0.0",
-    ),
-    Row(
-        "anything else (unexpected reply or error)",
-        lambda s, e: True,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.0.0",
-    ),
-)  # fmt: skip
-
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-def enhanced_status(code: int, text: str, default: str) -> str:
-    """The RFC 3463 status in *text* (``5.1.1``), else *default* with the code's class."""
-    match = _ENHANCED.match(text.strip())
-    if match:
-        return ".".join(match.groups())
-    if code >= 200:
-        return f"{code // 100}{default[1:]}"
-    return default
-
-
-def classify(stage: Stage, exc: BaseException) -> Verdict:
-    """Decide what an upstream failure at *stage* means, by :data:`OUTCOME_TABLE`."""
-    for row in OUTCOME_TABLE:
-        if row.test(stage, exc):
-            code = _code(exc)
-            if isinstance(exc, aiosmtplib.SMTPResponseException):
-                reply = exc.message
-            else:
-                reply = f"{stage.value}: {_describe(exc)}"
-            status = enhanced_status(code, reply, row.status)
-            if isinstance(exc, RelayUnusable):
-                status = exc.status
-            return Verdict(
-                outcome=row.outcome,
-                scope=row.scope,
-                failover=row.failover,
-                trips_breaker=row.trips_breaker,
-                status=status,
-                code=code,
-                reply=" ".join(reply.split()),
-                row=row.name,
-            )
-    raise AssertionError("the last row matches everything")  # pragma: no cover
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-        return f"certificate not trusted ({detail})"
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "timed out"
-    cause = exc.__cause__
-    if isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(cause, OSError):
-        exc = cause
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
 
 
 def rewrite_from_header(data: bytes, address: str) -> bytes:
@@ -390,31 +151,6 @@ def _mail_options(
     return passed, utf8
 
 
-def dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload for *data*: CRLF line endings, leading dots doubled, ``.`` line.
-
-    Spooled mail already has CRLF line endings only (the server normalises or refuses
-    bare CR/LF), so this is a single ``replace``; aiosmtplib's general path runs two
-    regular expressions over the message (about 2 ms per 100 KB here).
-    """
-    return _stuffed_body(data) + b".\r\n"
-
-
-def _stuffed_body(data: bytes) -> bytes:
-    """*data* dot-stuffed and ending in CRLF; *data* itself when nothing changes."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _LINE_ENDINGS.sub(b"\r\n", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return _stuffed(data, line_start=True)
-
-
-#: messages larger than this are written in pieces of this size, each after the
-#: socket took the one before, so they are not copied whole into a write buffer
-_CHUNK = 1 << 20
-
-
 #: what is sent as a message's data: bytes, or a big message left in its spool file
 Payload = bytes | SpooledBody
 
@@ -424,39 +160,6 @@ def payload_size(data: Payload) -> int:
     return data.size if isinstance(data, SpooledBody) else len(data)
 
 
-def stuffed_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """Dot-stuffed DATA payload (without the final ``.`` line) of data read in pieces.
-
-    Each piece sent ends at a line end, so a dot that begins a line is seen whole
-    even when the reads split ``CRLF.``; the last line gets a CRLF if it lacks one.
-    """
-    carry = b""
-    line_start = True
-    sent = False
-    for piece in pieces:
-        text = carry + piece if carry else piece
-        cut = text.rfind(b"\r\n") + 2
-        if cut < 2 and len(text) <= 4 * _CHUNK:
-            carry = text  # no line end yet: wait for the rest of the line
-            continue
-        if cut < 2:
-            cut = len(text)  # a run without line ends (not from jdxmail's spool)
-        out, carry = text[:cut], text[cut:]
-        yield _stuffed(out, line_start)
-        line_start, sent = out.endswith(b"\r\n"), True
-    if carry or not line_start or not sent:  # (no data at all is one empty line)
-        yield _stuffed(carry, line_start) + b"\r\n"
-
-
-def _stuffed(text: bytes, line_start: bool) -> bytes:
-    """*text* with a dot doubled at each line start (*text* itself when it has none)."""
-    if b"\r\n." in text:
-        text = text.replace(b"\r\n.", b"\r\n..")
-    if line_start and text.startswith(b"."):
-        text = b"." + text
-    return text
-
-
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
     if _is_small(data):
@@ -464,10 +167,10 @@ async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
-        pieces = stuffed_pieces(data.pieces(_CHUNK))
+        pieces = stuffed_pieces(data.pieces(CHUNK))
     else:
-        view = memoryview(_stuffed_body(data))
-        pieces = (view[start : start + _CHUNK] for start in range(0, len(view), _CHUNK))
+        view = memoryview(stuffed_body(data))
+        pieces = (view[start : start + CHUNK] for start in range(0, len(view), CHUNK))
     for piece in pieces:
         protocol.write(piece)  # type: ignore[arg-type]
         await drain(protocol)
@@ -476,10 +179,7 @@ async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
 
 def _is_small(data: Payload) -> TypeGuard[bytes]:
     """True when *data* is in memory and goes out in one write."""
-    return not isinstance(data, SpooledBody) and len(data) <= _CHUNK
-
-
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+    return not isinstance(data, SpooledBody) and len(data) <= CHUNK
 
 
 async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPResponse:

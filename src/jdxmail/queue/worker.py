@@ -33,17 +33,14 @@ from jdxmail.process import tmp_writer_alive
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
 from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
+from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
-    EightBitUnsupported,
-    Outcome,
     Payload,
     RelayPool,
-    Stage,
     StageError,
     Transaction,
-    classify,
     rewrite_from_header,
 )
 from jdxmail.queue.spool import (
