@@ -319,11 +319,6 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     # -- I/O ------------------------------------------------------------------------
 
-    @property
-    def in_transaction(self) -> bool:
-        """True between MAIL and the reply to DATA (or RSET)."""
-        return self.transaction is not None or self.phase is _Phase.BUSY
-
     def send(self, reply: Reply) -> None:
         """Queue one reply; it is written before the session next waits for input."""
         self._out += reply.encode()
