@@ -68,7 +68,7 @@ from jdxmail.queue.state import (
     write_json_atomic,
 )
 from jdxmail.settings.model import DeliverySettings, Settings
-from jdxmail.stats import Counters, RelayHealth
+from jdxmail.stats import LATENCY_BUCKETS, Counters, RelayHealth
 
 __all__ = [
     "CircuitBreaker",
@@ -845,6 +845,12 @@ class DeliveryEngine:
             if quota is not None and not delivered:
                 await asyncio.to_thread(self.quota.give_back, pool.name, now)
             failure = result.failure
+            outcome = (
+                "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
+            )
+            self.counters.count(
+                "jdxmail_delivery_attempts_total", (("relay", pool.name), ("outcome", outcome))
+            )
             if failure is not None and failure.status in _LACKING:
                 lacking.append(failure.status)
             if failure is not None and failure.trips_breaker:
@@ -1141,6 +1147,11 @@ class DeliveryEngine:
             )
         else:
             self.counters.relayed += 1
+            self.counters.observe(
+                "jdxmail_delivery_latency_seconds",
+                max(0.0, self.clock() - message.received_at),
+                LATENCY_BUCKETS,
+            )
             self._remove_later(queue_id, loaded)
 
     async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:

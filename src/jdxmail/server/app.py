@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jdxmail.logs import register_secret
 from jdxmail.queue._aiosmtplib_compat import AiosmtplibMismatch
@@ -32,6 +32,9 @@ from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
 from jdxmail.settings.model import Settings
 from jdxmail.stats import Counters, ProcessStats, StatsRecorder
+
+if TYPE_CHECKING:
+    from jdxmail.health import Readiness
 
 __all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "DeliveryMode", "SmtpServerApp"]
 
@@ -72,6 +75,11 @@ class BoundAddress:
             scheme += "+proxy"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def _where(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _capped_per_client(client_ip: str) -> bool:
@@ -167,6 +175,8 @@ class SmtpServerApp:
         #: True while pause_listeners() has the listeners closed
         self.paused = False
         self._servers: list[asyncio.Server] = []
+        #: each listener's scheme as BoundAddress shows it (for readiness)
+        self._schemes: dict[asyncio.Server, str] = {}
         #: listeners bound by _start that accept once everything else has started
         self._bound: list[tuple[asyncio.Server, int, str]] = []
         self._sessions: set[SmtpSession] = set()
@@ -199,15 +209,19 @@ class SmtpServerApp:
         """Admit *session*, or name the limit that is reached (the settings key)."""
         server = self.runtime.server
         if self._stopping or len(self._sessions) >= server.max_connections:
+            self.counters.refused_max_connections += 1
             return "MaxConnections"
         ip = session.client_ip
         if _capped_per_client(ip):
             count = self._per_client.get(ip, 0)
             if count >= server.max_connections_per_client:
+                self.counters.refused_per_client += 1
                 return "MaxConnectionsPerClient"
             self._per_client[ip] = count + 1
         self._sessions.add(session)
         self.counters.connections += 1
+        if session.implicit_tls:
+            self.counters.tls_implicit += 1
         return None
 
     def session_closed(self, session: SmtpSession) -> None:
@@ -232,6 +246,40 @@ class SmtpServerApp:
             if isinstance(component, DeliveryProcess):
                 return component.pid
         return None
+
+    async def readiness(self) -> Readiness:
+        """Whether this server should get traffic: listeners, spool, delivery process."""
+        from jdxmail.health import readiness  # noqa: PLC0415
+        from jdxmail.process import process_alive  # noqa: PLC0415
+
+        listeners = [
+            (f"{self._schemes.get(server, 'smtp')}://{_where(sock)}", self._accepting(server))
+            for server in self._servers
+            for sock in server.sockets
+        ]
+        delivery: tuple[bool, str] | None = None
+        if self.settings.relays and self.delivery == "process":
+            pid = self.delivery_pid
+            alive = pid is not None and process_alive(pid)
+            delivery = (
+                alive,
+                f"the delivery process (PID {pid}) runs"
+                if alive
+                else "the delivery process is not running",
+            )
+        elif self.settings.relays and self.delivery == "inline":
+            delivery = (True, "relaying from the server process")
+        paths = self.settings.paths
+        return await asyncio.to_thread(
+            readiness,
+            paths.spool,
+            self.settings.health.min_free_bytes,
+            listeners=listeners,
+            delivery=delivery,
+        )
+
+    def _accepting(self, server: asyncio.Server) -> bool:
+        return server.is_serving() and not self._stopping and not self._stop_requested.is_set()
 
     @property
     def session_count(self) -> int:
@@ -468,6 +516,9 @@ class SmtpServerApp:
                         key = "SmtpServer.ProxyPort"
                     raise bind_error(exc, address.host, address.port, key) from None
                 servers.append(server)
+                self._schemes[server] = (
+                    "smtp+proxy" if address.proxy else "smtps" if implicit else "smtp"
+                )
         except BaseException:
             for server in servers:
                 server.close()
@@ -563,6 +614,7 @@ class SmtpServerApp:
             raise bind_error(exc, self.bind_address, port, key) from None
         for server in servers:
             self._servers.append(server)
+            self._schemes[server] = "smtp+proxy" if proxy else "smtps" if implicit else "smtp"
             self._bound.append((server, port, key))
             for sock in server.sockets:
                 host, bound_port = sock.getsockname()[:2]

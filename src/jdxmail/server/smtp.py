@@ -40,12 +40,20 @@ from jdxmail.server.auth import (
     parse_plain,
 )
 from jdxmail.server.policy import AuthThrottle, Policy, Route
-from jdxmail.stats import Counters
+from jdxmail.stats import COMMIT_BUCKETS, Counters
 
 if TYPE_CHECKING:
     from jdxmail.settings.model import SmtpServerSettings
 
 __all__ = ["DataSpill", "MessageStore", "Runtime", "SessionHost", "SmtpSession"]
+
+#: the rejection reason (for /metrics) of a message refused by clean_data or DataSpill
+_REJECTION_REASONS: dict[Reply, str] = {
+    replies.BARE_LINE_ENDING: "smuggling",
+    replies.NUL_BYTE: "smuggling",
+    replies.STORE_FAILED: "storage",
+    replies.STORE_FULL: "storage",
+}
 
 logger = logging.getLogger("jdxmail.smtp")
 auth_logger = logging.getLogger("jdxmail.auth")
@@ -736,6 +744,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             raise _Closed
         self._transport = new_transport
         self.tls_active = True
+        self.host.counters.tls_starttls += 1
         # RFC 3207 §4.2: forget everything learned before TLS, including any login.
         self.helo, self.esmtp, self.auth_user = None, False, None
         self._reset_transaction()
@@ -766,6 +775,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         if self.host.throttle.blocked(self.client_ip):
             self._auth_log.warning("%s is throttled after failed logins", self.client_ip)
+            self.host.counters.reject("throttled")
             self.send(replies.AUTH_THROTTLED)
             self.close()
             return
@@ -801,6 +811,7 @@ class SmtpSession(asyncio.BufferedProtocol):
         user = runtime.policy.user(username)
         outcome = await check_password(user, password)
         if outcome.success and authzid in ("", username) and user is not None:
+            self.host.counters.auth_successes += 1
             self.auth_user = user.user_name
             self._auth_log.info(
                 "%s logged in as %s (%s)", self.client_ip, user.user_name, mechanism
@@ -915,7 +926,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self._log.warning(
                     "user %s may not send as <%s> (AllowedSenders)", self.auth_user, address
                 )
-                self.host.counters.rejected += 1
+                self.host.counters.reject("policy")
                 self.send(replies.SENDER_NOT_ALLOWED.format(user=self.auth_user))
                 return
         self.transaction = _Transaction(address, smtputf8, options)
@@ -934,7 +945,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 if not value.isdigit() or len(value) > 20:
                     raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="SIZE"))
                 if int(value) > limit:
-                    self.host.counters.rejected += 1
+                    self.host.counters.reject("size")
                     raise _SyntaxProblem(replies.TOO_BIG.format(limit=limit))
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
@@ -971,7 +982,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         policy = runtime.policy
         if transaction.count >= runtime.server.max_recipients:
-            self.host.counters.rejected += 1
+            self.host.counters.reject("recipients")
             self.send(replies.TOO_MANY_RECIPIENTS.format(limit=runtime.server.max_recipients))
             return
         if not policy.may_send_to(
@@ -983,7 +994,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 address,
                 transaction.mail_from,
             )
-            self.host.counters.rejected += 1
+            self.host.counters.reject("policy")
             self.send(replies.RELAY_DENIED)
             return
         target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
@@ -1020,7 +1031,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 transaction.mail_from,
                 limit,
             )
-            self.host.counters.rejected += 1
+            self.host.counters.reject("size")
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         await self._accept(transaction, content, unstuff=True)
@@ -1055,10 +1066,11 @@ class SmtpSession(asyncio.BufferedProtocol):
             )
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
-            self.host.counters.rejected += 1
+            self.host.counters.reject(_REJECTION_REASONS.get(problem, "content"))
             self.send(problem)
             return
         self._messages += 1
+        size = len(body) + (tail.size if tail is not None else 0)
         received_at = time.time()
         data, message_id = add_trace_headers(
             body,
@@ -1087,16 +1099,17 @@ class SmtpSession(asyncio.BufferedProtocol):
             mail_options=transaction.options,
             tail=tail,
         )
+        started = time.perf_counter()
         try:
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
-            self.host.counters.rejected += 1
+            self.host.counters.reject("storage")
             self.send(replies.STORE_FULL if isinstance(exc, SpoolFull) else replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
-            self.host.counters.rejected += 1
+            self.host.counters.reject("storage")
             self.send(replies.STORE_FAILED)
             return
         self._log.info(
@@ -1108,7 +1121,12 @@ class SmtpSession(asyncio.BufferedProtocol):
             ",".join(transaction.relay) or "-",
             queue_id,
         )
-        self.host.counters.accepted += 1
+        counters = self.host.counters
+        counters.observe(
+            "jdxmail_spool_commit_seconds", time.perf_counter() - started, COMMIT_BUCKETS
+        )
+        counters.accepted += 1
+        counters.received_bytes += size
         self.send(replies.QUEUED.format(queue_id=queue_id))
 
     # -- BDAT (RFC 3030) -----------------------------------------------------------------

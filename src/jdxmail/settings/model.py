@@ -297,6 +297,35 @@ class PathSettings(Section):
     logs: Path = Path("logs")
 
 
+class HealthSettings(Section):
+    """What /readyz and doctor require of the server."""
+
+    #: free bytes the spool's disk must keep; less: not ready (100 MiB)
+    min_free_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+
+
+class MetricsSettings(Section):
+    """A listener of its own for /metrics, /healthz and /readyz (when the console is off)."""
+
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: Port = 9464
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        return _bind_address(value)
+
+
+class LoggingSettings(Section):
+    """How log lines are written."""
+
+    #: "text": one line for people and grep; "json": one JSON object per line
+    format: Literal["text", "json"] = "text"
+    #: .NET's ``Logging.LogLevel`` of a JumboDogX appsettings.json: accepted, not used
+    log_level: dict[str, str] | None = None
+
+
 class Settings(Section):
     """Everything jdxmail reads from ``appsettings.json`` or ``jdxmail.toml``."""
 
@@ -306,6 +335,9 @@ class Settings(Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     web_ui: WebUISettings = Field(default_factory=WebUISettings, alias="WebUI")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _one_relay_form(self) -> Settings:

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from jdxmail.web import auth, dashboard, diagnostics, logs, queue
+from jdxmail.web import auth, dashboard, diagnostics, logs, metrics, queue
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
 from jdxmail.web.responses import ApiError, error_page, page, wants_json
@@ -39,6 +39,7 @@ AREAS: list[ModuleType] = [
     queue,
     logs,
     diagnostics,
+    metrics,
 ]
 
 #: the navigation bar of every page: (area key for ``active``, label, link)
