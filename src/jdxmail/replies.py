@@ -33,11 +33,6 @@ class Reply:
         """The reply as sent on the wire, with CRLF."""
         return str(self).encode("utf-8", "replace") + b"\r\n"
 
-    @property
-    def is_error(self) -> bool:
-        """True for 4xx and 5xx replies."""
-        return self.code >= 400
-
 
 def ehlo_reply(host_name: str, keywords: list[str]) -> bytes:
     """The multi-line 250 reply to EHLO: the host name, then one keyword per line."""

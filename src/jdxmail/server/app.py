@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jdxmail.inbox.index import MailboxIndex, RetentionLimits
 from jdxmail.logs import register_secret
+from jdxmail.queue._aiosmtplib_compat import AiosmtplibMismatch
 from jdxmail.queue.spool import Spool, SpoolError
 from jdxmail.server.chaos import Chaos
 from jdxmail.server.domaincheck import DomainCheck, system_resolver
@@ -596,7 +597,10 @@ class SmtpServerApp:
                     "Paths.Spool to a folder it may write",
                 ) from None
         for component in [*self._default_components(), *self.components]:
-            await component.start()
+            try:
+                await component.start()
+            except AiosmtplibMismatch as exc:
+                raise ServerError(str(exc), "pip install --upgrade aiosmtplib") from None
             self._started_components.append(component)
         await self.chaos.start(reset=self.inbox is not None)
         if self._before_listen is not None:

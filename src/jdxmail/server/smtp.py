@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
+from jdxmail.data_encoding import has_bare_line_ending, to_crlf, unstuffed
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.replies import Reply
 from jdxmail.server import proxy as proxy_protocol
@@ -70,7 +71,6 @@ _INLINE_CLEAN_LIMIT = 1024 * 1024
 #: DATA past this many bytes goes to a file in the spool's tmp/ as it arrives
 SPILL_THRESHOLD = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 _DATE = re.compile(rb"(?im)^date[ \t]*:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
@@ -332,11 +332,6 @@ class SmtpSession(asyncio.BufferedProtocol):
         self._wake()
 
     # -- I/O ------------------------------------------------------------------------
-
-    @property
-    def in_transaction(self) -> bool:
-        """True between MAIL and the reply to DATA (or RSET)."""
-        return self.transaction is not None or self.phase is _Phase.BUSY
 
     def send(self, reply: Reply) -> None:
         """Queue one reply; it is written before the session next waits for input."""
@@ -1356,21 +1351,15 @@ def clean_data(
 def _unstuff(
     content: bytes | bytearray, *, normalize: bool, unstuff: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
-    # Three C-speed counts instead of a pass in Python; they also catch "\n\r".
-    crlf = content.count(b"\r\n")
-    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+    if has_bare_line_ending(content):
         if not normalize:
             return b"", replies.BARE_LINE_ENDING
-        content = _LINE_END.sub(b"\r\n", content)
+        content = to_crlf(content)
     if _has_long_line(content):
         return b"", replies.DATA_LINE_TOO_LONG
     if not unstuff:
         return content, None
-    if content.startswith(b"."):
-        content = content[1:]
-    elif b"\r\n." not in content:
-        return content, None
-    return content.replace(b"\r\n.", b"\r\n"), None
+    return unstuffed(content), None
 
 
 class DataSpill:
