@@ -141,8 +141,56 @@ async def run_doctor(
     _check_writable(report, path)
     _check_logs(report, settings, today or date.today())
     _check_spool(report, settings)
+    _check_space(report, settings)
     await _check_ready(report, settings, running)
     return report
+
+
+#: a file system is (nearly) full below this much space *and* this share of its size
+_LOW_SPACE_BYTES = 16 * 1024 * 1024
+_LOW_SPACE_SHARE = 0.05
+
+
+def _check_space(report: DoctorReport, settings: Settings) -> None:
+    """Free space (and inodes) where the spool, mailboxes and logs are written: a full
+    disk makes serve answer 452 4.3.1 to every message."""
+    paths = settings.paths
+    seen: dict[int, list[str]] = {}
+    stats: dict[int, os.statvfs_result] = {}
+    for label, folder in (("spool", paths.spool), ("mailbox", paths.mailbox), ("logs", paths.logs)):
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+        try:
+            device = existing.stat().st_dev
+            stats.setdefault(device, os.statvfs(existing))
+        except OSError:
+            continue
+        seen.setdefault(device, []).append(f"{label} ({folder})")
+    for device, where in seen.items():
+        vfs = stats[device]
+        free = vfs.f_bavail * vfs.f_frsize
+        total = vfs.f_blocks * vfs.f_frsize
+        names = ", ".join(where)
+        low = free < _LOW_SPACE_BYTES and free < total * _LOW_SPACE_SHARE
+        if free == 0 or low or (vfs.f_files and vfs.f_favail == 0):
+            what = "no free inodes" if vfs.f_files and vfs.f_favail == 0 else "full"
+            report.add(
+                "disk",
+                False,
+                f"the file system of {names} is {what}: {_size(free)} free of {_size(total)}; "
+                "serve answers 452 4.3.1 to every message until there is room",
+                "free space there (old mail in the mailbox folders, old logs), or set "
+                "Paths.* to a larger file system; serve recovers by itself",
+            )
+        else:
+            report.add("disk", True, f"{_size(free)} free for {names}")
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.0f} TiB"
 
 
 async def _check_port(report: DoctorReport, settings: Settings, network: str | None) -> bool:

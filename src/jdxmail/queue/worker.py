@@ -30,19 +30,17 @@ from typing import Any
 import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
+from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
 from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
+from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
-    EightBitUnsupported,
-    Outcome,
     Payload,
     RelayPool,
-    Stage,
     StageError,
     Transaction,
-    classify,
     rewrite_from_header,
 )
 from jdxmail.queue.spool import (
@@ -150,7 +148,8 @@ class DeliveryOptions:
     @classmethod
     def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
         """The options the config's ``Delivery`` section asks for."""
-        return cls(**delivery.model_dump())
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in delivery.model_dump().items() if k in names})
 
 
 @dataclass(slots=True)
@@ -368,7 +367,12 @@ class DeliveryEngine:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Scan the spool (logging what a previous run left), start the workers."""
+        """Scan the spool (logging what a previous run left), start the workers.
+
+        Raises AiosmtplibMismatch when the installed aiosmtplib lacks a member the
+        relay uses, before any message is tried.
+        """
+        check_aiosmtplib()
         for pool in self.pools:
             if not pool.relay.verify_certificate:
                 relay_log.warning(

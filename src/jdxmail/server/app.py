@@ -24,14 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from jdxmail.inbox.index import MailboxIndex, RetentionLimits
 from jdxmail.logs import register_secret
+from jdxmail.queue._aiosmtplib_compat import AiosmtplibMismatch
 from jdxmail.queue.spool import Spool, SpoolError
+from jdxmail.server.chaos import Chaos
 from jdxmail.server.config_watch import describe_changes
+from jdxmail.server.domaincheck import DomainCheck, system_resolver
 from jdxmail.server.errors import ServerDisabledError, ServerError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
-from jdxmail.settings.model import Settings
+from jdxmail.settings.model import Settings, parse_resolver
 from jdxmail.stats import Counters, ProcessStats, StatsRecorder
 
 if TYPE_CHECKING:
@@ -164,6 +168,11 @@ class SmtpServerApp:
         #: True when that certificate is the self-signed dev certificate
         self.certificate_self_signed = False
         self.throttle = AuthThrottle(server.auth_failure_limit, server.auth_failure_window)
+        #: injected failures (off by default), kept across reloads
+        self.chaos = Chaos(settings.paths.spool / "chaos.json")
+        #: the index of the local mailboxes (the dev inbox), made by start() in the
+        #: process that relays (one per ``serve --workers``), else None
+        self.inbox: MailboxIndex | None = None
         self.runtime = self._runtime(settings)
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
@@ -300,7 +309,32 @@ class SmtpServerApp:
         policy = Policy(
             server, relays_configured=bool(settings.relays), tls_available=tls_available
         )
-        return Runtime(server=server, host_name=server.effective_host_name, policy=policy)
+        return Runtime(
+            server=server,
+            host_name=server.effective_host_name,
+            policy=policy,
+            domain_check=self._domain_check(settings),
+            chaos=self.chaos,
+        )
+
+    def _domain_check(self, settings: Settings) -> DomainCheck | None:
+        """The recipient-domain check when ``Delivery.CheckRecipientDomain`` is on."""
+        delivery = settings.delivery
+        if not delivery.check_recipient_domain or not settings.relays:
+            return None
+        if delivery.dns_resolver is not None:
+            resolver = parse_resolver(delivery.dns_resolver)
+        else:
+            found = system_resolver()
+            if found is None:
+                logger.warning(
+                    "Delivery.CheckRecipientDomain is on, but no DNS server is known "
+                    "(no nameserver in /etc/resolv.conf): recipient domains are not "
+                    "checked; set Delivery.DnsResolver"
+                )
+                return None
+            resolver = found
+        return DomainCheck(resolver)
 
     def _default_components(self) -> list[Component]:
         """Components started with every server besides those added with add_component.
@@ -317,13 +351,17 @@ class SmtpServerApp:
             sessions=lambda: self.session_count,
         )
         self.stats_recorder = recorder
+        components: list[Component] = [recorder]
+        if self.delivery != "none":  # one inbox per serve (the worker that relays)
+            self.inbox = MailboxIndex(self.settings.paths.mailbox, limits=self._mailbox_limits)
+            components.append(self.inbox)
         if not self.settings.relays or self.delivery == "none":
-            return [recorder]
+            return components
         if self.delivery == "process" and self.config_path is not None:
             from jdxmail.server.delivery import DeliveryProcess  # noqa: PLC0415
 
             return [
-                recorder,
+                *components,
                 DeliveryProcess(
                     self.config_path,
                     grace=self.grace,
@@ -336,7 +374,12 @@ class SmtpServerApp:
 
         engine = DeliveryEngine(self.settings, self._own_spool, counters=self.counters)
         recorder.relays = engine.relay_health
-        return [recorder, engine]
+        return [*components, engine]
+
+    def _mailbox_limits(self) -> RetentionLimits:
+        mailbox = self.settings.mailbox
+        max_age = None if mailbox.max_age is None else float(mailbox.max_age)
+        return RetentionLimits(max_messages=mailbox.max_messages, max_age=max_age)
 
     def add_component(self, component: Component) -> None:
         """Run *component* with the server: started before the listeners, stopped after."""
@@ -558,8 +601,12 @@ class SmtpServerApp:
                     "Paths.Spool to a folder it may write",
                 ) from None
         for component in [*self._default_components(), *self.components]:
-            await component.start()
+            try:
+                await component.start()
+            except AiosmtplibMismatch as exc:
+                raise ServerError(str(exc), "pip install --upgrade aiosmtplib") from None
             self._started_components.append(component)
+        await self.chaos.start(reset=self.inbox is not None)
         if self._before_listen is not None:
             await self._before_listen()
         for server, port, key in self._bound:
@@ -691,6 +738,7 @@ class SmtpServerApp:
             except Exception:
                 logger.exception("a component failed to stop")
         self._started_components.clear()
+        await self.chaos.stop()
         if self._own_spool is not None:
             await self._own_spool.close()
         self._servers.clear()

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from jdxmail.web import auth, dashboard, diagnostics, logs, metrics, queue
+from jdxmail.web import auth, dashboard, diagnostics, inbox, logs, metrics, queue
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
 from jdxmail.web.responses import ApiError, error_page, page, wants_json
@@ -36,6 +36,7 @@ HERE = Path(__file__).parent
 #: the area modules whose ``routes`` are mounted (each helper adds its own, one line)
 AREAS: list[ModuleType] = [
     dashboard,
+    inbox,
     queue,
     logs,
     diagnostics,
