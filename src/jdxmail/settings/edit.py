@@ -141,6 +141,8 @@ def _write_atomically(path: Path, text: str) -> None:
         mode = stat.S_IMODE(path.stat().st_mode)
     if path.exists() and not os.access(path, os.W_OK):
         owner = _owner(path)
+        if _mode_allows_writing(path):
+            raise ConfigWriteError(path, *_locked_reason(path))
         raise ConfigWriteError(
             path,
             f"permission denied (mode {mode or 0:04o}, owner {owner})",
@@ -171,6 +173,27 @@ def _write_atomically(path: Path, text: str) -> None:
         raise ConfigWriteError(
             path, exc.strerror or str(exc), "check the disk and the folder"
         ) from None
+
+
+def _mode_allows_writing(path: Path) -> bool:
+    """True when the permission bits let this user write *path* (root, or the owner
+    with u+w): then something else forbids it."""
+    info = path.stat()
+    return os.geteuid() == 0 or (info.st_uid == os.geteuid() and bool(info.st_mode & stat.S_IWUSR))
+
+
+def _locked_reason(path: Path) -> tuple[str, str]:
+    """Reason and fix when the mode allows writing but the system does not."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return (
+                "the file system it is on is mounted read-only",
+                "remount it read-write, or copy the config to a writable folder and use --config",
+            )
+    return (
+        "the file is immutable (chattr +i) or locked by the system",
+        f"see `lsattr {path}`; remove the flag with `chattr -i {path}` if it was set on purpose",
+    )
 
 
 def _owner(path: Path) -> str:
