@@ -204,3 +204,23 @@ def test_f1_an_unwritable_config_is_named_and_left_whole(write_config: WriteConf
     assert caught.value.fix
     assert path.read_text() == CONFIG
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(("name", "text"), [("appsettings.json", CONFIG), ("jdxmail.toml", TOML)])
+def test_keys_of_a_new_list_item_append_it(write_config: WriteConfig, name: str, text: str) -> None:
+    """Keys given for the item past the end of RelayServers add a relay; comments stay."""
+    path = write_config(text, name=name)
+    count = len(load_settings(path).settings.relay_servers)
+    save_values(
+        path,
+        {
+            ("RelayServers", count, "Name"): "backup",
+            ("RelayServers", count, "Host"): "127.0.0.1",
+            ("RelayServers", count, "Port"): 2600,
+            ("RelayServers", count, "Password"): "",
+        },
+    )
+    relays = load_settings(path).settings.relay_servers
+    assert [r.display_name for r in relays][-1] == "backup"
+    assert relays[-1].port == 2600
+    assert "keep this comment" in path.read_text()

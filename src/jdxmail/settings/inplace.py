@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import tomlkit
+from tomlkit.items import AoT
 
 from jdxmail.findings import KeyPath, format_path
 from jdxmail.settings import jsonc, tomlfile
@@ -19,16 +20,85 @@ def with_values(source: ConfigSource, values: Mapping[KeyPath, Any]) -> str:
     """The text of *source* with each key path of *values* set (None: removed).
 
     Only those values change; comments, order and layout stay. Missing sections are
-    added. An index into a list that is not there raises KeyError.
+    added. Keys of the item just past the end of a list (``RelayServers[2].Host`` when
+    there are two) make a new item appended to it; any other index into a list that is
+    not there raises KeyError.
     """
     text = source.text
+    appended: dict[KeyPath, dict[str, Any]] = {}
     for path, value in values.items():
+        new_item = _new_item_path(source.data, path)
+        if new_item is not None:
+            if value is not None:
+                appended.setdefault(new_item, {})[str(path[len(new_item)])] = value
+            continue
         full = (*source.prefix, *path)
         if source.format == "toml":
             text = _toml_set(text, full, value)
         else:
             text = _json_set(text, full, value)
+    for item_path, item in sorted(appended.items(), key=lambda entry: str(entry[0])):
+        full_list = (*source.prefix, *item_path[:-1])
+        if source.format == "toml":
+            text = _toml_append(text, full_list, item)
+        else:
+            text = _json_append(text, full_list, item)
     return text
+
+
+def _new_item_path(data: Any, path: KeyPath) -> KeyPath | None:
+    """The path of the list item *path* is in, when that item is one past the end of
+    its list (or the list is missing and the index is 0) and *path* names one of its
+    keys; else None."""
+    node = data
+    for depth, part in enumerate(path):
+        if isinstance(part, int):
+            length = len(node) if isinstance(node, list) else 0 if node is None else -1
+            if part == length and depth == len(path) - 2:
+                return path[: depth + 1]
+            if not isinstance(node, list) or not 0 <= part < len(node):
+                return None
+            node = node[part]
+        else:
+            matches = (
+                [v for k, v in node.items() if k.casefold() == part.casefold()]
+                if (isinstance(node, Mapping))
+                else []
+            )
+            node = matches[-1] if matches else None
+    return None
+
+
+def _json_append(text: str, list_path: KeyPath, item: dict[str, Any]) -> str:
+    node, _ = jsonc.find(jsonc.parse(text), list_path)
+    if node is None:
+        return _json_set(text, list_path, [item])
+    return jsonc.append_item(text, list_path, item)
+
+
+def _toml_append(text: str, list_path: KeyPath, item: dict[str, Any]) -> str:
+    document = tomlfile.parse(text)
+    try:
+        parent = tomlfile.lookup(document, list_path[:-1])
+    except KeyError:
+        return _toml_set(text, list_path, [item])
+    try:
+        items = tomlfile.lookup(parent, list_path[-1:])
+    except KeyError:
+        items = None
+    if items is None or isinstance(items, AoT):
+        table = tomlkit.table()
+        table.update(item)
+        table.add(tomlkit.nl())
+        if items is None:
+            items = tomlkit.aot()
+            parent.add(str(list_path[-1]), items)
+        items.append(table)
+    else:
+        inline = tomlkit.inline_table()
+        inline.update(item)
+        items.append(inline)
+    return tomlkit.dumps(document)
 
 
 def _json_set(text: str, path: KeyPath, value: Any) -> str:

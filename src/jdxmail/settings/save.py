@@ -29,7 +29,7 @@ from jdxmail.settings.files import (
     source_from_text,
 )
 from jdxmail.settings.inplace import with_values
-from jdxmail.settings.model import Settings
+from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, Settings
 
 __all__ = [
     "ConfigChangedError",
@@ -166,7 +166,7 @@ def save_values(
     A value None removes the key (its default applies); a secret given as "" or the
     write-only marker keeps the stored secret. Raises as save_text does.
     """
-    current = read_source(path)
+    current = read_source(path) if path.exists() else _default_source(path)
     if base_version is not None and text_version(current.text) != base_version:
         raise ConfigChangedError(path)
     kept = {
@@ -175,6 +175,14 @@ def save_values(
         if not (secrets.is_secret_path(key) and value in ("", secrets.MARKER))
     }
     return save_text(path, with_values(current, kept))
+
+
+def _default_source(path: Path) -> ConfigSource:
+    """The built-in default config as the text of a new file at *path*."""
+    from jdxmail.settings.edit import _default_toml  # noqa: PLC0415
+
+    toml = path.suffix.lower() == ".toml"
+    return source_from_text(path, _default_toml() if toml else DEFAULT_CONFIG_TEXT)
 
 
 def _settings_of(source: ConfigSource | None) -> Settings | None:
@@ -202,6 +210,8 @@ def restart_needed(old: Settings | None, new: Settings) -> list[str]:
     restart = []
     for key in sorted(changed_keys(old, new)):
         section, _, name = key.partition(".")
+        if key.casefold() == "webui.users":
+            continue  # console users are read live, like SmtpServer.Users
         if section.casefold() in _RESTART_SECTIONS or (
             section == "SmtpServer" and name in _RESTART_SMTP_KEYS
         ):
