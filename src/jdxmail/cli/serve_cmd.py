@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from jdxmail.server.app import DeliveryMode, SmtpServerApp
     from jdxmail.settings.model import Settings
 
-__all__ = ["DeliveryChoice", "certificate_lines", "serve", "status_lines"]
+__all__ = ["DeliveryChoice", "certificate_lines", "console_lines", "serve", "status_lines"]
 
 
 class DeliveryChoice(enum.StrEnum):
@@ -116,11 +116,25 @@ def serve(
             "core) or the server's own event loop.",
         ),
     ] = DeliveryChoice.PROCESS,
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            "--web-port",
+            min=0,
+            max=65535,
+            help="Web console port instead of WebUI.Port (0: any free port).",
+            show_default=False,
+        ),
+    ] = None,
+    no_web: Annotated[
+        bool, typer.Option("--no-web", help="Do not run the web console (WebUI).")
+    ] = False,
 ) -> None:
     """Run the SMTP server: accept mail, store it durably, deliver or relay it.
 
     With no config file this is a dev inbox on 127.0.0.1:2525 that stores every
-    message under data/smtp/mailbox/. Stops cleanly on SIGTERM or Ctrl-C; SIGHUP
+    message under data/smtp/mailbox/, with the web console on
+    http://127.0.0.1:5001. Stops cleanly on SIGTERM or Ctrl-C; SIGHUP
     reloads users and policy.
     """
     import asyncio  # noqa: PLC0415
@@ -161,7 +175,7 @@ def serve(
         if delivery is DeliveryChoice.PROCESS and loaded.source.path is not None:
             # one delivery process relays for every worker
             mode = "process" if index == 0 else "none"
-        return SmtpServerApp(
+        app = SmtpServerApp(
             settings,
             bind_address=bind_address,
             port=port,
@@ -176,6 +190,12 @@ def serve(
             config_path=loaded.source.path,
             config_text=loaded.source.text,
         )
+        if index == 0 and settings.web_ui.enabled and not no_web:
+            # one console, in the first worker, for all of them
+            from jdxmail.web.console import WebConsole  # noqa: PLC0415
+
+            app.add_component(WebConsole(app, port=web_port, config_path=loaded.source.path))
+        return app
 
     if workers > 1:
         code = _serve_workers(
@@ -255,7 +275,8 @@ def _trailer(source: str, log_file: Path | None, mailbox: Path) -> str:
 
 
 def status_lines(app: SmtpServerApp) -> list[str]:
-    """What serve prints after it listens: the certificate, the delivery process."""
+    """What serve prints after it listens: the certificate, the delivery process, the
+    web console."""
     lines = certificate_lines(app)
     pid = app.delivery_pid
     if pid is not None:
@@ -263,6 +284,21 @@ def status_lines(app: SmtpServerApp) -> list[str]:
         lines.append(f"jdxmail serve: a delivery process (PID {pid}) relays to {relays}\n")
     elif app.settings.relays and app.delivery == "inline":
         lines.append("jdxmail serve: relaying from the server process (--delivery inline)\n")
+    lines.extend(console_lines(app))
+    return lines
+
+
+def console_lines(app: SmtpServerApp) -> list[str]:
+    """What serve prints about the web console: its URL, or why it does not run."""
+    from jdxmail.web.console import WebConsole  # noqa: PLC0415
+
+    lines = []
+    for component in app.components:
+        if isinstance(component, WebConsole):
+            if component.url:
+                lines.append(f"jdxmail serve: web console on {component.url}/\n")
+            elif component.unavailable:
+                lines.append(f"jdxmail serve: web console not started: {component.unavailable}\n")
     return lines
 
 

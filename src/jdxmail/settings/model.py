@@ -36,6 +36,8 @@ __all__ = [
     "SmtpServerSettings",
     "TlsSettings",
     "UserSettings",
+    "WebTlsSettings",
+    "WebUISettings",
     "relay_password_env",
 ]
 
@@ -104,6 +106,18 @@ class Section(BaseModel):
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _bind_address(value: str) -> str:
+    """BindAddress: an IP address or ``localhost``; ``*`` or empty mean 0.0.0.0."""
+    if value in ("*", ""):
+        return "0.0.0.0"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if value.lower() != "localhost":
+            raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+    return value
+
+
 class UserSettings(Section):
     """An SMTP user who may log in with AUTH PLAIN or AUTH LOGIN."""
 
@@ -163,14 +177,7 @@ class SmtpServerSettings(Section):
     @field_validator("bind_address")
     @classmethod
     def _bind_address(cls, value: str) -> str:
-        if value in ("*", ""):
-            return "0.0.0.0"
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if value.lower() != "localhost":
-                raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
-        return value
+        return _bind_address(value)
 
     @field_validator("local_domains")
     @classmethod
@@ -188,6 +195,36 @@ class SmtpServerSettings(Section):
         if self.local_domains is not None:
             return self.local_domains
         return sorted({"localhost", self.effective_host_name.lower()})
+
+
+class WebTlsSettings(Section):
+    """The web console's own certificate (HTTPS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        """True when both a certificate and a key file are named."""
+        return self.cert_file is not None and self.key_file is not None
+
+
+class WebUISettings(Section):
+    """The web console and HTTP API that ``jdxmail serve`` runs beside the SMTP server."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: Port = 5001
+    tls: WebTlsSettings = Field(default_factory=WebTlsSettings)
+    #: serve HTTPS with SmtpServer.Tls's certificate (when Tls here names none)
+    use_smtp_certificate: bool = False
+    #: console users (same shape and hashes as SmtpServer.Users); none: open on loopback
+    users: list[UserSettings] = Field(default_factory=list)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        return _bind_address(value)
 
 
 class RelaySettings(Section):
@@ -251,6 +288,7 @@ class Settings(Section):
     relay_servers: list[RelaySettings] = Field(default_factory=list)
     paths: PathSettings = Field(default_factory=PathSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    web_ui: WebUISettings = Field(default_factory=WebUISettings, alias="WebUI")
 
     @model_validator(mode="after")
     def _one_relay_form(self) -> Settings:
@@ -317,7 +355,14 @@ class Settings(Section):
             }
         )
         smtp = self.smtp_server.model_copy(update={"tls": tls})
-        resolved = self.model_copy(update={"paths": paths, "smtp_server": smtp})
+        web_tls = self.web_ui.tls.model_copy(
+            update={
+                "cert_file": under(self.web_ui.tls.cert_file),
+                "key_file": under(self.web_ui.tls.key_file),
+            }
+        )
+        web_ui = self.web_ui.model_copy(update={"tls": web_tls})
+        resolved = self.model_copy(update={"paths": paths, "smtp_server": smtp, "web_ui": web_ui})
         if self.relay_server is not None:
             relay = self.relay_server.model_copy(
                 update={"ca_file": under(self.relay_server.ca_file)}
