@@ -224,3 +224,19 @@ def test_keys_of_a_new_list_item_append_it(write_config: WriteConfig, name: str,
     assert [r.display_name for r in relays][-1] == "backup"
     assert relays[-1].port == 2600
     assert "keep this comment" in path.read_text()
+
+
+@pytest.mark.parametrize(("name", "text"), [("appsettings.json", CONFIG), ("jdxmail.toml", TOML)])
+def test_a_value_none_removes_the_key_so_its_default_applies(
+    write_config: WriteConfig, name: str, text: str
+) -> None:
+    """Clearing a key removes it (the default applies); clearing an absent key adds nothing."""
+    path = write_config(text, name=name)
+    save_values(path, {("SmtpServer", "Port"): None, ("SmtpServer", "HostName"): None})
+    saved = path.read_text()
+    assert "2525" not in saved
+    assert "HostName" not in saved
+    assert "keep this comment" in saved
+    assert load_settings(path).settings.smtp_server.port == 2525
+    if name.endswith(".json"):
+        assert saved == CONFIG.replace('    "Port": 2525, // not 25\n', "")

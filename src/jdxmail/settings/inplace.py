@@ -116,9 +116,44 @@ def _json_set(text: str, path: KeyPath, value: Any) -> str:
     key = path[depth]
     if isinstance(key, int):
         raise KeyError(format_path(path))
-    if value is None and depth < len(path) - 1:
-        return text  # removing a key whose section is not there: nothing to do
+    if value is None:
+        if depth < len(path) - 1:
+            return text  # removing a key whose section is not there: nothing to do
+        return _json_remove(text, path[:depth], key)
     return jsonc.set_member(text, path[:depth], key, nested)
+
+
+def _json_remove(text: str, path: KeyPath, key: str) -> str:
+    """*text* without the member *key* (any spelling) of the object at *path*: its
+    line(s) and the comma that separated it; comments elsewhere stay."""
+    while True:
+        obj, _ = jsonc.find(jsonc.parse(text), path)
+        if obj is None or obj.kind != "object":
+            return text
+        found = [i for i, m in enumerate(obj.members) if m.key.casefold() == key.casefold()]
+        if not found:
+            return text
+        index = found[-1]
+        member = obj.members[index]
+        line_start = text.rfind("\n", 0, member.key_start) + 1
+        own_line = not text[line_start : member.key_start].strip()
+        start = line_start if own_line else member.key_start
+        end = member.value.end
+        stripped = text[end:].lstrip(" \t")
+        comma = -1
+        if stripped.startswith(","):
+            end = len(text) - len(stripped) + 1
+        elif index > 0:
+            # the last member: the comma after the one before it goes instead
+            comma = text.find(",", obj.members[index - 1].value.end, member.key_start)
+        line_end = text.find("\n", end)
+        line_end = len(text) if line_end < 0 else line_end
+        tail = text[end:line_end].strip()
+        if own_line and (tail == "" or tail.startswith("//")):
+            end = min(line_end + 1, len(text))
+        text = text[:start] + text[end:]
+        if comma >= 0:
+            text = text[:comma] + text[comma + 1 :]
 
 
 def _toml_set(text: str, path: KeyPath, value: Any) -> str:
