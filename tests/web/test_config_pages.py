@@ -83,6 +83,8 @@ async def test_settings_page_shows_a_finding_beside_the_field(
     assert "65535" in text
     assert "Not saved" in await page.inner_text("#save-box")
     assert console.config_path.read_text() == CONFIG_WITH_SECRETS
+    await page.set_viewport_size({"width": 1280, "height": 1000})
+    await page.evaluate("window.scrollTo(0, 0)")
     await _shot(page, console, "settings.png")
     await page.fill("#f-SmtpServer-Port", "2525")
     await page.click("#settings-save")

@@ -115,7 +115,10 @@
   function showRefused(error) {
     saveBox.hidden = false;
     saveBox.className = "notice error";
-    saveBox.textContent = "Not saved: " + error.message + (error.fix ? " — " + error.fix : "");
+    const errors = (error.findings || []).filter((f) => f.severity === "error").length;
+    saveBox.textContent = errors
+      ? "Not saved: " + errors + (errors > 1 ? " errors" : " error") + " below; nothing was written. Fix and save again."
+      : "Not saved: " + error.message + (error.fix ? " — " + error.fix : "");
   }
 
   async function call(method, url, body) {
@@ -160,10 +163,20 @@
       const answer = await call("PUT", "/api/v1/settings", { values, version: root.dataset.version });
       showFindings(answer.findings);
       showSaved(answer);
+      // what was saved is the new starting point (also for "Undo changes")
       for (const input of form.querySelectorAll("[data-kind]")) {
-        if (input.dataset.kind === "bool") input.dataset.initial = String(input.checked);
-        else if (input.dataset.kind === "secret") input.value = "";
-        else input.dataset.initial = input.value;
+        if (input.dataset.kind === "bool") {
+          input.dataset.initial = String(input.checked);
+          input.defaultChecked = input.checked;
+        } else if (input.dataset.kind === "secret") {
+          input.value = "";
+        } else if (input.tagName === "SELECT") {
+          input.dataset.initial = input.value;
+          for (const option of input.options) option.defaultSelected = option.selected;
+        } else {
+          input.dataset.initial = input.value;
+          input.defaultValue = input.value;
+        }
       }
       dirty.textContent = "";
       const reloaded = await fetch("/api/v1/settings/raw", { credentials: "same-origin" });
