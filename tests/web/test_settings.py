@@ -194,3 +194,31 @@ async def test_unknown_keys_and_bad_bodies(console: Console) -> None:
         assert empty.status_code == 400
         bad_key = await http.put("/api/v1/settings", json={"values": {"a..b[": 1}})
         assert bad_key.status_code == 400
+
+
+async def test_a_relay_added_from_the_form_is_appended_and_needs_a_restart(
+    make_console: MakeConsole,
+) -> None:
+    """Keys of the item after the last relay add a relay (comments kept); it needs a restart."""
+    console = await make_console(CONFIG_WITH_SECRETS)
+    async with api(console.url) as http:
+        answer = await http.put(
+            "/api/v1/settings",
+            json={
+                "values": {
+                    "RelayServers[1].Name": "backup",
+                    "RelayServers[1].Host": "127.0.0.1",
+                    "RelayServers[1].Port": 2601,
+                    "RelayServers[1].Password": "second-secret",
+                }
+            },
+        )
+        shown = await http.get("/api/v1/settings")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["restart"] == ["RelayServers"]
+    text = console.config_path.read_text()
+    assert "// console test config: keep this comment" in text
+    assert '"Name": "backup"' in text
+    assert "second-secret" in text
+    assert_no_secret(shown, "second-secret", RELAY_SECRET)
+    assert [r["Name"] for r in shown.json()["settings"]["RelayServers"]] == ["upstream", "backup"]

@@ -11,6 +11,7 @@ config is applied as SIGHUP applies it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,6 @@ async def restore(request: Request) -> Response:
     raw = await request.body()
     text: Any
     if request.headers.get("content-type", "").startswith("application/json"):
-        import json  # noqa: PLC0415
-
         try:
             text = json.loads(raw).get("text")
         except (ValueError, AttributeError):

@@ -70,7 +70,7 @@ async def users_page(request: Request) -> Response:
         "users.html",
         {
             "users": _users(ctx),
-            "config": _config_name(ctx),
+            "config": str(ctx.config_path) if ctx.config_path is not None else None,
             "hash_choices": HASH_CHOICES,
         },
         active="users",
