@@ -16,6 +16,8 @@ value registered with :func:`register_secret` never reach a handler in clear.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import logging.handlers
 import os
@@ -144,16 +146,18 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
         self.echo = echo
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Write the line to the file (rolling over first at midnight), then the echo."""
+        """Write the line to the file (rolling over first at midnight), then the echo.
+
+        When the file cannot be written (the disk is full, its folder was deleted) the
+        line still reaches the echo; that is said once, on the echo, and once more in
+        the file when it can be written again (a folder deleted is made again).
+        """
         try:
-            if self.shouldRollover(record):
-                self.doRollover()
             line = self.format(record) + self.terminator
-            stream = self.stream
-            if stream is None:  # closed by a failed rollover: open it again
-                stream = self.stream = self._open()
-            stream.write(line)
-            stream.flush()
+            try:
+                self._write_file(record, line)
+            except OSError as exc:
+                self._file_failed(record, exc)
             echo = self.echo
             if echo is not None:
                 echo.write(line)
@@ -162,6 +166,62 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
             raise
         except Exception:
             self.handleError(record)
+
+    #: lines that reached only the echo since the file last failed (None: it works)
+    _missed: int | None = None
+    #: the second (of a record's time) the file was last checked to exist
+    _checked = -1
+
+    def _write_file(self, record: logging.LogRecord, line: str) -> None:
+        if self.shouldRollover(record):
+            self.doRollover()
+        second = int(record.created)
+        if second != self._checked:
+            # once a second: a log file deleted under it (with its folder) is made again
+            self._checked = second
+            if self.stream is not None and not os.path.exists(self.baseFilename):
+                with contextlib.suppress(OSError):
+                    self.stream.close()
+                self.stream = None
+        stream = self.stream
+        if stream is None:  # closed by a failed rollover or write: open it again
+            os.makedirs(os.path.dirname(self.baseFilename) or ".", exist_ok=True)
+            stream = self.stream = self._open()
+        if self._missed is not None:
+            stream.write(
+                self._note(
+                    record,
+                    f"the log file works again; {self._missed} line(s) "
+                    "before this one went to the console only",
+                )
+            )
+        stream.write(line)
+        stream.flush()
+        self._missed = None
+
+    def _file_failed(self, record: logging.LogRecord, exc: OSError) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+        if self._missed is None:
+            self._missed = 0
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or exc
+            if self.echo is not None:
+                self.echo.write(
+                    self._note(
+                        record,
+                        f"cannot write the log file {self.baseFilename} ({reason}); "
+                        "logging to the console only until it can",
+                        logging.ERROR,
+                    )
+                )
+        self._missed += 1
+
+    def _note(self, record: logging.LogRecord, text: str, level: int = logging.WARNING) -> str:
+        note = logging.LogRecord("jdxmail.logs", level, "", 0, text, None, None)
+        note.created, note.msecs = record.created, record.msecs
+        return self.format(note) + self.terminator
 
     def doRollover(self) -> None:
         """Rename the file at midnight, once even when several processes write it.

@@ -53,6 +53,10 @@ BANNER = Reply(220, "", "{host} ESMTP jdxmail SMTP Server Ready")
 BYE = Reply(221, "2.0.0", "Bye")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "{host} Too many connections, try again later")
 TIMEOUT = Reply(421, "4.4.2", "{host} Timeout waiting for a command, closing connection")
+DATA_TIMEOUT = Reply(421, "4.4.2", "{host} Message data arriving too slowly, closing connection")
+TOO_MANY_FROM_CLIENT = Reply(
+    421, "4.7.0", "{host} Too many connections from your address, try again later"
+)
 SHUTTING_DOWN = Reply(421, "4.3.2", "{host} Service shutting down, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "{host} Too many bad commands, closing connection")
 
@@ -69,11 +73,13 @@ HELP = Reply(
 
 # -- syntax -------------------------------------------------------------------------
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognized")
-LINE_TOO_LONG = Reply(500, "5.5.2", "Command line too long (limit 512 bytes)")
+#: RFC 5321 4.5.3.1.4 "500 Line too long"; sent as soon as the limit is passed
+LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (limit 512 bytes)")
 NOT_UTF8 = Reply(500, "5.5.2", "Command is not valid UTF-8")
 BARE_LINE_ENDING_COMMAND = Reply(500, "5.5.2", "Command must end with CRLF")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
 SYNTAX_HELO = Reply(501, "5.5.4", "Syntax: {verb} hostname")
+BAD_HELO_NAME = Reply(501, "5.5.4", "Invalid {verb} name")
 SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
 SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
 SYNTAX_NO_ARGUMENT = Reply(501, "5.5.4", "Syntax: {verb} takes no argument")
@@ -95,6 +101,7 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {queue_id}")
 STORE_FAILED = Reply(451, "4.3.0", "Could not store the message; try again later")
+STORE_FULL = Reply(452, "4.3.1", "Insufficient system storage; try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (limit {limit})")
 TOO_BIG = Reply(552, "5.3.4", "Message too big (limit {limit} bytes)")
 BARE_LINE_ENDING = Reply(
@@ -102,6 +109,7 @@ BARE_LINE_ENDING = Reply(
     "5.6.0",
     "Message contains a bare CR or LF; lines must end with CRLF (SMTP smuggling protection)",
 )
+NUL_BYTE = Reply(550, "5.6.0", "Message contains a NUL byte (not allowed in mail, RFC 5321 2.3.8)")
 DATA_LINE_TOO_LONG = Reply(
     550, "5.6.0", "Message has a line longer than 1000 bytes (RFC 5321 4.5.3.1.6)"
 )

@@ -57,6 +57,8 @@ class UpstreamSpec:
     cert: trustme.LeafCert | None = None
     #: offer PIPELINING (RFC 2920) in the EHLO reply
     pipelining: bool = False
+    #: offer 8BITMIME (RFC 6152) in the EHLO reply (aiosmtpd does by default)
+    eight_bit_mime: bool = True
 
 
 @dataclass
@@ -124,6 +126,8 @@ class _Handler:
         session.host_name = hostname
         if self.upstream.spec.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if not self.upstream.spec.eight_bit_mime:
+            responses = [r for r in responses if r[4:].upper() != "8BITMIME"]
         return responses
 
     async def handle_MAIL(

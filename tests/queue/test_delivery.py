@@ -32,6 +32,7 @@ from tests.queue.conftest import (
     settings_for,
 )
 
+from jdxmail.queue.admin import list_queue, retry_message
 from jdxmail.queue.spool import Spool, read_queued_message, spool_stats
 from jdxmail.queue.state import DeliveryState
 from jdxmail.queue.worker import DeliveryOptions
@@ -672,6 +673,28 @@ async def test_expired_message_bounces(
     assert bob["code"] == "4.4.7"
     assert "expired after 5 days" in bob["reply"]
     assert "451 4.3.0 later" in bob["reply"]
+
+
+async def test_retry_of_expired_message_does_not_bounce_twice(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """queue retry of an expired message that fails again sends the sender no second bounce."""
+    flaky = await upstream_factory(UpstreamSpec(data_reply="451 4.3.0 later"))
+    running = await run_engine(settings_for(tmp_path, relay_for(flaky)))
+    old = message()
+    old = type(old)(**{**{f: getattr(old, f) for f in old.__slots__}, "received_at": 1.0})
+    queue_id = await running.spool.store(old)
+    await running.engine.wait_idle()
+    spool_dir = running.spool.spool_dir
+    bounces = [e for e in list_queue(spool_dir) if e.mail_from == ""]
+    assert len(bounces) == 1
+    assert retry_message(spool_dir, queue_id) is True
+    running.engine.enqueue(queue_id)
+    await running.engine.wait_idle()
+    assert flaky.refused >= 2  # it was tried again
+    assert spool_stats(spool_dir).failed == 1
+    bounces = [e for e in list_queue(spool_dir) if e.mail_from == ""]
+    assert len(bounces) == 1
 
 
 @BOTH_WAYS

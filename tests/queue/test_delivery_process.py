@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import psutil
 import pytest
 from tests.queue.conftest import StartUpstream, Upstream
 
+from jdxmail.queue.admin import flush_queue
 from jdxmail.server.delivery import DeliveryProcess
 from jdxmail.server.errors import ServerError
 
@@ -255,3 +257,57 @@ async def test_delivery_process_uses_the_config_text_serve_read(
     broken = DeliveryProcess(config, grace=1.0, on_exit=lambda: None)
     with pytest.raises(ServerError, match="cannot read"):
         await broken.start()
+
+
+def _follow(path: Path, text: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while path.read_text(errors="replace").count(text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not logged in 20 s:\n{path.read_text()}")
+        time.sleep(0.05)  # (a subprocess's log file: there is no event to wait for)
+
+
+async def logged(path: Path, text: str, count: int = 1) -> None:
+    """Wait until *text* appears *count* times in the log file *path* (a subprocess's)."""
+    await asyncio.to_thread(_follow, path, text, count)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--delivery", "inline"), ("--workers", "2")],
+    ids=["process", "inline", "workers"],
+)
+async def test_sighup_moves_relaying_to_the_new_relay(
+    tmp_path: Path,
+    start_serve: StartServe,
+    upstream_factory: StartUpstream,
+    args: tuple[str, ...],
+) -> None:
+    """After the relay in the config changes and serve gets SIGHUP, new mail and the
+    mail still queued go to the new relay; nothing queued is lost."""
+    old = await upstream_factory()
+    new = await upstream_factory()
+    serve = await start_serve(old, *args)
+    await send(serve.port, 1)
+    async with asyncio.timeout(10):
+        await old.wait_for(1)
+    old.spec.data_reply = "451 4.3.0 try again later"  # the next one stays queued
+    await send(serve.port, 2)
+    await logged(serve.err, "still pending after 1 attempt(s)")
+    config = tmp_path / "appsettings.json"
+    settings = json.loads(config.read_text())
+    settings["RelayServer"]["Port"] = new.port
+    config.write_text(json.dumps(settings), encoding="utf-8")
+    serve.proc.send_signal(signal.SIGHUP)
+    await logged(serve.err, f"relays reloaded: 127.0.0.1:{new.port}")
+    await send(serve.port, 3)
+    async with asyncio.timeout(10):
+        await new.wait_for(1)
+    assert b"Subject: test 3" in new.received[0].data
+    flush_queue(tmp_path / "data" / "smtp" / "spool")  # `jdxmail queue flush`
+    async with asyncio.timeout(10):
+        await new.wait_for(2)
+    assert b"Subject: test 2" in new.received[1].data
+    assert len(old.received) == 1
+    assert await serve.stop() == 0
+    assert "Traceback" not in serve.err.read_text()

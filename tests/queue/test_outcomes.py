@@ -12,6 +12,7 @@ import pytest
 from jdxmail.queue.bounce import FailedRecipient, build_dsn
 from jdxmail.queue.relay import (
     OUTCOME_TABLE,
+    EightBitUnsupported,
     Outcome,
     RelayUnusable,
     Scope,
@@ -64,6 +65,12 @@ CASES: list[tuple[Stage, BaseException, str, Outcome, Scope, bool, bool, str]] =
         ConnectionRefusedError(111, "Connection refused"),
         "connection failed, dropped or timed out",
         Outcome.RETRY, Scope.RELAY, True, True, "4.4.1",
+    ),
+    (
+        Stage.MAIL,
+        EightBitUnsupported("8-bit content, no 8BITMIME"),
+        "relay lacks 8BITMIME for 8-bit content",
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.3",
     ),
     (
         Stage.MAIL,

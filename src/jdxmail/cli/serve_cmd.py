@@ -135,7 +135,7 @@ def serve(
     With no config file this is a dev inbox on 127.0.0.1:2525 that stores every
     message under data/smtp/mailbox/, with the web console on
     http://127.0.0.1:5001. Stops cleanly on SIGTERM or Ctrl-C; SIGHUP
-    reloads users and policy.
+    reloads users, policy and relays.
     """
     import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415

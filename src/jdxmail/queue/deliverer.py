@@ -8,7 +8,9 @@ spool and runs the :class:`~jdxmail.queue.worker.DeliveryEngine` on it. It learn
 about new messages from the kernel (inotify on ``queue/``), whichever server
 process stored them; without inotify it looks every second. It ends when its parent
 ends (Linux ``PR_SET_PDEATHSIG``), and on SIGTERM or SIGINT it lets deliveries in
-progress finish within ``--grace`` seconds.
+progress finish within ``--grace`` seconds. On SIGHUP (which serve passes on when it
+reloads) it reads the config file again and relays the next attempts with its relays
+and ``Delivery`` settings.
 
 Its start is reported to the parent as one JSON object on ``--report-fd``:
 ``{"ok": true}`` once the engine runs, or ``{"ok": false, "message": ..., "fix": ...}``.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from jdxmail.process import end_with_parent, send_report, settle_heap
 
 if TYPE_CHECKING:
+    from jdxmail.queue.worker import DeliveryEngine
     from jdxmail.settings.model import Settings
 
 __all__ = ["main"]
@@ -96,13 +99,32 @@ def main(argv: list[str] | None = None) -> int:
     except LogSetupError as exc:
         return report.fail(str(exc), "make the folder writable or set Paths.Logs")
     try:
-        return asyncio.run(_run(settings, report, args.grace))
+        return asyncio.run(_run(settings, report, args.grace, args.config))
     except Exception as exc:  # reported to the parent, which prints it once
         logger.exception("the delivery process failed")
         return report.fail(f"the delivery process failed: {exc}", "see the log for details")
 
 
-async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
+async def _reload(engine: DeliveryEngine, config: Path) -> None:
+    """Read *config* again (SIGHUP from serve) and give the engine its relays."""
+    from jdxmail.logs import register_secret  # noqa: PLC0415
+    from jdxmail.settings.files import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = (await asyncio.to_thread(load_settings, config)).settings
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        logger.error("delivery process: reload failed, keeping the current relays: %s", exc)
+        return
+    for relay in settings.relays:
+        if relay.password is not None:
+            register_secret(relay.password.get_secret_value())
+    try:
+        engine.reload(settings)
+    except Exception:  # the engine keeps what it had; the log says why
+        logger.exception("delivery process: reload failed, keeping the current relays")
+
+
+async def _run(settings: Settings, report: _Reporter, grace: float, config: Path) -> int:
     from jdxmail.logs import register_secret  # noqa: PLC0415
     from jdxmail.queue.spool import QUEUE_SUFFIX, Spool, SpoolError  # noqa: PLC0415
     from jdxmail.queue.watch import QueueWatcher  # noqa: PLC0415
@@ -115,10 +137,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: logger.info("delivery process: relay and Delivery changes need a restart"),
-    )
+    reloads: set[asyncio.Task[None]] = set()
     spool = Spool(settings.paths.spool, settings.paths.mailbox)
     try:
         await spool.open(announce=False)  # serve has said what the spool holds
@@ -130,6 +149,13 @@ async def _run(settings: Settings, report: _Reporter, grace: float) -> int:
         )
     engine = DeliveryEngine(settings, spool)
     await engine.start()
+
+    def reload() -> None:
+        task = loop.create_task(_reload(engine, config))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watcher = QueueWatcher(spool.queue_dir, QUEUE_SUFFIX, engine.enqueue, engine.rescan)
     if not watcher.start():
         engine.rescan_interval = _POLL_WITHOUT_INOTIFY

@@ -34,6 +34,7 @@ from jdxmail.settings.model import RelaySettings
 __all__ = [
     "OUTCOME_TABLE",
     "AttemptResult",
+    "EightBitUnsupported",
     "Outcome",
     "Payload",
     "RecipientResult",
@@ -115,6 +116,10 @@ class RelayUnusable(Exception):
 ErrorTest = Callable[[Stage, BaseException], bool]
 
 
+class EightBitUnsupported(aiosmtplib.SMTPNotSupported):
+    """The message has 8-bit content and the relay does not offer 8BITMIME (RFC 6152)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """One row of the outcome table."""
@@ -184,6 +189,11 @@ OUTCOME_TABLE: tuple[Row, ...] = (
         "connection failed, dropped or timed out",
         lambda s, e: _network(e),
         Outcome.RETRY, Scope.RELAY, True, True, "4.4.1",
+    ),
+    Row(
+        "relay lacks 8BITMIME for 8-bit content",
+        lambda s, e: isinstance(e, EightBitUnsupported),
+        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.3",
     ),
     Row(
         "relay lacks a needed extension (SMTPUTF8)",
@@ -670,6 +680,8 @@ class Transaction:
         self.sent: list[str] = []
         self.encoding = "ascii"
         self.mail_parameters: list[str] = []
+        #: the data has bytes above 127 (needs 8BITMIME, or a 7bit copy)
+        self.eight_bit = False
 
 
 @dataclass(eq=False, slots=True)
@@ -710,7 +722,8 @@ class RelayConnection:
 
         Recipients that cannot be written (bad characters) are judged at once in
         ``tx.result``; the commands are empty when none is left. Raises
-        SMTPNotSupported when the message needs SMTPUTF8 and the relay lacks it.
+        SMTPNotSupported when the message needs SMTPUTF8 and the relay lacks it,
+        EightBitUnsupported when it has 8-bit content and the relay lacks 8BITMIME.
         """
         client = self.client
         result = tx.result = AttemptResult(relay=self.relay.display_name)
@@ -723,6 +736,14 @@ class RelayConnection:
                 )
             passed.append("SMTPUTF8")
             encoding = "utf-8"
+        elif tx.eight_bit:
+            if not client.supports_extension("8bitmime"):
+                raise EightBitUnsupported(
+                    f"the message has 8-bit content and {self.relay.display_name} "
+                    "does not offer 8BITMIME"
+                )
+            if not any(o.startswith("BODY=") for o in passed):
+                passed.append("BODY=8BITMIME")  # (RFC 6152: 8-bit data is declared)
         tx.encoding, tx.mail_parameters = encoding, passed
         sender = b"MAIL FROM:" + _quoted(tx.mail_from).encode(encoding)
         commands = [b" ".join([sender, *(o.encode("ascii") for o in passed)]) + b"\r\n"]
@@ -925,6 +946,10 @@ class RelayPool:
         self._waiting: collections.deque[_Waiter] = collections.deque()
         self._idle: list[RelayConnection] = []
         self._context = _tls_context(relay)
+        #: whether the relay offered 8BITMIME in its last EHLO (None: not known yet)
+        self.offers_8bitmime: bool | None = None
+        #: set when a reload removed this relay: sessions are closed, not kept
+        self._retired = False
 
     @property
     def name(self) -> str:
@@ -961,6 +986,7 @@ class RelayPool:
                 await client.starttls(server_hostname=relay.host, tls_context=self._context)
                 stage = Stage.EHLO
                 await client.ehlo()
+            self.offers_8bitmime = client.supports_extension("8bitmime")
             if relay.username:
                 stage = Stage.AUTH
                 await self._login(client)
@@ -1084,11 +1110,16 @@ class RelayPool:
                 successor.transaction.ahead = False
                 successor.future.set_result(None)
             return
-        if alive:
+        if alive and not self._retired:
             self._idle.append(connection)
         else:
             connection.client.close()
         self.end_turn()
+
+    def retire(self) -> None:
+        """This relay is no longer used (a reload): sessions still in use are closed
+        when their attempt is done instead of being kept."""
+        self._retired = True
 
     def end_turn(self) -> None:
         """A turn is over: the next waiting transaction gets it, else it is free."""

@@ -62,6 +62,7 @@ __all__ = [
     "QueuedMessage",
     "Spool",
     "SpoolError",
+    "SpoolFull",
     "SpoolStats",
     "SpooledBody",
     "claim",
@@ -96,7 +97,11 @@ CommitMode = Literal["batch", "batch-fsync", "per-message"]
 
 
 class SpoolError(Exception):
-    """Storing failed (disk full, permission...); the server answers 451 4.3.0."""
+    """Storing failed (an I/O error, permission...); the server answers 451 4.3.0."""
+
+
+class SpoolFull(SpoolError):
+    """Storing failed for want of space (disk full, quota); the server answers 452 4.3.1."""
 
 
 class CorruptSpoolFile(SpoolError):
@@ -611,15 +616,7 @@ class Spool:
 
     def _prepare(self) -> dict[str, int]:
         try:
-            for directory in (
-                self.tmp_dir,
-                self.queue_dir,
-                self.state_dir,
-                self.failed_dir,
-                self.corrupt_dir,
-                self.spare_dir,
-                self.mailbox_tmp_dir,
-            ):
+            for directory in self._directories():
                 directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool directories: {exc}") from exc
@@ -849,7 +846,47 @@ class Spool:
             raise _as_spool_error(exc) from exc
 
     def _write_tmp(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
-        """Write the tmp files of *plan*; on failure remove what was written and raise."""
+        """Write the tmp files of *plan*; on failure remove what was written and raise.
+
+        A folder of the spool someone deleted is made again, and the write tried once more.
+        """
+        try:
+            self._write_tmp_once(plan, message, sync=sync)
+        except FileNotFoundError:
+            if not self.remake_directories():
+                raise
+            self._write_tmp_once(plan, message, sync=sync)
+
+    def remake_directories(self) -> bool:
+        """Make again the spool's folders someone deleted; True if any was missing.
+
+        Thread-safe; files made ahead in a deleted tmp/ are forgotten.
+        """
+        missing = [d for d in self._directories() if not d.is_dir()]
+        for directory in missing:
+            directory.mkdir(parents=True, exist_ok=True)
+        if missing:
+            if self.tmp_dir in missing:
+                self._stock.clear()
+            logger.warning(
+                "spool: made again the folder(s) deleted while serving: %s",
+                ", ".join(str(d) for d in missing),
+            )
+        return bool(missing)
+
+    def _directories(self) -> tuple[Path, ...]:
+        return (
+            self.tmp_dir,
+            self.queue_dir,
+            self.state_dir,
+            self.failed_dir,
+            self.corrupt_dir,
+            self.spare_dir,
+            self.mailbox_tmp_dir,
+        )
+
+    def _write_tmp_once(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
+        plan.tmp_files.clear()
         try:
             if plan.queue_file is not None:
                 tmp, final = plan.queue_file
@@ -878,7 +915,12 @@ class Spool:
         dirs: set[Path] = set()
         if plan.queue_file is not None:
             tmp, final = plan.queue_file
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except FileNotFoundError:
+                if not self.remake_directories():  # (queue/ was deleted under it)
+                    raise
+                os.rename(tmp, final)
             plan.placed.append(final)
             dirs.add(self.queue_dir)
         for delivery in plan.mailbox_files:
@@ -1045,7 +1087,8 @@ def _as_spool_error(exc: BaseException) -> SpoolError:
             errno.EROFS: "the file system is read-only",
         }.get(exc.errno or 0, exc.strerror or str(exc))
         where = f" ({exc.filename})" if exc.filename else ""
-        error = SpoolError(f"cannot store the message: {reason}{where}")
+        kind = SpoolFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else SpoolError
+        error = kind(f"cannot store the message: {reason}{where}")
         error.__cause__ = exc
         return error
     error = SpoolError(f"cannot store the message: {exc!r}")

@@ -60,6 +60,9 @@ class DeliveryState:
     #: why the message waits without an attempt (quota spent, relays skipped)
     waiting_for: str = ""
     recipients: dict[str, RecipientState] = field(default_factory=dict)
+    #: recipients the sender was already sent a bounce for (``queue retry`` of a failed
+    #: message keeps this, so failing again does not bounce them a second time)
+    bounced: list[str] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, recipients: tuple[str, ...]) -> DeliveryState:
@@ -73,6 +76,10 @@ class DeliveryState:
     def failed(self) -> dict[str, RecipientState]:
         """Recipients given up on."""
         return {r: s for r, s in self.recipients.items() if s.status == FAILED}
+
+    def unbounced(self) -> dict[str, RecipientState]:
+        """Recipients given up on that the sender has not had a bounce for yet."""
+        return {r: s for r, s in self.failed().items() if r not in self.bounced}
 
     def delivered(self) -> dict[str, RecipientState]:
         """Recipients the relay accepted."""
@@ -94,6 +101,7 @@ class DeliveryState:
                 last_reply=str(data.get("last_reply", "")),
                 last_relay=str(data.get("last_relay", "")),
                 waiting_for=str(data.get("waiting_for", "")),
+                bounced=[str(r) for r in data.get("bounced", [])],
                 recipients={
                     str(r): RecipientState(**s) for r, s in dict(data["recipients"]).items()
                 },
@@ -106,13 +114,23 @@ class DeliveryState:
 
 
 def write_json_atomic(path: Path, data: Any, *, sync: bool = False) -> None:
-    """Replace *path* with *data* as JSON so a reader sees the old or the new file."""
+    """Replace *path* with *data* as JSON so a reader sees the old or the new file.
+
+    A folder someone deleted is made again. Raises OSError (the disk is full…); the
+    old file is then left as it was, and no temporary file.
+    """
+    text = json.dumps(data, ensure_ascii=False, indent=1)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=1)
+        try:
+            handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(tmp, "w", encoding="utf-8")  # noqa: SIM115
+        with handle:
+            handle.write(text)
+            handle.flush()
             if sync:
-                handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import logging
 import os
@@ -30,9 +31,11 @@ import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
 from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
+    EightBitUnsupported,
     Outcome,
     Payload,
     RelayPool,
@@ -90,6 +93,31 @@ _SPARE_COUNT_EVERY = 128
 _MAX_CRASHES = 3
 
 
+#: failure statuses of a relay lacking what the message needs → the bounce's status
+#: and reason when no relay has it
+_LACKING = {
+    "4.6.7": ("5.6.7", "the message needs SMTPUTF8 and no relay offers it"),
+    "4.6.3": (
+        "5.6.3",
+        "the message has 8-bit content and no relay offers 8BITMIME "
+        "(Delivery.EightBitDowngrade is Bounce, or no 7bit copy could be made)",
+    ),
+}
+
+
+def _seven_bit_copy(data: Payload) -> bytes:
+    """A 7bit copy of *data* (read whole if spooled); CPU work: call in a thread."""
+    return to_7bit(data.read() if isinstance(data, SpooledBody) else data)
+
+
+def _io_reason(exc: OSError) -> str:
+    """What an I/O error means, for the log (``the disk is full: /path``)."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        exc.errno or 0, exc.strerror or str(exc)
+    )
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
 def backoff_delay(attempts: int, first: float, cap: float, rng: Callable[[], float]) -> float:
     """Seconds before the next try after *attempts* tries: doubling from *first* up to
     *cap*, with ±20 % jitter so that many waiting messages do not retry in lockstep."""
@@ -115,6 +143,8 @@ class DeliveryOptions:
     #: also replace the From: header with the relay account (the original From
     #: becomes Reply-To unless the message has one)
     rewrite_from: bool = False
+    #: 8-bit content for a relay without 8BITMIME: "Convert" (a 7bit copy) or "Bounce"
+    eight_bit_downgrade: str = "Convert"
 
     @classmethod
     def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
@@ -301,6 +331,8 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: closing the sessions of relays a reload removed
+        self._retiring: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
@@ -351,6 +383,73 @@ class DeliveryEngine:
             for n in range(workers)
         ]
 
+    def reload(self, settings: Settings) -> None:
+        """Relay the next attempts with *settings*' relays and Delivery section (SIGHUP).
+
+        Attempts in progress finish with the relay they started with; a relay whose
+        settings did not change keeps its sessions and its breaker. Nothing queued is
+        touched: every message is tried at its next due time with the new relays
+        (``queue flush`` makes that now).
+        """
+        delivery = DeliveryOptions.from_settings(settings.delivery)
+        server = settings.smtp_server
+        kept = list(self.pools)
+        before = {id(p) for p in kept}
+        pools: list[RelayPool] = []
+        for relay in settings.relays:
+            step_timeout = float(relay.time_out or server.time_out)
+            same = (
+                (relay, delivery.connections_per_relay, step_timeout, server.effective_host_name)
+                == (p.relay, p.size, p.step_timeout, p.local_hostname)
+                for p in kept
+            )
+            index = next((n for n, match in enumerate(same) if match), None)
+            if index is not None:
+                pools.append(kept.pop(index))
+                continue
+            pools.append(
+                RelayPool(
+                    relay,
+                    local_hostname=server.effective_host_name,
+                    step_timeout=step_timeout,
+                    size=delivery.connections_per_relay,
+                )
+            )
+        for retired in kept:
+            retired.retire()
+            task = asyncio.get_running_loop().create_task(retired.close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self.settings = settings
+        self.options = delivery
+        self.lifetime = float(delivery.message_lifetime)
+        self.retry_delay = float(delivery.retry_delay)
+        self.retry_max_delay = float(delivery.retry_max_delay)
+        self.host_name = server.effective_host_name
+        self.local_domains = {d.lower() for d in server.effective_local_domains}
+        self.pools = pools
+        # a relay that changed starts with a closed breaker; an attempt in progress at
+        # a relay that is gone still finds its own
+        self.breakers = {
+            **self.breakers,
+            **{
+                p.name: self.breakers[p.name] if id(p) in before else CircuitBreaker(p.name)
+                for p in pools
+            },
+        }
+        self._relay_hosts.update({p.name: p.relay.host for p in pools})
+        if self._tasks and not self._stopping:
+            workers = max(1, 2 * sum(p.size for p in pools))
+            self._tasks += [
+                asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
+                for n in range(len(self._tasks) - 1, workers)
+            ]
+        relay_log.info(
+            "relays reloaded: %s (%d retired)",
+            ", ".join(f"{p.name} ({p.relay.host}:{p.relay.port})" for p in pools) or "none",
+            len(kept),
+        )
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking messages; let attempts in progress finish within *grace* seconds."""
         self._stopping = True
@@ -372,7 +471,9 @@ class DeliveryEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(p.close() for p in self.pools), return_exceptions=True)
+        await asyncio.gather(
+            *self._retiring, *(p.close() for p in self.pools), return_exceptions=True
+        )
         if self._files is not None:
             files, self._files = self._files, None
             await asyncio.to_thread(files.close)
@@ -520,6 +621,17 @@ class DeliveryEngine:
                         self._schedule(queue_id, resting)
             except asyncio.CancelledError:
                 raise
+            except OSError as exc:
+                # The disk is full, a write failed: the message and what it was told
+                # so far stay as they were on disk (at worst a recipient is sent to
+                # twice), and it is tried again later — not a crash to quarantine for.
+                logger.error(
+                    "%s: could not write the delivery state (%s); trying again in %.0f s",
+                    queue_id,
+                    _io_reason(exc),
+                    self.retry_delay,
+                )
+                self._schedule(queue_id, self.clock() + self.retry_delay)
             except Exception:
                 crashes = self._crashes.get(queue_id, 0) + 1
                 self._crashes[queue_id] = crashes
@@ -545,7 +657,7 @@ class DeliveryEngine:
 
     def _relays_resting(self, now: float) -> float | None:
         """When the first breaker reopens, if every relay's breaker is open; else None."""
-        breakers = self.breakers.values()
+        breakers = [self.breakers[p.name] for p in self.pools]
         if not breakers or any(b.allows(now) for b in breakers):
             return None
         return min(b.open_until for b in breakers)
@@ -663,7 +775,10 @@ class DeliveryEngine:
             state.first_try = now
         waits: list[tuple[float, str]] = []
         tried = False
-        lacking_utf8 = 0
+        #: relays that lack what the message needs (SMTPUTF8, or 8BITMIME when a
+        #: 7bit copy is not made), by the status of their failure
+        lacking: list[str] = []
+        eight_bit = await self._has_8bit(message)
         for pool in self.pools:
             pending = state.pending()
             if not pending:
@@ -685,7 +800,10 @@ class DeliveryEngine:
                     extra={"session": message.session_id},
                 )
                 continue
-            result = await self._attempt(pool, message, pending)
+            result = await self._attempt(pool, message, pending, eight_bit)
+            if self._convert_now(result, pool, eight_bit):
+                # the relay's EHLO said no 8BITMIME on this first session: a 7bit copy
+                result = await self._attempt(pool, message, pending, eight_bit)
             if result is None:  # the breaker opened while it waited for a turn
                 if quota is not None:
                     await asyncio.to_thread(self.quota.give_back, pool.name, now)
@@ -696,8 +814,8 @@ class DeliveryEngine:
             if quota is not None and not delivered:
                 await asyncio.to_thread(self.quota.give_back, pool.name, now)
             failure = result.failure
-            if failure is not None and failure.status == "4.6.7":
-                lacking_utf8 += 1
+            if failure is not None and failure.status in _LACKING:
+                lacking.append(failure.status)
             if failure is not None and failure.trips_breaker:
                 breaker.failure(self.clock())
             else:
@@ -714,15 +832,13 @@ class DeliveryEngine:
             state.attempts += 1
             state.last_try = now
         pending = state.pending()
-        if pending and lacking_utf8 == len(self.pools):
-            # RFC 6531 §3.2: no relay can carry it, so it bounces now rather than in 5 days
+        if pending and lacking and len(lacking) == len(self.pools):
+            # RFC 6531 §3.2 / RFC 6152: no relay can carry it, so it bounces now rather
+            # than in 5 days
+            code, reply = _LACKING["4.6.7" if "4.6.7" in lacking else "4.6.3"]
             for recipient in pending:
                 state.recipients[recipient] = RecipientState(
-                    status=FAILED,
-                    code="5.6.7",
-                    reply="the message needs SMTPUTF8 and no relay offers it",
-                    relay=state.last_relay,
-                    at=now,
+                    status=FAILED, code=code, reply=reply, relay=state.last_relay, at=now
                 )
             pending = []
         if pending and now - message.received_at >= self.lifetime:
@@ -775,20 +891,59 @@ class DeliveryEngine:
             extra={"session": message.session_id},
         )
 
+    async def _has_8bit(self, message: QueuedMessage) -> bool:
+        """Whether the message's data has bytes above 127 (big ones read in a thread)."""
+        if message.spooled is None:
+            return has_8bit(message.data)
+        spooled = message.spooled
+        return await asyncio.to_thread(lambda: has_8bit(spooled.read()))
+
+    def _convert_now(self, result: AttemptResult | None, pool: RelayPool, eight_bit: bool) -> bool:
+        """Whether *result* failed only for want of 8BITMIME, which a 7bit copy solves."""
+        return (
+            eight_bit
+            and self.options.eight_bit_downgrade == "Convert"
+            and result is not None
+            and result.failure is not None
+            and result.failure.status == "4.6.3"
+            and pool.offers_8bitmime is False
+        )
+
     async def _attempt(
-        self, pool: RelayPool, message: QueuedMessage, recipients: list[str]
+        self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
     ) -> AttemptResult | None:
         """One attempt at *pool*'s relay, within the total deadline of an attempt.
 
         Waits for a turn at the relay first (not counted in the deadline); None when
         the relay's breaker opened meanwhile. A reused session that the relay closed
-        while idle is replaced once, silently.
+        while idle is replaced once, silently. 8-bit data for a relay known to lack
+        8BITMIME is sent as a 7bit copy when ``EightBitDowngrade`` is ``Convert``.
         """
         try:
             mail_from, data = self._as_sent(pool, message)
         except Exception as exc:  # (a big message's file could not be read for rewriting)
             return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
+        convert = (
+            eight_bit
+            and pool.offers_8bitmime is False
+            and self.options.eight_bit_downgrade == "Convert"
+        )
+        if convert:
+            try:
+                data = await asyncio.to_thread(_seven_bit_copy, data)
+            except Exception as exc:  # (a message the MIME parser cannot take apart)
+                reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
+                return AttemptResult(
+                    pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason))
+                )
+            relay_log.info(
+                "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
+                message.queue_id,
+                pool.name,
+                extra={"session": message.session_id},
+            )
         tx = Transaction(mail_from, recipients, data, message.mail_options)
+        tx.eight_bit = eight_bit and not convert
         handed = await pool.turn(tx)
         if handed is None and not self.breakers[pool.name].allows(self.clock()):
             pool.end_turn()
@@ -808,6 +963,9 @@ class DeliveryEngine:
             except StageError as exc:
                 pool.release(connection, healthy=False, tx=tx)
                 return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
+            except aiosmtplib.SMTPNotSupported as exc:  # (found before a command was sent)
+                pool.release(connection, healthy=True, tx=tx)
+                return AttemptResult(pool.name, failure=classify(Stage.MAIL, exc))
             except Exception as exc:  # the session broke or the deadline passed
                 stage = Stage.CONNECT
                 if connection is not None:
@@ -909,9 +1067,10 @@ class DeliveryEngine:
         failed = state.failed()
         queue_id = message.queue_id
         if failed:
-            if message.mail_from:
+            unbounced = state.unbounced()
+            if message.mail_from and unbounced:
                 try:
-                    await self._bounce(message, state)
+                    await self._bounce(message, unbounced)
                 except SpoolError as exc:
                     logger.error(
                         "%s: could not store the bounce (%s); trying again later",
@@ -921,13 +1080,21 @@ class DeliveryEngine:
                     )
                     await self._reschedule(message, state, False, [], self.clock())
                     return
-            else:
+            elif not message.mail_from:
                 logger.warning(
                     "%s: %d recipient(s) failed; no bounce for a message from <>",
                     queue_id,
                     len(failed),
                     extra={"session": message.session_id},
                 )
+            else:
+                logger.warning(
+                    "%s: %d recipient(s) failed again; the sender had a bounce for them already",
+                    queue_id,
+                    len(failed),
+                    extra={"session": message.session_id},
+                )
+            state.bounced = sorted(set(state.bounced) | set(failed))
             await asyncio.to_thread(self._move_failed, message, state)
             logger.warning(
                 "%s: kept in %s (%d failed, %d delivered)",
@@ -940,14 +1107,14 @@ class DeliveryEngine:
         else:
             self._remove_later(queue_id, loaded)
 
-    async def _bounce(self, message: QueuedMessage, state: DeliveryState) -> None:
+    async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:
         failed = [
             FailedRecipient(
                 r, s.code or "5.0.0", s.reply, s.relay, s.at, self._relay_hosts.get(s.relay, "")
             )
-            for r, s in state.failed().items()
+            for r, s in recipients.items()
         ]
-        expired = any(s.code == "4.4.7" for s in state.failed().values())
+        expired = any(s.code == "4.4.7" for s in recipients.values())
         data, message_id = build_dsn(
             reporting_host=self.host_name,
             original_sender=message.mail_from,

@@ -3,13 +3,15 @@
 Order of things: the spool opens, the extra components start (the delivery engine),
 then the listeners bind. Stopping runs backwards: listeners close, idle clients get
 ``421`` and in-flight transactions may finish within the grace period, components
-stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users and policy.
+stop, the spool closes. SIGTERM/SIGINT stop, SIGHUP reloads users, policy and
+(through the delivery engine or process) relays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -63,6 +65,20 @@ class BoundAddress:
         scheme = "smtps" if self.implicit_tls else "smtp"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def _capped_per_client(client_ip: str) -> bool:
+    """True when MaxConnectionsPerClient applies to *client_ip*: not to loopback.
+
+    Every local app shares 127.0.0.1 (and ::1), so a cap per address there would only
+    be a second, smaller MaxConnections for the apps jdxmail mostly serves; a local
+    process could take every slot anyway. The cap keeps one host of the network
+    from holding all of them.
+    """
+    try:
+        return not ipaddress.ip_address(client_ip).is_loopback
+    except ValueError:
+        return True
 
 
 class SmtpServerApp:
@@ -134,7 +150,11 @@ class SmtpServerApp:
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
         self._servers: list[asyncio.Server] = []
+        #: listeners bound by _start that accept once everything else has started
+        self._bound: list[tuple[asyncio.Server, int, str]] = []
         self._sessions: set[SmtpSession] = set()
+        #: open sessions per client address (addresses under MaxConnectionsPerClient)
+        self._per_client: dict[str, int] = {}
         self._started_components: list[Component] = []
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -158,16 +178,32 @@ class SmtpServerApp:
         """True once stop() has begun."""
         return self._stopping
 
-    def session_opened(self, session: SmtpSession) -> bool:
-        """Admit *session* unless MaxConnections sessions are open already."""
-        if self._stopping or len(self._sessions) >= self.runtime.server.max_connections:
-            return False
+    def session_opened(self, session: SmtpSession) -> str | None:
+        """Admit *session*, or name the limit that is reached (the settings key)."""
+        server = self.runtime.server
+        if self._stopping or len(self._sessions) >= server.max_connections:
+            return "MaxConnections"
+        ip = session.client_ip
+        if _capped_per_client(ip):
+            count = self._per_client.get(ip, 0)
+            if count >= server.max_connections_per_client:
+                return "MaxConnectionsPerClient"
+            self._per_client[ip] = count + 1
         self._sessions.add(session)
-        return True
+        return None
 
     def session_closed(self, session: SmtpSession) -> None:
         """Forget *session*."""
+        if session not in self._sessions:
+            return
         self._sessions.discard(session)
+        ip = session.client_ip
+        count = self._per_client.get(ip)
+        if count is not None:
+            if count > 1:
+                self._per_client[ip] = count - 1
+            else:
+                del self._per_client[ip]
 
     @property
     def delivery_pid(self) -> int | None:
@@ -280,6 +316,11 @@ class SmtpServerApp:
                 "changes to SmtpServer.%s take effect after a restart",
                 ", SmtpServer.".join(restart_keys),
             )
+        for component in self._started_components:
+            # the delivery engine, or the process running it, takes the new relays
+            relays = getattr(component, "reload", None)
+            if callable(relays):
+                relays(settings)
         logger.info(
             "settings reloaded: %d users, %d trusted networks, local domains %s",
             len(new.users),
@@ -291,7 +332,7 @@ class SmtpServerApp:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> list[BoundAddress]:
-        """Open the spool, start components, bind the listeners; return their addresses.
+        """Bind the listeners, open the spool, start components, accept; return addresses.
 
         Raises ServerDisabledError, TlsSetupError, StorageError or BindError (each
         with ``fix``); nothing is left running when it raises.
@@ -319,6 +360,19 @@ class SmtpServerApp:
         return list(self.addresses)
 
     async def _start(self) -> None:
+        # Bind first: a taken port is the commonest failure, and finding it before the
+        # spool is opened (and cleaned up) and a delivery process started means a
+        # second `serve` by mistake touches nothing. Listeners accept only at the end.
+        loop = asyncio.get_running_loop()
+        await self._listen(loop, self.port, None, "SmtpServer.Port", self._sockets)
+        if self.implicit_tls_port is not None:
+            await self._listen(
+                loop,
+                self.implicit_tls_port,
+                self.tls_context,
+                "SmtpServer.Tls.ImplicitTlsPort",
+                self._tls_sockets,
+            )
         if self._own_spool is not None:
             try:
                 await self._own_spool.open()
@@ -333,16 +387,12 @@ class SmtpServerApp:
             self._started_components.append(component)
         if self._before_listen is not None:
             await self._before_listen()
-        loop = asyncio.get_running_loop()
-        await self._listen(loop, self.port, None, "SmtpServer.Port", self._sockets)
-        if self.implicit_tls_port is not None:
-            await self._listen(
-                loop,
-                self.implicit_tls_port,
-                self.tls_context,
-                "SmtpServer.Tls.ImplicitTlsPort",
-                self._tls_sockets,
-            )
+        for server, port, key in self._bound:
+            try:
+                await server.start_serving()
+            except OSError as exc:
+                raise bind_error(exc, self.bind_address, port, key) from None
+        self._bound.clear()
 
     async def _listen(
         self,
@@ -364,6 +414,7 @@ class SmtpServerApp:
                             sock=sock,
                             ssl=context,
                             ssl_handshake_timeout=timeout,
+                            start_serving=False,
                         )
                     )
             else:
@@ -375,6 +426,7 @@ class SmtpServerApp:
                         ssl=context,
                         ssl_handshake_timeout=timeout,
                         reuse_address=True,
+                        start_serving=False,
                     )
                 )
         except OSError as exc:
@@ -383,6 +435,7 @@ class SmtpServerApp:
             raise bind_error(exc, self.bind_address, port, key) from None
         for server in servers:
             self._servers.append(server)
+            self._bound.append((server, port, key))
             for sock in server.sockets:
                 host, bound_port = sock.getsockname()[:2]
                 self.addresses.append(BoundAddress(str(host), int(bound_port), implicit))

@@ -17,6 +17,7 @@ __all__ = [
     "SaslError",
     "check_password",
     "decode_response",
+    "decode_utf8",
     "parse_plain",
 ]
 
@@ -32,7 +33,7 @@ class SaslError(ValueError):
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
-        #: "base64" or "plain"
+        #: "base64", "plain", or "utf8" (a user name or password that is not UTF-8)
         self.kind = kind
 
 
@@ -68,8 +69,20 @@ def parse_plain(blob: bytes) -> tuple[str, str, str]:
     parts = blob.split(b"\x00")
     if len(parts) != 3 or not parts[1]:
         raise SaslError("plain")
-    authzid, user, password = (p.decode("utf-8", "surrogateescape") for p in parts)
+    authzid, user, password = (decode_utf8(p) for p in parts)
     return authzid, user, password
+
+
+def decode_utf8(data: bytes) -> str:
+    """A SASL name or password as text; SaslError("utf8") when it is not UTF-8.
+
+    RFC 4616 and RFC 4954 carry UTF-8 only, and no stored user name or password can
+    match bytes that are not: such a login fails like a wrong password.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SaslError("utf8") from None
 
 
 def _check(user: UserSettings | None, password: str) -> AuthOutcome:

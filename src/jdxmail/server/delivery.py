@@ -8,7 +8,8 @@ delivery process finds the new file through inotify and claims it with ``flock``
 
 Started before the listeners (a child that cannot start is one clear error); when
 the child ends while the server runs, the server stops too rather than take mail
-nobody relays; on stop it gets SIGTERM and ``grace`` seconds to finish.
+nobody relays; on stop it gets SIGTERM and ``grace`` seconds to finish. A reload of
+the server (SIGHUP) is passed on to it as a SIGHUP.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jdxmail.process import read_report
 from jdxmail.server.errors import ServerError
+
+if TYPE_CHECKING:
+    from jdxmail.settings.model import Settings
 
 __all__ = ["DeliveryProcess"]
 
@@ -137,6 +142,14 @@ class DeliveryProcess:
                 code,
             )
             self._on_exit()
+
+    def reload(self, settings: Settings) -> None:
+        """Tell the child to read the config again (SIGHUP): it applies relay and
+        Delivery changes to its next attempts."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM the child; kill it if it is not done within *grace* + 5 seconds."""

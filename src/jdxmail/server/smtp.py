@@ -25,9 +25,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
-from jdxmail.queue.spool import AcceptedMessage, SpoolError
+from jdxmail.queue.spool import AcceptedMessage, SpoolError, SpoolFull
 from jdxmail.replies import Reply
-from jdxmail.server.auth import SaslError, check_password, decode_response, parse_plain
+from jdxmail.server.auth import (
+    SaslError,
+    check_password,
+    decode_response,
+    decode_utf8,
+    parse_plain,
+)
 from jdxmail.server.policy import AuthThrottle, Policy, Route
 
 if TYPE_CHECKING:
@@ -42,11 +48,14 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
 AUTH_LINE_LIMIT = 12288  # RFC 4954 4
 TEXT_LINE_LIMIT = 1000  # RFC 5321 4.5.3.1.6, including CRLF (plus one for a stuffed dot)
 BAD_COMMAND_LIMIT = 10
+#: bytes per second DATA must average: its deadline is TimeOut plus size / this rate
+DATA_MIN_RATE = 1024
 _READ_HIGH_WATER = 256 * 1024
 _INLINE_CLEAN_LIMIT = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
+_DATE = re.compile(rb"(?im)^date[ \t]*:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
@@ -114,8 +123,8 @@ class SessionHost(Protocol):
         """True once the server is shutting down."""
         ...
 
-    def session_opened(self, session: SmtpSession) -> bool:
-        """Register *session*; False when the server is full (MaxConnections)."""
+    def session_opened(self, session: SmtpSession) -> str | None:
+        """Register *session*, or name the limit reached (MaxConnections[PerClient])."""
         ...
 
     def session_closed(self, session: SmtpSession) -> None:
@@ -193,10 +202,16 @@ class SmtpSession(asyncio.BufferedProtocol):
         #: one timer per session for TimeOut, moved on lazily (not one per command)
         self._idle_timer: asyncio.TimerHandle | None = None
         self._wait_since = 0.0
+        #: when the line or DATA being read must be complete (None: TimeOut from the
+        #: first wait for it), so that a client trickling bytes cannot hold a slot
+        self._deadline: float | None = None
+        self._reading_data = False
         self._timed_out = False
         self._closed = False
         self._eof = False
         self._paused = False
+        #: the tail of a too-long line is still to be dropped (see _read_line)
+        self._discarding = False
         self._messages = 0
         self._log = logging.LoggerAdapter(logger, {"session": self.id})
         self._auth_log = logging.LoggerAdapter(auth_logger, {"session": self.id})
@@ -282,13 +297,19 @@ class SmtpSession(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _due(self) -> float:
+        """When the current wait ends: TimeOut of silence, or the deadline if sooner."""
+        due = self._wait_since + self.host.runtime.server.time_out
+        deadline = self._deadline
+        return due if deadline is None or deadline > due else deadline
+
     def _check_idle(self) -> None:
-        """The TimeOut timer: end a wait that has been silent too long, else re-arm."""
+        """The TimeOut timer: end a wait past its due time, else re-arm."""
         self._idle_timer = None
         if self._closed or self._waiter is None:
             return  # not waiting for the client: the next wait arms a new timer
         loop = asyncio.get_running_loop()
-        due = self._wait_since + self.host.runtime.server.time_out
+        due = self._due()
         if loop.time() >= due:
             self._timed_out = True
             self._wake()
@@ -319,10 +340,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             raise _Closed
         loop = asyncio.get_running_loop()
         self._wait_since = loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = loop.call_at(
-                self._wait_since + self.host.runtime.server.time_out, self._check_idle
-            )
+        if self._deadline is None:
+            self._deadline = self._wait_since + self.host.runtime.server.time_out
+        timer = self._idle_timer
+        due = self._due()
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._idle_timer = loop.call_at(due, self._check_idle)
         self._waiter = loop.create_future()
         try:
             await self._waiter
@@ -334,7 +359,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             raise _Closed
 
     async def _read_line(self, limit: int) -> bytes:
-        """One line up to and including LF; raise _TooLong after dropping a longer one."""
+        """One line up to and including LF; raise _TooLong for a longer one.
+
+        _TooLong comes as soon as *limit* is passed, so that the client is told while
+        it is still sending (RFC 5321 4.5.3.1.4); the rest of that line is dropped as
+        it arrives, by the next call, so memory stays bounded however long it is.
+        """
+        if self._discarding:
+            await self._discard_line()
         scanned = 0
         while True:
             index = self._buffer.find(b"\n", scanned)
@@ -345,15 +377,20 @@ class SmtpSession(asyncio.BufferedProtocol):
                 return self._take(index + 1)
             scanned = len(self._buffer)
             if scanned > limit:
-                # Drop what we have and keep reading until the end of this line.
-                self._take(scanned)
-                while True:
-                    await self._fill()
-                    index = self._buffer.find(b"\n")
-                    if index >= 0:
-                        self._take(index + 1)
-                        raise _TooLong
-                    self._take(len(self._buffer))
+                self._take_all()
+                self._discarding = True
+                raise _TooLong
+            await self._fill()
+
+    async def _discard_line(self) -> None:
+        """Drop input up to and including the next LF (the tail of a too-long line)."""
+        while True:
+            index = self._buffer.find(b"\n")
+            if index >= 0:
+                self._take(index + 1)
+                self._discarding = False
+                return
+            self._take_all()
             await self._fill()
 
     # -- the session ----------------------------------------------------------------
@@ -364,13 +401,19 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.send(replies.SHUTTING_DOWN.format(host=runtime.host_name))
             self.close()
             return
-        if not self.host.session_opened(self):
+        limit = self.host.session_opened(self)
+        if limit is not None:
+            per_client = limit == "MaxConnectionsPerClient"
             self._log.warning(
-                "%s refused: MaxConnections (%d) reached",
+                "%s refused: %s (%d) reached",
                 self.client_ip,
-                runtime.server.max_connections,
+                limit,
+                runtime.server.max_connections_per_client
+                if per_client
+                else runtime.server.max_connections,
             )
-            self.send(replies.TOO_MANY_CONNECTIONS.format(host=runtime.host_name))
+            refusal = replies.TOO_MANY_FROM_CLIENT if per_client else replies.TOO_MANY_CONNECTIONS
+            self.send(refusal.format(host=runtime.host_name))
             self.close()
             return
         self._log.info(
@@ -385,10 +428,20 @@ class SmtpSession(asyncio.BufferedProtocol):
         except _Closed:
             pass
         except TimeoutError:
-            self._log.info(
-                "%s idle for %ds, closing", self.client_ip, self.host.runtime.server.time_out
-            )
-            self.send(replies.TIMEOUT.format(host=self.host.runtime.host_name))
+            if self._reading_data:
+                self._log.info(
+                    "%s sent message data slower than %d bytes/s, closing",
+                    self.client_ip,
+                    DATA_MIN_RATE,
+                )
+                self.send(replies.DATA_TIMEOUT.format(host=self.host.runtime.host_name))
+            else:
+                self._log.info(
+                    "%s sent no complete command within %ds, closing",
+                    self.client_ip,
+                    self.host.runtime.server.time_out,
+                )
+                self.send(replies.TIMEOUT.format(host=self.host.runtime.host_name))
         except Exception:
             self._log.exception("session failed")
         finally:
@@ -406,6 +459,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self.send(replies.SHUTTING_DOWN.format(host=self.host.runtime.host_name))
                 return
             self.phase = _Phase.READING
+            self._deadline = None  # a command line gets TimeOut from the first wait for it
             try:
                 raw = await self._read_line(COMMAND_LIMIT)
             except _TooLong:
@@ -465,9 +519,21 @@ class SmtpSession(asyncio.BufferedProtocol):
     async def _greet(self, arg: str, *, esmtp: bool) -> None:
         runtime = self.host.runtime
         name = arg.split(" ", 1)[0]
+        verb = "EHLO" if esmtp else "HELO"
         if not name:
-            self.send(replies.SYNTAX_HELO.format(verb="EHLO" if esmtp else "HELO"))
+            self.send(replies.SYNTAX_HELO.format(verb=verb))
             return
+        if _CONTROL.search(name):
+            self.send(replies.BAD_HELO_NAME.format(verb=verb))
+            return
+        if not name.isascii():
+            # RFC 6531 allows U-labels here; the Received: header gets the A-label form,
+            # as a header of a message that may not be SMTPUTF8 must stay ASCII.
+            try:
+                name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                self.send(replies.BAD_HELO_NAME.format(verb=verb))
+                return
         self._reset_transaction()
         self.helo, self.esmtp = name, esmtp
         if not esmtp:
@@ -609,6 +675,15 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self.send(replies.AUTH_UNKNOWN_MECHANISM)
                 return
         except SaslError as exc:
+            if exc.kind == "utf8":
+                await self._auth_failed("?", reason="user name or password not UTF-8")
+                return
+            self._auth_log.warning(
+                "%s sent malformed AUTH %s data (%s)",
+                self.client_ip,
+                mechanism,
+                "not base64" if exc.kind == "base64" else "not authzid NUL user NUL password",
+            )
             self.send(replies.AUTH_BAD_BASE64 if exc.kind == "base64" else replies.AUTH_BAD_PLAIN)
             return
         if credentials is None:
@@ -624,16 +699,23 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.send(replies.AUTH_OK)
             return
         await self._auth_failed(
-            username, outcome.sent_stored_hash, outcome.broken_hash, user is None
+            username,
+            sent_hash=outcome.sent_stored_hash,
+            broken_hash=outcome.broken_hash,
+            reason="unknown user" if user is None else "wrong password",
         )
 
     async def _auth_failed(
-        self, username: str, sent_hash: bool, broken_hash: str | None, unknown: bool
+        self,
+        username: str,
+        *,
+        reason: str,
+        sent_hash: bool = False,
+        broken_hash: str | None = None,
     ) -> None:
         shown = _PRINTABLE.sub("?", username)[:64]
         failures = self.host.throttle.record_failure(self.client_ip)
         limit = self.host.throttle.limit
-        reason = "unknown user" if unknown else "wrong password"
         if broken_hash:
             reason = "the stored password of this user is unusable"
             self._auth_log.error(
@@ -668,6 +750,7 @@ class SmtpSession(asyncio.BufferedProtocol):
     async def _challenge(self, prompt: Reply) -> bytes | None:
         """Send a 334 prompt and decode the answer; None when the client cancelled."""
         self.send(prompt)
+        self._deadline = None
         try:
             raw = await self._read_line(AUTH_LINE_LIMIT)
         except _TooLong:
@@ -697,9 +780,7 @@ class SmtpSession(asyncio.BufferedProtocol):
         password_blob = await self._challenge(replies.AUTH_LOGIN_PASSWORD)
         if password_blob is None:
             return None
-        user = user_blob.decode("utf-8", "surrogateescape")
-        password = password_blob.decode("utf-8", "surrogateescape")
-        return "", user, password
+        return "", decode_utf8(user_blob), decode_utf8(password_blob)
 
     # -- MAIL / RCPT ---------------------------------------------------------------------
 
@@ -826,11 +907,14 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         normalize = runtime.server.bare_line_endings == "Normalize"
+        strip_nul = runtime.server.nul_bytes == "Strip"
         if len(content) > _INLINE_CLEAN_LIMIT:
             # Scanning megabytes takes milliseconds; keep other sessions responsive.
-            body, problem = await asyncio.to_thread(clean_data, content, normalize=normalize)
+            body, problem = await asyncio.to_thread(
+                clean_data, content, normalize=normalize, strip_nul=strip_nul
+            )
         else:
-            body, problem = clean_data(content, normalize=normalize)
+            body, problem = clean_data(content, normalize=normalize, strip_nul=strip_nul)
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
             self.send(problem)
@@ -867,7 +951,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
-            self.send(replies.STORE_FAILED)
+            self.send(replies.STORE_FULL if isinstance(exc, SpoolFull) else replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
@@ -901,6 +985,15 @@ class SmtpSession(asyncio.BufferedProtocol):
         Input is read in chunks; past the limit only the last four bytes are kept (to
         find the terminator), so memory stays bounded by the limit.
         """
+        self._reading_data = True  # left set when it raises: _run picks the 421 by it
+        data = await self._read_data_until_end(limit)
+        self._reading_data = False
+        return data
+
+    async def _read_data_until_end(self, limit: int) -> bytearray | None:
+        # The deadline grows with what arrived: TimeOut + received / DATA_MIN_RATE.
+        start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
+        received = 0
         data = bytearray()
         scan_from = 0
         too_big = False
@@ -926,20 +1019,40 @@ class SmtpSession(asyncio.BufferedProtocol):
                 del data[:-4]
             scan_from = max(0, len(data) - 4)
             if not self._buffer:
+                self._deadline = start + received / DATA_MIN_RATE
                 await self._fill()
+            received += len(self._buffer)
             data += self._buffer
             self._take_all()
 
 
 def clean_data(
-    content: bytes | bytearray, *, normalize: bool
+    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False
 ) -> tuple[bytes | bytearray, Reply | None]:
-    """Check line endings and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
+    """Check line endings, NUL bytes and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
 
     *content* is the data as received, ending in CRLF (or empty). A bare CR or LF is
-    refused (550) unless *normalize*, which turns every line ending into CRLF. The
-    result is *content* itself when there is nothing to change (no copy).
+    refused (550) unless *normalize*, which turns every line ending into CRLF. A NUL
+    byte (not allowed in mail: RFC 5321 2.3.8, RFC 2045 2.7) is refused unless
+    *strip_nul*, which removes them. The result is *content* itself when there is
+    nothing to change (no copy).
     """
+    # A receiver that drops NUL bytes would see "\r\n\0.\r\n" as the end of data and
+    # read the rest as a second message: never store or relay one.
+    has_nul = content.find(b"\x00") >= 0
+    if has_nul and not strip_nul:
+        return b"", replies.NUL_BYTE
+    content, problem = _unstuff(content, normalize=normalize)
+    if has_nul and problem is None:
+        # After un-stuffing: the line "\0." was not stuffed and stays the line "."
+        # (which the relay client stuffs again on the way out).
+        content = content.replace(b"\x00", b"")
+    return content, problem
+
+
+def _unstuff(
+    content: bytes | bytearray, *, normalize: bool
+) -> tuple[bytes | bytearray, Reply | None]:
     # Three C-speed counts instead of a pass in Python; they also catch "\n\r".
     crlf = content.count(b"\r\n")
     if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
@@ -984,14 +1097,15 @@ def add_trace_headers(
     recipients: list[str],
     when: float,
 ) -> tuple[bytes | bytearray, str]:
-    """Prepend a Received: header (RFC 5321 4.4) and a Message-ID when there is none.
+    """Prepend a Received: header (RFC 5321 4.4), and Date and Message-ID when missing.
 
     Returns the new data and the message id (without angle brackets). A bytearray
     *body* gets the headers inserted in place and is returned itself.
     """
     header_end = body.find(b"\r\n\r\n")
     # Search the header section in place (endpos) rather than a copy of it.
-    found = _MESSAGE_ID.search(body, 0, len(body) if header_end < 0 else header_end + 2)
+    headers_end = len(body) if header_end < 0 else header_end + 2
+    found = _MESSAGE_ID.search(body, 0, headers_end)
     date = _date_header(when)
     lines = [
         f"Received: from {_clean(helo or 'unknown')} ([{client_ip}])",
@@ -1004,6 +1118,9 @@ def add_trace_headers(
     else:
         lines[-1] += ";"
         lines.append(f"\t{date}")
+    if _DATE.search(body, 0, headers_end) is None:
+        # RFC 5322 3.6 requires one; a submission server adds it (RFC 6409 8.3).
+        lines.append(f"Date: {date}")
     message_id = ""
     if found is not None:
         value = found.group(1).replace(b"\r\n", b"").decode("utf-8", "replace").strip()
@@ -1110,6 +1227,8 @@ def _check_address(address: str, smtputf8: bool) -> None:
         atoms_ok = _DOT_ATOM.fullmatch(local) is not None if local.isascii() else " " not in local
         if not atoms_ok or ".." in local or local.startswith(".") or local.endswith("."):
             raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad local part"))
+    if at and not domain:
+        raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="no domain"))
     if domain:
         if domain.startswith("[") and domain.endswith("]"):
             return

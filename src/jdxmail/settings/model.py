@@ -164,11 +164,15 @@ class SmtpServerSettings(Section):
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(default=100, ge=1)
     max_connections: int = Field(default=100, ge=1)
+    #: sessions one client address may hold at once (loopback clients are exempt)
+    max_connections_per_client: int = Field(default=25, ge=1)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     #: allow AUTH over an unencrypted connection from off this machine
     allow_plaintext_auth: bool = False
     #: what to do with a bare CR or LF in message data (SMTP smuggling defence)
     bare_line_endings: Literal["Reject", "Normalize"] = "Reject"
+    #: what to do with NUL bytes in message data (never stored or relayed)
+    nul_bytes: Literal["Reject", "Strip"] = "Reject"
     #: failed logins from one client address before it is disconnected with 421
     auth_failure_limit: int = Field(default=5, ge=1)
     #: seconds over which failed logins are counted
@@ -270,6 +274,8 @@ class DeliverySettings(Section):
     rewrite_sender: bool = False
     #: also put the relay account in From: (the original From becomes Reply-To)
     rewrite_from: bool = False
+    #: 8-bit content for a relay without 8BITMIME: a 7bit copy (qp/base64), or a bounce
+    eight_bit_downgrade: Literal["Convert", "Bounce"] = "Convert"
 
 
 class PathSettings(Section):

@@ -1,0 +1,69 @@
+"""SMTP smuggling end to end: what a client sends through serve, as the upstream sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.queue.conftest import StartUpstream
+from tests.server.conftest import Client, make_settings, port_of
+from tests.server.test_data import SMUGGLING, open_data
+
+from jdxmail.server.app import SmtpServerApp
+
+# The NUL variants: a receiver that drops NUL bytes (several do) sees <CRLF>.<CRLF>.
+NUL_SMUGGLING = [
+    pytest.param(end, id=repr(end))
+    for end in ("\r\n\x00.\r\n", "\r\n.\x00\r\n", "\r\x00\n.\r\n", "\r\n.\r\x00\n", "\n\x00.\r\n")
+]
+MODES = pytest.mark.parametrize(
+    ("bare", "nul"), [("Reject", "Reject"), ("Normalize", "Strip")], ids=["reject", "clean"]
+)
+
+
+@MODES
+@pytest.mark.parametrize("fake_end", [*SMUGGLING, *NUL_SMUGGLING])
+async def test_relayed_message_has_no_smuggling_bytes(
+    tmp_path: Path, upstream_factory: StartUpstream, fake_end: str, bare: str, nul: str
+) -> None:
+    """Each fake end-of-data reaches the relay as one clean message or not at all."""
+    upstream = await upstream_factory()
+    settings = make_settings(
+        tmp_path,
+        TrustedNetworks=["127.0.0.1/32"],
+        BareLineEndings=bare,
+        NulBytes=nul,
+        RelayServers=[{"Host": "127.0.0.1", "Port": upstream.port, "UseTls": False}],
+    )
+    app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0)
+    await app.start()
+    try:
+        client = await Client.connect(port_of(app))
+        await open_data(client, rcpt="victim@example.org")
+        smuggled = (
+            "MAIL FROM:<ceo@bank.example>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n"
+            "Subject: smuggled\r\n\r\npay now\r\n"
+        )
+        client.send("Subject: real\r\n\r\nhello" + fake_end + smuggled + ".\r\n")
+        first = await client.line()
+        # A clean second message: once it has arrived, the first one has been relayed
+        # (or was never accepted).
+        assert (await client.cmd("MAIL FROM:<a@localhost>")).startswith("250")
+        assert (await client.cmd("RCPT TO:<victim@example.org>")).startswith("250")
+        assert (await client.cmd("DATA")).startswith("354")
+        client.send("Subject: marker\r\n\r\nend\r\n.\r\n")
+        assert (await client.line()).startswith("250 ")
+        await client.close()
+        expected = 1 if first.startswith("550 ") else 2
+        await upstream.wait_for(expected)
+    finally:
+        await app.stop(1.0)
+    assert len(upstream.received) == expected
+    assert b"Subject: marker" in upstream.received[-1].data
+    for got in upstream.received:
+        assert b"\x00" not in got.data
+        assert got.data.count(b"\r") == got.data.count(b"\n") == got.data.count(b"\r\n")
+    if expected == 2:
+        assert bare == "Normalize"
+        assert b"Subject: smuggled" in upstream.received[0].data
+        assert upstream.received[0].mail_from == "a@localhost"
