@@ -4,9 +4,14 @@ written, write-only secrets, the restart list, and F1."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiosmtplib
 import pytest
 
+from jdxmail.settings.files import nested_model
+from jdxmail.settings.model import RelaySettings, Settings, section_aliases
+from jdxmail.web.settings import _RELAY_FIELDS, GROUPS
 from tests.web.config_helpers import (
     CONFIG_WITH_SECRETS,
     GUIDE_HASH,
@@ -222,3 +227,21 @@ async def test_a_relay_added_from_the_form_is_appended_and_needs_a_restart(
     assert "second-secret" in text
     assert_no_secret(shown, "second-secret", RELAY_SECRET)
     assert [r["Name"] for r in shown.json()["settings"]["RelayServers"]] == ["upstream", "backup"]
+
+
+def test_every_form_field_is_a_key_of_the_settings_model() -> None:
+    """Each field of the settings forms names a real config key (a renamed key fails here)."""
+
+    def known(model: type[Any], key: tuple[str | int, ...]) -> bool:
+        for part in key:
+            entry = section_aliases(model).get(str(part).casefold())
+            if entry is None or entry[0] != part:
+                return False
+            inner, _ = nested_model(entry[1])
+            model = inner if inner is not None else model
+        return True
+
+    fields = [f.key for _, _, _, group in GROUPS for f in group]
+    assert fields
+    assert all(known(Settings, key) for key in fields), fields
+    assert all(known(RelaySettings, (key,)) for key, *_ in _RELAY_FIELDS)

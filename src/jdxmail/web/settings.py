@@ -91,6 +91,13 @@ GROUPS: list[tuple[str, str, str, list[SettingField]]] = [
                 "Reject defends against SMTP smuggling.",
                 choices=("Reject", "Normalize"),
             ),
+            _smtp(
+                "NulBytes",
+                "NUL bytes in data",
+                "select",
+                "Reject refuses the message (550); Strip removes them.",
+                choices=("Reject", "Strip"),
+            ),
         ],
     ),
     (
@@ -143,6 +150,13 @@ GROUPS: list[tuple[str, str, str, list[SettingField]]] = [
                 "bool",
                 "The original From becomes Reply-To.",
             ),
+            SettingField(
+                ("Delivery", "EightBitDowngrade"),
+                "8-bit mail, relay without 8BITMIME",
+                "select",
+                "Convert sends a 7bit copy; Bounce returns it (5.6.3).",
+                choices=("Convert", "Bounce"),
+            ),
             SettingField(("Paths", "Spool"), "Spool folder"),
             SettingField(("Paths", "Mailbox"), "Mailbox folder"),
             SettingField(("Paths", "Logs"), "Log folder"),
@@ -156,6 +170,12 @@ GROUPS: list[tuple[str, str, str, list[SettingField]]] = [
             _smtp("MaxMessageSize", "Largest message (bytes)", "int", "Announced as SIZE."),
             _smtp("MaxRecipients", "Recipients per message", "int"),
             _smtp("MaxConnections", "Sessions at once", "int"),
+            _smtp(
+                "MaxConnectionsPerClient",
+                "Sessions per client",
+                "int",
+                "From one address; loopback clients are exempt.",
+            ),
         ],
     ),
     (
