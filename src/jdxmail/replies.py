@@ -68,7 +68,7 @@ VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and
 HELP = Reply(
     214,
     "2.0.0",
-    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS",
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP AUTH STARTTLS",
 )
 
 # -- syntax -------------------------------------------------------------------------
@@ -99,6 +99,10 @@ NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; send RSET to start over
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+#: RFC 3030: each BDAT chunk but the LAST one
+CHUNK_OK = Reply(250, "2.0.0", "{size} octets received")
+SYNTAX_BDAT = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]; closing connection")
+DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT; send RSET")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {queue_id}")
 STORE_FAILED = Reply(451, "4.3.0", "Could not store the message; try again later")
 STORE_FULL = Reply(452, "4.3.1", "Insufficient system storage; try again later")

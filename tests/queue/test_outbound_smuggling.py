@@ -67,3 +67,35 @@ async def test_relayed_message_has_no_smuggling_bytes(
         assert bare == "Normalize"
         assert b"Subject: smuggled" in upstream.received[0].data
         assert upstream.received[0].mail_from == "a@localhost"
+
+
+async def test_bdat_end_of_data_lookalike_is_relayed_as_one_message(
+    tmp_path: Path, upstream_factory: StartUpstream
+) -> None:
+    """A "." line inside BDAT data is content: the relay gets one message, dot-stuffed."""
+    upstream = await upstream_factory()
+    settings = make_settings(
+        tmp_path,
+        TrustedNetworks=["127.0.0.1/32"],
+        RelayServers=[{"Host": "127.0.0.1", "Port": upstream.port, "UseTls": False}],
+    )
+    app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0)
+    await app.start()
+    try:
+        client = await Client.connect(port_of(app))
+        await client.ehlo()
+        assert (await client.cmd("MAIL FROM:<a@localhost>")).startswith("250")
+        assert (await client.cmd("RCPT TO:<victim@example.org>")).startswith("250")
+        data = (
+            b"Subject: real\r\n\r\nhello\r\n.\r\nMAIL FROM:<ceo@bank.example>\r\n"
+            b"RCPT TO:<victim@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\npay\r\n"
+        )
+        client.send(b"BDAT %d LAST\r\n%s" % (len(data), data))
+        assert (await client.line()).startswith("250 2.0.0 OK: queued as")
+        await client.close()
+        await upstream.wait_for(1)
+    finally:
+        await app.stop(1.0)
+    assert len(upstream.received) == 1
+    assert upstream.received[0].mail_from == "a@localhost"
+    assert upstream.received[0].data.endswith(data)

@@ -57,10 +57,39 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
 
     async def start(settings: Settings | None = None, **kwargs: Any) -> SmtpServerApp:
         options: dict[str, Any] = {"port": 0, "auth_failure_delay": 0.0, "grace": 2.0}
-        for key in ("store", "self_signed", "implicit_tls_port", "reload_settings", "grace"):
+        for key in (
+            "store",
+            "self_signed",
+            "implicit_tls_port",
+            "proxy_port",
+            "reload_settings",
+            "grace",
+        ):
             if key in kwargs:
                 options[key] = kwargs.pop(key)
         app = SmtpServerApp(settings or make_settings(tmp_path, **kwargs), **options)
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop(1.0)
+
+
+@pytest.fixture
+async def spool_server(tmp_path: Path) -> AsyncIterator[Any]:
+    """Start a server with the real spool (relays configured, nobody delivering)."""
+    apps: list[SmtpServerApp] = []
+
+    async def start(**smtp: Any) -> SmtpServerApp:
+        settings = make_settings(
+            tmp_path,
+            TrustedNetworks=["127.0.0.1/32"],
+            RelayServers=[{"Host": "127.0.0.1", "Port": 9, "UseTls": False}],
+            **smtp,
+        )
+        app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0, delivery="none")
         await app.start()
         apps.append(app)
         return app

@@ -25,6 +25,7 @@ async def test_banner_ehlo_quit_as_in_the_guide(start_server: StartServer) -> No
         "8BITMIME",
         "PIPELINING",
         "ENHANCEDSTATUSCODES",
+        "CHUNKING",
         "SMTPUTF8",
     ]
     assert await client.cmd("QUIT") == "221 2.0.0 Bye"

@@ -59,6 +59,7 @@ __all__ = [
     "FLUSH_FILE",
     "AcceptedMessage",
     "CorruptSpoolFile",
+    "DataTail",
     "QueuedMessage",
     "Spool",
     "SpoolError",
@@ -108,6 +109,36 @@ class CorruptSpoolFile(SpoolError):
     """A spool file is truncated, has a bad checksum or an unreadable envelope."""
 
 
+@dataclass(slots=True, eq=False)
+class DataTail:
+    """The data of a big message past its first part, in an unnamed file in ``tmp/``.
+
+    The server writes a message too big to hold in memory here as it arrives
+    (:meth:`Spool.new_tail`); the spool copies it into each file it stores and closes
+    it when the store is done. The file has no name: nothing is left behind if the
+    process dies.
+    """
+
+    fd: int
+    size: int = 0
+    crc32: int = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Append *data*; OSError (disk full...) if it cannot be written."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.crc32 = zlib.crc32(data, self.crc32)
+        self.size += len(data)
+
+    def close(self) -> None:
+        """Close (and so free) the file; safe to call twice."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptedMessage:
     """A message the server has accepted, with its envelope, ready to be stored."""
@@ -124,6 +155,63 @@ class AcceptedMessage:
     session_id: str
     received_at: float
     mail_options: tuple[str, ...] = ()
+    #: the rest of the data, after *data*, for a message too big to hold in memory
+    #: (storing it hands the tail over to the spool, which closes it)
+    tail: DataTail | None = None
+
+    @property
+    def size(self) -> int:
+        """The size of the whole data in bytes."""
+        return len(self.data) + (self.tail.size if self.tail is not None else 0)
+
+    def crc32(self) -> int:
+        """The CRC-32 of the whole data."""
+        crc = zlib.crc32(self.data)
+        if self.tail is None:
+            return crc
+        return crc32_combine(crc, self.tail.crc32, self.tail.size)
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total = 0
+    row = 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B) (zlib's crc32_combine).
+
+    A big message's tail is checksummed as it arrives, before the headers put in
+    front of it are known; this joins the two without reading the data again.
+    """
+    if length2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:  # apply len2 zero bytes to crc1, squaring the operator per bit of len2
+        even = _gf2_square(odd)
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _gf2_square(even)
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +321,8 @@ def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
         "session": message.session_id,
         "received_at": message.received_at,
         "mail_options": list(message.mail_options),
-        "size": len(message.data),
-        "crc32": zlib.crc32(message.data),
+        "size": message.size,
+        "crc32": message.crc32(),
     }
     line = _ENVELOPE_ENCODER.encode(header).encode("ascii")
     return b"".join((MAGIC, line, b"\n"))
@@ -242,7 +330,8 @@ def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
 
 def encode_queued(queue_id: str, message: AcceptedMessage) -> bytes:
     """The bytes of ``queue/ID.msg``: magic line, one JSON envelope line, the data."""
-    return encode_queued_head(queue_id, message) + message.data
+    tail = b"" if message.tail is None else os.pread(message.tail.fd, message.tail.size, 0)
+    return encode_queued_head(queue_id, message) + message.data + tail
 
 
 def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
@@ -376,12 +465,14 @@ def write_synced(
     sync: bool = True,
     reuse: bool = False,
     empty: bool = False,
+    tail: DataTail | None = None,
 ) -> None:
     """Create *path* (which must not exist) with *parts* joined, fsync'ed before returning.
 
     With ``sync=False`` the caller makes the data durable (``syncfs`` for a batch).
     With *reuse*, *path* is an existing file to write over, cut to the new size;
-    with *empty*, an existing empty file of this process's own to write.
+    with *empty*, an existing empty file of this process's own to write. A *tail*
+    is copied in after the parts, file to file (no copy through memory on Linux).
     """
     existing = reuse or empty
     flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if existing else os.O_CREAT | os.O_EXCL)
@@ -397,10 +488,36 @@ def write_synced(
                 views.pop(0)
             if views and written:
                 views[0] = views[0][written:]
+        if tail is not None:
+            _copy_tail(tail, fd)
         if sync:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy_tail(tail: DataTail, fd: int) -> None:
+    """Append the whole of *tail* to the file open as *fd* (at its current offset)."""
+    done = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    while copy_range is not None and done < tail.size:
+        try:
+            copied = copy_range(tail.fd, fd, tail.size - done, done)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            copied = 0
+        if not copied:
+            break  # not supported here: copy through memory, piece by piece
+        done += copied
+    while done < tail.size:
+        piece = os.pread(tail.fd, min(1 << 20, tail.size - done), done)
+        if not piece:
+            raise OSError(errno.EIO, "the message's tail file ended early")
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view) :]
+        done += len(piece)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -648,6 +765,8 @@ class Spool:
         caller is cancelled still completes: the message stays queued.
         """
         if self._thread is None or self._closing or self._loop is None:
+            if message.tail is not None:
+                message.tail.close()
             raise SpoolError(
                 "the spool is not open" if self._thread is None else "the spool is closing"
             )
@@ -658,7 +777,7 @@ class Spool:
             self._queued(plan)
             return plan.queue_id
         phase = _Phase.NEW
-        if self._pipelined and len(message.data) <= LOOP_WRITE_LIMIT:
+        if self._pipelined and message.tail is None and len(message.data) <= LOOP_WRITE_LIMIT:
             # A queue file carries its size and checksum, so it may take its name
             # before the flush: one flush then makes data and name durable. Mailbox
             # files have no checksum and wait for two (data, then names).
@@ -700,6 +819,34 @@ class Spool:
                 )
             )
 
+    def new_tail(self) -> DataTail:
+        """An unnamed file in ``tmp/`` for the data of a big message; SpoolError if none.
+
+        O_TMPFILE where the file system has it; elsewhere a tmp file unlinked at once.
+        """
+        try:
+            try:
+                return self._open_tail()
+            except FileNotFoundError:
+                if not self.remake_directories():  # (tmp/ was deleted under it)
+                    raise
+                return self._open_tail()
+        except OSError as exc:
+            raise _as_spool_error(exc) from exc
+
+    def _open_tail(self) -> DataTail:
+        tmpfile = getattr(os, "O_TMPFILE", 0)
+        if tmpfile:
+            try:
+                return DataTail(os.open(self.tmp_dir, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600))
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        path = self._tmp_prefix + self._tmp_name("tail")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+        return DataTail(fd)
+
     def _tmp_name(self, queue_id: str) -> str:
         """A new tmp file name for *queue_id* (see _tmp_file_name)."""
         self._tmp_counter += 1
@@ -722,6 +869,8 @@ class Spool:
 
     def _finish(self, job: _Store, error: SpoolError | None) -> None:
         """On the loop: settle *job*'s future and announce a queued message."""
+        if job.message.tail is not None:
+            job.message.tail.close()  # every thread is done with it
         if error is None:
             self._queued(job.plan)
         if not job.future.done():
@@ -844,6 +993,9 @@ class Spool:
         except OSError as exc:
             self._undo(plan)
             raise _as_spool_error(exc) from exc
+        finally:
+            if message.tail is not None:
+                message.tail.close()
 
     def _write_tmp(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
         """Write the tmp files of *plan*; on failure remove what was written and raise.
@@ -891,10 +1043,10 @@ class Spool:
             if plan.queue_file is not None:
                 tmp, final = plan.queue_file
                 head = encode_queued_head(plan.queue_id, message)
-                size = len(head) + len(message.data)
+                size = len(head) + message.size
                 # (in batch mode the event loop writes messages this small: only it
                 # takes files made ahead or starts the thread that makes them)
-                small = len(message.data) <= SPARE_MAX_SIZE
+                small = message.tail is None and len(message.data) <= SPARE_MAX_SIZE
                 reuse = small and self._take_spare(tmp, size)
                 stocked = self._take_stock() if small and not reuse else None
                 if stocked is not None:
@@ -902,10 +1054,17 @@ class Spool:
                     plan.queue_file = (tmp, final)
                 plan.tmp_files.append(tmp)
                 parts = (head, message.data)
-                write_synced(tmp, parts, sync=sync, reuse=reuse, empty=stocked is not None)
+                write_synced(
+                    tmp,
+                    parts,
+                    sync=sync,
+                    reuse=reuse,
+                    empty=stocked is not None,
+                    tail=message.tail,
+                )
             for delivery in plan.mailbox_files:
                 plan.tmp_files.append(delivery.tmp)
-                write_synced(delivery.tmp, (message.data,), sync=sync)
+                write_synced(delivery.tmp, (message.data,), sync=sync, tail=message.tail)
         except BaseException:
             self._undo(plan)
             raise

@@ -60,9 +60,13 @@ class BoundAddress:
     host: str
     port: int
     implicit_tls: bool = False
+    #: connections start with a PROXY protocol header (SmtpServer.ProxyPort)
+    proxy: bool = False
 
     def __str__(self) -> str:
         scheme = "smtps" if self.implicit_tls else "smtp"
+        if self.proxy:
+            scheme += "+proxy"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
@@ -91,6 +95,7 @@ class SmtpServerApp:
         bind_address: str | None = None,
         port: int | None = None,
         implicit_tls_port: int | None = FROM_SETTINGS,
+        proxy_port: int | None = FROM_SETTINGS,
         self_signed: bool = False,
         store: MessageStore | None = None,
         reload_settings: Callable[[], Settings] | None = None,
@@ -131,6 +136,7 @@ class SmtpServerApp:
             if implicit_tls_port == FROM_SETTINGS
             else implicit_tls_port
         )
+        self.proxy_port = server.proxy_port if proxy_port == FROM_SETTINGS else proxy_port
         self.self_signed = self_signed
         self.auth_failure_delay = auth_failure_delay
         self.grace = grace
@@ -373,6 +379,8 @@ class SmtpServerApp:
                 "SmtpServer.Tls.ImplicitTlsPort",
                 self._tls_sockets,
             )
+        if self.proxy_port is not None:
+            await self._listen(loop, self.proxy_port, None, "SmtpServer.ProxyPort", proxy=True)
         if self._own_spool is not None:
             try:
                 await self._own_spool.open()
@@ -401,6 +409,8 @@ class SmtpServerApp:
         context: ssl.SSLContext | None,
         key: str,
         bound: Sequence[socket.socket] = (),
+        *,
+        proxy: bool = False,
     ) -> None:
         implicit = context is not None
         timeout = float(self.settings.smtp_server.time_out) if implicit else None
@@ -410,7 +420,7 @@ class SmtpServerApp:
                 for sock in bound:
                     servers.append(
                         await loop.create_server(
-                            lambda: SmtpSession(self, implicit_tls=implicit),
+                            lambda: SmtpSession(self, implicit_tls=implicit, proxy=proxy),
                             sock=sock,
                             ssl=context,
                             ssl_handshake_timeout=timeout,
@@ -420,12 +430,14 @@ class SmtpServerApp:
             else:
                 servers.append(
                     await loop.create_server(
-                        lambda: SmtpSession(self, implicit_tls=implicit),
+                        lambda: SmtpSession(self, implicit_tls=implicit, proxy=proxy),
                         self.bind_address,
                         port,
                         ssl=context,
                         ssl_handshake_timeout=timeout,
                         reuse_address=True,
+                        # serve --workers: every worker binds the PROXY port itself
+                        reuse_port=bool(self._sockets) or None,
                         start_serving=False,
                     )
                 )
@@ -438,7 +450,9 @@ class SmtpServerApp:
             self._bound.append((server, port, key))
             for sock in server.sockets:
                 host, bound_port = sock.getsockname()[:2]
-                self.addresses.append(BoundAddress(str(host), int(bound_port), implicit))
+                self.addresses.append(
+                    BoundAddress(str(host), int(bound_port), implicit, proxy=proxy)
+                )
 
     def request_stop(self) -> None:
         """Ask serve() to stop the server (safe to call from a signal handler)."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -21,12 +23,14 @@ import re
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
-from jdxmail.queue.spool import AcceptedMessage, SpoolError, SpoolFull
+from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.replies import Reply
+from jdxmail.server import proxy as proxy_protocol
 from jdxmail.server.auth import (
     SaslError,
     check_password,
@@ -39,7 +43,7 @@ from jdxmail.server.policy import AuthThrottle, Policy, Route
 if TYPE_CHECKING:
     from jdxmail.settings.model import SmtpServerSettings
 
-__all__ = ["MessageStore", "Runtime", "SessionHost", "SmtpSession"]
+__all__ = ["DataSpill", "MessageStore", "Runtime", "SessionHost", "SmtpSession"]
 
 logger = logging.getLogger("jdxmail.smtp")
 auth_logger = logging.getLogger("jdxmail.auth")
@@ -52,6 +56,8 @@ BAD_COMMAND_LIMIT = 10
 DATA_MIN_RATE = 1024
 _READ_HIGH_WATER = 256 * 1024
 _INLINE_CLEAN_LIMIT = 1024 * 1024
+#: DATA past this many bytes goes to a file in the spool's tmp/ as it arrives
+SPILL_THRESHOLD = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
@@ -159,6 +165,56 @@ class _Transaction:
         return len(self.local) + len(self.relay)
 
 
+class _Chunks:
+    """The BDAT chunks of one message: in memory, or past SPILL_THRESHOLD in a DataSpill."""
+
+    def __init__(self, limit: int, open_spill: Callable[[], DataSpill] | None) -> None:
+        self.limit = limit
+        self.size = 0
+        self.too_big = False
+        self._open_spill = open_spill
+        self._data = bytearray()
+        self._spill: DataSpill | None = None
+        self._last = b""
+
+    def add(self, piece: bytes) -> None:
+        """Take the next bytes of a chunk."""
+        self.size += len(piece)
+        if self.too_big or not piece:
+            return
+        if self.size > self.limit:
+            self.too_big = True
+            self.discard()
+            return
+        self._last = piece[-1:]
+        if self._spill is not None:
+            self._spill.feed(piece)
+            return
+        self._data += piece
+        if len(self._data) > SPILL_THRESHOLD and self._open_spill is not None:
+            self._spill = self._open_spill()
+            self._spill.feed(self._data)
+            self._data = bytearray()
+
+    def finish(self) -> bytearray | DataSpill:
+        """The whole message, ending with CRLF (added when the client sent none)."""
+        end = b"" if self._last == b"\n" or self.size == 0 else b"\r\n"
+        if self._spill is None:
+            self._data += end
+            return self._data
+        spill, self._spill = self._spill, None
+        spill.feed(end)
+        spill.finish()
+        return spill
+
+    def discard(self) -> None:
+        """Drop what was received (and the spilled part's file)."""
+        self._data = bytearray()
+        if self._spill is not None:
+            self._spill.discard()
+            self._spill = None
+
+
 class _SyntaxProblem(ValueError):
     """A MAIL/RCPT argument is malformed; carries the reply to send."""
 
@@ -181,10 +237,14 @@ class SmtpSession(asyncio.BufferedProtocol):
     read lands in one shared buffer and only what arrived is copied.
     """
 
-    def __init__(self, host: SessionHost, *, implicit_tls: bool = False) -> None:
+    def __init__(
+        self, host: SessionHost, *, implicit_tls: bool = False, proxy: bool = False
+    ) -> None:
         self.host = host
         self.id = _session_id()
         self.implicit_tls = implicit_tls
+        #: the connection starts with a PROXY header naming the real client
+        self.proxied = proxy
         self.tls_active = implicit_tls
         self.client_ip = "?"
         self.client_port = 0
@@ -213,6 +273,8 @@ class SmtpSession(asyncio.BufferedProtocol):
         #: the tail of a too-long line is still to be dropped (see _read_line)
         self._discarding = False
         self._messages = 0
+        #: the BDAT chunks of the current transaction (RFC 3030), once one came
+        self._chunks: _Chunks | None = None
         self._log = logging.LoggerAdapter(logger, {"session": self.id})
         self._auth_log = logging.LoggerAdapter(auth_logger, {"session": self.id})
 
@@ -396,6 +458,9 @@ class SmtpSession(asyncio.BufferedProtocol):
     # -- the session ----------------------------------------------------------------
 
     async def _run(self) -> None:
+        if self.proxied and not await self._read_proxy_header():
+            self.close()
+            return
         runtime = self.host.runtime
         if self.host.stopping:
             self.send(replies.SHUTTING_DOWN.format(host=runtime.host_name))
@@ -448,9 +513,52 @@ class SmtpSession(asyncio.BufferedProtocol):
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
+            self._reset_transaction()
             self.close()
             self.host.session_closed(self)
             self._log.info("%s disconnected", self.client_ip)
+
+    async def _read_proxy_header(self) -> bool:
+        """Read the PROXY header and take the client's address from it; False: close.
+
+        Only TrustedProxies may connect; the whole header must come within
+        ProxyTimeout. Nothing is sent before it (SMTP's server speaks first, so no
+        client data can pass for a header).
+        """
+        server = self.host.runtime.server
+        proxy_ip = self.client_ip
+        try:
+            trusted = any(ipaddress.ip_address(proxy_ip) in net for net in server.trusted_proxies)
+        except ValueError:
+            trusted = False
+        if not trusted:
+            self._log.warning(
+                "%s is not in SmtpServer.TrustedProxies: PROXY port connection closed",
+                proxy_ip,
+            )
+            return False
+        self._deadline = asyncio.get_running_loop().time() + server.proxy_timeout
+        try:
+            while (header := proxy_protocol.parse(self._buffer)) is None:
+                await self._fill()
+        except proxy_protocol.ProxyHeaderError as exc:
+            self._log.warning("%s: %s; connection closed", proxy_ip, exc)
+            return False
+        except (TimeoutError, _Closed):
+            self._log.warning(
+                "%s sent no complete PROXY header within %ds; connection closed",
+                proxy_ip,
+                server.proxy_timeout,
+            )
+            return False
+        finally:
+            self._deadline = None
+            self._timed_out = False
+        self._take(header.length)
+        if not header.local:  # LOCAL: the proxy's own check; its address applies
+            self.client_ip, self.client_port = header.client_ip, header.client_port
+        self._log.debug("PROXY v%d from %s: client %s", header.version, proxy_ip, self.client_ip)
+        return True
 
     async def _command_loop(self) -> None:
         bad_commands = 0
@@ -507,6 +615,9 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     def _reset_transaction(self) -> None:
         self.transaction = None
+        if self._chunks is not None:
+            self._chunks.discard()
+            self._chunks = None
 
     # -- simple commands -------------------------------------------------------------
 
@@ -550,6 +661,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             "8BITMIME",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
+            "CHUNKING",
         ]
         if self.host.tls_context is not None and not self.tls_active:
             keywords.append("STARTTLS")
@@ -584,7 +696,6 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     _cmd_TURN = _cmd_EXPN
     _cmd_ETRN = _cmd_EXPN
-    _cmd_BDAT = _cmd_EXPN
 
     # -- STARTTLS (RFC 3207) ---------------------------------------------------------
 
@@ -893,9 +1004,11 @@ class SmtpSession(asyncio.BufferedProtocol):
         if arg:
             self.send(replies.SYNTAX_NO_ARGUMENT.format(verb="DATA"))
             return
-        runtime = self.host.runtime
+        if self._chunks is not None:
+            self.send(replies.DATA_AFTER_BDAT)
+            return
         self.send(replies.START_DATA)
-        limit = runtime.server.max_message_size
+        limit = self.host.runtime.server.max_message_size
         content = await self._read_data(limit)
         self.transaction = None
         if content is None:
@@ -906,15 +1019,36 @@ class SmtpSession(asyncio.BufferedProtocol):
             )
             self.send(replies.TOO_BIG.format(limit=limit))
             return
+        await self._accept(transaction, content, unstuff=True)
+
+    async def _accept(
+        self, transaction: _Transaction, content: bytearray | DataSpill, *, unstuff: bool
+    ) -> None:
+        """Check, clean and store a complete message; send the reply."""
+        runtime = self.host.runtime
         normalize = runtime.server.bare_line_endings == "Normalize"
         strip_nul = runtime.server.nul_bytes == "Strip"
-        if len(content) > _INLINE_CLEAN_LIMIT:
+        tail: DataTail | None = None
+        body: bytes | bytearray
+        if isinstance(content, DataSpill):
+            # Checked and cleaned as it arrived; its tail is already in the spool's tmp/.
+            body = content.head if content.head is not None else bytearray()
+            problem, tail = content.problem, content.tail
+            if content.error is not None:
+                self._log.error(
+                    "could not store the message from <%s>: %s",
+                    transaction.mail_from,
+                    content.error,
+                )
+        elif len(content) > _INLINE_CLEAN_LIMIT:
             # Scanning megabytes takes milliseconds; keep other sessions responsive.
             body, problem = await asyncio.to_thread(
-                clean_data, content, normalize=normalize, strip_nul=strip_nul
+                clean_data, content, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff
             )
         else:
-            body, problem = clean_data(content, normalize=normalize, strip_nul=strip_nul)
+            body, problem = clean_data(
+                content, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff
+            )
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
             self.send(problem)
@@ -946,6 +1080,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             session_id=self.id,
             received_at=received_at,
             mail_options=transaction.options,
+            tail=tail,
         )
         try:
             queue_id = await self.host.store.store(message)
@@ -961,12 +1096,80 @@ class SmtpSession(asyncio.BufferedProtocol):
             "accepted %s from <%s> size=%d local=%s relay=%s queue id %s",
             f"<{message_id}>",
             transaction.mail_from,
-            len(data),
+            message.size,
             ",".join(transaction.local) or "-",
             ",".join(transaction.relay) or "-",
             queue_id,
         )
         self.send(replies.QUEUED.format(queue_id=queue_id))
+
+    # -- BDAT (RFC 3030) -----------------------------------------------------------------
+
+    async def _cmd_BDAT(self, arg: str) -> None:
+        parts = arg.split()
+        if (
+            not parts
+            or len(parts) > 2
+            or not parts[0].isdigit()
+            or len(parts[0]) > 18
+            or (len(parts) == 2 and parts[1].upper() != "LAST")
+        ):
+            # The size of the chunk that follows is unknown: its bytes cannot be told
+            # from commands, so the session cannot go on.
+            self.send(replies.SYNTAX_BDAT)
+            self.close()
+            return
+        size, last = int(parts[0]), len(parts) == 2
+        transaction = self.transaction
+        refusal = None
+        if self.helo is None:
+            refusal = replies.NEED_HELO
+        elif transaction is None:
+            refusal = replies.NEED_MAIL
+        elif transaction.count == 0:
+            refusal = replies.NEED_RCPT
+        if refusal is not None or transaction is None:
+            await self._read_chunk(size, lambda piece: None)  # RFC 3030 §3: read, drop
+            self.send(refusal or replies.NEED_MAIL)
+            return
+        limit = self.host.runtime.server.max_message_size
+        if self._chunks is None:
+            new_tail = getattr(self.host.store, "new_tail", None)
+            self._chunks = _Chunks(
+                limit,
+                None if new_tail is None else lambda: self._open_spill(new_tail, unstuff=False),
+            )
+        chunks = self._chunks
+        await self._read_chunk(size, chunks.add)
+        if chunks.too_big:
+            self._log.warning(
+                "message from <%s> refused: larger than MaxMessageSize (%d bytes)",
+                transaction.mail_from,
+                limit,
+            )
+            self._reset_transaction()  # RFC 3030 §2: the transaction has failed
+            self.send(replies.TOO_BIG.format(limit=limit))
+            return
+        if not last:
+            self.send(replies.CHUNK_OK.format(size=size))
+            return
+        self._chunks = None
+        self.transaction = None
+        await self._accept(transaction, chunks.finish(), unstuff=False)
+
+    async def _read_chunk(self, size: int, sink: Callable[[bytes], None]) -> None:
+        """Read exactly *size* bytes of BDAT data, handing them to *sink* as they come."""
+        start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
+        received = 0
+        self._reading_data = True
+        while received < size:
+            if not self._buffer:
+                self._deadline = start + received / DATA_MIN_RATE
+                await self._fill()
+            piece = self._take(min(size - received, len(self._buffer)))
+            received += len(piece)
+            sink(piece)
+        self._reading_data = False
 
     def _protocol_name(self, smtputf8: bool) -> str:
         # RFC 3848 / RFC 6531 "with" protocol types.
@@ -979,7 +1182,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             name += "A"
         return name
 
-    async def _read_data(self, limit: int) -> bytearray | None:
+    async def _read_data(self, limit: int) -> bytearray | DataSpill | None:
         """Read message data up to CRLF.CRLF; None when it was larger than *limit*.
 
         Input is read in chunks; past the limit only the last four bytes are kept (to
@@ -990,44 +1193,85 @@ class SmtpSession(asyncio.BufferedProtocol):
         self._reading_data = False
         return data
 
-    async def _read_data_until_end(self, limit: int) -> bytearray | None:
+    async def _read_data_until_end(self, limit: int) -> bytearray | DataSpill | None:
         # The deadline grows with what arrived: TimeOut + received / DATA_MIN_RATE.
         start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
         received = 0
         data = bytearray()
+        # Past SPILL_THRESHOLD the data goes through a DataSpill to the spool as it
+        # arrives (when the store has tails), and *data* keeps only what is unchecked.
+        new_tail = getattr(self.host.store, "new_tail", None)
+        spill: DataSpill | None = None
+        fed = 0  # bytes handed to the spill
         scan_from = 0
         too_big = False
-        while True:
-            if not too_big and data.startswith(_END_OF_DATA[2:]):
-                index = -2  # ".\r\n" right after the DATA line's CRLF: no content
-            else:
-                index = data.find(_END_OF_DATA, scan_from)
-            if index != -1:
-                rest = data[index + len(_END_OF_DATA) :]
-                if rest:
-                    self._buffer[0:0] = rest
-                if too_big or index + 2 > limit:
-                    return None
-                # Trim the tail in place: no copy. (The head is never trimmed: a
-                # bytearray with a trimmed head is copied whole when it grows, as it
-                # does when the trace headers are put in front.)
-                del data[index + 2 :]
-                return data
-            if not too_big and len(data) > limit + 3:
-                too_big = True
-            if too_big:
-                del data[:-4]
-            scan_from = max(0, len(data) - 4)
-            if not self._buffer:
-                self._deadline = start + received / DATA_MIN_RATE
-                await self._fill()
-            received += len(self._buffer)
-            data += self._buffer
-            self._take_all()
+        try:
+            while True:
+                if fed == 0 and not too_big and data.startswith(_END_OF_DATA[2:]):
+                    index = -2  # ".\r\n" right after the DATA line's CRLF: no content
+                else:
+                    index = data.find(_END_OF_DATA, scan_from)
+                if index != -1:
+                    rest = data[index + len(_END_OF_DATA) :]
+                    if rest:
+                        self._buffer[0:0] = rest
+                    if too_big or fed + index + 2 > limit:
+                        return None
+                    if spill is not None:
+                        spill.feed(data[: index + 2])
+                        spill.finish()
+                        handed, spill = spill, None
+                        return handed
+                    # Trim the tail in place: no copy. (The head is never trimmed: a
+                    # bytearray with a trimmed head is copied whole when it grows, as it
+                    # does when the trace headers are put in front.)
+                    del data[index + 2 :]
+                    return data
+                if not too_big and fed + len(data) > limit + 3:
+                    too_big = True
+                    if spill is not None:  # free its file now, not at the end of the data
+                        spill.discard()
+                        spill = None
+                if too_big:
+                    del data[:-4]
+                elif new_tail is not None and (spill is not None or len(data) > SPILL_THRESHOLD):
+                    if spill is None:
+                        spill = self._open_spill(new_tail)
+                    # The last four bytes may be the start of CRLF.CRLF: keep them.
+                    if len(data) > 4:
+                        spill.feed(data[:-4])
+                        fed += len(data) - 4
+                        del data[:-4]
+                scan_from = max(0, len(data) - 4)
+                if not self._buffer:
+                    self._deadline = start + received / DATA_MIN_RATE
+                    await self._fill()
+                received += len(self._buffer)
+                data += self._buffer
+                self._take_all()
+        finally:
+            if spill is not None:
+                spill.discard()
+
+    def _open_spill(self, new_tail: Callable[[], DataTail], *, unstuff: bool = True) -> DataSpill:
+        server = self.host.runtime.server
+        normalize = server.bare_line_endings == "Normalize"
+        strip_nul = server.nul_bytes == "Strip"
+        tail: DataTail | None = None
+        refusal = replies.STORE_FAILED
+        try:
+            tail = new_tail()
+        except SpoolError as exc:
+            self._log.error("cannot take a big message into the spool: %s", exc)
+            if isinstance(exc, SpoolFull):
+                refusal = replies.STORE_FULL
+        return DataSpill(
+            tail, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff, refusal=refusal
+        )
 
 
 def clean_data(
-    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False
+    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False, unstuff: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
     """Check line endings, NUL bytes and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
 
@@ -1035,14 +1279,14 @@ def clean_data(
     refused (550) unless *normalize*, which turns every line ending into CRLF. A NUL
     byte (not allowed in mail: RFC 5321 2.3.8, RFC 2045 2.7) is refused unless
     *strip_nul*, which removes them. The result is *content* itself when there is
-    nothing to change (no copy).
+    nothing to change (no copy). BDAT data is not dot-stuffed: *unstuff* False.
     """
     # A receiver that drops NUL bytes would see "\r\n\0.\r\n" as the end of data and
     # read the rest as a second message: never store or relay one.
     has_nul = content.find(b"\x00") >= 0
     if has_nul and not strip_nul:
         return b"", replies.NUL_BYTE
-    content, problem = _unstuff(content, normalize=normalize)
+    content, problem = _unstuff(content, normalize=normalize, unstuff=unstuff)
     if has_nul and problem is None:
         # After un-stuffing: the line "\0." was not stuffed and stays the line "."
         # (which the relay client stuffs again on the way out).
@@ -1051,7 +1295,7 @@ def clean_data(
 
 
 def _unstuff(
-    content: bytes | bytearray, *, normalize: bool
+    content: bytes | bytearray, *, normalize: bool, unstuff: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
     # Three C-speed counts instead of a pass in Python; they also catch "\n\r".
     crlf = content.count(b"\r\n")
@@ -1061,11 +1305,94 @@ def _unstuff(
         content = _LINE_END.sub(b"\r\n", content)
     if _has_long_line(content):
         return b"", replies.DATA_LINE_TOO_LONG
+    if not unstuff:
+        return content, None
     if content.startswith(b"."):
         content = content[1:]
     elif b"\r\n." not in content:
         return content, None
     return content.replace(b"\r\n.", b"\r\n"), None
+
+
+class DataSpill:
+    """Message data too big to hold in memory, checked and cleaned as it arrives.
+
+    Input is cut at line ends (a line never spans two pieces) and each piece goes
+    through :func:`clean_data`, so the result is what clean_data would make of the
+    whole. The first piece (about SPILL_THRESHOLD bytes, with the header section) is
+    kept in memory for the trace headers; the rest is written to a :class:`DataTail`
+    in the spool's tmp/. After a problem (bare line end, NUL, long line, a failed
+    write) nothing more is kept and the tail is closed: *problem* is the reply.
+    """
+
+    def __init__(
+        self,
+        tail: DataTail | None,
+        *,
+        normalize: bool,
+        strip_nul: bool,
+        unstuff: bool = True,
+        refusal: Reply = replies.STORE_FAILED,
+    ) -> None:
+        self.tail = tail
+        self.normalize = normalize
+        self.strip_nul = strip_nul
+        self.unstuff = unstuff
+        #: the first cleaned piece (None until one was made)
+        self.head: bytearray | None = None
+        #: *refusal* when there is no tail (the spool could not make one)
+        self.problem: Reply | None = None if tail is not None else refusal
+        #: the write error behind a STORE_FAILED problem
+        self.error: OSError | None = None
+        self._carry: bytes | bytearray = b""
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        """Take the next bytes of data (still dot-stuffed, as received)."""
+        if self.problem is not None:
+            return
+        block = self._carry + chunk if self._carry else chunk
+        # Cut after the last LF, or after a CR whose next byte is here and no LF (a
+        # CR at the very end may be half of a CRLF).
+        end = max(block.rfind(b"\n"), block.rfind(b"\r", 0, len(block) - 1)) + 1
+        self._carry = block[end:]
+        if len(self._carry) > TEXT_LINE_LIMIT + 1:
+            self._fail(replies.DATA_LINE_TOO_LONG)
+        elif end:
+            self._emit(block if end == len(block) else block[:end])
+
+    def finish(self) -> None:
+        """The data is complete (it ended with CRLF)."""
+        block, self._carry = self._carry, b""
+        if block and self.problem is None:
+            self._emit(block)
+
+    def discard(self) -> None:
+        """Drop the tail (the message is not stored after all)."""
+        if self.tail is not None:
+            self.tail.close()
+            self.tail = None
+
+    def _fail(self, problem: Reply) -> None:
+        self.problem = problem
+        self.head = None
+        self.discard()
+
+    def _emit(self, block: bytes | bytearray) -> None:
+        cleaned, problem = clean_data(
+            block, normalize=self.normalize, strip_nul=self.strip_nul, unstuff=self.unstuff
+        )
+        if problem is not None:
+            self._fail(problem)
+        elif self.head is None:
+            # (*block* is a copy of ours, and so is what clean_data made of it)
+            self.head = cleaned if isinstance(cleaned, bytearray) else bytearray(cleaned)
+        elif self.tail is not None:
+            try:
+                self.tail.write(cleaned)
+            except OSError as exc:
+                self.error = exc
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                self._fail(replies.STORE_FULL if full else replies.STORE_FAILED)
 
 
 def _has_long_line(content: bytes | bytearray) -> bool:

@@ -177,6 +177,17 @@ class SmtpServerSettings(Section):
     auth_failure_limit: int = Field(default=5, ge=1)
     #: seconds over which failed logins are counted
     auth_failure_window: int = Field(default=300, ge=1)
+    #: a second listener whose connections start with a PROXY protocol header (v1/v2)
+    proxy_port: Port | None = None
+    #: the load balancers allowed to connect to ProxyPort (anyone else is closed on)
+    trusted_proxies: list[Annotated[IPNetwork, BeforeValidator(_network)]] = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network("127.0.0.0/8"),
+            ipaddress.ip_network("::1/128"),
+        ]
+    )
+    #: seconds a proxy has to send the whole PROXY header
+    proxy_timeout: int = Field(default=5, ge=1, le=60)
 
     @field_validator("bind_address")
     @classmethod
