@@ -76,7 +76,8 @@ def test_save_values_in_toml_adds_a_missing_section(write_config: WriteConfig) -
     assert "# keep this comment" in text
     assert "# not 25" in text
     assert load_settings(path).settings.delivery.retry_delay == 120
-    assert result.restart == ["Delivery.RetryDelay"]
+    assert result.changed == ["Delivery.RetryDelay"]
+    assert result.restart == []  # the delivery engine takes it on reload
 
 
 def test_an_error_writes_nothing_and_names_key_and_line(write_config: WriteConfig) -> None:
@@ -240,3 +241,28 @@ def test_a_value_none_removes_the_key_so_its_default_applies(
     assert load_settings(path).settings.smtp_server.port == 2525
     if name.endswith(".json"):
         assert saved == CONFIG.replace('    "Port": 2525, // not 25\n', "")
+
+
+def test_what_needs_a_restart() -> None:
+    """Listeners, folders and the first relays need a restart; users, limits and relay edits not."""
+    from jdxmail.settings.model import Settings
+    from jdxmail.settings.save import restart_needed
+
+    base = Settings.model_validate({"SmtpServer": {"Port": 2525}})
+    relay = {"Name": "a", "Host": "127.0.0.1"}
+    with_relay = Settings.model_validate({"RelayServers": [relay]})
+    cases = {
+        "SmtpServer.Port": ({"SmtpServer": {"Port": 2626}}, base),
+        "SmtpServer.ProxyPort": ({"SmtpServer": {"ProxyPort": 2700}}, base),
+        "Paths.Spool": ({"Paths": {"Spool": "elsewhere"}}, base),
+        "RelayServers": ({"RelayServers": [relay]}, base),
+        "": ({"RelayServers": [{**relay, "Port": 2600}]}, with_relay),
+    }
+    for expected, (data, old) in cases.items():
+        assert restart_needed(old, Settings.model_validate(data)) == (
+            [expected] if expected else []
+        )
+    live = Settings.model_validate(
+        {"SmtpServer": {"MaxRecipients": 5}, "Delivery": {"RetryDelay": 9}}
+    )
+    assert restart_needed(base, live) == []

@@ -201,10 +201,10 @@ async def test_unknown_keys_and_bad_bodies(console: Console) -> None:
         assert bad_key.status_code == 400
 
 
-async def test_a_relay_added_from_the_form_is_appended_and_needs_a_restart(
+async def test_a_relay_added_from_the_form_is_appended_and_applied(
     make_console: MakeConsole,
 ) -> None:
-    """Keys of the item after the last relay add a relay (comments kept); it needs a restart."""
+    """Keys of the item after the last relay add a relay (comments kept), applied on reload."""
     console = await make_console(CONFIG_WITH_SECRETS)
     async with api(console.url) as http:
         answer = await http.put(
@@ -220,7 +220,9 @@ async def test_a_relay_added_from_the_form_is_appended_and_needs_a_restart(
         )
         shown = await http.get("/api/v1/settings")
     assert answer.status_code == 200, answer.text
-    assert answer.json()["restart"] == ["RelayServers"]
+    assert answer.json()["changed"] == ["RelayServers"]
+    assert answer.json()["restart"] == []
+    assert [r.display_name for r in console.app.settings.relays] == ["upstream", "backup"]
     text = console.config_path.read_text()
     assert "// console test config: keep this comment" in text
     assert '"Name": "backup"' in text

@@ -192,10 +192,13 @@ def _settings_of(source: ConfigSource | None) -> Settings | None:
     return settings
 
 
-#: the sections (or SmtpServer keys) whose changes apply only after a restart; every
-#: other key applies to new sessions on reload (SIGHUP, or a save from the console)
-_RESTART_SECTIONS = ("relayserver", "relayservers", "delivery", "paths", "webui")
-_RESTART_SMTP_KEYS = ("Enabled", "BindAddress", "Port", "Tls")
+#: the sections and SmtpServer keys whose changes apply only after a restart: the
+#: listeners and the folders. Every other key applies on reload (SIGHUP, or a save from
+#: the console): users and policy to new commands, relays and Delivery to the next
+#: delivery attempts.
+_RESTART_SECTIONS = ("paths", "webui")
+_RESTART_SMTP_KEYS = ("Enabled", "BindAddress", "Port", "Tls", "ProxyPort")
+_RELAY_SECTIONS = ("relayserver", "relayservers")
 
 
 def changed_keys(old: Settings | None, new: Settings) -> list[str]:
@@ -206,12 +209,19 @@ def changed_keys(old: Settings | None, new: Settings) -> list[str]:
 
 
 def restart_needed(old: Settings | None, new: Settings) -> list[str]:
-    """The changed key paths that a reload does not apply (listeners, relays, paths)."""
+    """The changed key paths that a reload does not apply: the listeners, the folders,
+    the console's own settings, and relays where there were none (serve started no
+    delivery engine then)."""
     restart = []
+    first_relays = old is not None and not old.relays and bool(new.relays)
     for key in sorted(changed_keys(old, new)):
         section, _, name = key.partition(".")
         if key.casefold() == "webui.users":
             continue  # console users are read live, like SmtpServer.Users
+        if section.casefold() in _RELAY_SECTIONS:
+            if first_relays:
+                restart.append(key)
+            continue
         if section.casefold() in _RESTART_SECTIONS or (
             section == "SmtpServer" and name in _RESTART_SMTP_KEYS
         ):
