@@ -26,10 +26,12 @@ def test_prints_only_the_hash(runner: CliRunner) -> None:
 
 
 def test_stdin_reads_one_line(runner: CliRunner) -> None:
-    """--stdin takes one line (CRLF or LF stripped), keeping inner spaces."""
-    code, out, _ = invoke(runner, "hash-password", "--stdin", input="password\r\nignored\n")
+    """--password-stdin takes one line (CRLF or LF stripped), keeping inner spaces."""
+    code, out, _ = invoke(
+        runner, "hash-password", "--password-stdin", input="password\r\nignored\n"
+    )
     assert (code, out.strip()) == (0, GUIDE_HASH)
-    _, spaced, _ = invoke(runner, "hash-password", "--stdin", input="abcd efgh\n")
+    _, spaced, _ = invoke(runner, "hash-password", "--password-stdin", input="abcd efgh\n")
     _, direct, _ = invoke(runner, "hash-password", "abcd efgh")
     assert spaced == direct
 
@@ -53,7 +55,7 @@ def test_verify_match_and_no_match(runner: CliRunner) -> None:
     assert (code, out.strip()) == (1, "no match")
     _, scrypt, _ = invoke(runner, "hash-password", "-t", "scrypt", "pw")
     code, _, _ = invoke(
-        runner, "hash-password", "--stdin", "--verify", scrypt.strip(), input="pw\n"
+        runner, "hash-password", "--password-stdin", "--verify", scrypt.strip(), input="pw\n"
     )
     assert code == 0
 
@@ -69,11 +71,12 @@ def test_bad_input(runner: CliRunner) -> None:
     """No password without a terminal, both forms at once, or an empty one: exit 2, no traceback."""
     code, _, err = invoke(runner, "hash-password", input="")
     assert code == 2
-    assert "--stdin" in err
-    code, _, err = invoke(runner, "hash-password", "pw", "--stdin", input="pw\n")
+    assert "--password-stdin" in err
+    code, _, err = invoke(runner, "hash-password", "pw", "--password-stdin", input="pw\n")
     assert code == 2
     assert "not both" in err
-    code, _, err = invoke(runner, "hash-password", "--stdin", input="\n")
+    assert "--password-stdin" in err
+    code, _, err = invoke(runner, "hash-password", "--password-stdin", input="\n")
     assert code == 2
     assert "empty" in err
 
@@ -126,3 +129,13 @@ def test_prompt_on_a_terminal_hides_and_confirms() -> None:
         proc.kill()
         os.close(controller)
     assert b"password\r\n" not in rest.split(GUIDE_HASH.encode())[0]
+
+
+def test_old_stdin_flag_still_works_and_says_the_new_name(runner: CliRunner) -> None:
+    """The old --stdin still reads the password, is hidden from --help and names its successor."""
+    code, out, err = invoke(runner, "hash-password", "--stdin", input="password\n")
+    assert (code, out.strip()) == (0, GUIDE_HASH)
+    assert "--password-stdin" in err
+    _, help_text, _ = invoke(runner, "hash-password", "--help")
+    assert "--password-stdin" in help_text
+    assert "--stdin " not in help_text

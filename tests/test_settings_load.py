@@ -104,10 +104,10 @@ def test_jdx_wrapper_and_case_insensitive_keys(write_config: WriteConfig) -> Non
 
 def test_lookup_order(tmp_path: Path, write_config: WriteConfig) -> None:
     """--config wins over $JDXMAIL_CONFIG, which wins over ./appsettings.json, then ./jdxmail.toml."""
-    toml = write_config(GUIDE_TOML, name="jdxmail.toml")
-    assert find_config() == toml
-    json_file = write_config(GUIDE_JSON)
-    assert find_config() == json_file
+    write_config(GUIDE_TOML, name="jdxmail.toml")
+    assert find_config() == Path("jdxmail.toml")  # found here: named as the user would
+    write_config(GUIDE_JSON)
+    assert find_config() == Path("appsettings.json")
     other = write_config("{}", name="other.json")
     assert find_config(environ={"JDXMAIL_CONFIG": str(other)}) == other
     explicit = tmp_path / "explicit.json"

@@ -176,7 +176,7 @@ def test_list_never_shows_hashes(runner: CliRunner, write_config: WriteConfig) -
     assert GUIDE_HASH not in out
     code, out, _ = invoke(runner, "user", "list", "--json")
     assert json.loads(out)["users"] == [
-        {"user_name": "test@example.com", "hash_type": "SHA256", "allowed_senders": None}
+        {"UserName": "test@example.com", "HashType": "SHA256", "AllowedSenders": None}
     ]
 
 

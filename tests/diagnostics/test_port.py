@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -18,12 +19,15 @@ from jdxmail.cli.exitcodes import PortExit
 from jdxmail.diagnostics.port import (
     PortStatus,
     PrivilegeFacts,
+    check_listening,
     check_port,
     firewall_commands,
     privilege_fix,
 )
 from tests.conftest import WriteConfig, invoke
 from tests.diagnostics.conftest import NetNs
+
+JDXMAIL = str(Path(sys.executable).with_name("jdxmail"))
 
 
 @pytest.fixture
@@ -313,3 +317,71 @@ def test_firewall_drop_in_a_netns_is_reported_b4(netns: NetNs) -> None:
     assert "JDX-B4" in out
     assert "a firewall blocks the port" in out
     assert "ufw allow" in out or "firewall-cmd" in out
+
+
+async def test_listening_on_a_port_another_program_holds_names_it(
+    held_port: int, runner: CliRunner
+) -> None:
+    """--listening on a port held by a program that is not jdxmail names it, not `jdxmail serve`."""
+    code, out, _ = await asyncio.to_thread(
+        invoke,
+        runner,
+        "check-port",
+        "--listening",
+        "--port",
+        str(held_port),
+        "--bind",
+        "127.0.0.1",
+        "--timeout",
+        "0.2",
+    )
+    assert code == PortExit.OTHER
+    assert f"PID {os.getpid()}" in out
+    assert "not jdxmail" in out
+    assert "start it with `jdxmail serve`" not in out
+
+
+async def test_listening_waits_for_a_server_that_is_starting() -> None:
+    """check_listening(until=…) keeps trying while the port refuses, and finds the server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started: list[asyncio.Server] = []
+
+    async def start() -> None:
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 late ESMTP\r\n")
+            await reader.readline()
+            writer.close()
+
+        started.append(await asyncio.start_server(greet, "127.0.0.1", port))
+
+    # a server that starts after the first try; nothing to await in between
+    asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(start()))
+    try:
+        report = await check_listening("127.0.0.1", port, until=30)
+    finally:
+        for server in started:
+            server.close()
+    assert report.ok, report.findings
+    assert "220 late ESMTP" in report.probes[0].detail
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--port", "0"], ["--port", "x"], ["--timeout", "5000"], ["--bogus"]],
+)
+def test_bad_arguments_exit_3_as_the_help_says(args: list[str]) -> None:
+    """Bad arguments exit 3 ("other", as --help says), never 2, which means "no privilege"."""
+    result = subprocess.run(
+        [JDXMAIL, "check-port", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == PortExit.OTHER, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    assert document["exit_code"] == PortExit.OTHER
+    assert "Traceback" not in result.stderr

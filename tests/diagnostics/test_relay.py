@@ -319,6 +319,33 @@ async def test_refused_port_c2(refused_port: int, runner: CliRunner) -> None:
     assert "✗ TCP connect" in out
 
 
+async def test_refused_given_port_is_not_told_to_use_587(
+    refused_port: int, runner: CliRunner
+) -> None:
+    """--host 127.0.0.1:PORT connects to PORT (not PORT:587) and the fix names the port given."""
+    code, out = await _relay(runner, "--host", f"127.0.0.1:{refused_port}", "--tls", "none")
+    assert code == RelayExit.CONNECT
+    assert f"connection refused by 127.0.0.1:{refused_port}" in out
+    assert f"listens on port {refused_port}" in out
+    assert "--port 587 (the submission port)" not in out
+
+
+async def test_host_and_port_that_disagree_are_refused(runner: CliRunner) -> None:
+    """--host HOST:25 with --port 587 is a usage error, not a silent pick of one."""
+    code, out = await _relay(runner, "--host", "127.0.0.1:25", "--port", "587")
+    assert code == RelayExit.USAGE
+    assert "different ports" in out
+
+
+async def test_silent_server_is_not_also_called_slow(silent_listener: int) -> None:
+    """A banner timeout is one finding: no "banner took N s" warning beside "said nothing"."""
+    target = RelayTarget("127.0.0.1", silent_listener, TlsMode.STARTTLS, timeout=0.3)
+    report = await probe_relay(target, ProbeOptions(slow_ms=100))
+    assert report.failed is Stage.BANNER
+    assert any("said nothing within 0.3 s" in f.message for f in report.findings)
+    assert not [f for f in report.findings if f.row == "E2"]
+
+
 async def test_unresolvable_host_c2(runner: CliRunner) -> None:
     """A host that does not resolve fails at DNS (exit 10) and names the host."""
     code, out = await _relay(runner, "--host", "smtp.example.invalid", "--port", "587")

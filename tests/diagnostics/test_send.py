@@ -7,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 
+import pytest
 import trustme
 from typer.testing import CliRunner
 
@@ -85,7 +86,7 @@ async def test_send_test_shows_masked_transcript_and_final_reply(
         runner,
         "--to",
         "friend@example.net",
-        "--server",
+        "--host",
         f"127.0.0.1:{fake.port}",
         "--user",
         GOOD_USER,
@@ -110,7 +111,7 @@ async def test_send_test_shows_masked_transcript_and_final_reply(
 async def test_send_test_defaults_to_the_configured_server(
     fake_provider: StartProvider, runner: CliRunner, write_config: WriteConfig
 ) -> None:
-    """Without --server, send-test uses BindAddress and Port of the config."""
+    """Without --host, send-test uses BindAddress and Port of the config."""
     fake = await fake_provider(ProviderSpec(tls="none", hostname="jdxmail.local", ident="ESMTP"))
     path = write_config(json.dumps({"SmtpServer": {"BindAddress": "0.0.0.0", "Port": fake.port}}))
     code, out = await _send(
@@ -122,12 +123,45 @@ async def test_send_test_defaults_to_the_configured_server(
 
 
 async def test_send_test_server_down_exits_connect(refused_port: int, runner: CliRunner) -> None:
-    """A server that is down fails at TCP connect with exit 11."""
+    """A server that is down fails at TCP connect with exit 11 and a fix about the server."""
+    code, out = await _send(
+        runner, "--to", "x@example.net", "--host", "127.0.0.1", "-p", str(refused_port)
+    )
+    assert code == RelayExit.CONNECT
+    assert "connection refused" in out
+    assert "jdxmail serve" in out
+    assert "--port 587" not in out  # send-test talks to jdxmail, not to a provider
+
+
+async def test_send_test_old_server_spelling_still_works(
+    refused_port: int, runner: CliRunner
+) -> None:
+    """The old --server HOST:PORT still reaches the same server (hidden from --help)."""
     code, out = await _send(
         runner, "--to", "x@example.net", "--server", f"127.0.0.1:{refused_port}"
     )
     assert code == RelayExit.CONNECT
-    assert "connection refused" in out
+    assert f"127.0.0.1:{refused_port}" in out
+    _, help_text, _ = invoke(runner, "send-test", "--help")
+    assert "--server" not in help_text
+    assert "--host HOST[:PORT]" in help_text
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [("[::1]:{port}", "[::1]:{port}"), ("[::1]", "[::1]:{port}"), ("::1", "[::1]:{port}")],
+)
+async def test_send_test_takes_bracketed_and_bare_ipv6(
+    refused_port: int, runner: CliRunner, host: str, shown: str
+) -> None:
+    """--host [::1]:PORT, [::1] and ::1 are IPv6 hosts, never refused as bad arguments."""
+    port = str(refused_port)
+    args = ["--to", "x@example.net", "--host", host.format(port=port)]
+    if "]:" not in host:
+        args += ["--port", port]
+    code, out = await _send(runner, *args)
+    assert code == RelayExit.CONNECT, out
+    assert shown.format(port=port) in out
 
 
 def test_send_test_bad_server_argument(runner: CliRunner) -> None:

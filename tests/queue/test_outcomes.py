@@ -9,7 +9,7 @@ import ssl
 import aiosmtplib
 import pytest
 
-from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.bounce import FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.relay import (
     OUTCOME_TABLE,
     EightBitUnsupported,
@@ -188,6 +188,37 @@ def test_circuit_breaker_opens_after_three_and_grows() -> None:
     assert not breaker.allows(189.0)
     breaker.success()
     assert breaker.allows(130.0)
+
+
+def test_dsn_files_a_refusal_apart_from_an_expiry() -> None:
+    """A 550 is "could not be delivered", only the 4.4.7 recipient "could not be delivered in time"."""
+    data, _ = build_dsn(
+        reporting_host="jdx.test",
+        original_sender="a@x",
+        original_data=b"Subject: hi\r\n\r\nbody\r\n",
+        queue_id="Q2",
+        received_at=1_700_000_000.0,
+        failed=[
+            FailedRecipient("gone@y", "5.1.1", "550 5.1.1 no such user", "up", 1.7e9),
+            FailedRecipient("slow@y", "4.4.7", "message expired after 5 days", "up", 1.7e9),
+        ],
+    )
+    text = next(email.message_from_bytes(data, policy=email.policy.default).iter_parts())
+    body = text.get_content()
+    refused, _, expired = body.partition("in time")
+    assert "<gone@y>: 550 5.1.1" in refused
+    assert "could not be delivered to these recipients" in refused
+    assert "<slow@y>" in expired
+    assert "<gone@y>" not in expired
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(432000, "5 days"), (120, "2 minutes"), (9000, "2 hours 30 minutes"), (45, "45 seconds")],
+)
+def test_lifetimes_read_as_durations(seconds: float, words: str) -> None:
+    """An expiry says "after 2 minutes", never "after 0.00138889 days"."""
+    assert human_duration(seconds) == words
 
 
 def test_dsn_is_rfc3464_multipart_report() -> None:

@@ -184,3 +184,27 @@ async def test_flush_reaches_a_running_engine(
     await back.wait_for(1)
     await running.engine.wait_idle()
     assert spool_stats(settings.paths.spool).queued == 0
+
+
+async def test_list_shows_each_pending_recipients_own_reply(
+    runner: CliRunner, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """A recipient still pending on 451 shows its 451, not the 250 another recipient got."""
+    async with Spool(tmp_path / "spool", tmp_path / "mb") as spool:
+        queue_id = await spool.store(message(to=("ann@example.net", "bob@example.net")))
+    state = DeliveryState(
+        attempts=1,
+        recipients={
+            "ann@example.net": RecipientState("delivered", "2.0.0", "250 2.0.0 OK", "up"),
+            "bob@example.net": RecipientState("pending", "4.2.0", "451 4.2.0 try later", "up"),
+        },
+        last_reply="250 2.0.0 OK",
+        last_relay="up",
+    )
+    write_json_atomic(tmp_path / "spool" / "state" / f"{queue_id}.json", state.to_json())
+    config = str(config_for(write_config, tmp_path))
+    code, out, _ = invoke(runner, "queue", "list", "--config", config)
+    assert code == 0
+    bob = next(line for line in out.splitlines() if "bob@example.net" in line)
+    assert "451 4.2.0 try later" in bob
+    assert "250" not in out

@@ -254,6 +254,15 @@ def test_bad_bind_option_is_refused(tmp_path: Path) -> None:
     assert "--bind 'my-laptop' is not an IP address" in result.stderr
 
 
+def test_empty_bind_option_is_refused_with_the_choices(tmp_path: Path) -> None:
+    """--bind "" is refused (exit 2) and names 127.0.0.1 and 0.0.0.0, not silently every interface."""
+    result = run_serve(tmp_path, "--bind", "")
+    assert result.returncode == 2
+    assert "--bind is empty" in result.stderr
+    assert "127.0.0.1" in result.stderr
+    assert "0.0.0.0" in result.stderr
+
+
 def test_privileged_port_error_explains_the_three_fixes() -> None:
     """EACCES on a port below 1024 names setcap, AmbientCapabilities and port 2525."""
     error = bind_error(OSError(errno.EACCES, "Permission denied"), "0.0.0.0", 25)
@@ -294,7 +303,8 @@ def test_self_signed_option_serves_starttls(tmp_path: Path, serve: list[ServePro
     out = server.proc.stdout.read()
     assert server.proc.wait(30) == 0
     assert f"STARTTLS with the self-signed dev certificate {cert}" in out
-    assert f"--cacert {cert}" in out
+    assert f"--cacert {cert} smtp://localhost:{server.port} " in out
+    assert "PORT" not in out
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import typer
 
 from jdxmail import __version__
 from jdxmail.cli import config_cmd, diag_cmds, password_cmd, queue_cmd, serve_cmd, user_cmd
+from jdxmail.cli.render import json_errors
 
 __all__ = ["app"]
 
@@ -20,6 +21,8 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
+    # click's plain help: no `<bool>` beside flags, our own metavars (PORT, SECONDS, PATH)
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -41,6 +44,7 @@ def _root(
     ] = False,
 ) -> None:
     """jdxmail: a local SMTP relay and SMTP diagnostics toolkit."""
+    json_errors(False)  # until a command's --json says otherwise
 
 
 app.command("serve")(serve_cmd.serve)

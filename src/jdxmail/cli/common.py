@@ -4,30 +4,79 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from jdxmail.cli.exitcodes import ExitCode
-from jdxmail.cli.render import err_console, fail, render_findings
+from jdxmail.cli.render import (
+    err_console,
+    error_json,
+    fail,
+    json_errors,
+    json_requested,
+    print_json,
+    render_findings,
+)
 
 if TYPE_CHECKING:
     from jdxmail.settings.files import ConfigError, LoadedConfig
 
-__all__ = ["ConfigOption", "JsonOption", "exit_for_config_error", "load_or_exit", "read_password"]
+__all__ = [
+    "TIMEOUT_MAX",
+    "ConfigOption",
+    "JsonOption",
+    "exit_for_config_error",
+    "load_or_exit",
+    "port_option",
+    "read_password",
+    "timeout_option",
+]
+
+#: the one ceiling of every --timeout (seconds): longer than any SMTP server waits
+TIMEOUT_MAX = 600
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
         "-c",
+        metavar="PATH",
         help="Config file (appsettings.json or jdxmail.toml). Default: $JDXMAIL_CONFIG, "
         "./appsettings.json, ./jdxmail.toml, else the built-in defaults.",
         show_default=False,
         dir_okay=True,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON document on stdout, errors included.",
+        callback=json_errors,
+        is_eager=True,
+    ),
+]
+
+
+def port_option(help: str, *, allow_zero: bool = False) -> Any:
+    """``--port/-p PORT``: the same spelling and limits on every command that takes a port."""
+    return typer.Option(
+        "--port",
+        "-p",
+        metavar="PORT",
+        min=0 if allow_zero else 1,
+        max=65535,
+        help=help,
+        show_default=False,
+    )
+
+
+def timeout_option(help: str) -> Any:
+    """``--timeout SECONDS``: one floor and one ceiling (TIMEOUT_MAX) everywhere."""
+    return typer.Option(
+        "--timeout", metavar="SECONDS", min=0.05, max=TIMEOUT_MAX, help=help, show_default=False
+    )
 
 
 def exit_for_config_error(error: ConfigError) -> typer.Exit:
@@ -39,20 +88,30 @@ def exit_for_config_error(error: ConfigError) -> typer.Exit:
         ConfigParseError,
     )
 
+    document: dict[str, Any]
     if isinstance(error, ConfigParseError):
-        err_console.print(f"error: {error.path}:{error.line}:{error.column}: {error.reason}")
-        return typer.Exit(ExitCode.USAGE)
-    if isinstance(error, ConfigFileError):
-        err_console.print(f"error: {error}")
+        message = f"{error.path}:{error.line}:{error.column}: {error.reason}"
+        err_console.print(f"error: {message}", markup=False)
+        code, document = ExitCode.USAGE, error_json(message, code=ExitCode.USAGE)
+    elif isinstance(error, ConfigFileError):
+        err_console.print(f"error: {error}", markup=False)
         if error.fix:
-            err_console.print(f"  fix: {error.fix}")
-        return typer.Exit(ExitCode.USAGE)
-    if isinstance(error, ConfigInvalidError):
+            err_console.print(f"  fix: {error.fix}", markup=False)
+        code, document = ExitCode.USAGE, error_json(str(error), error.fix, ExitCode.USAGE)
+    elif isinstance(error, ConfigInvalidError):
         render_findings(f"{error.source.name} is not valid", error.findings, err_console)
         err_console.print("run `jdxmail validate-config` for details")
-        return typer.Exit(ExitCode.FAILED)
-    err_console.print(f"error: {error}")
-    return typer.Exit(ExitCode.FAILED)
+        code = ExitCode.FAILED
+        document = error_json(
+            f"{error.source.name} is not valid", "run `jdxmail validate-config`", code
+        )
+        document["findings"] = [f.to_json() for f in error.findings]
+    else:
+        err_console.print(f"error: {error}", markup=False)
+        code, document = ExitCode.FAILED, error_json(str(error))
+    if json_requested():
+        print_json(document)
+    return typer.Exit(code)
 
 
 def load_or_exit(config: Path | None) -> LoadedConfig:
@@ -81,7 +140,7 @@ def read_password(*, from_stdin: bool, confirm: bool, what: str = "Password") ->
     else:
         fail(
             "no password given and stdin is not a terminal",
-            "pass it with --stdin (one line on standard input), or run on a terminal",
+            "pass it with --password-stdin (one line on standard input), or run on a terminal",
             ExitCode.USAGE,
         )
     if password == "":

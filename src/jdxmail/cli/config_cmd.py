@@ -8,7 +8,7 @@ import typer
 
 from jdxmail.cli.common import ConfigOption, JsonOption, exit_for_config_error
 from jdxmail.cli.exitcodes import ExitCode
-from jdxmail.cli.render import print_json, render_findings
+from jdxmail.cli.render import error_json, print_json, render_findings
 from jdxmail.findings import has_errors, sort_findings
 
 __all__ = ["validate_config"]
@@ -36,7 +36,12 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
     except ConfigError as error:
         if not json_output:
             raise exit_for_config_error(error) from None
-        report: dict[str, Any] = {"config": str(path), "valid": False, "error": str(error)}
+        fix = getattr(error, "fix", "") or ""
+        report: dict[str, Any] = {
+            **error_json(str(error), fix, ExitCode.USAGE),
+            "config": str(path),
+            "valid": False,
+        }
         if isinstance(error, ConfigParseError):
             report["line"], report["column"] = error.line, error.column
         print_json(report)

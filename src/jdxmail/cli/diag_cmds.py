@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jdxmail.cli.common import ConfigOption, JsonOption, read_password
+from jdxmail.cli.common import (
+    TIMEOUT_MAX,
+    ConfigOption,
+    JsonOption,
+    port_option,
+    read_password,
+    timeout_option,
+)
 from jdxmail.cli.exitcodes import ExitCode, PortExit, RelayExit
 from jdxmail.cli.render import (
     err_console,
@@ -45,18 +52,13 @@ PasswordStdin = Annotated[
 ]
 TimeoutOption = Annotated[
     float | None,
-    typer.Option(
-        "--timeout",
-        help="Seconds to wait at each stage (default: the relay's TimeOut, 15).",
-        min=0.05,
-        max=3600,
-        show_default=False,
-    ),
+    timeout_option("Seconds to wait at each stage (default: the relay's TimeOut, 15)."),
 ]
 CaOption = Annotated[
     Path | None,
     typer.Option(
         "--ca",
+        metavar="PATH",
         help="PEM file of the CA that signed the server's certificate.",
         show_default=False,
         exists=True,
@@ -69,17 +71,31 @@ InsecureOption = Annotated[
     typer.Option("--insecure", help="Do not verify the server's certificate (tests only)."),
 ]
 UserOption = Annotated[
-    str | None, typer.Option("--user", "-u", help="Log in as this user.", show_default=False)
+    str | None,
+    typer.Option("--user", "-u", metavar="NAME", help="Log in as this user.", show_default=False),
 ]
 FromOption = Annotated[
-    str | None, typer.Option("--from", help="Envelope sender (MAIL FROM).", show_default=False)
+    str | None,
+    typer.Option(
+        "--from", metavar="ADDRESS", help="Envelope sender (MAIL FROM).", show_default=False
+    ),
 ]
 
 
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        metavar="HOST[:PORT]",
+        help="Server name or address; a port may follow (127.0.0.1:2525, [::1]:2525).",
+        show_default=False,
+    ),
+]
 NetworkAddressOption = Annotated[
     str | None,
     typer.Option(
         "--network-address",
+        metavar="ADDRESS",
         help="When checking a running server: the non-loopback address of this host to "
         "connect to (default: the first one found on the interfaces).",
         show_default=False,
@@ -128,48 +144,20 @@ def port_exit(report: PortReport) -> PortExit:
 
 
 def _port_json(report: PortReport) -> dict[str, Any]:
-    facts = report.privilege
-    return {
-        "address": report.address,
-        "port": report.port,
-        "status": report.status.value,
-        "exit_code": int(port_exit(report)),
-        "holder": None
-        if report.holder is None
-        else {
-            "pid": report.holder.pid,
-            "name": report.holder.name,
-            "user": report.holder.user,
-            "cmdline": report.holder.cmdline,
-        },
-        "privilege": None
-        if facts is None
-        else {
-            "euid": facts.euid,
-            "cap_net_bind_service": facts.cap_net_bind_service,
-            "unprivileged_port_start": facts.unprivileged_port_start,
-        },
-        "probes": [p.to_json() for p in report.probes],
-        "findings": [f.to_json() for f in report.findings],
-    }
+    data = report.to_json()
+    del data["ok"]
+    return {**data, "exit_code": int(port_exit(report))}
 
 
 def check_port(
-    port: Annotated[
-        int | None,
-        typer.Option(
-            "--port",
-            "-p",
-            help="Port (default: SmtpServer.Port).",
-            min=1,
-            max=65535,
-            show_default=False,
-        ),
-    ] = None,
+    port: Annotated[int | None, port_option("Port (default: SmtpServer.Port).")] = None,
     bind: Annotated[
         str | None,
         typer.Option(
-            "--bind", help="Address (default: SmtpServer.BindAddress).", show_default=False
+            "--bind",
+            metavar="ADDRESS",
+            help="Address (default: SmtpServer.BindAddress).",
+            show_default=False,
         ),
     ] = None,
     config: ConfigOption = None,
@@ -180,23 +168,29 @@ def check_port(
             help="Check that a running server answers (banner) from loopback and from the network.",
         ),
     ] = False,
-    network_address: NetworkAddressOption = None,
-    timeout: Annotated[
+    wait: Annotated[
         float,
         typer.Option(
-            "--timeout",
-            help="With --listening: seconds to wait for each banner.",
-            min=0.05,
-            max=600,
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            max=TIMEOUT_MAX,
+            help="With --listening: keep trying this long while nothing listens yet (a "
+            "server that is starting).",
+            show_default=False,
         ),
+    ] = 0.0,
+    network_address: NetworkAddressOption = None,
+    timeout: Annotated[
+        float, timeout_option("With --listening: seconds to wait for each banner (default 5).")
     ] = 5.0,
     json_output: JsonOption = False,
 ) -> None:
     """Tell whether jdxmail can listen on its port now, and if not, why and how to fix it.
 
     Exit codes: 0 free (with --listening: answering), 1 in use, 2 no privilege for a
-    port below 1024, 3 other (address not on this host, not answering, firewall,
-    unreadable config).
+    port below 1024, 3 other (address not on this host, not answering, firewall, bad
+    arguments, unreadable config).
     """
     import asyncio  # noqa: PLC0415
 
@@ -206,15 +200,19 @@ def check_port(
     if port is None or bind is None:
         loaded, problem = _load_quiet(config)
         if loaded is None:
-            err_console.print(f"error: {problem}", markup=False)
-            err_console.print("  fix: run `jdxmail validate-config`, or pass --port and --bind")
-            raise typer.Exit(int(PortExit.OTHER))
+            fail(
+                problem or "the config cannot be read",
+                "run `jdxmail validate-config`, or pass --port and --bind",
+                PortExit.OTHER,
+            )
         smtp = loaded.settings.smtp_server
         port = port if port is not None else smtp.port
         bind = bind if bind is not None else smtp.bind_address
     if listening:
         report = asyncio.run(
-            port_check.check_listening(bind, port, other_address=network_address, wait=timeout)
+            port_check.check_listening(
+                bind, port, other_address=network_address, wait=timeout, until=wait
+            )
         )
     else:
         report = port_check.check_port(bind, port)
@@ -254,7 +252,7 @@ def relay_exit(reports: list[RelayReport]) -> RelayExit:
 def _render_relay(report: RelayReport, *, transcript: bool = False) -> None:
     t = report.target
     provider = f", {t.provider.label}" if t.provider and t.provider.label not in t.label else ""
-    where = f"{t.host}:{t.port}"
+    where = f"[{t.host}]:{t.port}" if ":" in t.host else f"{t.host}:{t.port}"
     head = f"{t.name}: {where}" if t.name and t.name != where else where
     render_stages(f"{head} (TLS {t.tls.value}{provider})", report.stages)
     if transcript and report.transcript:
@@ -329,29 +327,30 @@ def relay_test(
     config: ConfigOption = None,
     relay: Annotated[
         str | None,
-        typer.Option("--relay", help="Only the relay with this Name.", show_default=False),
+        typer.Option(
+            "--relay", metavar="NAME", help="Only the relay with this Name.", show_default=False
+        ),
     ] = None,
     provider: Annotated[
         str | None,
         typer.Option(
             "--provider",
+            metavar="NAME",
             help="A known provider instead of the config: gmail, "
             "outlook, yahoo, sendgrid, ses:REGION, mailgun, icloud, zoho.",
             show_default=False,
         ),
     ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option("--host", help="Relay host instead of the config.", show_default=False),
-    ] = None,
+    host: HostOption = None,
     port: Annotated[
-        int | None, typer.Option("--port", help="Relay port.", min=1, max=65535, show_default=False)
+        int | None, port_option("Relay port (default: the config's, or 587 with --host).")
     ] = None,
     tls: Annotated[
         TlsChoice | None,
         typer.Option(
             "--tls",
-            help="starttls, implicit or none (default: from the config or the port).",
+            metavar="[starttls|implicit|none]",
+            help="TLS mode (default: from the config or the port).",
             case_sensitive=False,
             show_default=False,
         ),
@@ -360,7 +359,10 @@ def relay_test(
     password_stdin: PasswordStdin = False,
     mail_from: FromOption = None,
     rcpt_to: Annotated[
-        str | None, typer.Option("--to", help="Recipient to try (RCPT TO).", show_default=False)
+        str | None,
+        typer.Option(
+            "--to", metavar="ADDRESS", help="Recipient to try (RCPT TO).", show_default=False
+        ),
     ] = None,
     send: Annotated[
         bool, typer.Option("--send", help="Also send a small test message (needs --from and --to).")
@@ -384,10 +386,11 @@ def relay_test(
     from jdxmail.diagnostics.relay_probe import (  # noqa: PLC0415
         ProbeOptions,
         TlsMode,
+        config_targets,
         probe_relay,
-        target_from_relay,
     )
 
+    host, port = _host_and_port(host, port)
     if send and (mail_from is None or rcpt_to is None):
         fail("--send needs --from and --to", code=ExitCode.USAGE)
     if tls is TlsChoice.auto:
@@ -404,12 +407,11 @@ def relay_test(
                 "--user you@gmail.com`",
                 ExitCode.USAGE,
             )
-        targets = []
-        for index, item in enumerate(relays):
-            key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
-            target = target_from_relay(item, key, 15.0)
-            if relay is None or relay.casefold() == item.display_name.casefold():
-                targets.append(target)
+        targets = [
+            target
+            for target in config_targets(settings)
+            if relay is None or relay.casefold() == target.name.casefold()
+        ]
         if not targets:
             names = ", ".join(r.display_name for r in relays)
             fail(f"no relay named {relay!r}", f"use one of: {names}", ExitCode.USAGE)
@@ -463,25 +465,71 @@ def relay_test(
 # -- send-test -----------------------------------------------------------------------
 
 
-def _split_server(server: str) -> tuple[str, int]:
-    host, sep, port_text = server.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+def split_host_port(value: str, flag: str = "--host") -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address → (host, port).
+
+    Exits 2 (bad arguments) when the port is not a number from 1 to 65535.
+    """
+    text = value.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        inner, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            fail(f"{flag} {value!r} is not HOST or HOST:PORT", "e.g. [::1]:2525", ExitCode.USAGE)
+        host, port_text = inner, rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif text.count(":") > 1:
+        host = text  # a bare IPv6 address: a port needs the brackets, [::1]:2525
+    if not host:
+        fail(f"{flag} {value!r} names no host", "e.g. 127.0.0.1:2525", ExitCode.USAGE)
+    if text.startswith("[") or text.count(":") == 1:
+        if port_text == "" and not text.startswith("["):
+            fail(f"{flag} {value!r}: the port after ':' is missing", code=ExitCode.USAGE)
+        if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            fail(
+                f"{flag} {value!r}: {port_text!r} is not a port (1-65535)",
+                "e.g. 127.0.0.1:2525",
+                ExitCode.USAGE,
+            )
+    return host, int(port_text) if port_text else None
+
+
+def _host_and_port(host: str | None, port: int | None) -> tuple[str | None, int | None]:
+    """--host (maybe with a port) and --port together; they must not disagree."""
+    if host is None:
+        return None, port
+    name, embedded = split_host_port(host)
+    if embedded is not None and port is not None and embedded != port:
         fail(
-            f"--server {server!r} is not HOST:PORT", "e.g. --server 127.0.0.1:2525", ExitCode.USAGE
+            f"--host {host!r} and --port {port} name different ports",
+            "give the port once: in --host HOST:PORT or with --port",
+            ExitCode.USAGE,
         )
-    return host.strip("[]") or "127.0.0.1", int(port_text)
+    return name, embedded if embedded is not None else port
 
 
 def send_test(
-    rcpt_to: Annotated[str, typer.Option("--to", help="Recipient of the test message.")],
+    rcpt_to: Annotated[
+        str, typer.Option("--to", metavar="ADDRESS", help="Recipient of the test message.")
+    ],
     mail_from: FromOption = None,
-    server: Annotated[
+    host: Annotated[
         str | None,
         typer.Option(
-            "--server",
-            help="HOST:PORT (default: the local jdxmail from the config, BindAddress and Port).",
+            "--host",
+            metavar="HOST[:PORT]",
+            help="The server (default: the local jdxmail from the config, BindAddress); a "
+            "port may follow (127.0.0.1:2525, [::1]:2525).",
             show_default=False,
         ),
+    ] = None,
+    port: Annotated[
+        int | None, port_option("The server's port (default: SmtpServer.Port).")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", hidden=True, help="Old spelling of --host HOST:PORT."),
     ] = None,
     user: UserOption = None,
     password_stdin: PasswordStdin = False,
@@ -489,7 +537,8 @@ def send_test(
         TlsChoice,
         typer.Option(
             "--tls",
-            help="starttls, implicit, none, or auto (STARTTLS when offered).",
+            metavar="[starttls|implicit|none|auto]",
+            help="TLS mode; auto: STARTTLS when offered.",
             case_sensitive=False,
         ),
     ] = TlsChoice.auto,
@@ -519,14 +568,24 @@ def send_test(
     )
 
     mode = TlsMode(tls.value)
-    if server is not None:
-        host, port = _split_server(server)
-    else:
+    if server is not None:  # the old spelling of --host HOST:PORT
+        if host is not None or port is not None:
+            fail("give --host and --port, not --server too", code=ExitCode.USAGE)
+        if split_host_port(server, "--server")[1] is None:
+            fail(
+                f"--server {server!r} is not HOST:PORT",
+                "e.g. --host 127.0.0.1 --port 2525 (or --host 127.0.0.1:2525)",
+                ExitCode.USAGE,
+            )
+        host = server
+    host, port = _host_and_port(host, port)
+    if host is None or port is None:
         smtp = _load_or_usage(config).settings.smtp_server
-        host = connect_address(smtp.bind_address)
-        port = smtp.port
-        if mode is TlsMode.IMPLICIT and smtp.tls.implicit_tls_port:
-            port = smtp.tls.implicit_tls_port
+        host = host or connect_address(smtp.bind_address)
+        if port is None:
+            port = smtp.port
+            if mode is TlsMode.IMPLICIT and smtp.tls.implicit_tls_port:
+                port = smtp.tls.implicit_tls_port
     password = SecretStr(_ask_password(user, password_stdin)) if user else None
     target = RelayTarget(
         host,
@@ -538,6 +597,7 @@ def send_test(
         not insecure,
         timeout or 15.0,
         name="send-test",
+        local=True,
     )
     sender = mail_from or (user if user and "@" in user else "jdxmail-test@localhost")
     options = ProbeOptions(mail_from=sender, rcpt_to=rcpt_to, send=True)
@@ -560,7 +620,7 @@ def send_test(
 
 
 def auth_string(
-    user: Annotated[str, typer.Argument(help="The user name to log in as.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The user name to log in as.")],
     password_stdin: PasswordStdin = False,
     json_output: JsonOption = False,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExitCode", "PortExit", "RelayExit"]
+__all__ = ["USAGE_EXIT", "ExitCode", "PortExit", "RelayExit"]
 
 
 class ExitCode(enum.IntEnum):
@@ -54,3 +54,7 @@ class RelayExit(enum.IntEnum):
     MAIL = 17
     RCPT = 18
     DATA = 19
+
+
+#: the exit code for bad arguments where a command's table gives 2 another meaning
+USAGE_EXIT: dict[str, int] = {"check-port": PortExit.OTHER}

@@ -9,7 +9,7 @@ import typer
 
 from jdxmail.cli.common import read_password
 from jdxmail.cli.exitcodes import ExitCode
-from jdxmail.cli.render import fail, out_console
+from jdxmail.cli.render import err_console, fail, out_console
 
 __all__ = ["HashChoice", "hash_password"]
 
@@ -26,8 +26,9 @@ def hash_password(
     password: Annotated[
         str | None,
         typer.Argument(
-            help="The password. Omit it to be asked (hidden), or use --stdin, to keep it "
-            "out of shell history.",
+            metavar="PASSWORD",
+            help="The password. Omit it to be asked (hidden), or use --password-stdin, to "
+            "keep it out of shell history.",
             show_default=False,
         ),
     ] = None,
@@ -36,13 +37,18 @@ def hash_password(
         typer.Option(
             "--type",
             "-t",
+            metavar="[sha256|sha512|scrypt]",
             help="sha256 (the guide's format, unsalted), sha512, or scrypt (salted; "
             "recommended for new users, with HashType SCRYPT).",
             case_sensitive=False,
         ),
     ] = HashChoice.sha256,
-    stdin: Annotated[
-        bool, typer.Option("--stdin", help="Read the password from one line of stdin.")
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from one line of stdin."),
+    ] = False,
+    old_stdin: Annotated[
+        bool, typer.Option("--stdin", hidden=True, help="Deprecated: --password-stdin.")
     ] = False,
     verify: Annotated[
         str | None,
@@ -62,8 +68,14 @@ def hash_password(
     """
     from jdxmail import passwords  # noqa: PLC0415
 
+    if old_stdin:
+        err_console.print("note: --stdin is now --password-stdin (as for every command)")
+    stdin = password_stdin or old_stdin
     if password is not None and stdin:
-        fail("give the password as an argument or with --stdin, not both", code=ExitCode.USAGE)
+        fail(
+            "give the password as an argument or with --password-stdin, not both",
+            code=ExitCode.USAGE,
+        )
     if password is None:
         password = read_password(from_stdin=stdin, confirm=verify is None)
     if verify is not None:

@@ -24,9 +24,12 @@ __all__ = ["app"]
 app = typer.Typer(
     help="List, inspect, retry and delete queued mail (works while `serve` runs).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
-IdArg = Annotated[str, typer.Argument(help="The queue id, as `jdxmail queue list` shows it.")]
+IdArg = Annotated[
+    str, typer.Argument(metavar="ID", help="The queue id, as `jdxmail queue list` shows it.")
+]
 
 
 def _spool(config: Path | None) -> Path:
@@ -77,21 +80,21 @@ def _listing(entries: list[QueueEntry], title: str, *, failed: bool) -> None:
             head.append(f"  next {_next_try(entry, now)}")
         out_console.print(head)
         out_console.print(Text(f"  from <{entry.mail_from}>"))
+        replied = False
         for recipient, outcome in entry.outcomes.items():
-            status = outcome["status"]
-            if not failed and status != "pending":
-                continue
-            if failed and status != "failed":
+            if outcome["status"] != ("failed" if failed else "pending"):
                 continue
             line = Text(f"    to <{recipient}>")
-            if outcome["reply"] and outcome["reply"] != entry.last_reply:
+            if outcome["reply"]:  # this recipient's own reply, never another's
+                replied = True
                 via = f"{outcome['relay']}: " if outcome["relay"] else ""
-                line.append(f"  {via}{outcome['reply']}", style="yellow" if not failed else "red")
+                line.append(f"  {via}{outcome['reply']}", style="red" if failed else "yellow")
             out_console.print(line)
-        if entry.last_reply and not failed:
+        # the message's last reply only when it is about these recipients: a connection
+        # error, not the 250 another recipient of the same message got
+        if entry.last_reply and not failed and not replied and entry.last_reply[:1] != "2":
             via = f"{entry.relay}: " if entry.relay else ""
-            style = "red" if failed else "yellow"
-            out_console.print(Text(f"  last reply {via}{entry.last_reply}", style=style))
+            out_console.print(Text(f"  last reply {via}{entry.last_reply}", style="yellow"))
         if entry.waiting_for and not failed:
             out_console.print(Text(f"  waiting: {entry.waiting_for}", style="cyan"))
         out_console.print()

@@ -16,7 +16,10 @@ from jdxmail.findings import Finding, Severity, sort_findings
 
 __all__ = [
     "err_console",
+    "error_json",
     "fail",
+    "json_errors",
+    "json_requested",
     "out_console",
     "print_json",
     "render_findings",
@@ -30,13 +33,43 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
-def fail(message: str, fix: str = "", code: ExitCode = ExitCode.FAILED) -> NoReturn:
-    """Print ``error: message`` (and the fix) to stderr and exit with *code*."""
+class _Mode:
+    """Whether this run was asked for ``--json`` (then errors go to stdout as JSON too)."""
+
+    json = False
+
+
+def json_errors(value: bool) -> bool:
+    """The ``--json`` option's callback: from now on, errors are also one JSON document.
+
+    Called with False too (the default), so one in-process run never leaks into the next.
+    """
+    _Mode.json = bool(value)
+    return value
+
+
+def json_requested() -> bool:
+    """True when this run was asked for ``--json``."""
+    return _Mode.json
+
+
+def error_json(message: str, fix: str = "", code: int = ExitCode.FAILED) -> dict[str, Any]:
+    """The JSON document of an error: the same for every command that takes ``--json``."""
+    return {"ok": False, "exit_code": int(code), "error": message, "fix": fix or None}
+
+
+def fail(message: str, fix: str = "", code: int = ExitCode.FAILED) -> NoReturn:
+    """Print ``error: message`` (and the fix) to stderr and exit with *code*.
+
+    With ``--json``, stdout also gets the error as one JSON document (``error_json``).
+    """
     text = Text("error: ", style="bold red")
     text.append(message)
     err_console.print(text)
     if fix:
         err_console.print(Text("  fix: ", style="green").append(fix))
+    if _Mode.json:
+        print_json(error_json(message, fix, code))
     raise typer.Exit(int(code))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from jdxmail.cli.common import ConfigOption, load_or_exit
+from jdxmail.cli.common import TIMEOUT_MAX, ConfigOption, load_or_exit, port_option
 from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.render import fail
 
@@ -34,7 +35,14 @@ class DeliveryChoice(enum.StrEnum):
 def _check_bind(value: str | None) -> str | None:
     if value is None:
         return None
-    if value in ("*", ""):
+    if not value.strip():
+        fail(
+            "--bind is empty",
+            "give the address to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 "
+            "(every interface, with TLS and Users)",
+            ExitCode.USAGE,
+        )
+    if value == "*":
         return "0.0.0.0"
     if value.lower() == "localhost":
         return value
@@ -54,19 +62,15 @@ def serve(
     config: ConfigOption = None,
     port: Annotated[
         int | None,
-        typer.Option(
-            "--port",
-            "-p",
-            min=0,
-            max=65535,
-            help="Listen on this port instead of SmtpServer.Port (0: any free port).",
-            show_default=False,
+        port_option(
+            "Listen on this port instead of SmtpServer.Port (0: any free port).", allow_zero=True
         ),
     ] = None,
     bind: Annotated[
         str | None,
         typer.Option(
             "--bind",
+            metavar="ADDRESS",
             help="Listen on this address instead of SmtpServer.BindAddress.",
             show_default=False,
         ),
@@ -75,6 +79,7 @@ def serve(
         int | None,
         typer.Option(
             "--tls-port",
+            metavar="PORT",
             min=0,
             max=65535,
             help="Implicit-TLS port instead of SmtpServer.Tls.ImplicitTlsPort (0: any).",
@@ -92,7 +97,11 @@ def serve(
     grace: Annotated[
         float,
         typer.Option(
-            "--grace", min=0, help="Seconds in-flight mail may take to finish on shutdown."
+            "--grace",
+            metavar="SECONDS",
+            min=0,
+            max=TIMEOUT_MAX,
+            help="Seconds in-flight mail may take to finish on shutdown.",
         ),
     ] = 10.0,
     verbose: Annotated[
@@ -102,6 +111,7 @@ def serve(
         int,
         typer.Option(
             "--workers",
+            metavar="N",
             min=1,
             max=64,
             help="Server processes sharing the port (SO_REUSEPORT) and the spool; "
@@ -112,6 +122,7 @@ def serve(
         DeliveryChoice,
         typer.Option(
             "--delivery",
+            metavar="[process|inline]",
             help="Where queued mail is relayed from: a process of its own (uses a second "
             "core) or the server's own event loop.",
         ),
@@ -120,6 +131,7 @@ def serve(
         int | None,
         typer.Option(
             "--web-port",
+            metavar="PORT",
             min=0,
             max=65535,
             help="Web console port instead of WebUI.Port (0: any free port).",
@@ -309,9 +321,11 @@ def certificate_lines(app: SmtpServerApp) -> list[str]:
     kind = "self-signed dev certificate" if app.certificate_self_signed else "certificate"
     lines = [f"jdxmail serve: STARTTLS with the {kind} {app.certificate}\n"]
     if app.certificate_self_signed:
+        port = next((a.port for a in app.addresses if not a.implicit_tls), None)
+        url = f"smtp://localhost:{port}" if port is not None else "smtp://localhost"
         lines.append(
             "jdxmail serve: clients must trust that file, e.g. "
-            f"curl --ssl-reqd --cacert {app.certificate} smtp://localhost:PORT ...\n"
+            f"curl --ssl-reqd --cacert {app.certificate} {url} ...\n"
         )
     return lines
 
@@ -333,4 +347,9 @@ async def _run(app: SmtpServerApp, source: str, log_file: Path | None, mailbox: 
     sys.stdout.flush()
     settle_heap()
     await app.serve()
+    # Stopped: what is left is the event loop's teardown. A second SIGTERM or Ctrl-C now
+    # (systemd, an impatient user) would kill the process with the default action and
+    # exit 143 after a clean stop; the process is on its way out anyway.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return ExitCode.OK if app.failure is None else ExitCode.FAILED

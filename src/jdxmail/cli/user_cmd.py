@@ -25,10 +25,12 @@ app = typer.Typer(
     help="List, add, remove and re-password SMTP users in the config file (edited in place, "
     "comments and layout kept).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 NameArg = Annotated[
-    str, typer.Argument(help="The user's name, as typed at AUTH (often an address).")
+    str,
+    typer.Argument(metavar="NAME", help="The user's name, as typed at AUTH (often an address)."),
 ]
 StdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from one line of stdin.")
@@ -38,6 +40,7 @@ TypeOption = Annotated[
     typer.Option(
         "--type",
         "-t",
+        metavar="[scrypt|sha256|sha512]",
         help="How to store the password: scrypt (salted, recommended), sha256 (the guide's "
         "format) or sha512.",
         case_sensitive=False,
@@ -92,11 +95,12 @@ def list_users(config: ConfigOption = None, json_output: JsonOption = False) -> 
     """List the users (names and hash types; never a password or hash)."""
     loaded = load_or_exit(config)
     users = loaded.settings.smtp_server.users
+    # the config's own key names (PascalCase), so a script can match a row to the file
     rows = [
         {
-            "user_name": u.user_name,
-            "hash_type": u.hash_type.value,
-            "allowed_senders": u.allowed_senders,
+            "UserName": u.user_name,
+            "HashType": u.hash_type.value,
+            "AllowedSenders": u.allowed_senders,
         }
         for u in users
     ]
@@ -110,10 +114,10 @@ def list_users(config: ConfigOption = None, json_output: JsonOption = False) -> 
     for column in ("UserName", "HashType", "AllowedSenders"):
         table.add_column(column)
     for row in rows:
-        senders = row["allowed_senders"]
+        senders = row["AllowedSenders"]
         table.add_row(
-            str(row["user_name"]),
-            str(row["hash_type"]),
+            str(row["UserName"]),
+            str(row["HashType"]),
             "any" if senders is None else ", ".join(senders) or "only itself",
         )
     out_console.print(table)

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -140,6 +141,33 @@ class PortReport:
     def ok(self) -> bool:
         """True when the port is free (or the server answers from everywhere it should)."""
         return self.status in (PortStatus.FREE, PortStatus.ANSWERING)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: status, who holds the port, privileges, probes, findings."""
+        facts = self.privilege
+        return {
+            "address": self.address,
+            "port": self.port,
+            "status": self.status.value,
+            "ok": self.ok,
+            "holder": None
+            if self.holder is None
+            else {
+                "pid": self.holder.pid,
+                "name": self.holder.name,
+                "user": self.holder.user,
+                "cmdline": self.holder.cmdline,
+            },
+            "privilege": None
+            if facts is None
+            else {
+                "euid": facts.euid,
+                "cap_net_bind_service": facts.cap_net_bind_service,
+                "unprivileged_port_start": facts.unprivileged_port_start,
+            },
+            "probes": [p.to_json() for p in self.probes],
+            "findings": [f.to_json() for f in self.findings],
+        }
 
 
 def privilege_facts() -> PrivilegeFacts:
@@ -395,7 +423,8 @@ async def _read_banner(host: str, port: int, wait: float) -> StageResult:
     except TimeoutError:
         return StageResult(name, False, _ms(started), f"no banner within {wait:g} s")
     except OSError as exc:
-        return StageResult(name, False, _ms(started), exc.strerror or str(exc))
+        facts = {"errno": errno.errorcode.get(exc.errno or 0)} if exc.errno else {}
+        return StageResult(name, False, _ms(started), exc.strerror or str(exc), facts)
     finally:
         if writer is not None:
             writer.close()
@@ -404,6 +433,34 @@ async def _read_banner(host: str, port: int, wait: float) -> StageResult:
         shown = text or "the connection closed without a banner"
         return StageResult(name, False, _ms(started), f"not an SMTP greeting: {shown[:120]}")
     return StageResult(name, True, _ms(started), text[:200])
+
+
+async def _first_banner(host: str, port: int, wait: float, until: float) -> StageResult:
+    """The banner of *host*:*port*, trying again while the connection is refused."""
+    deadline = time.monotonic() + until
+    while True:
+        result = await _read_banner(host, port, wait)
+        refused = result.facts.get("errno") == "ECONNREFUSED"
+        if result.ok or not refused or time.monotonic() >= deadline:
+            return result
+        # the server is still starting: nothing to await but the next try
+        await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def _not_answering(host: str, port: int, detail: str, holder: PortHolder) -> Finding:
+    """Why nothing SMTP answers on *host*:*port*, and the fix that fits who holds it."""
+    message = f"no SMTP server answers on {host}:{port}: {detail}"
+    if holder.pid is not None and not holder_is_jdxmail(holder):
+        message += f"; the port is held by {holder.describe()}"
+        fix = (
+            "that program is not jdxmail: stop it, or give jdxmail another port "
+            f'("Port": {2525 if port != 2525 else 2526})'
+        )
+    elif holder.pid is not None:
+        fix = f"jdxmail (PID {holder.pid}) holds the port but does not answer: check its log"
+    else:
+        fix = "start it with `jdxmail serve` (and check its log), or check Port and BindAddress"
+    return Finding(Severity.ERROR, "port.not-answering", message, fix, PORT_KEY, row="H1")
 
 
 def _ms(started: float) -> float:
@@ -423,19 +480,21 @@ async def check_listening(
     *,
     other_address: str | None = None,
     wait: float = 5.0,
+    until: float = 0.0,
     platform: str | None = None,
 ) -> PortReport:
     """Check that an SMTP server answers on *port*, from loopback and from the network.
 
     *other_address* is the non-loopback address of this host to connect to (default: the
     first one found on the interfaces). When only loopback answers, the report names the
-    firewall command of the OS (row B4).
+    firewall command of the OS (row B4). *until* (seconds) keeps trying to connect while
+    nothing listens yet: for a server that is still starting.
     """
     report = PortReport(address, port, PortStatus.ANSWERING)
     wildcard = address in ("0.0.0.0", "::", "", "*")
     local = _is_loopback(address)
     first = connect_address(address)
-    report.probes.append(await _read_banner(first, port, wait))
+    report.probes.append(await _first_banner(first, port, wait, until))
     network = other_address if other_address is not None else network_address()
     if (wildcard or not local) and network and network != first:
         report.probes.append(await _read_banner(network, port, wait))
@@ -450,16 +509,9 @@ async def check_listening(
     primary = report.probes[0]
     if not primary.ok:
         report.status = PortStatus.NOT_ANSWERING
-        report.findings.append(
-            Finding(
-                Severity.ERROR,
-                "port.not-answering",
-                f"no SMTP server answers on {first}:{port}: {primary.detail}",
-                "start it with `jdxmail serve` (and check its log), or check Port and BindAddress",
-                PORT_KEY,
-                row="H1",
-            )
-        )
+        holder = find_holder(port)
+        report.holder = holder if holder.pid is not None else None
+        report.findings.append(_not_answering(first, port, primary.detail, holder))
         return report
     second = report.probes[1]
     if second.ok is False:

@@ -38,7 +38,7 @@ from jdxmail.providers import (
     reply_hint,
     suggest_host,
 )
-from jdxmail.settings.model import RelaySettings
+from jdxmail.settings.model import RelaySettings, Settings
 
 __all__ = [
     "SLOW_STAGE_MS",
@@ -49,6 +49,7 @@ __all__ = [
     "Resolver",
     "Stage",
     "TlsMode",
+    "config_targets",
     "describe_certificate",
     "probe_relay",
     "provider_target",
@@ -105,6 +106,8 @@ class RelayTarget:
     key: KeyPath = ()
     name: str = ""
     provider: Provider | None = None
+    #: a server of this machine (send-test to jdxmail), not a provider: fixes say so
+    local: bool = False
 
     @property
     def label(self) -> str:
@@ -269,6 +272,15 @@ def target_from_relay(relay: RelaySettings, key: KeyPath, default_timeout: float
     )
 
 
+def config_targets(settings: Settings, default_timeout: float = 15.0) -> list[RelayTarget]:
+    """A target for each relay of *settings*, with its key path (for the findings' fixes)."""
+    targets = []
+    for index, item in enumerate(settings.relays):
+        key = (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
+        targets.append(target_from_relay(item, key, default_timeout))
+    return targets
+
+
 def sample_message(mail_from: str, rcpt_to: str, host: str) -> bytes:
     """A small test message from *mail_from* to *rcpt_to*."""
     message = EmailMessage()
@@ -424,6 +436,22 @@ class _Prober:
     ) -> None:
         self.stage(name, False, started, detail)
         self.finding(Severity.ERROR, code, f"{name.value}: {message}", fix, key, row)
+
+    def port_fix(self, known: str = "") -> str:
+        """What to change when nothing SMTP answers on the port (never the port it is)."""
+        if self.target.local:
+            return (
+                "start the server (`jdxmail serve`) and check its log, or give the address "
+                "it listens on with --host HOST --port PORT"
+            )
+        if self.target.port == 587:
+            return "check Host, and whether the server is up (587 is the submission port)" + known
+        if not self.target.key:  # the port was given on the command line: say it back
+            return (
+                f"check that the server is up and listens on port {self.target.port}, or "
+                "try the submission port: --port 587" + known
+            )
+        return self.setting("Port", "587") + " (the submission port)" + known
 
     def typo_fix(self) -> str:
         typo = suggest_host(self.target.host)
@@ -586,7 +614,7 @@ class _Prober:
         if isinstance(error, ConnectionRefusedError):
             detail = f"connection refused by {address}:{port}"
             message = f"{detail}: nothing listens on that port (wrong Port, or the server is down)"
-            fix = typo or (self.setting("Port", "587") + " (the submission port)" + known)
+            fix = typo or self.port_fix(known)
             row = "C1"
         elif isinstance(error, TimeoutError):
             detail = f"no answer from {address}:{port} within {self.target.timeout:g} s"
@@ -594,7 +622,7 @@ class _Prober:
                 f"{detail}: a firewall drops the traffic (many networks block port 25 "
                 "outwards), or the host is wrong"
             )
-            fix = typo or (self.setting("Port", "587") + known + "; check the outbound firewall")
+            fix = typo or (self.port_fix(known) + "; check the outbound firewall")
             row = "C2"
         elif getattr(error, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH):
             detail = f"{address} is unreachable: {getattr(error, 'strerror', error)}"
@@ -686,7 +714,7 @@ class _Prober:
             started,
             f"no banner within {self.target.timeout:g} s",
             f"the server accepted the connection but said nothing within {self.target.timeout:g} s",
-            "the server is overloaded or this is not an SMTP port; " + self.setting("Port", "587"),
+            "the server is overloaded or this is not an SMTP port; " + self.port_fix(),
             "Port",
             "C2",
             "relay.banner-timeout",
@@ -1127,7 +1155,10 @@ class _Prober:
         slow = [
             s
             for s in self.report.stages
-            if s.elapsed_ms is not None and s.elapsed_ms > self.options.slow_ms
+            # a failed stage's time is its failure (a timeout), already reported
+            if s.ok is not False
+            and s.elapsed_ms is not None
+            and s.elapsed_ms > self.options.slow_ms
         ]
         for result in slow:
             seconds = (result.elapsed_ms or 0.0) / 1000

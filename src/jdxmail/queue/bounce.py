@@ -16,7 +16,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FailedRecipient", "build_dsn"]
+__all__ = ["EXPIRED_STATUS", "FailedRecipient", "build_dsn", "human_duration"]
+
+#: the status of a recipient given up on because the message outlived its lifetime
+EXPIRED_STATUS = "4.4.7"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,17 @@ class FailedRecipient:
     last_attempt: float
     #: the host name of the relay that gave the reply (``Remote-MTA``)
     remote_mta: str = ""
+
+
+def human_duration(seconds: float) -> str:
+    """``5 days``, ``2 hours 30 minutes``, ``2 minutes``, ``45 seconds``: for people."""
+    total = max(0, round(seconds))
+    parts = []
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+    return " ".join(parts[:2]) or "0 seconds"
 
 
 def _header_block(data: bytes) -> bytes:
@@ -56,7 +70,6 @@ def build_dsn(
     queue_id: str,
     received_at: float,
     failed: Sequence[FailedRecipient],
-    expired: bool = False,
     now: float | None = None,
 ) -> tuple[bytes, str]:
     """The bytes (CRLF) and Message-ID of a DSN telling *original_sender* of *failed*."""
@@ -64,11 +77,10 @@ def build_dsn(
     boundary = f"=_jdxmail_{secrets.token_hex(12)}"
     message_id = f"{queue_id}.{secrets.token_hex(4)}.dsn@{reporting_host}"
     subject = _original_header(original_data, b"Subject")
-    reason = (
-        "could not be delivered in time (the relays kept failing)"
-        if expired
-        else "could not be delivered"
-    )
+    # a refusal (5.x.x) and an expiry (4.4.7) are told apart: one needs a new address,
+    # the other only a working relay
+    refused = [f for f in failed if f.status != EXPIRED_STATUS]
+    expired = [f for f in failed if f.status == EXPIRED_STATUS]
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_host}>",
         f"To: <{original_sender}>",
@@ -87,15 +99,20 @@ def build_dsn(
         "",
         f"This is the mail system at {reporting_host}.",
         "",
-        f"Your message (queue id {queue_id}) {reason} to these recipients:",
-        "",
     ]
-    for item in failed:
-        lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
-        if item.relay:
-            lines.append(f"    (reported by relay {item.relay})")
+    for group, reason in (
+        (refused, "could not be delivered to these recipients"),
+        (expired, "could not be delivered in time (the relays kept failing) to these recipients"),
+    ):
+        if not group:
+            continue
+        lines += [f"Your message (queue id {queue_id}) {reason}:", ""]
+        for item in group:
+            lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
+            if item.relay:
+                lines.append(f"    (reported by relay {item.relay})")
+        lines.append("")
     lines += [
-        "",
         "The delivery status and the header of your message follow.",
         "",
         f"--{boundary}",

@@ -129,6 +129,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float, config: Path
     from jdxmail.queue.spool import QUEUE_SUFFIX, Spool, SpoolError  # noqa: PLC0415
     from jdxmail.queue.watch import QueueWatcher  # noqa: PLC0415
     from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
+    from jdxmail.stats import StatsRecorder  # noqa: PLC0415
 
     for relay in settings.relays:
         if relay.password is not None:
@@ -156,6 +157,10 @@ async def _run(settings: Settings, report: _Reporter, grace: float, config: Path
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    recorder = StatsRecorder(
+        settings.paths.spool, "delivery", engine.counters, relays=engine.relay_health
+    )
+    await recorder.start()
     watcher = QueueWatcher(spool.queue_dir, QUEUE_SUFFIX, engine.enqueue, engine.rescan)
     if not watcher.start():
         engine.rescan_interval = _POLL_WITHOUT_INOTIFY
@@ -168,6 +173,7 @@ async def _run(settings: Settings, report: _Reporter, grace: float, config: Path
     finally:
         watcher.close()
         await engine.stop(grace)
+        await recorder.stop()
         await spool.close()
     return 0
 

@@ -30,7 +30,7 @@ from typing import Any
 import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
-from jdxmail.queue.bounce import FailedRecipient, build_dsn
+from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
@@ -70,6 +70,7 @@ from jdxmail.queue.state import (
     write_json_atomic,
 )
 from jdxmail.settings.model import DeliverySettings, Settings
+from jdxmail.stats import Counters, RelayHealth
 
 __all__ = [
     "CircuitBreaker",
@@ -162,21 +163,36 @@ class CircuitBreaker:
     max_cooldown: float = 600.0
     failures: int = 0
     open_until: float = 0.0
+    #: the last failure's text and when the relay last failed / worked (for the console)
+    last_reply: str = ""
+    last_failure_at: float = 0.0
+    last_success_at: float = 0.0
 
     def allows(self, now: float) -> bool:
         """True when the relay may be tried (closed, or the cool-down is over)."""
         return now >= self.open_until
 
-    def success(self) -> None:
-        """The relay worked: close the breaker."""
+    def success(self, now: float = 0.0) -> None:
+        """The relay worked (at *now*): close the breaker."""
         if self.failures >= self.threshold:
             relay_log.info("relay %s works again; no longer skipped", self.name)
         self.failures = 0
         self.open_until = 0.0
+        self.last_success_at = now
 
-    def failure(self, now: float) -> None:
-        """The relay failed; open the breaker after *threshold* failures in a row."""
+    def refused(self, now: float, reply: str) -> None:
+        """The relay answered but did not take the message (*reply*): it works, so the
+        breaker closes as on success; the console shows the reply."""
+        self.success()
+        self.last_reply = reply
+        self.last_failure_at = now
+
+    def failure(self, now: float, reply: str = "") -> None:
+        """The relay failed (*reply*: what it said or what went wrong); open the breaker
+        after *threshold* failures in a row."""
         self.failures += 1
+        self.last_reply = reply
+        self.last_failure_at = now
         if self.failures >= self.threshold:
             wait = min(self.max_cooldown, self.cooldown * 2 ** (self.failures - self.threshold))
             self.open_until = now + wait
@@ -293,8 +309,11 @@ class DeliveryEngine:
         options: DeliveryOptions | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        counters: Counters | None = None,
     ) -> None:
         self.settings = settings
+        #: relayed / deferred / bounced (shared with the server when it runs inline)
+        self.counters = counters if counters is not None else Counters()
         self.spool = spool
         self.clock = clock
         self.rng = rng
@@ -477,6 +496,15 @@ class DeliveryEngine:
         if self._files is not None:
             files, self._files = self._files, None
             await asyncio.to_thread(files.close)
+
+    def relay_health(self) -> list[RelayHealth]:
+        """Each relay's breaker and last outcome, for the stats file."""
+        return [
+            RelayHealth(
+                b.name, b.failures, b.open_until, b.last_reply, b.last_failure_at, b.last_success_at
+            )
+            for b in self.breakers.values()
+        ]
 
     def enqueue(self, queue_id: str) -> None:
         """A new message is in the spool: deliver it as soon as a worker is free.
@@ -817,9 +845,11 @@ class DeliveryEngine:
             if failure is not None and failure.status in _LACKING:
                 lacking.append(failure.status)
             if failure is not None and failure.trips_breaker:
-                breaker.failure(self.clock())
+                breaker.failure(self.clock(), failure.text)
+            elif failure is not None:
+                breaker.refused(self.clock(), failure.text)
             else:
-                breaker.success()
+                breaker.success(self.clock())
             if failure is None or not failure.failover:
                 break
         now = self.clock()
@@ -842,14 +872,14 @@ class DeliveryEngine:
                 )
             pending = []
         if pending and now - message.received_at >= self.lifetime:
-            days = self.lifetime / 86400
+            lifetime = human_duration(self.lifetime)
             for recipient in pending:
                 last = state.recipients[recipient]
                 reply = last.reply or state.last_reply or "no relay could be reached"
                 state.recipients[recipient] = RecipientState(
                     status=FAILED,
-                    code="4.4.7",
-                    reply=f"message expired after {days:g} days in the queue; last reply: {reply}",
+                    code=EXPIRED_STATUS,
+                    reply=f"message expired after {lifetime} in the queue; last reply: {reply}",
                     relay=last.relay,
                     at=now,
                 )
@@ -868,6 +898,7 @@ class DeliveryEngine:
         now: float,
     ) -> None:
         if tried:
+            self.counters.deferred += 1
             delay = backoff_delay(state.attempts, self.retry_delay, self.retry_max_delay, self.rng)
             state.next_try = now + delay
             state.waiting_for = ""
@@ -1096,6 +1127,7 @@ class DeliveryEngine:
                 )
             state.bounced = sorted(set(state.bounced) | set(failed))
             await asyncio.to_thread(self._move_failed, message, state)
+            self.counters.bounced += 1
             logger.warning(
                 "%s: kept in %s (%d failed, %d delivered)",
                 queue_id,
@@ -1105,6 +1137,7 @@ class DeliveryEngine:
                 extra={"session": message.session_id},
             )
         else:
+            self.counters.relayed += 1
             self._remove_later(queue_id, loaded)
 
     async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:
@@ -1114,7 +1147,6 @@ class DeliveryEngine:
             )
             for r, s in recipients.items()
         ]
-        expired = any(s.code == "4.4.7" for s in recipients.values())
         data, message_id = build_dsn(
             reporting_host=self.host_name,
             original_sender=message.mail_from,
@@ -1122,7 +1154,6 @@ class DeliveryEngine:
             queue_id=message.queue_id,
             received_at=message.received_at,
             failed=failed,
-            expired=expired,
             now=self.clock(),
         )
         sender = message.mail_from

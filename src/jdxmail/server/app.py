@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ from typing import Literal, Protocol
 
 from jdxmail.logs import register_secret
 from jdxmail.queue.spool import Spool, SpoolError
-from jdxmail.server.errors import ServerDisabledError, StorageError, bind_error
+from jdxmail.server.errors import ServerDisabledError, ServerError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
 from jdxmail.settings.model import Settings
 from jdxmail.settings.save import restart_needed
+from jdxmail.stats import Counters, ProcessStats, StatsRecorder
 
 __all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "DeliveryMode", "SmtpServerApp"]
 
@@ -156,6 +158,14 @@ class SmtpServerApp:
         self.runtime = self._runtime(settings)
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
+        #: what this process's sessions (and an inline delivery engine) counted
+        self.counters = Counters()
+        #: writes the counters to <spool>/stats/ (None without an own spool)
+        self.stats_recorder: StatsRecorder | None = None
+        #: when the listeners started accepting (None while stopped)
+        self.listening_since: float | None = None
+        #: True while pause_listeners() has the listeners closed
+        self.paused = False
         self._servers: list[asyncio.Server] = []
         #: listeners bound by _start that accept once everything else has started
         self._bound: list[tuple[asyncio.Server, int, str]] = []
@@ -197,6 +207,7 @@ class SmtpServerApp:
                 return "MaxConnectionsPerClient"
             self._per_client[ip] = count + 1
         self._sessions.add(session)
+        self.counters.connections += 1
         return None
 
     def session_closed(self, session: SmtpSession) -> None:
@@ -248,23 +259,35 @@ class SmtpServerApp:
         The delivery engine (or the process running it) is created and returned here
         when relays are configured.
         """
-        if self._own_spool is None or not self.settings.relays or self.delivery == "none":
+        if self._own_spool is None:
             return []
+        recorder = StatsRecorder(
+            self.settings.paths.spool,
+            "smtp",
+            self.counters,
+            sessions=lambda: self.session_count,
+        )
+        self.stats_recorder = recorder
+        if not self.settings.relays or self.delivery == "none":
+            return [recorder]
         if self.delivery == "process" and self.config_path is not None:
             from jdxmail.server.delivery import DeliveryProcess  # noqa: PLC0415
 
             return [
+                recorder,
                 DeliveryProcess(
                     self.config_path,
                     grace=self.grace,
                     on_exit=lambda: self.component_failed("the delivery process ended"),
                     server_stopping=lambda: self._stopping or self._stop_requested.is_set(),
                     config_text=self.config_text,
-                )
+                ),
             ]
         from jdxmail.queue.worker import DeliveryEngine  # noqa: PLC0415
 
-        return [DeliveryEngine(self.settings, self._own_spool)]
+        engine = DeliveryEngine(self.settings, self._own_spool, counters=self.counters)
+        recorder.relays = engine.relay_health
+        return [recorder, engine]
 
     def add_component(self, component: Component) -> None:
         """Run *component* with the server: started before the listeners, stopped after."""
@@ -350,9 +373,98 @@ class SmtpServerApp:
         except BaseException:
             await self._shutdown(0.0)
             raise
+        self.listening_since = time.time()
         for address in self.addresses:
             logger.info("listening on %s", address)
         return list(self.addresses)
+
+    @property
+    def listeners_shared(self) -> bool:
+        """True when the listening sockets were handed over (``serve --workers``): they
+        are shared with other processes and pause_listeners() cannot stop them."""
+        return bool(self._sockets or self._tls_sockets)
+
+    def live_stats(self) -> list[ProcessStats]:
+        """This process's figures now (fresher than its stats file), for stats.collect."""
+        if self.stats_recorder is None:
+            return []
+        return [self.stats_recorder.snapshot()]
+
+    async def pause_listeners(self) -> bool:
+        """Stop taking connections, as JumboDogX's dashboard stops a server.
+
+        The listening sockets close (new clients get "connection refused"); open
+        sessions finish normally; the spool, delivery and the other components (the
+        web console) keep running. False when the listeners are stopped already.
+        Raises ServerError for listeners handed over as sockets (``serve --workers``:
+        they could not be bound again).
+        """
+        if self._stopping:
+            raise ServerError("the server is stopping")
+        if self.paused:
+            return False
+        if self.listeners_shared:
+            raise ServerError(
+                "with serve --workers the listeners are shared by every worker process "
+                "and cannot be stopped from here",
+                "stop the whole server (SIGTERM), or run serve without --workers",
+            )
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        self.paused = True
+        self.listening_since = None
+        logger.info(
+            "listeners stopped: %s refuse connections (%d sessions still open)",
+            ", ".join(str(a) for a in self.addresses),
+            len(self._sessions),
+        )
+        return True
+
+    def _session_factory(self, implicit: bool, proxy: bool) -> Callable[[], SmtpSession]:
+        return lambda: SmtpSession(self, implicit_tls=implicit, proxy=proxy)
+
+    async def resume_listeners(self) -> bool:
+        """Listen again on the addresses pause_listeners() closed; False if listening.
+
+        Raises BindError (with its fix) when an address was taken meanwhile; the
+        listeners then stay stopped.
+        """
+        if self._stopping:
+            raise ServerError("the server is stopping")
+        if not self.paused:
+            return False
+        loop = asyncio.get_running_loop()
+        servers: list[asyncio.Server] = []
+        try:
+            for address in self.addresses:
+                context = self.tls_context if address.implicit_tls else None
+                timeout = float(self.settings.smtp_server.time_out) if context else None
+                implicit = address.implicit_tls
+                try:
+                    server = await loop.create_server(
+                        self._session_factory(implicit, address.proxy),
+                        address.host,
+                        address.port,
+                        ssl=context,
+                        ssl_handshake_timeout=timeout,
+                        reuse_address=True,
+                    )
+                except OSError as exc:
+                    key = "SmtpServer.Tls.ImplicitTlsPort" if implicit else "SmtpServer.Port"
+                    if address.proxy:
+                        key = "SmtpServer.ProxyPort"
+                    raise bind_error(exc, address.host, address.port, key) from None
+                servers.append(server)
+        except BaseException:
+            for server in servers:
+                server.close()
+            raise
+        self._servers = servers
+        self.paused = False
+        self.listening_since = time.time()
+        logger.info("listeners started again: %s", ", ".join(str(a) for a in self.addresses))
+        return True
 
     async def _start(self) -> None:
         # Bind first: a taken port is the commonest failure, and finding it before the

@@ -39,6 +39,7 @@ from jdxmail.server.auth import (
     parse_plain,
 )
 from jdxmail.server.policy import AuthThrottle, Policy, Route
+from jdxmail.stats import Counters
 
 if TYPE_CHECKING:
     from jdxmail.settings.model import SmtpServerSettings
@@ -121,6 +122,8 @@ class SessionHost(Protocol):
     runtime: Runtime
     throttle: AuthThrottle
     store: MessageStore
+    #: what the sessions count (accepted, rejected, auth failures)
+    counters: Counters
     tls_context: ssl.SSLContext | None
     auth_failure_delay: float
 
@@ -825,6 +828,7 @@ class SmtpSession(asyncio.BufferedProtocol):
         broken_hash: str | None = None,
     ) -> None:
         shown = _PRINTABLE.sub("?", username)[:64]
+        self.host.counters.auth_failures += 1
         failures = self.host.throttle.record_failure(self.client_ip)
         limit = self.host.throttle.limit
         if broken_hash:
@@ -916,6 +920,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self._log.warning(
                     "user %s may not send as <%s> (AllowedSenders)", self.auth_user, address
                 )
+                self.host.counters.rejected += 1
                 self.send(replies.SENDER_NOT_ALLOWED.format(user=self.auth_user))
                 return
         self.transaction = _Transaction(address, smtputf8, options)
@@ -934,6 +939,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 if not value.isdigit() or len(value) > 20:
                     raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="SIZE"))
                 if int(value) > limit:
+                    self.host.counters.rejected += 1
                     raise _SyntaxProblem(replies.TOO_BIG.format(limit=limit))
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
@@ -970,6 +976,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         policy = runtime.policy
         if transaction.count >= runtime.server.max_recipients:
+            self.host.counters.rejected += 1
             self.send(replies.TOO_MANY_RECIPIENTS.format(limit=runtime.server.max_recipients))
             return
         if not policy.may_send_to(
@@ -981,6 +988,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 address,
                 transaction.mail_from,
             )
+            self.host.counters.rejected += 1
             self.send(replies.RELAY_DENIED)
             return
         target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
@@ -1017,6 +1025,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 transaction.mail_from,
                 limit,
             )
+            self.host.counters.rejected += 1
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         await self._accept(transaction, content, unstuff=True)
@@ -1051,6 +1060,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             )
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
+            self.host.counters.rejected += 1
             self.send(problem)
             return
         self._messages += 1
@@ -1086,10 +1096,12 @@ class SmtpSession(asyncio.BufferedProtocol):
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
+            self.host.counters.rejected += 1
             self.send(replies.STORE_FULL if isinstance(exc, SpoolFull) else replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
+            self.host.counters.rejected += 1
             self.send(replies.STORE_FAILED)
             return
         self._log.info(
@@ -1101,6 +1113,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             ",".join(transaction.relay) or "-",
             queue_id,
         )
+        self.host.counters.accepted += 1
         self.send(replies.QUEUED.format(queue_id=queue_id))
 
     # -- BDAT (RFC 3030) -----------------------------------------------------------------

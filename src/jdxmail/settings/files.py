@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -164,13 +165,26 @@ def find_config(
     for name in DEFAULT_NAMES:
         candidate = folder / name
         if candidate.is_file():
-            return candidate
+            # found in the working folder: named as the user would ("appsettings.json")
+            return candidate if cwd is not None else Path(name)
+        # (a relative path: every reader resolves it once, see ConfigSource.base_dir)
     return None
 
 
 def builtin_source() -> ConfigSource:
     """The built-in default config as a source (a dev inbox on 127.0.0.1:2525)."""
     return source_from_text(None, DEFAULT_CONFIG_TEXT, "builtin")
+
+
+def _missing_fix(path: Path) -> str:
+    """The fix for a config path that does not exist, naming where the path came from."""
+    named = os.environ.get(CONFIG_ENV)
+    if named and Path(named) == path:
+        return (
+            f"check the path in ${CONFIG_ENV}, or unset it (`unset {CONFIG_ENV}`) for "
+            "./appsettings.json or the defaults"
+        )
+    return "check the path, or run without --config for the defaults"
 
 
 def read_source(path: Path) -> ConfigSource:
@@ -185,9 +199,7 @@ def read_source(path: Path) -> ConfigSource:
     except ConfigFileError:
         raise
     except FileNotFoundError:
-        raise ConfigFileError(
-            path, "no such file", "check the path, or run without --config for the defaults"
-        ) from None
+        raise ConfigFileError(path, "no such file", _missing_fix(path)) from None
     except PermissionError:
         raise ConfigFileError(
             path,
@@ -250,6 +262,19 @@ def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
+def _json_kind(value: Any) -> str:
+    """``null``, ``a number``, ``a list``…: what a JSON value is, in a user's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
 def _canonical(
     data: Any,
     model: type[BaseModel],
@@ -302,6 +327,21 @@ def _canonical(
             out[alias] = _canonical(value, inner, (*path, alias), source, findings)
         else:
             out[alias] = value
+    wrapper = next((key for key in ignored if key.casefold() == "jdx"), None)
+    if wrapper is not None:  # the JumboDogX wrapper, but not an object of sections
+        ignored.remove(wrapper)
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                "schema.jdx-not-object",
+                "Jdx must be an object holding the sections (SmtpServer, RelayServers, …); "
+                f"got {_json_kind(data[wrapper])}",
+                'write "Jdx": { "SmtpServer": { … } }, or remove Jdx and put the sections '
+                "at the top level",
+                path=(wrapper,),
+                line=source.line_of((wrapper,)),
+            )
+        )
     if ignored:
         findings.append(
             Finding(
@@ -326,11 +366,37 @@ _TYPE_FIXES = {
 }
 
 
+#: pydantic's wording for a wrong type, in the words of a config file
+_TYPE_WORDS = {
+    "model_type": "must be an object in braces",
+    "model_attributes_type": "must be an object in braces",
+    "dict_type": "must be an object in braces",
+    "list_type": "must be a list in brackets",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a text in double quotes",
+}
+
+
+def _plain_message(message: str, kind: str) -> str:
+    """pydantic's message without its prefixes ("Value error, ") and class names."""
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind]
+    message = re.sub(r"\b(?:Value error|Assertion failed), ", "", message)
+    message = re.sub(r" or instance of \w+", "", message)
+    return re.sub(r"^Input should be\b", "must be", message)
+
+
 def _describe_error(error: Mapping[str, Any]) -> tuple[str, str]:
     """User-facing message and fix for one pydantic error, never echoing a secret."""
     loc = tuple(error["loc"])
     kind = str(error["type"])
-    message = str(error["msg"]).removeprefix("Value error, ")
+    message = _plain_message(str(error["msg"]), kind)
     key = str(loc[-1]) if loc else ""
     if kind == "missing":
         return f"required key {key!r} is missing", f"add {key!r} here"

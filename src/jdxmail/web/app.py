@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from jdxmail.web import auth, backup, settings, users
+from jdxmail.web import auth, backup, dashboard, diagnostics, logs, queue, settings, users
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
 from jdxmail.web.responses import ApiError, error_page, page
@@ -34,7 +34,15 @@ logger = logging.getLogger("jdxmail.web")
 HERE = Path(__file__).parent
 
 #: the area modules whose ``routes`` are mounted (each helper adds its own, one line)
-AREAS: list[ModuleType] = [users, settings, backup]
+AREAS: list[ModuleType] = [
+    dashboard,
+    queue,
+    users,
+    settings,
+    backup,
+    logs,
+    diagnostics,
+]
 
 #: the navigation bar of every page: (area key for ``active``, label, link)
 NAV: list[tuple[str, str, str]] = [

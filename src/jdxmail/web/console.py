@@ -10,6 +10,8 @@ users and TLS) refuses to start, and so does serve.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -23,7 +25,7 @@ import uvicorn
 from jdxmail.logs import register_secret
 from jdxmail.server.errors import ServerError, bind_error
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
-from jdxmail.web.app import build_app, make_templates
+from jdxmail.web.app import AREAS, build_app, make_templates
 from jdxmail.web.context import ConsoleContext
 from jdxmail.web.events import EventHub
 from jdxmail.web.sessions import ConsoleAuth
@@ -99,6 +101,8 @@ class WebConsole:
         self.context: ConsoleContext | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
+        #: the areas' background tasks (an area module's ``background(ctx)``)
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Bind and serve; set ``url`` (or ``unavailable``). Raise ConsoleSetupError."""
@@ -165,10 +169,22 @@ class WebConsole:
             raise
         self._uvicorn, self._socket, self.context = server, sock, ctx
         self.url = ctx.url
+        for area in AREAS:
+            background = getattr(area, "background", None)
+            if background is not None:
+                self._tasks.append(
+                    asyncio.create_task(background(ctx), name=f"jdxmail-web-{area.__name__}")
+                )
         logger.info("web console on %s", self.url)
 
     async def stop(self, grace: float) -> None:
         """End the event streams, let requests finish within *grace* seconds, close."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.context is not None:
             self.context.events.close()
         server, self._uvicorn = self._uvicorn, None

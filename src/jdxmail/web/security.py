@@ -192,7 +192,9 @@ class SecurityMiddleware:
             expected = session.csrf
         else:
             expected = request.cookies.get(CSRF_COOKIE, "")
-            if len(expected) < 32:
+            # A plain API client gets no cookie: its cookie jar would send it back, and
+            # the cookie would make its next POST count as a browser's (CSRF needed).
+            if len(expected) < 32 and (browser or not wants_json(scope["path"])):
                 expected = secrets.token_urlsafe(32)
                 cookie = f"{CSRF_COOKIE}={expected}; Path=/; HttpOnly; SameSite=Strict"
                 new_cookie.append(cookie + ("; Secure" if ctx.tls else ""))
