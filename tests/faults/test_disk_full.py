@@ -51,8 +51,15 @@ async def send(port: int, recipient: str, body: bytes = BODY) -> tuple[int, str]
 
 
 def files_under(folder: Path) -> list[Path]:
-    """Every non-empty file below *folder* (files made ahead are empty)."""
-    return [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size]
+    """Every non-empty file below *folder* that could hold mail.
+
+    Files made ahead are empty; the server's figures (spool/stats/) are no mail.
+    """
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.stat().st_size and p.parent.name != "stats"
+    ]
 
 
 def paths_on(fs: SmallFs, **smtp: Any) -> Settings:

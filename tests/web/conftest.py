@@ -14,14 +14,20 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.files import load_settings
+from jdxmail.web import app as web_app
 from jdxmail.web.console import WebConsole
+from jdxmail.web.responses import json_body
 
 #: the system browser the page tests drive (Debian's `chromium`), or None
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
@@ -109,6 +115,36 @@ async def console(make_console: MakeConsole) -> Console:
     return await make_console()
 
 
+async def _echo(request: Request) -> Response:
+    return JSONResponse(await json_body(request))
+
+
+async def _form(request: Request) -> Response:
+    return PlainTextResponse("done")
+
+
+async def _crash(request: Request) -> Response:
+    raise RuntimeError("internal detail /etc/secret")
+
+
+#: routes of a test-only area: a form target, a JSON echo, and two handlers that crash
+TEST_AREA = SimpleNamespace(
+    routes=[
+        Route("/test/form", _form, methods=["POST"]),
+        Route("/api/v1/test/echo", _echo, methods=["POST"]),
+        Route("/api/v1/test/crash", _crash),
+        Route("/test/crash", _crash),
+    ]
+)
+
+
+@pytest.fixture
+async def area_console(make_console: MakeConsole, monkeypatch: pytest.MonkeyPatch) -> Console:
+    """A dev-inbox console with TEST_AREA mounted (state-changing routes to attack)."""
+    monkeypatch.setattr(web_app, "AREAS", [*web_app.AREAS, TEST_AREA])
+    return await make_console()
+
+
 @pytest.fixture
 async def http(console: Console) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the console (a plain API client: no Origin, no cookie)."""
@@ -130,6 +166,7 @@ async def page() -> AsyncIterator[Any]:
             headless=True,
         )
         context = await browser.new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(10_000)
         browser_page = await context.new_page()
         try:
             yield browser_page

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 __all__ = ["V1_MAX", "V2_SIGNATURE", "ProxyHeader", "ProxyHeaderError", "parse"]
@@ -89,8 +90,11 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         client, server = kind(source), kind(dest)
     except ValueError:
         raise ProxyHeaderError(f"PROXY v1 {family} header with a bad address") from None
-    if str(client) != source and family == "TCP4":
-        raise ProxyHeaderError("PROXY v1 header with a non-canonical IPv4 address")
+    # Proxies write addresses as inet_ntop does; any other spelling (leading zeros,
+    # upper case) is refused, so one address has one form in every rule and log.
+    af = socket.AF_INET if family == "TCP4" else socket.AF_INET6
+    if source != socket.inet_ntop(af, client.packed) or dest != socket.inet_ntop(af, server.packed):
+        raise ProxyHeaderError(f"PROXY v1 {family} header with an address not in canonical form")
     ports = int(sport), int(dport)
     if max(ports) > 65535:
         raise ProxyHeaderError("PROXY v1 header with a port above 65535")

@@ -16,7 +16,7 @@ from jdxmail.providers import provider_for_host, suggest_host
 from jdxmail.settings.files import ConfigSource
 from jdxmail.settings.model import RelaySettings, Settings, relay_password_env
 
-__all__ = ["check_settings", "local_addresses"]
+__all__ = ["check_settings", "local_addresses", "web_exposure_problems"]
 
 Emit = Callable[..., None]
 
@@ -71,6 +71,7 @@ def check_settings(
 
     _check_server(settings, emit, local_addresses() if addresses is None else addresses)
     _check_users(settings, emit)
+    _check_web(settings, emit)
     for index, relay in enumerate(settings.relays):
         path: KeyPath = (
             (settings.relay_key,) if settings.relay_server else (settings.relay_key, index)
@@ -205,6 +206,83 @@ def _check_tls_files(settings: Settings, emit: Emit) -> None:
                 "fix the path, or the file's permissions",
                 ("SmtpServer", "Tls", key),
             )
+
+
+def web_exposure_problems(settings: Settings, bind_address: str | None = None) -> list[str]:
+    """Why the web console must not listen on *bind_address* (default WebUI.BindAddress).
+
+    Off loopback it needs console users and TLS; [] when it may listen.
+    """
+    web = settings.web_ui
+    if _is_loopback(bind_address or web.bind_address):
+        return []
+    problems = []
+    if not web.users:
+        problems.append("no console user is configured (WebUI.Users)")
+    if not (
+        web.tls.configured or (web.use_smtp_certificate and settings.smtp_server.tls.configured)
+    ):
+        problems.append(
+            "TLS is off (WebUI.Tls.CertFile and KeyFile, or WebUI.UseSmtpCertificate "
+            "with SmtpServer.Tls)"
+        )
+    return problems
+
+
+def _check_web(settings: Settings, emit: Emit) -> None:
+    web = settings.web_ui
+    if not web.enabled:
+        return
+    problems = web_exposure_problems(settings)
+    if problems:
+        emit(
+            Severity.ERROR,
+            "web.off-loopback",
+            f"the web console would listen on {web.bind_address}, off loopback, but "
+            + " and ".join(problems)
+            + ": `jdxmail serve` refuses to start",
+            "add console users under WebUI.Users and a certificate under WebUI.Tls (or "
+            'WebUI.UseSmtpCertificate), or set WebUI.BindAddress to "127.0.0.1"',
+            ("WebUI", "BindAddress"),
+        )
+    smtp = settings.smtp_server
+    same_address = (
+        web.bind_address == smtp.bind_address
+        or _is_wildcard(web.bind_address)
+        or _is_wildcard(smtp.bind_address)
+    )
+    for key, port in (("Port", smtp.port), ("Tls.ImplicitTlsPort", smtp.tls.implicit_tls_port)):
+        if same_address and port == web.port:
+            emit(
+                Severity.ERROR,
+                "web.port-clash",
+                f"WebUI.Port and SmtpServer.{key} are both {web.port}: the console cannot "
+                "listen there, and serve runs without it",
+                'give the console its own port, 5001 by default ("Port": 5001 under WebUI)',
+                ("WebUI", "Port"),
+            )
+    if (web.tls.cert_file is None) != (web.tls.key_file is None):
+        missing = "KeyFile" if web.tls.key_file is None else "CertFile"
+        emit(
+            Severity.ERROR,
+            "web.tls-incomplete",
+            f"WebUI.Tls.{missing} is missing: HTTPS needs both a certificate and its key",
+            f"set WebUI.Tls.{missing}",
+            ("WebUI", "Tls", missing),
+        )
+    if (
+        web.use_smtp_certificate
+        and not web.tls.configured
+        and not settings.smtp_server.tls.configured
+    ):
+        emit(
+            Severity.WARNING,
+            "web.no-smtp-certificate",
+            "WebUI.UseSmtpCertificate is true but SmtpServer.Tls names no certificate: "
+            "serve needs --self-signed for the console to start",
+            "set SmtpServer.Tls.CertFile and KeyFile, or give WebUI.Tls its own",
+            ("WebUI", "UseSmtpCertificate"),
+        )
 
 
 def _check_users(settings: Settings, emit: Emit) -> None:

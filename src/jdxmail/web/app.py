@@ -24,7 +24,7 @@ from starlette.templating import Jinja2Templates
 from jdxmail.web import auth, backup, dashboard, diagnostics, logs, queue, settings, users
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
-from jdxmail.web.responses import ApiError, error_page, page
+from jdxmail.web.responses import ApiError, error_page, page, wants_json
 from jdxmail.web.security import SecurityMiddleware
 
 __all__ = ["AREAS", "NAV", "build_app", "make_templates"]
@@ -64,7 +64,6 @@ def _page_globals(request: Request) -> dict[str, Any]:
         "csrf_token": state.get("csrf_token", ""),
         "console_user": state.get("user"),
         "nav": NAV,
-        "live": True,
     }
 
 
@@ -99,8 +98,11 @@ async def home(request: Request) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        what = "no such API resource" if request.url.path.startswith("/api") else "no such page"
-        return error_page(request, 404, f"{what}: {request.url.path}", "see docs/api.md")
+        if wants_json(request.url.path):
+            message, fix = "no such API resource", "docs/api.md lists them"
+        else:
+            message, fix = "no such page", "the navigation bar above leads to every page"
+        return error_page(request, 404, f"{message}: {request.url.path}", fix)
     if exc.status_code == 405:
         return error_page(request, 405, f"{request.method} is not allowed on {request.url.path}")
     return error_page(request, exc.status_code, str(exc.detail))
@@ -130,5 +132,9 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         exception_handlers={HTTPException: _http_error, ApiError: _api_error},
     )
     app.state.console = ctx
+    for area in AREAS:  # an area may hook into the running server (e.g. to publish events)
+        setup = getattr(area, "setup", None)
+        if setup is not None:
+            setup(ctx)
     app.add_middleware(SecurityMiddleware, ctx=ctx)
     return app

@@ -51,21 +51,17 @@ async def login(request: Request) -> Response:
     if not users:
         return RedirectResponse(target, status_code=303)
     ip = client_ip(request)
-    if ctx.auth.throttle.blocked(ip):
-        return page(
-            request,
-            "login.html",
-            {"next": target, "message": _throttled_text(ctx.auth)},
-            status=429,
-        )
     name = str(form.get("username") or "")
+    if ctx.auth.throttle.blocked(ip):
+        values = {"next": target, "username": name, "message": _throttled_text(ctx.auth)}
+        return page(request, "login.html", values, status=429)
     password = str(form.get("password") or "")
     user = await ctx.auth.verify(users, ip, name, password)
     if user is None:
         return page(
             request,
             "login.html",
-            {"next": target, "message": "wrong user name or password"},
+            {"next": target, "username": name, "message": "wrong user name or password"},
             status=401,
         )
     token, _ = ctx.auth.open_session(user)

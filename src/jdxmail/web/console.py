@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
+from starlette.applications import Starlette
 
 from jdxmail.logs import register_secret
 from jdxmail.server.errors import ServerError, bind_error
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
+from jdxmail.settings.checks import local_addresses, web_exposure_problems
 from jdxmail.web.app import AREAS, build_app, make_templates
 from jdxmail.web.context import ConsoleContext
 from jdxmail.web.events import EventHub
@@ -32,9 +34,8 @@ from jdxmail.web.sessions import ConsoleAuth
 
 if TYPE_CHECKING:
     from jdxmail.server.app import SmtpServerApp
-    from jdxmail.settings.model import Settings
 
-__all__ = ["ConsoleSetupError", "WebConsole", "is_loopback", "off_loopback_problems"]
+__all__ = ["ConsoleSetupError", "WebConsole", "is_loopback"]
 
 logger = logging.getLogger("jdxmail.web")
 
@@ -53,23 +54,6 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
-
-
-def off_loopback_problems(settings: Settings, bind_address: str | None = None) -> list[str]:
-    """What keeps the console from listening off loopback: no users, no TLS ([] if fine)."""
-    web = settings.web_ui
-    if is_loopback(bind_address or web.bind_address):
-        return []
-    problems = []
-    if not web.users:
-        problems.append("no console user is configured (WebUI.Users)")
-    smtp_tls = settings.smtp_server.tls.configured
-    if not (web.tls.configured or (web.use_smtp_certificate and smtp_tls)):
-        problems.append(
-            "TLS is off (WebUI.Tls.CertFile and KeyFile, or WebUI.UseSmtpCertificate "
-            "with SmtpServer.Tls)"
-        )
-    return problems
 
 
 class WebConsole:
@@ -99,6 +83,8 @@ class WebConsole:
         #: why the console does not listen (its port taken), with the fix; else None
         self.unavailable: str | None = None
         self.context: ConsoleContext | None = None
+        #: the Starlette app once started
+        self.app: Starlette | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         #: the areas' background tasks (an area module's ``background(ctx)``)
@@ -108,7 +94,7 @@ class WebConsole:
         """Bind and serve; set ``url`` (or ``unavailable``). Raise ConsoleSetupError."""
         settings = self.server.settings
         web = settings.web_ui
-        problems = off_loopback_problems(settings, self.bind_address)
+        problems = web_exposure_problems(settings, self.bind_address)
         if problems:
             raise ConsoleSetupError(
                 f"the web console would listen on {self.bind_address}, off loopback, but "
@@ -147,8 +133,9 @@ class WebConsole:
             ),
             loopback=loopback,
         )
+        app = build_app(ctx)
         config = uvicorn.Config(
-            build_app(ctx),
+            app,
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -156,6 +143,7 @@ class WebConsole:
             date_header=False,
             proxy_headers=False,  # X-Forwarded-For must not fool the login throttle
             ws="none",
+            limit_concurrency=256,  # beyond it: 503 rather than unbounded connections
             timeout_graceful_shutdown=max(int(self.grace), 1),
         )
         config.load()
@@ -167,7 +155,7 @@ class WebConsole:
         except BaseException:
             sock.close()
             raise
-        self._uvicorn, self._socket, self.context = server, sock, ctx
+        self._uvicorn, self._socket, self.context, self.app = server, sock, ctx, app
         self.url = ctx.url
         for area in AREAS:
             background = getattr(area, "background", None)
@@ -238,8 +226,6 @@ class WebConsole:
         hosts.add(bind)
         hosts.add(self.server.runtime.host_name.lower())
         if bind in ("0.0.0.0", "::"):
-            from jdxmail.settings.checks import local_addresses  # noqa: PLC0415
-
             hosts |= {a.lower() for a in local_addresses()}
             hosts.add(socket.gethostname().lower())
         return hosts

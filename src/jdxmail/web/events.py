@@ -37,6 +37,9 @@ class EventHub:
     def __init__(self) -> None:
         self._streams: set[asyncio.Queue[object]] = set()
         self._closed = False
+        #: set when the console stops: a long poll awaits it beside its own wait and
+        #: answers at once, so stopping serve does not wait for the poll's timeout
+        self.closing = asyncio.Event()
 
     @property
     def listeners(self) -> int:
@@ -66,8 +69,9 @@ class EventHub:
         self._streams.discard(queue)
 
     def close(self) -> None:
-        """End every open stream (the console is stopping)."""
+        """End every open stream (the console is stopping) and set ``closing``."""
         self._closed = True
+        self.closing.set()
         for queue in self._streams:
             while True:
                 try:

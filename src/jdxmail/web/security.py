@@ -5,13 +5,14 @@ present ``Origin`` must be the console's own (cross-site requests); a console of
 loopback refuses everything while no console user is configured; bodies are limited
 to :data:`MAX_BODY`; with console users every path but the login page and static
 files needs a session cookie or HTTP Basic; a state-changing request from a browser
-(it sends ``Origin``, a cookie or ``Sec-Fetch-*``) needs the CSRF token of its
-session or cookie in ``X-CSRF-Token`` or the form field ``csrf_token``. Plain API
+(it sends ``Origin``, the session cookie or ``Sec-Fetch-*``) needs the CSRF token of
+its session or cookie in ``X-CSRF-Token`` or the form field ``csrf_token``. Plain API
 clients (curl, a test suite) send none of those and need no token.
 
 Every answer gets a strict Content-Security-Policy (unless the handler set its own,
 e.g. the sandbox of an HTML mail), ``Cache-Control: no-store`` (unless set),
-``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``. An
+``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: same-origin`` (no
+referrer to any other site). An
 exception in a handler is logged and answered 500 without details.
 """
 
@@ -27,9 +28,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from jdxmail.logs import register_secret
 from jdxmail.web.auth import client_ip
 from jdxmail.web.responses import ApiError, error_page, json_error, wants_json
-from jdxmail.web.sessions import SESSION_COOKIE, basic_credentials
+from jdxmail.web.sessions import SESSION_COOKIE, Session, basic_credentials
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,18 +55,18 @@ CSP = (
     "form-action 'self'; base-uri 'none'; object-src 'none'"
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PUBLIC = ("/login", "/static/")
+_PUBLIC = ("/login", "/logout", "/static/")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def host_name(value: str) -> str | None:
     """The host part of a Host header (lower case, IPv6 without brackets), or None."""
     try:
-        name = urlsplit("//" + value.strip()).hostname
-        urlsplit("//" + value.strip()).port  # noqa: B018 - raises on a bad port
+        parts = urlsplit("//" + value.strip())
+        _ = parts.port  # raises ValueError on a bad port
     except ValueError:
         return None
-    return name.lower() if name else None
+    return parts.hostname.lower() if parts.hostname else None
 
 
 class SecurityMiddleware:
@@ -73,6 +75,7 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, ctx: ConsoleContext) -> None:
         self.app = app
         self.ctx = ctx
+        self._masked_users: object = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,7 +95,9 @@ class SecurityMiddleware:
                 if "cache-control" not in headers:
                     headers["Cache-Control"] = "no-cache" if static else "no-store"
                 headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "no-referrer"
+                # not no-referrer: Chrome then sends "Origin: null" with the console's own
+                # form posts; same-origin still tells other sites nothing
+                headers["Referrer-Policy"] = "same-origin"
                 for cookie in new_cookie:
                     headers.append("Set-Cookie", cookie)
             await send(message)
@@ -123,71 +128,25 @@ class SecurityMiddleware:
         self, request: Request, scope: Scope, receive: Receive, new_cookie: list[str]
     ) -> tuple[Response | None, Receive]:
         """Check *request*; return (a refusal or None, the receive to pass on)."""
-        ctx = self.ctx
-        headers = request.headers
-        method = scope["method"]
         state = scope.setdefault("state", {})
         state["csrf_token"] = ""
         state["user"] = None
-
-        name = host_name(headers.get("host", ""))
-        if name is None or name not in ctx.hosts:
-            return json_error(
-                421,
-                f"this console does not answer to the host name {headers.get('host', '')!r}",
-                f"open it as {ctx.url or 'http://127.0.0.1:5001'} (a page of another site "
-                "must not reach it through DNS rebinding)",
-            ), receive
-        origin = headers.get("origin")
-        if origin is not None and not self._own_origin(origin):
-            return json_error(
-                403,
-                f"cross-site request refused: Origin {origin!r} is not this console",
-                "use the console's own pages, or call the API without a browser",
-            ), receive
-        if method not in _SAFE_METHODS and headers.get("sec-fetch-site") == "cross-site":
-            return json_error(403, "cross-site request refused"), receive
-
-        users = ctx.server.settings.web_ui.users
-        if not users and not ctx.loopback:
-            return json_error(
-                503,
-                "the console listens off loopback but no console user is configured",
-                "add a user under WebUI.Users and reload, or bind WebUI.BindAddress to 127.0.0.1",
-            ), receive
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return json_error(
-                413, f"the request body is larger than {MAX_BODY // (1024 * 1024)} MiB"
-            ), receive
+        refusal = self._check_site(request)
+        if refusal is not None:
+            return refusal, receive
         receive = _limited(receive)
-
+        headers = request.headers
+        # Every current browser sends Origin with a POST and Sec-Fetch-* with everything;
+        # a session cookie is a browser's too. The CSRF cookie alone is not: API clients
+        # with a cookie jar (requests.Session, httpx.Client) keep it without being one.
         browser = (
-            origin is not None
-            or "cookie" in headers
+            "origin" in headers
+            or SESSION_COOKIE in request.cookies
             or any(key.startswith("sec-fetch-") for key in headers)
         )
-        session = ctx.auth.session(request.cookies.get(SESSION_COOKIE))
-        if session is not None and session.user not in {u.user_name for u in users}:
-            session = None
-        user = session.user if session is not None else None
-        if users and user is None and "authorization" in headers:
-            ip = client_ip(request)
-            if ctx.auth.throttle.blocked(ip):
-                return json_error(
-                    429,
-                    "too many failed logins from this address",
-                    "wait and try again (SmtpServer.AuthFailureWindow)",
-                ), receive
-            credentials = basic_credentials(headers["authorization"])
-            if credentials is not None:
-                user = await ctx.auth.verify(users, ip, *credentials)
-            if user is None:
-                return self._unauthorized(request, browser, "wrong user name or password"), receive
-        public = any(scope["path"].startswith(p) for p in _PUBLIC)
-        if users and user is None and not public:
-            return self._unauthorized(request, browser, "log in first"), receive
-
+        refusal, user, session = await self._authenticate(request, browser)
+        if refusal is not None:
+            return refusal, receive
         if session is not None:
             expected = session.csrf
         else:
@@ -197,12 +156,13 @@ class SecurityMiddleware:
             if len(expected) < 32 and (browser or not wants_json(scope["path"])):
                 expected = secrets.token_urlsafe(32)
                 cookie = f"{CSRF_COOKIE}={expected}; Path=/; HttpOnly; SameSite=Strict"
-                new_cookie.append(cookie + ("; Secure" if ctx.tls else ""))
+                new_cookie.append(cookie + ("; Secure" if self.ctx.tls else ""))
         state["csrf_token"] = expected
         state["user"] = user
-
-        if method in _SAFE_METHODS or not browser:
+        if scope["method"] in _SAFE_METHODS or not browser:
             return None, receive
+        if scope["path"] == "/logout" and session is None:
+            return None, receive  # no session to end: harmless, and no token to check
         token = headers.get(CSRF_HEADER)
         if token is None and headers.get("content-type", "").startswith(_FORMS):
             body = await _read_all(receive)
@@ -212,13 +172,96 @@ class SecurityMiddleware:
             await form.close()
             receive = _replay(body, receive)
         if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-            return json_error(
+            return error_page(
+                request,
                 403,
                 "missing or wrong CSRF token",
-                "reload the page; API clients send the X-CSRF-Token header from the page's "
-                "csrf-token meta tag, or call without a browser",
+                "reload the page (scripts send the X-CSRF-Token header from the page's "
+                "csrf-token meta tag)",
             ), receive
         return None, receive
+
+    def _check_site(self, request: Request) -> Response | None:
+        """Host, Origin, an exposed console without users, the declared body size."""
+        ctx = self.ctx
+        headers = request.headers
+        name = host_name(headers.get("host", ""))
+        # Host and Origin refusals are JSON even for pages: no page is rendered for a
+        # site that reached the console by DNS rebinding or from another origin.
+        if name is None or name not in ctx.hosts:
+            return json_error(
+                421,
+                f"this console does not answer to the host name {headers.get('host', '')!r}",
+                f"open it as {ctx.url or 'http://127.0.0.1:5001'} (a page of another site "
+                "must not reach it through DNS rebinding)",
+            )
+        origin = headers.get("origin")
+        cross_site = headers.get("sec-fetch-site") == "cross-site"
+        if (origin is not None and not self._own_origin(origin)) or (
+            cross_site and request.method not in _SAFE_METHODS
+        ):
+            return json_error(
+                403,
+                f"cross-site request refused: Origin {origin!r} is not this console",
+                "use the console's own pages, or call the API without a browser",
+            )
+        if not ctx.server.settings.web_ui.users and not ctx.loopback:
+            return error_page(
+                request,
+                503,
+                "the console listens off loopback but no console user is configured",
+                "add a user under WebUI.Users and reload, or bind WebUI.BindAddress to 127.0.0.1",
+            )
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return error_page(
+                request, 413, f"the request body is larger than {MAX_BODY // 1048576} MiB"
+            )
+        return None
+
+    async def _authenticate(
+        self, request: Request, browser: bool
+    ) -> tuple[Response | None, str | None, Session | None]:
+        """(a refusal or None, the console user or None, the session or None)."""
+        ctx = self.ctx
+        settings = ctx.server.settings
+        users = settings.web_ui.users
+        if users is not self._masked_users:  # new settings (a reload): mask new hashes
+            self._masked_users = users
+            for entry in users:
+                register_secret(entry.password.get_secret_value())
+        ctx.auth.throttle.configure(  # as SIGHUP does for SMTP AUTH
+            settings.smtp_server.auth_failure_limit, settings.smtp_server.auth_failure_window
+        )
+        session = ctx.auth.session(request.cookies.get(SESSION_COOKIE))
+        if session is not None and session.user not in {u.user_name for u in users}:
+            session = None  # the user was removed by a reload
+        user = session.user if session is not None else None
+        if not users or user is not None:
+            return None, user, session
+        if "authorization" in request.headers:
+            ip = client_ip(request)
+            if ctx.auth.throttle.blocked(ip):
+                return (
+                    json_error(
+                        429,
+                        "too many failed logins from this address",
+                        "wait and try again (SmtpServer.AuthFailureWindow)",
+                    ),
+                    None,
+                    None,
+                )
+            credentials = basic_credentials(request.headers["authorization"])
+            if credentials is not None:
+                user = await ctx.auth.verify(users, ip, *credentials)
+            if user is None:
+                answer = json_error(401, "wrong user name or password", "check WebUI.Users")
+                answer.headers["WWW-Authenticate"] = 'Basic realm="jdxmail console"'
+                return answer, None, None
+            return None, user, None
+        if any(request.url.path.startswith(p) for p in _PUBLIC):
+            return None, None, None
+        return self._unauthorized(request, browser, "log in first"), None, None
 
     def _own_origin(self, origin: str) -> bool:
         try:
@@ -233,7 +276,9 @@ class SecurityMiddleware:
         return not own_port or (port or (443 if scheme == "https" else 80)) == own_port
 
     def _unauthorized(self, request: Request, browser: bool, message: str) -> Response:
-        if wants_json(request.url.path) or request.method != "GET":
+        # pages send people to the login form (a form posted after the session ended,
+        # too); the API and other scripts get 401
+        if wants_json(request.url.path) or (request.method != "GET" and not browser):
             answer = json_error(401, message, "log in, or send HTTP Basic with a console user")
             if not browser:
                 answer.headers["WWW-Authenticate"] = 'Basic realm="jdxmail console"'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import secrets
 import time
@@ -32,6 +33,10 @@ SESSION_COOKIE = "jdx_session"
 SESSION_LIFETIME = 12 * 3600
 #: sessions kept at most (the oldest go first)
 _MAX_SESSIONS = 1000
+#: seconds a checked HTTP Basic password is not checked again: an API client sends it
+#: with every request, and an scrypt hash costs tens of milliseconds of CPU each time
+_VERIFIED_FOR = 300.0
+_MAX_VERIFIED = 256
 
 
 @dataclass
@@ -49,6 +54,7 @@ class ConsoleAuth:
     def __init__(self, limit: int = 5, window: float = 300) -> None:
         self.throttle = AuthThrottle(limit, window)
         self._sessions: dict[str, Session] = {}
+        self._verified: dict[bytes, float] = {}
 
     def session(self, token: str | None) -> Session | None:
         """The live session named by a cookie value, or None."""
@@ -76,28 +82,37 @@ class ConsoleAuth:
         if token:
             self._sessions.pop(token, None)
 
-    def forget_users_except(self, names: set[str]) -> None:
-        """End the sessions of users no longer configured (after a reload)."""
-        for token, session in list(self._sessions.items()):
-            if session.user not in names:
-                del self._sessions[token]
-
     async def verify(
         self, users: list[UserSettings], client: str, name: str, password: str
     ) -> str | None:
         """Check a login; return the user name, or None (failure counted for *client*).
 
-        The caller checks ``throttle.blocked(client)`` first.
+        Names are compared ignoring case, as for SMTP users. The caller checks
+        ``throttle.blocked(client)`` first.
         """
-        user = next((u for u in users if u.user_name == name), None)
+        wanted = name.casefold()
+        user = next((u for u in users if u.user_name.casefold() == wanted), None)
+        if user is not None:
+            key = _cache_key(user, password)
+            if self._verified.get(key, 0.0) > time.monotonic():
+                return user.user_name
         outcome = await check_password(user, password)
         if outcome.success and user is not None:
+            if len(self._verified) >= _MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[_cache_key(user, password)] = time.monotonic() + _VERIFIED_FOR
             return user.user_name
         count = self.throttle.record_failure(client)
         logger.warning(
             "console login failed for %r from %s (%d in the window)", name, client, count
         )
         return None
+
+
+def _cache_key(user: UserSettings, password: str) -> bytes:
+    """A digest of the user, its stored hash and a password (a changed hash misses)."""
+    material = "\0".join((user.user_name, user.password.get_secret_value(), password))
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).digest()
 
 
 def basic_credentials(header: str) -> tuple[str, str] | None:

@@ -1,5 +1,6 @@
 // jdxmail web console: the little JavaScript every page shares (no build step).
-// JDX.api(method, url, body?)  fetch JSON with the page's CSRF token; throws Error(text)
+// JDX.api(method, url, body?)  fetch JSON with the page's CSRF token; on 4xx/5xx throws an
+//                              Error: message = the server's "error", .fix, .status, .data
 // JDX.on(kind, fn)             live events from GET /api/v1/events (one stream per page)
 // JDX.toast(text, kind)        a short message in the corner ("ok", "error", "info")
 "use strict";
@@ -23,10 +24,11 @@
     const type = response.headers.get("Content-Type") || "";
     const data = type.includes("application/json") ? await response.json() : await response.text();
     if (!response.ok) {
-      let text = (data && data.error) ? data.error : (response.status + " " + response.statusText);
-      if (data && data.fix) { text += " (" + data.fix + ")"; }
+      // the server's "error" text as the message; its "fix" (if any) as error.fix
+      const text = (data && data.error) ? data.error : (response.status + " " + response.statusText);
       const error = new Error(text);
       error.status = response.status;
+      error.fix = (data && data.fix) ? data.fix : "";
       error.data = data;
       throw error;
     }
