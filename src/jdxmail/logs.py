@@ -12,12 +12,17 @@ The file is ``<Paths.Logs>/jdxmail.log``; at midnight it is renamed to
 
 Messages pass through a masking filter: an ``AUTH <mechanism> <data>`` line and any
 value registered with :func:`register_secret` never reach a handler in clear.
+
+With ``Logging.Format: "json"`` each line is one JSON object instead, for log shippers
+(:class:`JsonFormatter`): ``time``, ``level``, ``category``, ``session``, ``message``
+and ``fields`` (what the call passed with ``extra=``), masked the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import logging.handlers
 import os
@@ -32,6 +37,7 @@ __all__ = [
     "LOG_FILE_NAME",
     "CategoryFormatter",
     "DailyFileHandler",
+    "JsonFormatter",
     "LogSetupError",
     "MaskingFilter",
     "category_of",
@@ -129,6 +135,54 @@ class CategoryFormatter(logging.Formatter):
             exc = record.exc_info[1]
             line += f" ({type(exc).__name__}: {exc})"
         return line
+
+
+#: attributes every LogRecord has: anything else came from ``extra=`` (a field)
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, category, session, message, fields.
+
+    ``time`` is ISO 8601 with milliseconds and the UTC offset; ``session`` is null
+    outside a session; ``fields`` holds the record's ``extra=`` values (text masked
+    like the message); an exception adds ``error`` (its type and text, no traceback).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached: tuple[JsonFormatter, str] | None = getattr(record, "_jdxmail_line", None)
+        if cached is not None and cached[0] is self:
+            return cached[1]
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        offset = time.strftime("%z", time.localtime(record.created))
+        fields: dict[str, object] = {}
+        for key, value in vars(record).items():
+            if key in _RECORD_ATTRIBUTES or key.startswith("_") or key == "session":
+                continue
+            fields[key] = _mask(value) if isinstance(value, str) else _plain(value)
+        data: dict[str, object] = {
+            "time": f"{when}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}",
+            "level": record.levelname,
+            "category": category_of(record.name),
+            "session": getattr(record, "session", None) or None,
+            "message": record.getMessage(),
+            "fields": fields,
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            data["error"] = _mask(f"{type(exc).__name__}: {exc}")
+        line = json.dumps(data, ensure_ascii=False, default=str)
+        record._jdxmail_line = (self, line)
+        return line
+
+
+def _plain(value: object) -> object:
+    """*value* if JSON has it (numbers, booleans, None), else its masked text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _mask(str(value))
 
 
 class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
@@ -270,9 +324,11 @@ def configure_logging(
     *,
     level: int = logging.INFO,
     console: TextIO | None = sys.stderr,
+    log_format: str = "text",
 ) -> Path | None:
     """Send jdxmail's log records to the console and to ``logs_dir/jdxmail.log``.
 
+    *log_format* ``"json"`` writes one JSON object per line (JsonFormatter).
     Replaces handlers installed by an earlier call. Returns the log file path (None
     when *logs_dir* is None). Raises LogSetupError when the folder cannot be made.
     """
@@ -289,7 +345,7 @@ def configure_logging(
             handler.close()
     root.setLevel(level)
     root.propagate = False
-    formatter = CategoryFormatter()
+    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else CategoryFormatter()
     masking = MaskingFilter()
     handlers: list[logging.Handler] = []
     path: Path | None = None

@@ -9,6 +9,7 @@ functions block on file reads: call them in a thread.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -75,7 +76,12 @@ class LogLine:
 
 
 def parse_line(text: str, at: int = -1) -> LogLine:
-    """Split a log line; a line of another shape is kept whole as the message."""
+    """Split a log line (text, or JSON with ``Logging.Format: "json"``); a line of
+    another shape is kept whole as the message."""
+    if text.startswith("{"):
+        parsed = _parse_json_line(text, at)
+        if parsed is not None:
+            return parsed
     match = _LINE.match(text)
     if match is None:
         return LogLine("", "", "", "", text, at)
@@ -86,6 +92,26 @@ def parse_line(text: str, at: int = -1) -> LogLine:
         match["category"],
         "" if session == "-" else session,
         match["message"],
+        at,
+    )
+
+
+def _parse_json_line(text: str, at: int) -> LogLine | None:
+    """A JSON log line (logs.JsonFormatter) as the text format's parts; None if not one."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        return None
+    # "2026-11-30T05:07:02.113+00:00" -> "2026-11-30 05:07:02.113", as text lines have it
+    when = str(data.get("time", ""))[:23].replace("T", " ")
+    return LogLine(
+        when,
+        str(data.get("level", "")),
+        str(data.get("category", "")),
+        str(data.get("session") or ""),
+        data["message"],
         at,
     )
 

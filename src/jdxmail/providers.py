@@ -19,6 +19,7 @@ __all__ = [
     "provider_for_host",
     "reply_hint",
     "suggest_host",
+    "suggest_mail_domain",
 ]
 
 
@@ -143,6 +144,43 @@ def suggest_host(host: str) -> str | None:
         return None
     known = [h for p in PROVIDERS for h in p.hosts]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+#: mail domains of big providers, for a did-you-mean on a recipient domain typo
+MAIL_DOMAINS: tuple[str, ...] = (
+    "gmail.com",
+    "googlemail.com",
+    "outlook.com",
+    "hotmail.com",
+    "live.com",
+    "msn.com",
+    "yahoo.com",
+    "yahoo.co.jp",
+    "icloud.com",
+    "me.com",
+    "aol.com",
+    "mail.com",
+    "gmx.com",
+    "gmx.de",
+    "gmx.net",
+    "web.de",
+    "proton.me",
+    "protonmail.com",
+    "zoho.com",
+    "yandex.ru",
+    "mail.ru",
+    "qq.com",
+    "163.com",
+)
+
+
+def suggest_mail_domain(domain: str) -> str | None:
+    """A big provider's mail domain that *domain* looks like a typo of (``gmial.com``)."""
+    name = domain.strip().lower().rstrip(".")
+    if name in MAIL_DOMAINS:
+        return None
+    close = difflib.get_close_matches(name, MAIL_DOMAINS, n=1, cutoff=0.8)
     return close[0] if close else None
 
 

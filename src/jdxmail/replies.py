@@ -33,11 +33,6 @@ class Reply:
         """The reply as sent on the wire, with CRLF."""
         return str(self).encode("utf-8", "replace") + b"\r\n"
 
-    @property
-    def is_error(self) -> bool:
-        """True for 4xx and 5xx replies."""
-        return self.code >= 400
-
 
 def ehlo_reply(host_name: str, keywords: list[str]) -> bytes:
     """The multi-line 250 reply to EHLO: the host name, then one keyword per line."""
@@ -98,6 +93,9 @@ NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; send RSET to start over
 # -- transaction --------------------------------------------------------------------
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+RECIPIENT_DOMAIN_UNKNOWN = Reply(
+    550, "5.1.2", "Recipient domain {domain} {reason}; check the address{hint}"
+)
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 #: RFC 3030: each BDAT chunk but the LAST one
 CHUNK_OK = Reply(250, "2.0.0", "{size} octets received")
@@ -142,6 +140,12 @@ AUTH_PLAIN_CONTINUE = Reply(334, "", "")
 TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 TLS_ALREADY = Reply(503, "5.5.1", "TLS already active")
+
+# -- chaos (the dev inbox's failure injection, off by default; docs/web.md) -----------
+CHAOS_451 = Reply(451, "4.3.0", "Chaos: temporary failure injected by jdxmail, try again")
+CHAOS_452 = Reply(452, "4.3.1", "Chaos: insufficient storage injected by jdxmail, try again")
+CHAOS_535 = Reply(535, "5.7.8", "Chaos: authentication failure injected by jdxmail")
+CHAOS_421 = Reply(421, "4.3.2", "Chaos: jdxmail closes the connection (injected failure)")
 
 #: every reply, by name, for docs and tests
 ALL_REPLIES: dict[str, Reply] = {

@@ -16,7 +16,10 @@ its own live snapshot to :func:`collect` instead of its (older) file.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import functools
+import json
 import logging
 import os
 import time
@@ -30,6 +33,8 @@ from jdxmail.process import process_alive
 from jdxmail.queue.state import StateError, read_json, write_json_atomic
 
 __all__ = [
+    "COMMIT_BUCKETS",
+    "LATENCY_BUCKETS",
     "STATS_DIR",
     "Counters",
     "ProcessStats",
@@ -37,6 +42,8 @@ __all__ = [
     "StatsRecorder",
     "Totals",
     "collect",
+    "parse_series_key",
+    "series_key",
 ]
 
 logger = logging.getLogger("jdxmail.queue")
@@ -45,6 +52,10 @@ logger = logging.getLogger("jdxmail.queue")
 STATS_DIR = "stats"
 #: seconds between two writes of a process's file (only when something changed)
 WRITE_EVERY = 1.0
+#: upper bounds (seconds) of the spool commit histogram: a message made durable
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+#: upper bounds (seconds) of the delivery latency histogram: accepted -> relayed
+LATENCY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
 
 
 @dataclass(slots=True)
@@ -67,14 +78,94 @@ class Counters:
     relayed: int = 0
     deferred: int = 0
     bounced: int = 0
+    #: for /metrics (docs/operations.md): connections turned away by MaxConnections
+    #: and by MaxConnectionsPerClient, sessions with TLS from the first byte and
+    #: upgraded by STARTTLS, successful logins, bytes of message data accepted
+    refused_max_connections: int = 0
+    refused_per_client: int = 0
+    tls_implicit: int = 0
+    tls_starttls: int = 0
+    auth_successes: int = 0
+    received_bytes: int = 0
+    #: ``rejected`` by reason (each rejection counts in one of these too)
+    rejected_size: int = 0
+    rejected_recipients: int = 0
+    rejected_policy: int = 0
+    rejected_smuggling: int = 0
+    rejected_throttled: int = 0
+    rejected_content: int = 0
+    rejected_storage: int = 0
+    #: labelled counts and histogram buckets (see count() and observe()), by series key
+    series: dict[str, float] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, int]:
-        """The current values by name."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The current values by name (the plain counters; ``series`` apart)."""
+        return {name: getattr(self, name) for name in COUNTER_NAMES}
+
+    def reject(self, reason: str) -> None:
+        """A sender, recipient, message or client refused for *reason* (``size``,
+        ``recipients``, ``policy``, ``smuggling``, ``throttled``, ``content``,
+        ``storage``)."""
+        self.rejected += 1
+        name = f"rejected_{reason}"
+        setattr(self, name, getattr(self, name) + 1)
+
+    def count(self, metric: str, labels: tuple[tuple[str, str], ...], amount: float = 1) -> None:
+        """Add *amount* to the labelled series *metric* {*labels*}."""
+        key = series_key(metric, labels)
+        self.series[key] = self.series.get(key, 0) + amount
+
+    def observe(self, metric: str, value: float, buckets: tuple[float, ...]) -> None:
+        """Count *value* in histogram *metric*: its bucket (upper bounds *buckets*,
+        not cumulative; past the last: ``+Inf``), the sum and the count."""
+        keys = _histogram_keys(metric, buckets)
+        series = self.series
+        bucket = keys[bisect.bisect_left(buckets, value)]
+        series[bucket] = series.get(bucket, 0.0) + 1.0
+        series[keys[-2]] = series.get(keys[-2], 0.0) + value
+        series[keys[-1]] = series.get(keys[-1], 0.0) + 1.0
+
+
+@functools.cache
+def _histogram_keys(metric: str, buckets: tuple[float, ...]) -> tuple[str, ...]:
+    """The series keys of histogram *metric*: each bucket's, ``+Inf``'s, sum, count
+    (made once: observe() runs once per message)."""
+    bounds = [repr(float(b)) for b in buckets] + ["+Inf"]
+    return (
+        *(f'{metric}_bucket{{le="{bound}"}}' for bound in bounds),
+        f"{metric}_sum",
+        f"{metric}_count",
+    )
+
+
+def series_key(metric: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """``metric{name="value",...}`` with the values JSON-quoted (a relay's name may hold
+    anything); parsed back by parse_series_key."""
+    if not labels:
+        return metric
+    inner = ",".join(f"{name}={json.dumps(value)}" for name, value in labels)
+    return f"{metric}{{{inner}}}"
+
+
+def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
+    """The metric name and labels of a series_key (or an observe() key)."""
+    metric, brace, rest = key.partition("{")
+    if not brace:
+        return key, {}
+    labels: dict[str, str] = {}
+    decoder = json.JSONDecoder()
+    position, body = 0, rest[:-1]
+    while position < len(body):
+        name, _, _ = body[position:].partition("=")
+        position += len(name) + 1
+        value, end = decoder.raw_decode(body, position)
+        labels[name] = str(value)
+        position = end + 1  # past the comma
+    return metric, labels
 
 
 #: the counter names, in the order the console shows them
-COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters) if f.name != "series")
 
 
 @dataclass(slots=True)
@@ -148,6 +239,8 @@ class ProcessStats:
     total: dict[str, int]
     sessions: int = 0
     relays: list[RelayHealth] = field(default_factory=list)
+    #: the labelled series and histograms since the process started (Counters.series)
+    series: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (what the file holds)."""
@@ -170,6 +263,7 @@ class ProcessStats:
                 total={str(k): int(v) for k, v in dict(data["total"]).items()},
                 sessions=int(data.get("sessions", 0)),
                 relays=[r for r in relays if r is not None],
+                series={str(k): float(v) for k, v in dict(data.get("series", {})).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
@@ -226,6 +320,7 @@ class StatsRecorder:
             total=total,
             sessions=self._sessions(),
             relays=[RelayHealth(**asdict(r)) for r in self.relays()],
+            series=dict(self.counters.series),
         )
 
     async def start(self) -> None:
@@ -293,6 +388,8 @@ class Totals:
     #: the counts since start of the processes still running (monotonic per process,
     #: like Prometheus counters: a restart starts them over)
     total: dict[str, int] = field(default_factory=dict)
+    #: the labelled series and histogram buckets of the processes still running, summed
+    series: dict[str, float] = field(default_factory=dict)
 
 
 def collect(
@@ -317,6 +414,7 @@ def collect(
     today = dict.fromkeys(COUNTER_NAMES, 0)
     total = dict.fromkeys(COUNTER_NAMES, 0)
     sessions = 0
+    series: dict[str, float] = {}
     relays: dict[str, RelayHealth] = {}
     processes: list[dict[str, Any]] = []
     own = os.getpid()
@@ -333,6 +431,8 @@ def collect(
             for name, value in stats.total.items():
                 if name in total:
                     total[name] += value
+            for key, amount in stats.series.items():
+                series[key] = series.get(key, 0.0) + amount
         for health in stats.relays:
             known = relays.get(health.name)
             if known is None or health.last_event > known.last_event:
@@ -344,8 +444,16 @@ def collect(
                 "running": running,
                 "started": stats.started,
                 "updated": stats.updated,
+                # it runs a delivery engine (the delivery process, or --delivery inline)
+                "relaying": bool(stats.relays),
             }
         )
     return Totals(
-        day=day, today=today, sessions=sessions, relays=relays, processes=processes, total=total
+        day=day,
+        today=today,
+        sessions=sessions,
+        relays=relays,
+        processes=processes,
+        total=total,
+        series=series,
     )

@@ -663,3 +663,21 @@ async def test_certificate_about_to_expire_is_a_warning(
     assert code == RelayExit.OK, out
     assert "5 days left" in out
     assert "the certificate of 127.0.0.1 expires in 5 days" in out
+
+
+async def test_sent_message_arrives_with_its_dot_lines_and_line_endings(
+    fake_provider: StartProvider,
+) -> None:
+    """--send delivers lines that begin with a dot, and LF-only lines, as the message had them."""
+    fake = await fake_provider(ProviderSpec(tls="none"))
+    message = b"Subject: dots\r\n\r\n.one dot\r\n..two dots\n.\r\nlast line"
+    target = RelayTarget("127.0.0.1", fake.port, TlsMode.NONE, timeout=5)
+    options = ProbeOptions(
+        mail_from="a@example.com", rcpt_to="b@example.com", send=True, message=message
+    )
+    report = await probe_relay(target, options)
+    assert report.ok, report.findings
+    [received] = fake.messages
+    assert received.content == (
+        b"Subject: dots\r\n\r\n.one dot\r\n..two dots\r\n.\r\nlast line\r\n"
+    )

@@ -6,6 +6,7 @@ by itself; a folder deleted under it is made again; delivery loses nothing."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from jdxmail.diagnostics.doctor import run_doctor
 from jdxmail.logs import configure_logging
 from jdxmail.queue.admin import list_queue
 from jdxmail.queue.spool import Spool, spool_stats
@@ -278,3 +280,31 @@ def test_log_folder_deleted_is_made_again(small_fs: SmallFs, console_logging: io
     text = (small_fs.path / "logs" / "jdxmail.log").read_text()
     assert "a second later" in text
     assert "after" in text
+
+
+async def test_doctor_says_the_disk_is_full(small_fs: SmallFs, tmp_path: Path) -> None:
+    """doctor fails a disk row naming the full file system and the 452 it causes, and
+    passes it again once space is freed."""
+    config = tmp_path / "appsettings.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Paths": {
+                    "Spool": str(small_fs.path / "spool"),
+                    "Mailbox": str(small_fs.path / "mailbox"),
+                    "Logs": str(small_fs.path / "logs"),
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    small_fs.fill()
+    report = await run_doctor(config)
+    (row,) = [r for r in report.rows if r.label == "disk" and "spool" in r.summary]
+    assert row.ok is False
+    assert "is full" in row.summary
+    assert "452 4.3.1" in row.summary
+    small_fs.free()
+    report = await run_doctor(config)
+    (row,) = [r for r in report.rows if r.label == "disk" and "spool" in r.summary]
+    assert row.ok is True

@@ -166,7 +166,7 @@ async def test_fleet_behind_haproxy_keeps_every_acknowledged_message(
         # each client until both nodes have seen both (round robin spreads them).
         number = 0
         while not all(f"{c}:" in n.log() for n in nodes for c in (TRUSTED_CLIENT, OTHER_CLIENT)):
-            assert number < 40, [n.log() for n in nodes]
+            assert number < 400, [n.log() for n in nodes]
             await send(front, TRUSTED_CLIENT, number)
             await send(front, TRUSTED_CLIENT, number + 1)
             for extra in (2, 3):

@@ -10,7 +10,7 @@ import aiosmtplib
 import pytest
 
 from jdxmail.queue.bounce import FailedRecipient, build_dsn, human_duration
-from jdxmail.queue.relay import (
+from jdxmail.queue.outcomes import (
     OUTCOME_TABLE,
     EightBitUnsupported,
     Outcome,
@@ -266,7 +266,7 @@ def test_dot_stuffing_matches_aiosmtplib(data: bytes) -> None:
     """The fast DATA payload is byte for byte what aiosmtplib's own DATA would send."""
     from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
-    from jdxmail.queue.relay import dot_stuffed
+    from jdxmail.data_encoding import dot_stuffed
 
     expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
     assert dot_stuffed(data) == expected
@@ -286,7 +286,7 @@ def test_dot_stuffing_matches_aiosmtplib(data: bytes) -> None:
 )
 def test_stuffing_in_pieces_matches_stuffing_whole(data: bytes, piece: int) -> None:
     """Data read in pieces of any size is stuffed exactly as the whole data is."""
-    from jdxmail.queue.relay import dot_stuffed, stuffed_pieces
+    from jdxmail.data_encoding import dot_stuffed, stuffed_pieces
 
     pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
     assert b"".join(stuffed_pieces(pieces)) + b".\r\n" == dot_stuffed(data)

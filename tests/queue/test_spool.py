@@ -94,14 +94,16 @@ async def test_every_commit_mode_stores(tmp_path: Path, mode: str) -> None:
 
 
 async def test_local_recipients_get_mailbox_files(spool: Spool, tmp_path: Path) -> None:
-    """Each local recipient gets <mailbox>/<recipient>/<message-id>.eml with the data."""
+    """Each local recipient gets <mailbox>/<recipient>/<message-id>.eml: its envelope
+    (Return-Path, Delivered-To), then the data."""
     message = make_message(relay=(), local=("carol@localhost", "Dave@LOCALHOST"))
     queue_id = await spool.store(message)
+    sender = message.mail_from.encode()
     assert (tmp_path / "mailbox" / "carol@localhost" / "msg1@test.eml").read_bytes() == (
-        message.data
+        b"Return-Path: <" + sender + b">\r\nDelivered-To: <carol@localhost>\r\n" + message.data
     )
     assert (tmp_path / "mailbox" / "dave@localhost" / "msg1@test.eml").read_bytes() == (
-        message.data
+        b"Return-Path: <" + sender + b">\r\nDelivered-To: <Dave@LOCALHOST>\r\n" + message.data
     )
     assert not spool.queue_path(queue_id).exists()
     assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
@@ -121,8 +123,8 @@ async def test_same_message_id_gets_suffix(spool: Spool, tmp_path: Path) -> None
     await spool.store(first)
     await spool.store(second)
     box = tmp_path / "mailbox" / "carol@localhost"
-    assert (box / "same@x.eml").read_bytes() == first.data
-    assert (box / "same@x-1.eml").read_bytes() == second.data
+    assert (box / "same@x.eml").read_bytes().endswith(first.data)
+    assert (box / "same@x-1.eml").read_bytes().endswith(second.data)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +151,7 @@ async def test_odd_names_stay_inside_mailbox_root(
     assert stored.parent.parent == root
     assert not stored.parent.name.startswith(".")
     assert not stored.name.startswith(".")
-    assert stored.read_bytes() == message.data
+    assert stored.read_bytes().endswith(message.data)
     assert all(not p.is_file() for p in (tmp_path / "etc", tmp_path.parent / "evil"))
 
 
@@ -225,7 +227,8 @@ async def test_unwritable_spool_raises_and_leaves_nothing(spool: Spool, tmp_path
         _make_writable(target)
     assert spool_stats(tmp_path / "spool").queued == 0
     assert all_files(tmp_path / "mailbox") == []
-    assert list(target.iterdir()) == []
+    # (the stock thread may make its empty files once tmp/ is writable again)
+    assert unfinished(target) == []
 
 
 async def test_failure_midway_undoes_the_queue_file(spool: Spool, tmp_path: Path) -> None:

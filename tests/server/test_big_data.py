@@ -69,7 +69,11 @@ async def test_big_message_keeps_memory_bounded_and_arrives_intact(
     queue, mailbox = stored(tmp_path)
     expected = HEAD + lines * chunks
     assert len(queue) == len(mailbox) == 1
-    assert queue[0] == mailbox[0]  # read_queued_message checked size and checksum
+    # read_queued_message checked size and checksum; the mailbox copy starts with its
+    # envelope lines (Return-Path, Delivered-To), then the same data
+    assert (
+        mailbox[0] == b"Return-Path: <a@localhost>\r\nDelivered-To: <dev@localhost>\r\n" + queue[0]
+    )
     assert queue[0].startswith(b"Received: from client.test ([127.0.0.1])\r\n")
     assert queue[0].endswith(expected)
     assert len(queue[0]) - len(expected) < 300

@@ -8,7 +8,7 @@ import typer
 
 from jdxmail.cli.common import ConfigOption, JsonOption, exit_for_config_error
 from jdxmail.cli.exitcodes import ExitCode
-from jdxmail.cli.render import error_json, print_json, render_findings
+from jdxmail.cli.render import error_json, print_json, render_findings, render_overrides
 from jdxmail.findings import has_errors, sort_findings
 
 __all__ = ["validate_config"]
@@ -24,15 +24,17 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
     from jdxmail.settings.files import (  # noqa: PLC0415
         ConfigError,
         ConfigParseError,
+        apply_environment,
         builtin_source,
         find_config,
         inspect_source,
+        override_origins,
         read_source,
     )
 
     path = find_config(config)
     try:
-        source = builtin_source() if path is None else read_source(path)
+        source = apply_environment(builtin_source() if path is None else read_source(path))
     except ConfigError as error:
         if not json_output:
             raise exit_for_config_error(error) from None
@@ -52,6 +54,7 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
         findings += check_settings(resolved, source)
     findings = sort_findings(findings)
     valid = not has_errors(findings)
+    overrides = override_origins(source)
     if json_output:
         print_json(
             {
@@ -59,8 +62,10 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
                 "format": source.format,
                 "valid": valid,
                 "findings": [f.to_json() for f in findings],
+                "overrides": overrides,
             }
         )
     else:
         render_findings(source.name, findings)
+        render_overrides(overrides)
     raise typer.Exit(ExitCode.OK if valid else ExitCode.FAILED)

@@ -23,6 +23,7 @@ __all__ = [
     "out_console",
     "print_json",
     "render_findings",
+    "render_overrides",
     "render_stages",
     "summary_line",
 ]
@@ -134,4 +135,18 @@ def render_stages(title: str, stages: Sequence[Any], console: Console | None = N
         timing = "" if stage.elapsed_ms is None else f"{stage.elapsed_ms:.0f} ms"
         line.append(f"{timing:>8}  ", style="dim")
         line.append(stage.detail, style="red" if stage.ok is False else "")
+        console.print(line)
+
+
+def render_overrides(overrides: Sequence[dict[str, Any]], console: Console | None = None) -> None:
+    """Print the keys the environment set: key, variable, and the file line it replaces."""
+    if not overrides:
+        return
+    console = console or out_console
+    console.print(Text("set from the environment:", style="bold"))
+    for item in overrides:
+        line = Text(f"  {item['key']}", style="bold")
+        line.append(f" from {item['variable']}")
+        if item["file_line"] is not None:
+            line.append(f" (instead of line {item['file_line']})", style="dim")
         console.print(line)

@@ -141,6 +141,18 @@ def serve(
     no_web: Annotated[
         bool, typer.Option("--no-web", help="Do not run the web console (WebUI).")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (Metrics listener; "
+            "0: any free port) instead of Metrics.Port.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the SMTP server: accept mail, store it durably, deliver or relay it.
 
@@ -169,7 +181,9 @@ def serve(
         )
     try:
         log_file = configure_logging(
-            settings.paths.logs, level=logging.DEBUG if verbose else logging.INFO
+            settings.paths.logs,
+            level=logging.DEBUG if verbose else logging.INFO,
+            log_format=settings.logging.format,
         )
     except LogSetupError as exc:
         fail(str(exc), "make the folder writable or set Paths.Logs", ExitCode.FAILED)
@@ -207,6 +221,10 @@ def serve(
             from jdxmail.web.console import WebConsole  # noqa: PLC0415
 
             app.add_component(WebConsole(app, port=web_port, config_path=loaded.source.path))
+        if index == 0 and (settings.metrics.enabled or metrics_port is not None):
+            from jdxmail.web.metrics import MetricsListener  # noqa: PLC0415
+
+            app.add_component(MetricsListener(app, port=metrics_port))
         return app
 
     if workers > 1:
@@ -303,9 +321,12 @@ def status_lines(app: SmtpServerApp) -> list[str]:
 def console_lines(app: SmtpServerApp) -> list[str]:
     """What serve prints about the web console: its URL, or why it does not run."""
     from jdxmail.web.console import WebConsole  # noqa: PLC0415
+    from jdxmail.web.metrics import MetricsListener  # noqa: PLC0415
 
     lines = []
     for component in app.components:
+        if isinstance(component, MetricsListener) and component.url:
+            lines.append(f"jdxmail serve: metrics and health checks on {component.url}/metrics\n")
         if isinstance(component, WebConsole):
             if component.url:
                 lines.append(f"jdxmail serve: web console on {component.url}/\n")

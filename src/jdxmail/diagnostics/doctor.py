@@ -7,6 +7,8 @@ check), test-relay for each relay (no message is sent), the config file's writab
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -18,16 +20,19 @@ from jdxmail.diagnostics.port import (
     PortStatus,
     check_listening,
     check_port,
+    connect_address,
     holder_is_jdxmail,
 )
 from jdxmail.diagnostics.relay_probe import RelayReport, probe_relay, target_from_relay
 from jdxmail.findings import Severity
+from jdxmail.health import readiness
+from jdxmail.logview import parse_line
 from jdxmail.queue.spool import spool_stats
 from jdxmail.settings.model import Settings
+from jdxmail.stats import collect
 
 __all__ = ["DoctorReport", "DoctorRow", "run_doctor"]
 
-_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 _MAX_ERROR_LINES = 3
 #: a queued message older than this means delivery is stuck
 _STUCK_SECONDS = 3600.0
@@ -93,6 +98,7 @@ async def run_doctor(
     from jdxmail.settings.checks import check_settings  # noqa: PLC0415
     from jdxmail.settings.files import (  # noqa: PLC0415
         ConfigError,
+        apply_environment,
         builtin_source,
         find_config,
         inspect_source,
@@ -102,7 +108,7 @@ async def run_doctor(
     path = find_config(config)
     report = DoctorReport(str(path) if path is not None else "built-in defaults")
     try:
-        source = builtin_source() if path is None else read_source(path)
+        source = apply_environment(builtin_source() if path is None else read_source(path))
     except ConfigError as error:
         report.add("config", False, str(error), getattr(error, "fix", "") or "")
         _check_writable(report, path)
@@ -130,15 +136,65 @@ async def run_doctor(
         return report
     if not errors:
         report.add("config", True, f"{source.name}: valid ({source.format})")
-    await _check_port(report, settings, network_address)
+    running = await _check_port(report, settings, network_address)
     await _check_relays(report, settings, relay_timeout)
     _check_writable(report, path)
     _check_logs(report, settings, today or date.today())
     _check_spool(report, settings)
+    _check_space(report, settings)
+    await _check_ready(report, settings, running)
     return report
 
 
-async def _check_port(report: DoctorReport, settings: Settings, network: str | None) -> None:
+#: a file system is (nearly) full below this much space *and* this share of its size
+_LOW_SPACE_BYTES = 16 * 1024 * 1024
+_LOW_SPACE_SHARE = 0.05
+
+
+def _check_space(report: DoctorReport, settings: Settings) -> None:
+    """Free space (and inodes) where the spool, mailboxes and logs are written: a full
+    disk makes serve answer 452 4.3.1 to every message."""
+    paths = settings.paths
+    seen: dict[int, list[str]] = {}
+    stats: dict[int, os.statvfs_result] = {}
+    for label, folder in (("spool", paths.spool), ("mailbox", paths.mailbox), ("logs", paths.logs)):
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+        try:
+            device = existing.stat().st_dev
+            stats.setdefault(device, os.statvfs(existing))
+        except OSError:
+            continue
+        seen.setdefault(device, []).append(f"{label} ({folder})")
+    for device, where in seen.items():
+        vfs = stats[device]
+        free = vfs.f_bavail * vfs.f_frsize
+        total = vfs.f_blocks * vfs.f_frsize
+        names = ", ".join(where)
+        low = free < _LOW_SPACE_BYTES and free < total * _LOW_SPACE_SHARE
+        if free == 0 or low or (vfs.f_files and vfs.f_favail == 0):
+            what = "no free inodes" if vfs.f_files and vfs.f_favail == 0 else "full"
+            report.add(
+                "disk",
+                False,
+                f"the file system of {names} is {what}: {_size(free)} free of {_size(total)}; "
+                "serve answers 452 4.3.1 to every message until there is room",
+                "free space there (old mail in the mailbox folders, old logs), or set "
+                "Paths.* to a larger file system; serve recovers by itself",
+            )
+        else:
+            report.add("disk", True, f"{_size(free)} free for {names}")
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.0f} TiB"
+
+
+async def _check_port(report: DoctorReport, settings: Settings, network: str | None) -> bool:
+    """The port rows (A1, A2, B4...); True when jdxmail is running on the port."""
     smtp = settings.smtp_server
     port_report = check_port(smtp.bind_address, smtp.port)
     holder = port_report.holder
@@ -150,15 +206,68 @@ async def _check_port(report: DoctorReport, settings: Settings, network: str | N
                 report.add(finding.row, False, finding.message, finding.fix)
             elif finding.code == "port.answering":
                 report.add(finding.row, True, finding.message)
-        return
+        return True
     if port_report.status is PortStatus.FREE:
         report.add("A1", True, f"port {smtp.port} free ({smtp.bind_address})")
         facts = port_report.privilege
         if facts is not None and facts.is_privileged_port(smtp.port):
             report.add("A2", True, f"port {smtp.port} is privileged: {facts.describe(smtp.port)}")
-        return
+        return False
     for finding in port_report.findings:
         report.add(finding.row or "port", False, finding.message, finding.fix)
+    return False
+
+
+async def _check_ready(report: DoctorReport, settings: Settings, running: bool) -> None:
+    """The ``ready`` rows: what /readyz of the running server would say (health.readiness),
+    judged from outside: each SMTP port accepts a connection, the spool, delivery."""
+    smtp = settings.smtp_server
+    host = connect_address(smtp.bind_address)
+    ports = [smtp.port, smtp.tls.implicit_tls_port, smtp.proxy_port]
+    listeners = []
+    if running:
+        for port in ports:
+            if port is not None:
+                shown = f"[{host}]" if ":" in host else host
+                listeners.append((f"{shown}:{port}", await _accepts(host, port)))
+    delivery = await asyncio.to_thread(_delivery_state, settings) if running else None
+    result = await asyncio.to_thread(
+        readiness,
+        settings.paths.spool,
+        settings.health.min_free_bytes,
+        listeners=listeners,
+        delivery=delivery,
+    )
+    for check in result.checks:
+        if check.name == "listener" and not running:
+            report.add("ready", None, "serve is not running: not ready for traffic yet")
+        else:
+            report.add("ready", check.ok, f"{check.name}: {check.detail}", check.fix)
+
+
+async def _accepts(host: str, port: int) -> bool:
+    """Whether *host*:*port* accepts a TCP connection within a few seconds."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _delivery_state(settings: Settings) -> tuple[bool, str] | None:
+    """Whether a delivery engine relays for the running server, as the stats files of
+    the processes sharing its spool say (None: no relay configured)."""
+    if not settings.relays:
+        return None
+    engines = [p for p in collect(settings.paths.spool).processes if p["running"] and p["relaying"]]
+    if not engines:
+        return False, "no process relays the queue (no running delivery process)"
+    engine = engines[0]
+    what = "the delivery process" if engine["role"] == "delivery" else "the server process"
+    return True, f"{what} (PID {engine['pid']}) relays the queue"
 
 
 async def _check_relays(
@@ -292,10 +401,12 @@ def _error_lines(log_file: Path, today: date) -> list[str]:
     try:
         with log_file.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                if " ERROR " not in line:
+                if "ERROR" not in line:
                     continue
-                match = _DATE.match(line)
-                if match is None or match.group(1) == day:
+                parsed = parse_line(line.rstrip("\n"))  # text or JSON lines
+                if parsed.level != "ERROR":
+                    continue
+                if not parsed.time or parsed.time.startswith(day):
                     found.append(line.rstrip("\n"))
     except OSError:
         return []

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from jdxmail.data_encoding import dot_stuffed
 from jdxmail.diagnostics.stages import StageResult
 from jdxmail.findings import Finding, KeyPath, Severity
 from jdxmail.providers import (
@@ -311,13 +312,18 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def _unchecked_context() -> ssl.SSLContext:
+    """A client TLS context that checks neither the certificate nor the host name."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _tls_context(target: RelayTarget) -> ssl.SSLContext:
     """The client TLS context; OSError/ssl.SSLError when the CA file cannot be used."""
     if not target.verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
+        return _unchecked_context()
     cafile = str(target.ca_file) if target.ca_file else None
     return ssl.create_default_context(cafile=cafile)
 
@@ -746,9 +752,7 @@ class _Prober:
 
     async def port_speaks_tls(self) -> bool:
         """True when a fresh connection to the port completes a TLS handshake."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = _unchecked_context()
         try:
             async with asyncio.timeout(self.target.timeout):
                 _, writer = await asyncio.open_connection(
@@ -895,9 +899,7 @@ class _Prober:
 
     async def fetch_certificate(self, *, implicit: bool) -> bytes | None:
         """The server's certificate (DER), from a fresh session that does not verify it."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = _unchecked_context()
         host, port = self.target.host, self.target.port
         writer: asyncio.StreamWriter | None = None
         try:
@@ -1111,10 +1113,7 @@ class _Prober:
             return
         started = time.perf_counter()
         body = opts.message or sample_message(opts.mail_from, opts.rcpt_to, self.target.host)
-        lines = body.replace(b"\r\n", b"\n").split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        payload = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
+        payload = dot_stuffed(body)
         try:
             reply = await session.command("DATA")
             if reply.code != 354:
@@ -1122,7 +1121,7 @@ class _Prober:
                 return
             session.transcript.append(("C", f"<message, {len(body)} bytes>"))
             session.transcript.append(("C", "."))
-            session.writer.write(payload + b".\r\n")
+            session.writer.write(payload)
             async with asyncio.timeout(self.target.timeout):
                 await session.writer.drain()
             reply = await session.reply()

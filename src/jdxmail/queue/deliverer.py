@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             f"run `jdxmail validate-config --config {args.config}`",
         )
     try:
-        configure_logging(settings.paths.logs, level=args.log_level)
+        configure_logging(
+            settings.paths.logs, level=args.log_level, log_format=settings.logging.format
+        )
     except LogSetupError as exc:
         return report.fail(str(exc), "make the folder writable or set Paths.Logs")
     try:

@@ -6,17 +6,24 @@ a leading dot is replaced, names are kept under 200 bytes, and a recipient whose
 name had to change gets a short hash of the real address appended (so two different
 odd addresses never share a mailbox). A second message with the same Message-ID in
 the same mailbox gets ``-1``, ``-2``… before ``.eml``; nothing is overwritten.
+
+Each copy starts with ``Return-Path: <envelope sender>`` and ``Delivered-To:
+<recipient>`` (RFC 5321 4.4: the final delivery records the envelope in the
+message), so the dev inbox can show the SMTP envelope without a second file per
+message; the two lines are written with the data in the same ``writev``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "MailboxDelivery",
+    "delivery_head",
     "mailbox_dir_for",
     "mailbox_name",
     "message_file_name",
@@ -65,6 +72,17 @@ def message_file_name(message_id: str, fallback: str) -> str:
     return name if name.strip("_") else fallback
 
 
+def delivery_head(mail_from: str, recipient: str) -> bytes:
+    """The ``Return-Path`` and ``Delivered-To`` lines put before a mailbox copy."""
+    sender = _LINE_BREAKS.sub("", mail_from)
+    rcpt = _LINE_BREAKS.sub("", recipient)
+    text = f"Return-Path: <{sender}>\r\nDelivered-To: <{rcpt}>\r\n"
+    return text.encode("utf-8", "surrogateescape")
+
+
+_LINE_BREAKS = re.compile(r"[\r\n\0]")
+
+
 @dataclass(slots=True)
 class MailboxDelivery:
     """One message file for one local mailbox, written to *tmp* then linked in place."""
@@ -73,6 +91,8 @@ class MailboxDelivery:
     tmp: Path
     directory: Path
     name: str
+    #: the envelope lines written before the data (see delivery_head)
+    head: bytes = b""
 
     def ensure_directory(self) -> set[Path]:
         """Create the mailbox folder if needed; return the folders whose entries changed."""

@@ -1,4 +1,4 @@
-"""Sessions to upstream relays with aiosmtplib, and what each upstream error means.
+"""Sessions to upstream relays with aiosmtplib, pooled, with pipelined hand-off.
 
 ``UseTls`` on port 465 is TLS from the first byte; on any other port STARTTLS is
 *required* (``start_tls=True``: if the relay does not offer it, the attempt fails
@@ -6,8 +6,8 @@ rather than sending in plaintext). Certificates are verified unless a relay says
 ``VerifyCertificate: false``. AUTH uses a mechanism the relay offers (PLAIN, else
 LOGIN), since some providers (Outlook) do not offer PLAIN.
 
-Every upstream failure becomes a :class:`Verdict` through :data:`OUTCOME_TABLE`,
-the one place that decides retry / bounce / fail over / count against the relay.
+Every upstream failure becomes a :class:`Verdict` through the outcome table in
+:mod:`jdxmail.queue.outcomes`; data is encoded by :mod:`jdxmail.data_encoding`.
 """
 
 from __future__ import annotations
@@ -15,283 +15,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
-import os
 import re
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.protocol import SMTPProtocol
 
+from jdxmail.data_encoding import CHUNK, dot_stuffed, stuffed_body, stuffed_pieces
+from jdxmail.queue._aiosmtplib_compat import (
+    KeepingProtocol,
+    command_lock,
+    drain,
+    expect_reply,
+    keeping_protocol,
+)
+from jdxmail.queue.outcomes import (
+    EightBitUnsupported,
+    Outcome,
+    RelayUnusable,
+    Scope,
+    Stage,
+    Verdict,
+    classify,
+    enhanced_status,
+)
 from jdxmail.queue.spool import SpooledBody
 from jdxmail.settings.model import RelaySettings
 
 __all__ = [
-    "OUTCOME_TABLE",
     "AttemptResult",
-    "EightBitUnsupported",
-    "Outcome",
     "Payload",
     "RecipientResult",
     "RelayPool",
-    "RelayUnusable",
-    "Scope",
-    "Stage",
     "StageError",
     "Transaction",
-    "Verdict",
-    "classify",
-    "dot_stuffed",
-    "enhanced_status",
     "payload_size",
     "rewrite_from_header",
     "send_data",
-    "stuffed_pieces",
 ]
 
 logger = logging.getLogger("jdxmail.relay")
-
-
-class Stage(enum.Enum):
-    """Where in the relay session something happened."""
-
-    CONNECT = "connect"
-    TLS = "tls"
-    EHLO = "ehlo"
-    AUTH = "auth"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
-
-
-class Outcome(enum.Enum):
-    """What becomes of a recipient after an attempt."""
-
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    BOUNCE = "bounce"
-
-
-class Scope(enum.Enum):
-    """Whom a failure concerns: the relay (try another), the message, or one recipient."""
-
-    RELAY = "relay"
-    MESSAGE = "message"
-    RECIPIENT = "recipient"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The decision for one failure: outcome, scope, fail over, count against the relay."""
-
-    outcome: Outcome
-    scope: Scope
-    failover: bool
-    trips_breaker: bool
-    status: str
-    code: int
-    reply: str
-    row: str
-
-    @property
-    def text(self) -> str:
-        """The reply as a user sees it: ``550 5.1.1 no such user``."""
-        return f"{self.code} {self.reply}" if self.code else self.reply
-
-
-class RelayUnusable(Exception):
-    """The relay session cannot be used for this attempt (STARTTLS missing, no AUTH...)."""
-
-    def __init__(self, message: str, *, stage: Stage, status: str = "4.7.0") -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.status = status
-
-
-ErrorTest = Callable[[Stage, BaseException], bool]
-
-
-class EightBitUnsupported(aiosmtplib.SMTPNotSupported):
-    """The message has 8-bit content and the relay does not offer 8BITMIME (RFC 6152)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One row of the outcome table."""
-
-    name: str
-    test: ErrorTest
-    outcome: Outcome
-    scope: Scope
-    failover: bool
-    trips_breaker: bool
-    status: str
-
-
-def _code(exc: BaseException) -> int:
-    return exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else 0
-
-
-def _is_4xx(exc: BaseException) -> bool:
-    return 400 <= _code(exc) < 500
-
-
-def _is_5xx(exc: BaseException) -> bool:
-    return 500 <= _code(exc) < 600
-
-
-def _network(exc: BaseException) -> bool:
-    return isinstance(exc, OSError | TimeoutError | aiosmtplib.SMTPServerDisconnected) or (
-        isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPTimeoutError)
-        and not isinstance(exc, aiosmtplib.SMTPResponseException)
-    )
-
-
-#: The one table from an upstream failure to what happens to the mail. First match
-#: wins; each row is tested in tests/queue/test_outcomes.py.
-OUTCOME_TABLE: tuple[Row, ...] = (
-    Row(
-        "certificate not trusted",
-        lambda s, e: isinstance(e, ssl.SSLCertVerificationError),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.5",
-    ),
-    Row(
-        "TLS handshake failed",
-        lambda s, e: isinstance(e, ssl.SSLError),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
-    ),
-    Row(
-        "relay unusable (no STARTTLS, no usable AUTH)",
-        lambda s, e: isinstance(e, RelayUnusable),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.0",
-    ),
-    Row(
-        "service closing (421)",
-        lambda s, e: _code(e) == 421,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.3.2",
-    ),
-    Row(
-        "greeting or EHLO refused",
-        lambda s, e: s in (Stage.CONNECT, Stage.EHLO, Stage.TLS) and _code(e) > 0,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.4.2",
-    ),
-    Row(
-        "authentication refused (our configuration, never the sender's fault)",
-        lambda s, e: s is Stage.AUTH,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.7.8",
-    ),
-    Row(
-        "connection failed, dropped or timed out",
-        lambda s, e: _network(e),
-        Outcome.RETRY, Scope.RELAY, True, True, "4.4.1",
-    ),
-    Row(
-        "relay lacks 8BITMIME for 8-bit content",
-        lambda s, e: isinstance(e, EightBitUnsupported),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.3",
-    ),
-    Row(
-        "relay lacks a needed extension (SMTPUTF8)",
-        lambda s, e: isinstance(e, aiosmtplib.SMTPNotSupported),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.6.7",
-    ),
-    Row(
-        "address the relay cannot take (bad syntax)",
-        lambda s, e: isinstance(e, ValueError),
-        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.1.3",
-    ),
-    Row(
-        "sender refused for now (MAIL 4xx)",
-        lambda s, e: s is Stage.MAIL and _is_4xx(e),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.0.0",
-    ),
-    Row(
-        "sender refused (MAIL 5xx)",
-        lambda s, e: s is Stage.MAIL and _is_5xx(e),
-        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.0.0",
-    ),
-    Row(
-        "recipient refused for now (RCPT 4xx)",
-        lambda s, e: s is Stage.RCPT and _is_4xx(e),
-        Outcome.RETRY, Scope.RECIPIENT, False, False, "4.0.0",
-    ),
-    Row(
-        "recipient refused (RCPT 5xx)",
-        lambda s, e: s is Stage.RCPT and _is_5xx(e),
-        Outcome.BOUNCE, Scope.RECIPIENT, False, False, "5.0.0",
-    ),
-    Row(
-        "message refused for now (DATA 4xx)",
-        lambda s, e: s is Stage.DATA and _is_4xx(e),
-        Outcome.RETRY, Scope.MESSAGE, True, False, "4.0.0",
-    ),
-    Row(
-        "message refused (DATA 5xx)",
-        lambda s, e: s is Stage.DATA and _is_5xx(e),
-        Outcome.BOUNCE, Scope.MESSAGE, False, False, "5.0.0",
-    ),
-    Row(
-        "anything else (unexpected reply or error)",
-        lambda s, e: True,
-        Outcome.RETRY, Scope.RELAY, True, True, "4.0.0",
-    ),
-)  # fmt: skip
-
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-def enhanced_status(code: int, text: str, default: str) -> str:
-    """The RFC 3463 status in *text* (``5.1.1``), else *default* with the code's class."""
-    match = _ENHANCED.match(text.strip())
-    if match:
-        return ".".join(match.groups())
-    if code >= 200:
-        return f"{code // 100}{default[1:]}"
-    return default
-
-
-def classify(stage: Stage, exc: BaseException) -> Verdict:
-    """Decide what an upstream failure at *stage* means, by :data:`OUTCOME_TABLE`."""
-    for row in OUTCOME_TABLE:
-        if row.test(stage, exc):
-            code = _code(exc)
-            if isinstance(exc, aiosmtplib.SMTPResponseException):
-                reply = exc.message
-            else:
-                reply = f"{stage.value}: {_describe(exc)}"
-            status = enhanced_status(code, reply, row.status)
-            if isinstance(exc, RelayUnusable):
-                status = exc.status
-            return Verdict(
-                outcome=row.outcome,
-                scope=row.scope,
-                failover=row.failover,
-                trips_breaker=row.trips_breaker,
-                status=status,
-                code=code,
-                reply=" ".join(reply.split()),
-                row=row.name,
-            )
-    raise AssertionError("the last row matches everything")  # pragma: no cover
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-        return f"certificate not trusted ({detail})"
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "timed out"
-    cause = exc.__cause__
-    if isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(cause, OSError):
-        exc = cause
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
 
 
 def rewrite_from_header(data: bytes, address: str) -> bytes:
@@ -383,31 +151,6 @@ def _mail_options(
     return passed, utf8
 
 
-def dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload for *data*: CRLF line endings, leading dots doubled, ``.`` line.
-
-    Spooled mail already has CRLF line endings only (the server normalises or refuses
-    bare CR/LF), so this is a single ``replace``; aiosmtplib's general path runs two
-    regular expressions over the message (about 2 ms per 100 KB here).
-    """
-    return _stuffed_body(data) + b".\r\n"
-
-
-def _stuffed_body(data: bytes) -> bytes:
-    """*data* dot-stuffed and ending in CRLF; *data* itself when nothing changes."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _LINE_ENDINGS.sub(b"\r\n", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return _stuffed(data, line_start=True)
-
-
-#: messages larger than this are written in pieces of this size, each after the
-#: socket took the one before, so they are not copied whole into a write buffer
-_CHUNK = 1 << 20
-
-
 #: what is sent as a message's data: bytes, or a big message left in its spool file
 Payload = bytes | SpooledBody
 
@@ -417,39 +160,6 @@ def payload_size(data: Payload) -> int:
     return data.size if isinstance(data, SpooledBody) else len(data)
 
 
-def stuffed_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """Dot-stuffed DATA payload (without the final ``.`` line) of data read in pieces.
-
-    Each piece sent ends at a line end, so a dot that begins a line is seen whole
-    even when the reads split ``CRLF.``; the last line gets a CRLF if it lacks one.
-    """
-    carry = b""
-    line_start = True
-    sent = False
-    for piece in pieces:
-        text = carry + piece if carry else piece
-        cut = text.rfind(b"\r\n") + 2
-        if cut < 2 and len(text) <= 4 * _CHUNK:
-            carry = text  # no line end yet: wait for the rest of the line
-            continue
-        if cut < 2:
-            cut = len(text)  # a run without line ends (not from jdxmail's spool)
-        out, carry = text[:cut], text[cut:]
-        yield _stuffed(out, line_start)
-        line_start, sent = out.endswith(b"\r\n"), True
-    if carry or not line_start or not sent:  # (no data at all is one empty line)
-        yield _stuffed(carry, line_start) + b"\r\n"
-
-
-def _stuffed(text: bytes, line_start: bool) -> bytes:
-    """*text* with a dot doubled at each line start (*text* itself when it has none)."""
-    if b"\r\n." in text:
-        text = text.replace(b"\r\n.", b"\r\n..")
-    if line_start and text.startswith(b"."):
-        text = b"." + text
-    return text
-
-
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
     if _is_small(data):
@@ -457,43 +167,40 @@ async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
-        pieces = stuffed_pieces(data.pieces(_CHUNK))
+        pieces = stuffed_pieces(data.pieces(CHUNK))
     else:
-        view = memoryview(_stuffed_body(data))
-        pieces = (view[start : start + _CHUNK] for start in range(0, len(view), _CHUNK))
+        view = memoryview(stuffed_body(data))
+        pieces = (view[start : start + CHUNK] for start in range(0, len(view), CHUNK))
     for piece in pieces:
         protocol.write(piece)  # type: ignore[arg-type]
-        await protocol._drain_helper()
+        await drain(protocol)
     protocol.write(b".\r\n")
 
 
 def _is_small(data: Payload) -> TypeGuard[bytes]:
     """True when *data* is in memory and goes out in one write."""
-    return not isinstance(data, SpooledBody) and len(data) <= _CHUNK
-
-
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+    return not isinstance(data, SpooledBody) and len(data) <= CHUNK
 
 
 async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPResponse:
     """DATA with *data* on *client*, like ``client.data()`` but without its regex passes.
 
-    Uses the same protocol steps as aiosmtplib's own DATA command; if a future
-    aiosmtplib no longer has them, falls back to ``client.data()``.
+    Uses the same protocol steps as aiosmtplib's own DATA command (through
+    _aiosmtplib_compat); falls back to ``client.data()`` when the connection is gone.
     """
     protocol = client.protocol
-    lock = getattr(protocol, "_command_lock", None)
-    if protocol is None or lock is None or not hasattr(protocol, "_response_pending"):
+    lock = None if protocol is None else command_lock(protocol)
+    if protocol is None or lock is None:
         return await client.data(data.read() if isinstance(data, SpooledBody) else data)
     timeout = client.timeout
     try:
         async with lock:
-            protocol._response_pending = True
+            expect_reply(protocol)
             protocol.write(b"DATA\r\n")
             start = await protocol.read_response(timeout=timeout)
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
-            protocol._response_pending = True
+            expect_reply(protocol)
             await _write_payload(protocol, data)
             reply = await protocol.read_response(timeout=timeout)
             if reply.code != 250:
@@ -502,128 +209,6 @@ async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPRe
         client.close()
         raise
     return reply
-
-
-#: where the event loop reads relay replies into (recv_into); shared by all sessions,
-#: as each read is handed over (buffer_updated) before the next one begins
-_RECV_BUFFER = memoryview(bytearray(16 * 1024))
-
-
-class _KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):
-    """aiosmtplib's protocol, except that replies arriving early are kept.
-
-    aiosmtplib (5.1) drops data that arrives while a parsed reply waits to be taken,
-    so several replies to pipelined commands (RFC 2920) could be lost. This keeps
-    everything in the buffer and parses the next reply from it first. It is also a
-    buffered protocol (see _keeping_protocol): reads land in one shared buffer
-    instead of a new 256 KiB bytes object each, which glibc maps and unmaps.
-    """
-
-    #: set while read_replies waits for more data (a class default: instances are
-    #: switched to this class after aiosmtplib made them, so __init__ never runs)
-    _more: asyncio.Future[None] | None = None
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_RECV_BUFFER[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
-        waiter = self._response_waiter
-        if waiter is None:
-            return
-        self._buffer.extend(data)
-        if len(self._buffer) > MAX_RESPONSE_LENGTH * 4:
-            del self._buffer[:]
-            if self.transport is not None:
-                self.transport.close()
-            return
-        more = self._more
-        if more is not None:
-            if not more.done():
-                more.set_result(None)
-            return
-        if waiter.done() or not getattr(self, "_response_pending", True):
-            # Nobody reads yet (replies to commands sent ahead of their
-            # transaction's turn): they wait in the buffer for read_replies.
-            return
-        try:
-            response = self._read_response_from_buffer()
-        except Exception as exc:  # handed to the reader, as aiosmtplib does
-            self._set_response_exception(waiter, exc)
-        else:
-            if response is not None:
-                waiter.set_result(response)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        more = self._more
-        super().connection_lost(exc)
-        if more is not None and not more.done():
-            more.set_exception(aiosmtplib.SMTPServerDisconnected("Connection lost"))
-            more.exception()  # retrieved: the reader may be gone already
-
-    async def read_replies(
-        self, count: int, patience: float | None
-    ) -> list[aiosmtplib.SMTPResponse]:
-        """The next *count* replies in order, within *patience* seconds for all of them."""
-        replies: list[aiosmtplib.SMTPResponse] = []
-        loop = self._loop
-        waiter = self._response_waiter
-        if waiter is not None and waiter.done() and not waiter.cancelled():
-            # a reply aiosmtplib's reader took from the buffer before this read: the
-            # oldest (raises if it was malformed)
-            replies.append(waiter.result())
-            self._response_waiter = loop.create_future()
-        deadline = None if patience is None else loop.time() + patience
-        while len(replies) < count:
-            response = self._read_response_from_buffer() if self._buffer else None
-            if response is not None:
-                replies.append(response)
-                continue
-            if self.transport is None:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            # One timer per wait for data rather than an asyncio.timeout() scope
-            # (which costs several handles and a task uncancel per reply read).
-            more = self._more = loop.create_future()
-            timer = None if deadline is None else loop.call_at(deadline, _expire, more, patience)
-            try:
-                await more
-            finally:
-                self._more = None
-                if timer is not None:
-                    timer.cancel()
-        return replies
-
-    async def read_response(
-        self,
-        timeout: float | None = None,  # noqa: ASYNC109 (the signature aiosmtplib calls)
-    ) -> aiosmtplib.SMTPResponse:
-        waiter = self._response_waiter
-        if waiter is not None and not waiter.done() and self._buffer:
-            response = self._read_response_from_buffer()
-            if response is not None:
-                return response
-        return await super().read_response(timeout)
-
-
-def _expire(waiter: asyncio.Future[None], patience: float | None) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"no reply within {patience:g} s"))
-
-
-def _keeping_protocol(client: aiosmtplib.SMTP) -> _KeepingProtocol | None:
-    """*client*'s protocol, switched to keep early replies; None if that is unsafe."""
-    protocol = client.protocol
-    if isinstance(protocol, _KeepingProtocol):
-        return protocol
-    if type(protocol) is not SMTPProtocol or not hasattr(protocol, "_response_waiter"):
-        return None
-    protocol.__class__ = _KeepingProtocol
-    transport = protocol.transport
-    if transport is not None:
-        transport.set_protocol(protocol)  # so the transport reads with get_buffer now
-    return protocol  # type: ignore[return-value]
 
 
 #: a plain dot-atom address, which aiosmtplib's quote_address returns unchanged in <>
@@ -711,11 +296,11 @@ class RelayConnection:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def pipelining(self) -> _KeepingProtocol | None:
+    def pipelining(self) -> KeepingProtocol | None:
         """The protocol to pipeline commands on (RFC 2920), if the relay offers it."""
         if not self.client.supports_extension("pipelining"):
             return None
-        return _keeping_protocol(self.client)
+        return keeping_protocol(self.client)
 
     def prepare(self, tx: Transaction) -> bytes:
         """Make *tx* ready for this session; return its MAIL, RCPT and DATA commands.
@@ -855,7 +440,7 @@ class RelayConnection:
 
     async def _send_pipelined(
         self,
-        protocol: _KeepingProtocol,
+        protocol: KeepingProtocol,
         tx: Transaction,
         pool: RelayPool | None,
         commands: bytes = b"",
@@ -874,7 +459,7 @@ class RelayConnection:
         accepted: list[str] = []
         refusals: list[tuple[str, Verdict]] = []
         final: aiosmtplib.SMTPResponse | None = None
-        lock = protocol._command_lock
+        lock = command_lock(protocol)
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         async with lock:

@@ -53,7 +53,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jdxmail.process import libc, tmp_writer_alive
-from jdxmail.queue.mailbox import MailboxDelivery, mailbox_dir_for, message_file_name
+from jdxmail.queue.mailbox import (
+    MailboxDelivery,
+    delivery_head,
+    mailbox_dir_for,
+    message_file_name,
+)
 
 __all__ = [
     "FLUSH_FILE",
@@ -328,12 +333,6 @@ def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
     return b"".join((MAGIC, line, b"\n"))
 
 
-def encode_queued(queue_id: str, message: AcceptedMessage) -> bytes:
-    """The bytes of ``queue/ID.msg``: magic line, one JSON envelope line, the data."""
-    tail = b"" if message.tail is None else os.pread(message.tail.fd, message.tail.size, 0)
-    return encode_queued_head(queue_id, message) + message.data + tail
-
-
 def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
     """The envelope of a queue file from its first bytes, and where the data starts."""
     if not raw.startswith(MAGIC):
@@ -386,12 +385,6 @@ def _queued(
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
-
-
-def decode_queued(raw: bytes, queue_id: str) -> QueuedMessage:
-    """Parse the bytes of a queue file; raise CorruptSpoolFile when they do not check out."""
-    header, start = _parse_header(raw, queue_id)
-    return _queued(header, raw[start:], queue_id)
 
 
 def read_queued_message(path: Path) -> QueuedMessage:
@@ -816,6 +809,7 @@ class Spool:
                     tmp=self.mailbox_tmp_dir / self._tmp_name(plan.queue_id),
                     directory=directory,
                     name=name,
+                    head=delivery_head(message.mail_from, recipient),
                 )
             )
 
@@ -1064,7 +1058,9 @@ class Spool:
                 )
             for delivery in plan.mailbox_files:
                 plan.tmp_files.append(delivery.tmp)
-                write_synced(delivery.tmp, (message.data,), sync=sync, tail=message.tail)
+                write_synced(
+                    delivery.tmp, (delivery.head, message.data), sync=sync, tail=message.tail
+                )
         except BaseException:
             self._undo(plan)
             raise

@@ -30,19 +30,17 @@ from typing import Any
 import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
+from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
 from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
+from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
-    EightBitUnsupported,
-    Outcome,
     Payload,
     RelayPool,
-    Stage,
     StageError,
     Transaction,
-    classify,
     rewrite_from_header,
 )
 from jdxmail.queue.spool import (
@@ -70,7 +68,7 @@ from jdxmail.queue.state import (
     write_json_atomic,
 )
 from jdxmail.settings.model import DeliverySettings, Settings
-from jdxmail.stats import Counters, RelayHealth
+from jdxmail.stats import LATENCY_BUCKETS, Counters, RelayHealth
 
 __all__ = [
     "CircuitBreaker",
@@ -150,7 +148,8 @@ class DeliveryOptions:
     @classmethod
     def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
         """The options the config's ``Delivery`` section asks for."""
-        return cls(**delivery.model_dump())
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in delivery.model_dump().items() if k in names})
 
 
 @dataclass(slots=True)
@@ -368,7 +367,12 @@ class DeliveryEngine:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Scan the spool (logging what a previous run left), start the workers."""
+        """Scan the spool (logging what a previous run left), start the workers.
+
+        Raises AiosmtplibMismatch when the installed aiosmtplib lacks a member the
+        relay uses, before any message is tried.
+        """
+        check_aiosmtplib()
         for pool in self.pools:
             if not pool.relay.verify_certificate:
                 relay_log.warning(
@@ -842,6 +846,12 @@ class DeliveryEngine:
             if quota is not None and not delivered:
                 await asyncio.to_thread(self.quota.give_back, pool.name, now)
             failure = result.failure
+            outcome = (
+                "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
+            )
+            self.counters.count(
+                "jdxmail_delivery_attempts_total", (("relay", pool.name), ("outcome", outcome))
+            )
             if failure is not None and failure.status in _LACKING:
                 lacking.append(failure.status)
             if failure is not None and failure.trips_breaker:
@@ -1138,6 +1148,11 @@ class DeliveryEngine:
             )
         else:
             self.counters.relayed += 1
+            self.counters.observe(
+                "jdxmail_delivery_latency_seconds",
+                max(0.0, self.clock() - message.received_at),
+                LATENCY_BUCKETS,
+            )
             self._remove_later(queue_id, loaded)
 
     async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:

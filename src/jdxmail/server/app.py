@@ -21,17 +21,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from jdxmail.inbox.index import MailboxIndex, RetentionLimits
 from jdxmail.logs import register_secret
+from jdxmail.queue._aiosmtplib_compat import AiosmtplibMismatch
 from jdxmail.queue.spool import Spool, SpoolError
+from jdxmail.server.chaos import Chaos
+from jdxmail.server.domaincheck import DomainCheck, system_resolver
 from jdxmail.server.errors import ServerDisabledError, ServerError, StorageError, bind_error
 from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
-from jdxmail.settings.model import Settings
+from jdxmail.settings.model import Settings, parse_resolver
 from jdxmail.settings.save import restart_needed
 from jdxmail.stats import Counters, ProcessStats, StatsRecorder
+
+if TYPE_CHECKING:
+    from jdxmail.health import Readiness
 
 __all__ = ["FROM_SETTINGS", "BoundAddress", "Component", "DeliveryMode", "SmtpServerApp"]
 
@@ -72,6 +79,11 @@ class BoundAddress:
             scheme += "+proxy"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def _where(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _capped_per_client(client_ip: str) -> bool:
@@ -155,6 +167,11 @@ class SmtpServerApp:
         #: True when that certificate is the self-signed dev certificate
         self.certificate_self_signed = False
         self.throttle = AuthThrottle(server.auth_failure_limit, server.auth_failure_window)
+        #: injected failures (off by default), kept across reloads
+        self.chaos = Chaos(settings.paths.spool / "chaos.json")
+        #: the index of the local mailboxes (the dev inbox), made by start() in the
+        #: process that relays (one per ``serve --workers``), else None
+        self.inbox: MailboxIndex | None = None
         self.runtime = self._runtime(settings)
         self.components: list[Component] = []
         self.addresses: list[BoundAddress] = []
@@ -167,6 +184,8 @@ class SmtpServerApp:
         #: True while pause_listeners() has the listeners closed
         self.paused = False
         self._servers: list[asyncio.Server] = []
+        #: each listener's scheme as BoundAddress shows it (for readiness)
+        self._schemes: dict[asyncio.Server, str] = {}
         #: listeners bound by _start that accept once everything else has started
         self._bound: list[tuple[asyncio.Server, int, str]] = []
         self._sessions: set[SmtpSession] = set()
@@ -199,15 +218,19 @@ class SmtpServerApp:
         """Admit *session*, or name the limit that is reached (the settings key)."""
         server = self.runtime.server
         if self._stopping or len(self._sessions) >= server.max_connections:
+            self.counters.refused_max_connections += 1
             return "MaxConnections"
         ip = session.client_ip
         if _capped_per_client(ip):
             count = self._per_client.get(ip, 0)
             if count >= server.max_connections_per_client:
+                self.counters.refused_per_client += 1
                 return "MaxConnectionsPerClient"
             self._per_client[ip] = count + 1
         self._sessions.add(session)
         self.counters.connections += 1
+        if session.implicit_tls:
+            self.counters.tls_implicit += 1
         return None
 
     def session_closed(self, session: SmtpSession) -> None:
@@ -233,6 +256,40 @@ class SmtpServerApp:
                 return component.pid
         return None
 
+    async def readiness(self) -> Readiness:
+        """Whether this server should get traffic: listeners, spool, delivery process."""
+        from jdxmail.health import readiness  # noqa: PLC0415
+        from jdxmail.process import process_alive  # noqa: PLC0415
+
+        listeners = [
+            (f"{self._schemes.get(server, 'smtp')}://{_where(sock)}", self._accepting(server))
+            for server in self._servers
+            for sock in server.sockets
+        ]
+        delivery: tuple[bool, str] | None = None
+        if self.settings.relays and self.delivery == "process":
+            pid = self.delivery_pid
+            alive = pid is not None and process_alive(pid)
+            delivery = (
+                alive,
+                f"the delivery process (PID {pid}) runs"
+                if alive
+                else "the delivery process is not running",
+            )
+        elif self.settings.relays and self.delivery == "inline":
+            delivery = (True, "relaying from the server process")
+        paths = self.settings.paths
+        return await asyncio.to_thread(
+            readiness,
+            paths.spool,
+            self.settings.health.min_free_bytes,
+            listeners=listeners,
+            delivery=delivery,
+        )
+
+    def _accepting(self, server: asyncio.Server) -> bool:
+        return server.is_serving() and not self._stopping and not self._stop_requested.is_set()
+
     @property
     def session_count(self) -> int:
         """Open client sessions."""
@@ -251,7 +308,32 @@ class SmtpServerApp:
         policy = Policy(
             server, relays_configured=bool(settings.relays), tls_available=tls_available
         )
-        return Runtime(server=server, host_name=server.effective_host_name, policy=policy)
+        return Runtime(
+            server=server,
+            host_name=server.effective_host_name,
+            policy=policy,
+            domain_check=self._domain_check(settings),
+            chaos=self.chaos,
+        )
+
+    def _domain_check(self, settings: Settings) -> DomainCheck | None:
+        """The recipient-domain check when ``Delivery.CheckRecipientDomain`` is on."""
+        delivery = settings.delivery
+        if not delivery.check_recipient_domain or not settings.relays:
+            return None
+        if delivery.dns_resolver is not None:
+            resolver = parse_resolver(delivery.dns_resolver)
+        else:
+            found = system_resolver()
+            if found is None:
+                logger.warning(
+                    "Delivery.CheckRecipientDomain is on, but no DNS server is known "
+                    "(no nameserver in /etc/resolv.conf): recipient domains are not "
+                    "checked; set Delivery.DnsResolver"
+                )
+                return None
+            resolver = found
+        return DomainCheck(resolver)
 
     def _default_components(self) -> list[Component]:
         """Components started with every server besides those added with add_component.
@@ -268,13 +350,17 @@ class SmtpServerApp:
             sessions=lambda: self.session_count,
         )
         self.stats_recorder = recorder
+        components: list[Component] = [recorder]
+        if self.delivery != "none":  # one inbox per serve (the worker that relays)
+            self.inbox = MailboxIndex(self.settings.paths.mailbox, limits=self._mailbox_limits)
+            components.append(self.inbox)
         if not self.settings.relays or self.delivery == "none":
-            return [recorder]
+            return components
         if self.delivery == "process" and self.config_path is not None:
             from jdxmail.server.delivery import DeliveryProcess  # noqa: PLC0415
 
             return [
-                recorder,
+                *components,
                 DeliveryProcess(
                     self.config_path,
                     grace=self.grace,
@@ -287,7 +373,12 @@ class SmtpServerApp:
 
         engine = DeliveryEngine(self.settings, self._own_spool, counters=self.counters)
         recorder.relays = engine.relay_health
-        return [recorder, engine]
+        return [*components, engine]
+
+    def _mailbox_limits(self) -> RetentionLimits:
+        mailbox = self.settings.mailbox
+        max_age = None if mailbox.max_age is None else float(mailbox.max_age)
+        return RetentionLimits(max_messages=mailbox.max_messages, max_age=max_age)
 
     def add_component(self, component: Component) -> None:
         """Run *component* with the server: started before the listeners, stopped after."""
@@ -456,6 +547,9 @@ class SmtpServerApp:
                         key = "SmtpServer.ProxyPort"
                     raise bind_error(exc, address.host, address.port, key) from None
                 servers.append(server)
+                self._schemes[server] = (
+                    "smtp+proxy" if address.proxy else "smtps" if implicit else "smtp"
+                )
         except BaseException:
             for server in servers:
                 server.close()
@@ -492,8 +586,12 @@ class SmtpServerApp:
                     "Paths.Spool to a folder it may write",
                 ) from None
         for component in [*self._default_components(), *self.components]:
-            await component.start()
+            try:
+                await component.start()
+            except AiosmtplibMismatch as exc:
+                raise ServerError(str(exc), "pip install --upgrade aiosmtplib") from None
             self._started_components.append(component)
+        await self.chaos.start(reset=self.inbox is not None)
         if self._before_listen is not None:
             await self._before_listen()
         for server, port, key in self._bound:
@@ -548,6 +646,7 @@ class SmtpServerApp:
             raise bind_error(exc, self.bind_address, port, key) from None
         for server in servers:
             self._servers.append(server)
+            self._schemes[server] = "smtp+proxy" if proxy else "smtps" if implicit else "smtp"
             self._bound.append((server, port, key))
             for sock in server.sockets:
                 host, bound_port = sock.getsockname()[:2]
@@ -624,6 +723,7 @@ class SmtpServerApp:
             except Exception:
                 logger.exception("a component failed to stop")
         self._started_components.clear()
+        await self.chaos.stop()
         if self._own_spool is not None:
             await self._own_spool.close()
         self._servers.clear()

@@ -80,11 +80,6 @@ class Policy:
         #: is_trusted's answers by client address (asked for every RCPT)
         self._trusted: dict[str, bool] = {}
 
-    @property
-    def has_users(self) -> bool:
-        """True when at least one user may log in."""
-        return bool(self._users)
-
     def user(self, name: str) -> UserSettings | None:
         """The user called *name* (case-insensitive), or None."""
         return self._users.get(name.casefold())

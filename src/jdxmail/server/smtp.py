@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from jdxmail import replies
+from jdxmail.data_encoding import has_bare_line_ending, to_crlf, unstuffed
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.replies import Reply
 from jdxmail.server import proxy as proxy_protocol
@@ -38,13 +39,23 @@ from jdxmail.server.auth import (
     decode_utf8,
     parse_plain,
 )
+from jdxmail.server.domaincheck import DomainCheck
 from jdxmail.server.policy import AuthThrottle, Policy, Route
-from jdxmail.stats import Counters
+from jdxmail.stats import COMMIT_BUCKETS, Counters
 
 if TYPE_CHECKING:
+    from jdxmail.server.chaos import Chaos
     from jdxmail.settings.model import SmtpServerSettings
 
 __all__ = ["DataSpill", "MessageStore", "Runtime", "SessionHost", "SmtpSession"]
+
+#: the rejection reason (for /metrics) of a message refused by clean_data or DataSpill
+_REJECTION_REASONS: dict[Reply, str] = {
+    replies.BARE_LINE_ENDING: "smuggling",
+    replies.NUL_BYTE: "smuggling",
+    replies.STORE_FAILED: "storage",
+    replies.STORE_FULL: "storage",
+}
 
 logger = logging.getLogger("jdxmail.smtp")
 auth_logger = logging.getLogger("jdxmail.auth")
@@ -60,7 +71,6 @@ _INLINE_CLEAN_LIMIT = 1024 * 1024
 #: DATA past this many bytes goes to a file in the spool's tmp/ as it arrives
 SPILL_THRESHOLD = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 _DATE = re.compile(rb"(?im)^date[ \t]*:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
@@ -114,6 +124,10 @@ class Runtime:
     server: SmtpServerSettings
     host_name: str
     policy: Policy
+    #: asks DNS whether relayed recipients' domains take mail (CheckRecipientDomain)
+    domain_check: DomainCheck | None = None
+    #: injected failures for testing clients (docs/web.md); None or inactive: none
+    chaos: Chaos | None = None
 
 
 class SessionHost(Protocol):
@@ -318,11 +332,6 @@ class SmtpSession(asyncio.BufferedProtocol):
         self._wake()
 
     # -- I/O ------------------------------------------------------------------------
-
-    @property
-    def in_transaction(self) -> bool:
-        """True between MAIL and the reply to DATA (or RSET)."""
-        return self.transaction is not None or self.phase is _Phase.BUSY
 
     def send(self, reply: Reply) -> None:
         """Queue one reply; it is written before the session next waits for input."""
@@ -595,11 +604,25 @@ class SmtpSession(asyncio.BufferedProtocol):
                     if self._log.isEnabledFor(logging.DEBUG):
                         shown = verb if verb == "AUTH" else f"{verb} {arg}".strip()
                         self._log.debug(">> %s", shown)
+                    chaos = self.host.runtime.chaos
+                    if chaos is not None and chaos.active and self._chaos(chaos, verb):
+                        continue
                     await handler(arg)
             if bad_commands >= BAD_COMMAND_LIMIT:
                 self._log.warning("%s sent too many bad commands, closing", self.client_ip)
                 self.send(replies.TOO_MANY_ERRORS.format(host=self.host.runtime.host_name))
                 return
+
+    def _chaos(self, chaos: Chaos, verb: str) -> bool:
+        """Answer an injected failure instead of *verb* when chaos says so (testing)."""
+        reply = chaos.reply(verb)  # (other verbs have no rule: None)
+        if reply is None:
+            return False
+        self._log.info("chaos: answered %s with %s", verb, reply.code)
+        self.send(reply)
+        if reply.code == 421:
+            self.close()
+        return True
 
     def _decode_command(self, raw: bytes | None) -> Reply | tuple[str, str]:
         if raw is None:
@@ -741,6 +764,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             raise _Closed
         self._transport = new_transport
         self.tls_active = True
+        self.host.counters.tls_starttls += 1
         # RFC 3207 §4.2: forget everything learned before TLS, including any login.
         self.helo, self.esmtp, self.auth_user = None, False, None
         self._reset_transaction()
@@ -771,6 +795,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         if self.host.throttle.blocked(self.client_ip):
             self._auth_log.warning("%s is throttled after failed logins", self.client_ip)
+            self.host.counters.reject("throttled")
             self.send(replies.AUTH_THROTTLED)
             self.close()
             return
@@ -806,6 +831,7 @@ class SmtpSession(asyncio.BufferedProtocol):
         user = runtime.policy.user(username)
         outcome = await check_password(user, password)
         if outcome.success and authzid in ("", username) and user is not None:
+            self.host.counters.auth_successes += 1
             self.auth_user = user.user_name
             self._auth_log.info(
                 "%s logged in as %s (%s)", self.client_ip, user.user_name, mechanism
@@ -920,7 +946,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 self._log.warning(
                     "user %s may not send as <%s> (AllowedSenders)", self.auth_user, address
                 )
-                self.host.counters.rejected += 1
+                self.host.counters.reject("policy")
                 self.send(replies.SENDER_NOT_ALLOWED.format(user=self.auth_user))
                 return
         self.transaction = _Transaction(address, smtputf8, options)
@@ -939,7 +965,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 if not value.isdigit() or len(value) > 20:
                     raise _SyntaxProblem(replies.BAD_PARAMETER.format(name="SIZE"))
                 if int(value) > limit:
-                    self.host.counters.rejected += 1
+                    self.host.counters.reject("size")
                     raise _SyntaxProblem(replies.TOO_BIG.format(limit=limit))
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
@@ -976,7 +1002,7 @@ class SmtpSession(asyncio.BufferedProtocol):
             return
         policy = runtime.policy
         if transaction.count >= runtime.server.max_recipients:
-            self.host.counters.rejected += 1
+            self.host.counters.reject("recipients")
             self.send(replies.TOO_MANY_RECIPIENTS.format(limit=runtime.server.max_recipients))
             return
         if not policy.may_send_to(
@@ -988,10 +1014,18 @@ class SmtpSession(asyncio.BufferedProtocol):
                 address,
                 transaction.mail_from,
             )
-            self.host.counters.rejected += 1
+            self.host.counters.reject("policy")
             self.send(replies.RELAY_DENIED)
             return
-        target = transaction.local if policy.route(address) is Route.LOCAL else transaction.relay
+        route = policy.route(address)
+        if route is Route.RELAY and runtime.domain_check is not None:
+            refusal = await runtime.domain_check.refusal(address)
+            if refusal is not None:
+                self._log.warning("refused <%s>: %s", address, refusal.text)
+                self.host.counters.rejected += 1
+                self.send(refusal)
+                return
+        target = transaction.local if route is Route.LOCAL else transaction.relay
         if address.casefold() not in (a.casefold() for a in target):
             target.append(address)
         self.send(replies.RECIPIENT_OK)
@@ -1025,7 +1059,7 @@ class SmtpSession(asyncio.BufferedProtocol):
                 transaction.mail_from,
                 limit,
             )
-            self.host.counters.rejected += 1
+            self.host.counters.reject("size")
             self.send(replies.TOO_BIG.format(limit=limit))
             return
         await self._accept(transaction, content, unstuff=True)
@@ -1060,10 +1094,11 @@ class SmtpSession(asyncio.BufferedProtocol):
             )
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
-            self.host.counters.rejected += 1
+            self.host.counters.reject(_REJECTION_REASONS.get(problem, "content"))
             self.send(problem)
             return
         self._messages += 1
+        size = len(body) + (tail.size if tail is not None else 0)
         received_at = time.time()
         data, message_id = add_trace_headers(
             body,
@@ -1092,16 +1127,17 @@ class SmtpSession(asyncio.BufferedProtocol):
             mail_options=transaction.options,
             tail=tail,
         )
+        started = time.perf_counter()
         try:
             queue_id = await self.host.store.store(message)
         except SpoolError as exc:
             self._log.error("could not store the message from <%s>: %s", transaction.mail_from, exc)
-            self.host.counters.rejected += 1
+            self.host.counters.reject("storage")
             self.send(replies.STORE_FULL if isinstance(exc, SpoolFull) else replies.STORE_FAILED)
             return
         except Exception:
             self._log.exception("could not store the message from <%s>", transaction.mail_from)
-            self.host.counters.rejected += 1
+            self.host.counters.reject("storage")
             self.send(replies.STORE_FAILED)
             return
         self._log.info(
@@ -1113,7 +1149,12 @@ class SmtpSession(asyncio.BufferedProtocol):
             ",".join(transaction.relay) or "-",
             queue_id,
         )
-        self.host.counters.accepted += 1
+        counters = self.host.counters
+        counters.observe(
+            "jdxmail_spool_commit_seconds", time.perf_counter() - started, COMMIT_BUCKETS
+        )
+        counters.accepted += 1
+        counters.received_bytes += size
         self.send(replies.QUEUED.format(queue_id=queue_id))
 
     # -- BDAT (RFC 3030) -----------------------------------------------------------------
@@ -1310,21 +1351,15 @@ def clean_data(
 def _unstuff(
     content: bytes | bytearray, *, normalize: bool, unstuff: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
-    # Three C-speed counts instead of a pass in Python; they also catch "\n\r".
-    crlf = content.count(b"\r\n")
-    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+    if has_bare_line_ending(content):
         if not normalize:
             return b"", replies.BARE_LINE_ENDING
-        content = _LINE_END.sub(b"\r\n", content)
+        content = to_crlf(content)
     if _has_long_line(content):
         return b"", replies.DATA_LINE_TOO_LONG
     if not unstuff:
         return content, None
-    if content.startswith(b"."):
-        content = content[1:]
-    elif b"\r\n." not in content:
-        return content, None
-    return content.replace(b"\r\n.", b"\r\n"), None
+    return unstuffed(content), None
 
 
 class DataSpill:
@@ -1571,6 +1606,8 @@ def _check_address(address: str, smtputf8: bool) -> None:
         raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="no domain"))
     if domain:
         if domain.startswith("[") and domain.endswith("]"):
+            if not _address_literal(domain[1:-1]):
+                raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad address literal"))
             return
         ascii_domain = domain
         if not domain.isascii():
@@ -1580,3 +1617,21 @@ def _check_address(address: str, smtputf8: bool) -> None:
                 raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain")) from None
         if len(ascii_domain) > 253 or not _DOMAIN.fullmatch(ascii_domain):
             raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain"))
+
+
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+")
+
+
+def _address_literal(text: str) -> bool:
+    """Whether *text* (between the brackets) is an RFC 5321 4.1.3 address literal:
+    a dotted-quad IPv4 address, ``IPv6:`` and an IPv6 address, or ``tag:content``."""
+    try:
+        if text[:5].upper() == "IPV6:":
+            ipaddress.IPv6Address(text[5:])
+        else:
+            if ":" in text:
+                return _GENERAL_LITERAL.fullmatch(text) is not None
+            ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True

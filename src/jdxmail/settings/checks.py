@@ -79,7 +79,23 @@ def check_settings(
         for check in (_check_relay_tls, _check_relay_provider):
             check(relay, path, emit)
     _check_file_mode(settings, source, emit)
+    _check_metrics(settings, emit)
     return findings
+
+
+def _check_metrics(settings: Settings, emit: Emit) -> None:
+    """The Metrics listener has no login: off loopback anyone who reaches it reads it."""
+    metrics = settings.metrics
+    if metrics.enabled and not _is_loopback(metrics.bind_address):
+        emit(
+            Severity.WARNING,
+            "metrics.off-loopback",
+            f"the Metrics listener on {metrics.bind_address} has no login: whoever reaches "
+            "it reads the figures (relay names, traffic) and the readiness",
+            "bind it to an interface only the monitoring network reaches, or firewall the "
+            "port to the Prometheus servers",
+            ("Metrics", "BindAddress"),
+        )
 
 
 def _check_server(settings: Settings, emit: Emit, addresses: set[str]) -> None:

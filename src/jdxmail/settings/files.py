@@ -8,8 +8,11 @@ case-insensitively, as .NET's configuration binder does.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import functools
+import json
 import os
 import re
 import types
@@ -22,7 +25,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel
 
-from jdxmail.findings import Finding, KeyPath, Severity, has_errors
+from jdxmail.findings import Finding, KeyPath, Severity, format_path, has_errors
 from jdxmail.settings import jsonc, tomlfile
 from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, Settings, section_aliases
 
@@ -34,15 +37,19 @@ __all__ = [
     "ConfigParseError",
     "ConfigSource",
     "LoadedConfig",
+    "apply_environment",
     "builtin_source",
     "find_config",
     "inspect_source",
     "load_settings",
+    "override_origins",
     "read_source",
     "source_from_text",
 ]
 
 CONFIG_ENV = "JDXMAIL_CONFIG"
+#: ``JDXMAIL_Section__Key__0__Key=value`` overrides a key of the file (.NET's convention)
+OVERRIDE_PREFIX = "JDXMAIL_"
 DEFAULT_NAMES = ("appsettings.json", "jdxmail.toml")
 _SECRET_KEYS = {"password"}
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -99,6 +106,12 @@ class ConfigSource:
     #: ``("Jdx",)`` when the sections sit under a top-level Jdx object
     prefix: KeyPath = ()
     _lines: dict[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
+    #: keys set from the environment (their path as the variable spells it) -> variable
+    overrides: Mapping[KeyPath, str] = field(default_factory=dict, compare=False)
+    #: for each overridden path, the line of the file it replaces (None: a new key)
+    replaced_lines: Mapping[KeyPath, int | None] = field(default_factory=dict, compare=False)
+    #: problems with override variables found while applying them
+    override_findings: tuple[Finding, ...] = field(default=(), compare=False)
 
     @property
     def name(self) -> str:
@@ -119,7 +132,7 @@ class ConfigSource:
 
         None for the empty path (the whole file) and for the built-in defaults.
         """
-        if not path or self.path is None:
+        if not path or self.path is None or self.variable_of(path):
             return None
         full = (*self.prefix, *path)
         if self.format == "toml":
@@ -135,6 +148,18 @@ class ConfigSource:
             if node is not None and offset is not None:
                 return jsonc.line_col(self.text, offset)[0]
         return None
+
+    def variable_of(self, path: KeyPath) -> str | None:
+        """The environment variable that set *path* (below the prefix) or an ancestor."""
+        wanted = _folded(path)
+        for key, name in self.overrides.items():
+            if wanted[: len(key)] == _folded(key):
+                return name
+        return None
+
+
+def _folded(path: KeyPath) -> KeyPath:
+    return tuple(p.casefold() if isinstance(p, str) else p for p in path)
 
 
 @dataclass(frozen=True)
@@ -244,6 +269,160 @@ def source_from_text(path: Path | None, text: str, fmt: Format | None = None) ->
             prefix, data = (key,), value
             break
     return ConfigSource(path, fmt, text, data, prefix, lines)
+
+
+def apply_environment(
+    source: ConfigSource, environ: Mapping[str, str] | None = None
+) -> ConfigSource:
+    """*source* with the ``JDXMAIL_Section__Key=value`` variables of *environ* applied.
+
+    ``__`` separates keys, a number is a list index (one past the end appends), keys
+    match case-insensitively. A text key takes the value as it is; any other key takes
+    it as JSON (``2526``, ``true``, ``["10.0.0.0/8"]``), validated like the file. Only
+    variables holding ``__`` are overrides: ``JDXMAIL_CONFIG`` and
+    ``JDXMAIL_RELAY_PASSWORD*`` keep their own meaning. Problems become findings that
+    name the variable (see ConfigSource.override_findings).
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = copy.deepcopy(dict(source.data))
+    overrides: dict[KeyPath, str] = {}
+    replaced: dict[KeyPath, int | None] = {}
+    problems: list[Finding] = []
+    for name in sorted(env):
+        if not name.startswith(OVERRIDE_PREFIX) or "__" not in name:
+            continue
+        parts = name[len(OVERRIDE_PREFIX) :].split("__")
+        path: KeyPath = tuple(int(p) if p.isdigit() else p for p in parts)
+        problem = "" if all(parts) else "an empty key between two __"
+        if not problem and _annotation_at(path[:1]) is None:
+            problem = f"there is no section {parts[0]!r}"
+        value: Any = env[name]
+        if not problem and not _takes_text(_annotation_at(path)):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                problem = f"the value is not JSON, which this key needs; got {env[name]!r}"
+        problem = problem or _set_path(data, path, value)
+        if problem:
+            problems.append(
+                Finding(
+                    Severity.ERROR,
+                    "env.invalid",
+                    f"{name}: {problem}",
+                    fix="write JDXMAIL_Section__Key=value, e.g. JDXMAIL_SmtpServer__Port=2526"
+                    " (a list item: JDXMAIL_RelayServers__0__Host=smtp.example.com)",
+                    path=tuple(p for p in path if p != ""),
+                )
+            )
+            continue
+        overrides[path] = name
+        replaced[path] = source.line_of(path) if _in_file(source, path) else None
+    return dataclasses.replace(
+        source,
+        data=data,
+        overrides=overrides,
+        replaced_lines=replaced,
+        override_findings=tuple(problems),
+    )
+
+
+def override_origins(source: ConfigSource) -> list[dict[str, Any]]:
+    """Where each key set from the environment came from: key, variable, file line.
+
+    ``file_line`` is the line of the file the variable replaces (None: a new key).
+    """
+    return [
+        {
+            "key": format_path(path),
+            "variable": name,
+            "file_line": source.replaced_lines.get(path),
+        }
+        for path, name in source.overrides.items()
+    ]
+
+
+def _in_file(source: ConfigSource, path: KeyPath) -> bool:
+    """Whether the file itself has a value at *path*."""
+    if source.path is None:
+        return False
+    node: Any = source.data
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                return False
+            key = next((k for k in node if k.casefold() == part.casefold()), None)
+            if key is None:
+                return False
+            node = node[key]
+    return True
+
+
+def _annotation_at(path: KeyPath) -> Any:
+    """The settings annotation of the key at *path*; None when there is no such key."""
+    annotation: Any = Settings
+    for part in path:
+        inner, is_list = nested_model(annotation)
+        if isinstance(part, int):
+            if not is_list:
+                return None
+            annotation = inner
+            continue
+        if inner is None or is_list:
+            return None
+        known = section_aliases(inner).get(part.casefold())
+        if known is None:
+            return None
+        annotation = known[1]
+    return annotation
+
+
+def _takes_text(annotation: Any) -> bool:
+    """Whether a key of *annotation* is written as plain text (str, path, secret, choice)."""
+    if annotation is None:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _takes_text(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return all(_takes_text(a) for a in args)
+    return isinstance(annotation, type) and issubclass(annotation, str | Path | pydantic.SecretStr)
+
+
+def _set_path(data: dict[str, Any], path: KeyPath, value: Any) -> str:
+    """Set *path* in *data*, making missing objects and lists; a problem text or ""."""
+    node: Any = data
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        fresh: Any = None if last else ([] if isinstance(path[depth + 1], int) else {})
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                return f"{format_path(path[:depth])} is not a list, so it has no item {part}"
+            if part > len(node):
+                return f"item {part} would leave a gap: the list has {len(node)} item(s)"
+            if part == len(node):
+                node.append(fresh)
+            if last:
+                node[part] = value
+            elif node[part] is None:
+                node[part] = fresh
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            return f"{format_path(path[:depth])} is not an object, so it has no key {part!r}"
+        key = next((k for k in node if k.casefold() == part.casefold()), part)
+        if last:
+            node[key] = value
+        elif not isinstance(node.get(key), dict | list):
+            node[key] = fresh
+        node = node[key]
+    return ""
 
 
 def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
@@ -423,7 +602,9 @@ def inspect_source(source: ConfigSource) -> tuple[Settings | None, list[Finding]
     Returns the settings (None when there are errors) and the schema findings: unknown
     keys (with a "did you mean"), wrong types, missing keys, values out of range.
     """
-    findings: list[Finding] = []
+    findings: list[Finding] = list(source.override_findings)
+    if source.override_findings:
+        return None, findings
     data = _canonical(dict(source.data), Settings, (), source, findings)
     settings: Settings | None = None
     try:
@@ -449,17 +630,26 @@ def inspect_source(source: ConfigSource) -> tuple[Settings | None, list[Finding]
                     line=source.line_of(loc),
                 )
             )
+    findings = [_name_variable(source, f) for f in findings]
     if has_errors(findings):
         return None, findings
     return settings, findings
+
+
+def _name_variable(source: ConfigSource, finding: Finding) -> Finding:
+    """*finding* saying which environment variable set its key, when one did."""
+    variable = source.variable_of(finding.path[len(source.prefix) :]) if finding.path else None
+    if variable is None or finding.code.startswith("env."):
+        return finding
+    return dataclasses.replace(finding, message=f"{variable}: {finding.message}", line=None)
 
 
 def load_settings(
     explicit: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LoadedConfig:
-    """Find, read and validate the config, with relay passwords from the environment
-    and relative paths resolved.
+    """Find, read and validate the config, with overrides and relay passwords from the
+    environment and relative paths resolved.
 
     Raises ConfigFileError / ConfigParseError (cannot read or parse) and
     ConfigInvalidError (schema errors, with findings).
@@ -476,6 +666,7 @@ def settings_from_source(
 
     Raises ConfigInvalidError (schema errors, with findings).
     """
+    source = apply_environment(source, environ)
     settings, findings = inspect_source(source)
     if settings is None:
         raise ConfigInvalidError(source, findings)

@@ -30,6 +30,7 @@ from jdxmail.passwords import HashType
 __all__ = [
     "DEFAULT_CONFIG_TEXT",
     "DeliverySettings",
+    "MailboxSettings",
     "PathSettings",
     "RelaySettings",
     "Settings",
@@ -38,6 +39,7 @@ __all__ = [
     "UserSettings",
     "WebTlsSettings",
     "WebUISettings",
+    "parse_resolver",
     "relay_password_env",
 ]
 
@@ -270,6 +272,27 @@ class RelaySettings(Section):
         return self.use_tls and self.port == 465
 
 
+def parse_resolver(text: str) -> tuple[str, int]:
+    """A DNS server as ``ip``, ``ip:port``, ``[v6]:port`` or a bare IPv6 → (ip, port).
+
+    Raises ValueError when the host is not an IP address (a resolver given by name
+    would need DNS to be found).
+    """
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = int(number)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return host, port
+
+
 class DeliverySettings(Section):
     """How queued mail is relayed: retries, parallel sessions, sender rewriting."""
 
@@ -287,6 +310,32 @@ class DeliverySettings(Section):
     rewrite_from: bool = False
     #: 8-bit content for a relay without 8BITMIME: a 7bit copy (qp/base64), or a bounce
     eight_bit_downgrade: Literal["Convert", "Bounce"] = "Convert"
+    #: ask DNS (MX, then A/AAAA) whether a relayed recipient's domain takes mail at RCPT
+    check_recipient_domain: bool = False
+    #: the DNS server for that check (``ip`` or ``ip:port``); default: /etc/resolv.conf
+    dns_resolver: str | None = None
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _resolver_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_resolver(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address with an optional port "
+                    "(127.0.0.1, 127.0.0.1:5353, [::1]:53)"
+                ) from None
+        return value
+
+
+class MailboxSettings(Section):
+    """Retention of the local mailboxes (the dev inbox), pruned in the background."""
+
+    #: keep at most this many messages (all mailboxes together); null: no limit
+    max_messages: int | None = Field(default=None, ge=1)
+    #: remove messages older than this many seconds; null: keep them
+    max_age: int | None = Field(default=None, ge=60)
 
 
 class PathSettings(Section):
@@ -297,15 +346,48 @@ class PathSettings(Section):
     logs: Path = Path("logs")
 
 
+class HealthSettings(Section):
+    """What /readyz and doctor require of the server."""
+
+    #: free bytes the spool's disk must keep; less: not ready (100 MiB)
+    min_free_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+
+
+class MetricsSettings(Section):
+    """A listener of its own for /metrics, /healthz and /readyz (when the console is off)."""
+
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: Port = 9464
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        return _bind_address(value)
+
+
+class LoggingSettings(Section):
+    """How log lines are written."""
+
+    #: "text": one line for people and grep; "json": one JSON object per line
+    format: Literal["text", "json"] = "text"
+    #: .NET's ``Logging.LogLevel`` of a JumboDogX appsettings.json: accepted, not used
+    log_level: dict[str, str] | None = None
+
+
 class Settings(Section):
     """Everything jdxmail reads from ``appsettings.json`` or ``jdxmail.toml``."""
 
     smtp_server: SmtpServerSettings = Field(default_factory=SmtpServerSettings)
     relay_server: RelaySettings | None = None
     relay_servers: list[RelaySettings] = Field(default_factory=list)
+    mailbox: MailboxSettings = Field(default_factory=MailboxSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     web_ui: WebUISettings = Field(default_factory=WebUISettings, alias="WebUI")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _one_relay_form(self) -> Settings:

@@ -55,7 +55,8 @@ CSP = (
     "form-action 'self'; base-uri 'none'; object-src 'none'"
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PUBLIC = ("/login", "/logout", "/static/")
+#: no login needed: the login page, static files, and the health checks of load balancers
+_PUBLIC = ("/login", "/logout", "/static/", "/healthz", "/readyz")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -277,8 +278,9 @@ class SecurityMiddleware:
 
     def _unauthorized(self, request: Request, browser: bool, message: str) -> Response:
         # pages send people to the login form (a form posted after the session ended,
-        # too); the API and other scripts get 401
-        if wants_json(request.url.path) or (request.method != "GET" and not browser):
+        # too); the API, other scripts and scrapers of /metrics get 401
+        machine = request.url.path == "/metrics"
+        if wants_json(request.url.path) or (request.method != "GET" and not browser) or machine:
             answer = json_error(401, message, "log in, or send HTTP Basic with a console user")
             if not browser:
                 answer.headers["WWW-Authenticate"] = 'Basic realm="jdxmail console"'

@@ -1,0 +1,103 @@
+"""SMTP DATA encoding (RFC 5321 4.5.2): CRLF line endings and dot-stuffing, both ways.
+
+The relay client (queue/relay.py), the server (server/smtp.py) and ``diag relay``
+(diagnostics/relay_probe.py) all encode and decode message data here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "CHUNK",
+    "LINE_ENDINGS",
+    "dot_stuffed",
+    "has_bare_line_ending",
+    "stuffed_body",
+    "stuffed_pieces",
+    "to_crlf",
+    "unstuffed",
+]
+
+#: any line ending: CRLF, a bare LF, a bare CR
+LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def has_bare_line_ending(data: bytes | bytearray) -> bool:
+    """True when *data* has a CR or LF that is not part of a CRLF (``\\n\\r`` too)."""
+    # Three C-speed counts instead of a pass in Python.
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def to_crlf(data: bytes | bytearray) -> bytes:
+    """*data* with every line ending (CRLF, bare LF, bare CR) made CRLF."""
+    return LINE_ENDINGS.sub(b"\r\n", data)
+
+
+def unstuffed(content: bytes | bytearray) -> bytes | bytearray:
+    """*content* (CRLF line endings) with the dot at each line start removed; itself
+    when no line starts with a dot (no copy)."""
+    if content.startswith(b"."):
+        content = content[1:]
+    elif b"\r\n." not in content:
+        return content
+    return content.replace(b"\r\n.", b"\r\n")
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """The DATA payload for *data*: CRLF line endings, leading dots doubled, ``.`` line.
+
+    Spooled mail already has CRLF line endings only (the server normalises or refuses
+    bare CR/LF), so this is a single ``replace``; aiosmtplib's general path runs two
+    regular expressions over the message (about 2 ms per 100 KB here).
+    """
+    return stuffed_body(data) + b".\r\n"
+
+
+def stuffed_body(data: bytes) -> bytes:
+    """*data* dot-stuffed and ending in CRLF; *data* itself when nothing changes."""
+    if has_bare_line_ending(data):
+        data = to_crlf(data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _stuffed(data, line_start=True)
+
+
+#: messages larger than this are written in pieces of this size, each after the
+#: socket took the one before, so they are not copied whole into a write buffer
+CHUNK = 1 << 20
+
+
+def stuffed_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Dot-stuffed DATA payload (without the final ``.`` line) of data read in pieces.
+
+    Each piece sent ends at a line end, so a dot that begins a line is seen whole
+    even when the reads split ``CRLF.``; the last line gets a CRLF if it lacks one.
+    """
+    carry = b""
+    line_start = True
+    sent = False
+    for piece in pieces:
+        text = carry + piece if carry else piece
+        cut = text.rfind(b"\r\n") + 2
+        if cut < 2 and len(text) <= 4 * CHUNK:
+            carry = text  # no line end yet: wait for the rest of the line
+            continue
+        if cut < 2:
+            cut = len(text)  # a run without line ends (not from jdxmail's spool)
+        out, carry = text[:cut], text[cut:]
+        yield _stuffed(out, line_start)
+        line_start, sent = out.endswith(b"\r\n"), True
+    if carry or not line_start or not sent:  # (no data at all is one empty line)
+        yield _stuffed(carry, line_start) + b"\r\n"
+
+
+def _stuffed(text: bytes, line_start: bool) -> bytes:
+    """*text* with a dot doubled at each line start (*text* itself when it has none)."""
+    if b"\r\n." in text:
+        text = text.replace(b"\r\n.", b"\r\n..")
+    if line_start and text.startswith(b"."):
+        text = b"." + text
+    return text

@@ -1,0 +1,213 @@
+"""Every use of aiosmtplib's private members, and the check that they are there.
+
+jdxmail relays through aiosmtplib's protocol below its public API in three ways:
+DATA without aiosmtplib's regular-expression passes (:func:`command_lock`,
+:func:`expect_reply`, :func:`drain`), replies to pipelined commands kept as they
+arrive (:class:`KeepingProtocol`), and reads into one shared buffer. Those private
+members may change in any aiosmtplib release, so they are used only here, and
+:func:`check_aiosmtplib` (run when the delivery engine starts) refuses to start with
+an aiosmtplib that lacks one, naming it, rather than failing in the middle of a
+delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version
+
+import aiosmtplib
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+
+__all__ = [
+    "NEEDED_VERSION",
+    "PRIVATE_MEMBERS",
+    "AiosmtplibMismatch",
+    "KeepingProtocol",
+    "check_aiosmtplib",
+    "command_lock",
+    "drain",
+    "expect_reply",
+    "keeping_protocol",
+]
+
+#: the first aiosmtplib release with every member in PRIVATE_MEMBERS
+#: (5.1.2 lacks ``_response_pending`` and ``_set_response_exception``)
+NEEDED_VERSION = "5.1.3"
+
+#: the private members of aiosmtplib's SMTPProtocol that jdxmail uses
+PRIVATE_MEMBERS = (
+    "_buffer",
+    "_command_lock",
+    "_drain_helper",
+    "_loop",
+    "_read_response_from_buffer",
+    "_response_pending",
+    "_response_waiter",
+    "_set_response_exception",
+)
+
+
+class AiosmtplibMismatch(RuntimeError):
+    """The installed aiosmtplib lacks a private member that jdxmail's relay uses."""
+
+
+def check_aiosmtplib(protocol_class: type[SMTPProtocol] = SMTPProtocol) -> None:
+    """Raise AiosmtplibMismatch unless *protocol_class* has every member jdxmail uses.
+
+    Instance attributes are looked for on a fresh, unconnected instance.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        sample = protocol_class(loop=loop)
+        missing = [name for name in PRIVATE_MEMBERS if not hasattr(sample, name)]
+    finally:
+        loop.close()
+    if missing:
+        raise AiosmtplibMismatch(
+            f"aiosmtplib {_installed()} lacks {', '.join(missing)} "
+            f"(used by jdxmail's relay); install aiosmtplib>={NEEDED_VERSION}"
+        )
+
+
+def _installed() -> str:
+    try:
+        return version("aiosmtplib")
+    except PackageNotFoundError:  # pragma: no cover - it is imported above
+        return "(unknown version)"
+
+
+def command_lock(protocol: SMTPProtocol) -> asyncio.Lock | None:
+    """The lock that serialises *protocol*'s commands; None once the connection is lost."""
+    return protocol._command_lock
+
+
+def expect_reply(protocol: SMTPProtocol) -> None:
+    """Mark a reply as expected before writing a command (aiosmtplib drops others)."""
+    protocol._response_pending = True
+
+
+async def drain(protocol: SMTPProtocol) -> None:
+    """Wait until the transport has room for more writes."""
+    await protocol._drain_helper()
+
+
+#: where the event loop reads relay replies into (recv_into); shared by all sessions,
+#: as each read is handed over (buffer_updated) before the next one begins
+_RECV_BUFFER = memoryview(bytearray(16 * 1024))
+
+
+class KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):
+    """aiosmtplib's protocol, except that replies arriving early are kept.
+
+    aiosmtplib (5.1) drops data that arrives while a parsed reply waits to be taken,
+    so several replies to pipelined commands (RFC 2920) could be lost. This keeps
+    everything in the buffer and parses the next reply from it first. It is also a
+    buffered protocol (see keeping_protocol): reads land in one shared buffer
+    instead of a new 256 KiB bytes object each, which glibc maps and unmaps.
+    """
+
+    #: set while read_replies waits for more data (a class default: instances are
+    #: switched to this class after aiosmtplib made them, so __init__ never runs)
+    _more: asyncio.Future[None] | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECV_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_RECV_BUFFER[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        waiter = self._response_waiter
+        if waiter is None:
+            return
+        self._buffer.extend(data)
+        if len(self._buffer) > MAX_RESPONSE_LENGTH * 4:
+            del self._buffer[:]
+            if self.transport is not None:
+                self.transport.close()
+            return
+        more = self._more
+        if more is not None:
+            if not more.done():
+                more.set_result(None)
+            return
+        if waiter.done() or not getattr(self, "_response_pending", True):
+            # Nobody reads yet (replies to commands sent ahead of their
+            # transaction's turn): they wait in the buffer for read_replies.
+            return
+        try:
+            response = self._read_response_from_buffer()
+        except Exception as exc:  # handed to the reader, as aiosmtplib does
+            self._set_response_exception(waiter, exc)
+        else:
+            if response is not None:
+                waiter.set_result(response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        more = self._more
+        super().connection_lost(exc)
+        if more is not None and not more.done():
+            more.set_exception(aiosmtplib.SMTPServerDisconnected("Connection lost"))
+            more.exception()  # retrieved: the reader may be gone already
+
+    async def read_replies(
+        self, count: int, patience: float | None
+    ) -> list[aiosmtplib.SMTPResponse]:
+        """The next *count* replies in order, within *patience* seconds for all of them."""
+        replies: list[aiosmtplib.SMTPResponse] = []
+        loop = self._loop
+        waiter = self._response_waiter
+        if waiter is not None and waiter.done() and not waiter.cancelled():
+            # a reply aiosmtplib's reader took from the buffer before this read: the
+            # oldest (raises if it was malformed)
+            replies.append(waiter.result())
+            self._response_waiter = loop.create_future()
+        deadline = None if patience is None else loop.time() + patience
+        while len(replies) < count:
+            response = self._read_response_from_buffer() if self._buffer else None
+            if response is not None:
+                replies.append(response)
+                continue
+            if self.transport is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            # One timer per wait for data rather than an asyncio.timeout() scope
+            # (which costs several handles and a task uncancel per reply read).
+            more = self._more = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, _expire, more, patience)
+            try:
+                await more
+            finally:
+                self._more = None
+                if timer is not None:
+                    timer.cancel()
+        return replies
+
+    async def read_response(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (the signature aiosmtplib calls)
+    ) -> aiosmtplib.SMTPResponse:
+        waiter = self._response_waiter
+        if waiter is not None and not waiter.done() and self._buffer:
+            response = self._read_response_from_buffer()
+            if response is not None:
+                return response
+        return await super().read_response(timeout)
+
+
+def _expire(waiter: asyncio.Future[None], patience: float | None) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"no reply within {patience:g} s"))
+
+
+def keeping_protocol(client: aiosmtplib.SMTP) -> KeepingProtocol | None:
+    """*client*'s protocol, switched to keep early replies; None if that is unsafe."""
+    protocol = client.protocol
+    if isinstance(protocol, KeepingProtocol):
+        return protocol
+    if type(protocol) is not SMTPProtocol or not hasattr(protocol, "_response_waiter"):
+        return None
+    protocol.__class__ = KeepingProtocol
+    transport = protocol.transport
+    if transport is not None:
+        transport.set_protocol(protocol)  # so the transport reads with get_buffer now
+    return protocol  # type: ignore[return-value]
