@@ -1,8 +1,9 @@
 """The Backup area: download the config file, restore one.
 
-A backup is the config file as it is (it holds the users' hashes and any relay
-password written in it: keep it like the file itself); ``?redact=1`` gives a copy
-with every secret replaced by the write-only marker, fit to share. A restore is
+A backup is the config file with every secret (users' hashes, relay passwords)
+replaced by the write-only marker: nothing the console returns holds a secret. Restored
+on the same server, each marker keeps the secret stored there; a full copy with the
+hashes is the file itself, copied on the machine. A restore is
 validated first (validate-config's findings; nothing replaced on an error), the
 current file is kept next to it as ``<name>.bak-YYYYmmdd-HHMMSS``, and the restored
 config is applied as SIGHUP applies it.
@@ -66,25 +67,23 @@ async def list_backups(request: Request) -> Response:
 
 
 async def download(request: Request) -> Response:
-    """``GET /api/v1/config/backup``: the config file as an attachment."""
+    """``GET /api/v1/config/backup``: the config file, secrets masked, as an attachment."""
     ctx = context(request)
     path = config_file(ctx)
     try:
         data = await asyncio.to_thread(export_config, path)
     except ConfigError as error:
         return config_error(error)
-    redact = request.query_params.get("redact", "") not in ("", "0", "false")
-    if redact:
-        try:
-            data = secrets.redact_text(source_from_text(path, data.decode("utf-8-sig"))).encode()
-        except (ConfigError, UnicodeDecodeError):
-            raise ApiError(
-                409,
-                "the config file does not parse, so its secrets cannot be masked",
-                "fix the file (validate-config shows the line), or download it as it is",
-            ) from None
+    try:
+        data = secrets.redact_text(source_from_text(path, data.decode("utf-8-sig"))).encode()
+    except (ConfigError, UnicodeDecodeError):
+        raise ApiError(
+            409,
+            "the config file does not parse, so its secrets cannot be masked",
+            "fix the file (validate-config shows the line), or copy it on the machine",
+        ) from None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    name = f"{path.stem}-{stamp}{'-redacted' if redact else ''}{path.suffix}"
+    name = f"{path.stem}-{stamp}{path.suffix}"
     media = "application/toml" if path.suffix.lower() == ".toml" else "application/json"
     return Response(
         data,
