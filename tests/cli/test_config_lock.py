@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -59,10 +60,25 @@ def test_parallel_user_add_keeps_every_user(write_config: WriteConfig) -> None:
 
 
 def test_writer_that_cannot_get_the_lock_gets_a_clear_error(write_config: WriteConfig) -> None:
-    """A writer kept waiting by another edit gives up with a message naming the lock."""
+    """A writer kept waiting by another edit (here another thread) gives up with a
+    message naming the lock, and the file is left as it was."""
     path = write_config(COMMENTED)
-    with config_lock(path), pytest.raises(ConfigLockedError) as caught:
-        edit_users(path, UserEdit("add", "late@example.com", "x" * 64, "SHA256"), wait=0.05)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with config_lock(path):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(ConfigLockedError) as caught:
+            edit_users(path, UserEdit("add", "late@example.com", "x" * 64, "SHA256"), wait=0.05)
+    finally:
+        release.set()
+        holder.join(30)
     assert "another process has been editing it" in str(caught.value)
     assert caught.value.fix
     assert path.read_text() == COMMENTED

@@ -46,7 +46,7 @@ from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.model import Settings
 
 LONG_RUN = os.environ.get("JDXMAIL_FUZZ_EXAMPLES")
-EXAMPLES = int(LONG_RUN or "20")
+EXAMPLES = int(LONG_RUN or "100")
 STEPS = int(os.environ.get("JDXMAIL_FUZZ_STEPS", "25"))
 USER, PASSWORD = "fuzz@fuzz.test", "fuzz-password"
 
@@ -523,8 +523,15 @@ class SmtpMachine(RuleBasedStateMachine):
                 content = stored[0].read_bytes()
                 assert content.endswith(message.data)
                 prefix = content[: -len(message.data)]
+                # the mailbox copy's envelope lines, then the headers jdxmail adds
+                envelope = re.match(
+                    rb"Return-Path: <[^\r\n>]*>\r\nDelivered-To: <([^>]*)>\r\n", prefix
+                )
+                assert envelope is not None, prefix
+                assert envelope.group(1).decode().lower() == recipient, prefix
                 assert re.fullmatch(
-                    rb"(?:(?:Received|Date|Message-ID):[^\r\n]*\r\n(?:\t[^\r\n]*\r\n)*)+", prefix
+                    rb"(?:(?:Received|Date|Message-ID):[^\r\n]*\r\n(?:\t[^\r\n]*\r\n)*)+",
+                    prefix[envelope.end() :],
                 ), prefix
                 stored[0].unlink()
                 self.seen["checked in the mailbox"] += 1
@@ -598,5 +605,6 @@ def test_smtp_protocol_fuzz(
     )
     seen = SmtpMachine.seen
     print(f"fuzz run: {EXAMPLES} examples x {STEPS} steps: {dict(seen)}")
-    assert seen["accepted"] > 0
-    assert seen["refused"] > 0
+    # the run must have reached the mailbox check at least once (which paths the fixed
+    # CI examples take moves with the state machine's code; a long run covers them all)
+    assert seen["checked in the mailbox"] > 0

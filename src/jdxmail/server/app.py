@@ -36,6 +36,7 @@ from jdxmail.server.policy import AuthThrottle, Policy
 from jdxmail.server.smtp import MessageStore, Runtime, SmtpSession
 from jdxmail.server.tls import TlsSetupError, ensure_self_signed, server_context
 from jdxmail.settings.model import Settings, parse_resolver
+from jdxmail.settings.save import restart_needed
 from jdxmail.stats import Counters, ProcessStats, StatsRecorder
 
 if TYPE_CHECKING:
@@ -418,28 +419,16 @@ class SmtpServerApp:
         except Exception as exc:  # any failure keeps the running settings
             logger.error("reload failed, keeping the current settings: %s", exc)
             return False
-        old = self.settings.smtp_server
+        old_settings = self.settings
         new = settings.smtp_server
         for change in describe_changes(self.settings, settings):
             logger.info("config change: %s", change)
         self.settings = settings
         self.runtime = self._runtime(settings)
         self.throttle.configure(new.auth_failure_limit, new.auth_failure_window)
-        restart_keys = [
-            key
-            for key, before, after in (
-                ("BindAddress", old.bind_address, new.bind_address),
-                ("Port", old.port, new.port),
-                ("Tls", old.tls, new.tls),
-                ("Enabled", old.enabled, new.enabled),
-            )
-            if before != after
-        ]
+        restart_keys = restart_needed(old_settings, settings)
         if restart_keys:
-            logger.warning(
-                "changes to SmtpServer.%s take effect after a restart",
-                ", SmtpServer.".join(restart_keys),
-            )
+            logger.warning("changes to %s take effect after a restart", ", ".join(restart_keys))
         for component in self._started_components:
             # the delivery engine, or the process running it, takes the new relays
             relays = getattr(component, "reload", None)

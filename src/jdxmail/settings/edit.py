@@ -17,6 +17,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -157,6 +158,10 @@ def _edit_toml(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) ->
     return tomlkit.dumps(document)
 
 
+#: the config locks this thread holds (config_lock is reentrant per thread)
+_held = threading.local()
+
+
 def lock_path(path: Path) -> Path:
     """The lock file of the config *path*: ``.NAME.lock`` in the same folder."""
     real = Path(os.path.realpath(path))
@@ -171,6 +176,13 @@ def config_lock(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
     seconds, and ConfigWriteError when the lock file cannot be made.
     """
     lock = lock_path(path)
+    held: set[Path] = _held.__dict__.setdefault("locks", set())
+    if lock in held:
+        # this thread holds it already (save_values → save_text): flock is per open
+        # file, so taking it again here would wait for ourselves
+        yield
+        return
+    _check_writable(path)  # the file's own permission problem first, as row F1 says
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except PermissionError:
@@ -200,7 +212,11 @@ def config_lock(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
                         "then try again",
                     ) from None
                 time.sleep(0.02)
-        yield
+        held.add(lock)
+        try:
+            yield
+        finally:
+            held.discard(lock)
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -253,6 +269,8 @@ def _write_atomically(path: Path, text: str) -> None:
 def _check_writable(path: Path) -> None:
     """Raise ConfigWriteError (row F1) when *path* exists and this user may not write it."""
     if path.exists() and not os.access(path, os.W_OK):
+        if _mode_allows_writing(path):
+            raise ConfigWriteError(path, *_locked_reason(path))
         owner = _owner(path)
         mode = stat.S_IMODE(path.stat().st_mode)
         raise ConfigWriteError(
@@ -284,6 +302,27 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def _mode_allows_writing(path: Path) -> bool:
+    """True when the permission bits let this user write *path* (root, or the owner
+    with u+w): then something else forbids it."""
+    info = path.stat()
+    return os.geteuid() == 0 or (info.st_uid == os.geteuid() and bool(info.st_mode & stat.S_IWUSR))
+
+
+def _locked_reason(path: Path) -> tuple[str, str]:
+    """Reason and fix when the mode allows writing but the system does not."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return (
+                "the file system it is on is mounted read-only",
+                "remount it read-write, or copy the config to a writable folder and use --config",
+            )
+    return (
+        "the file is immutable (chattr +i) or locked by the system",
+        f"see `lsattr {path}`; remove the flag with `chattr -i {path}` if it was set on purpose",
+    )
+
+
 def _owner(path: Path) -> str:
     try:
         return path.owner()
@@ -309,7 +348,6 @@ def edit_config(
     ConfigWriteError (row F1) when it cannot be written; *change* may raise any
     ConfigError of its own.
     """
-    _check_writable(path)
     with config_lock(path, wait):
         if create and not path.exists():
             text = DEFAULT_CONFIG_TEXT

@@ -21,7 +21,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from jdxmail.web import auth, dashboard, diagnostics, inbox, logs, metrics, queue
+from jdxmail.web import (
+    auth,
+    backup,
+    dashboard,
+    diagnostics,
+    inbox,
+    logs,
+    metrics,
+    queue,
+    settings,
+    users,
+)
 from jdxmail.web.context import ConsoleContext, context
 from jdxmail.web.events import event_stream
 from jdxmail.web.responses import ApiError, error_page, page, wants_json
@@ -38,6 +49,9 @@ AREAS: list[ModuleType] = [
     dashboard,
     inbox,
     queue,
+    users,
+    settings,
+    backup,
     logs,
     diagnostics,
     metrics,
