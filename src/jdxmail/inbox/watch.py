@@ -19,12 +19,12 @@ from pathlib import Path
 
 from jdxmail.process import libc
 from jdxmail.queue.watch import (
-    EVENT_HEADER,
     IN_CLOSE_WRITE,
     IN_IGNORED,
     IN_ISDIR,
     IN_MOVED_TO,
     READ_SIZE,
+    inotify_events,
 )
 from jdxmail.queue.watch import IN_Q_OVERFLOW as IN_OVERFLOW
 
@@ -140,14 +140,11 @@ class MailboxWatcher:
             self.close()
             self.on_overflow()
             return
-        offset = 0
-        while offset + EVENT_HEADER.size <= len(buffer) and self._fd is not None:
-            wd, mask, _cookie, length = EVENT_HEADER.unpack_from(buffer, offset)
-            start = offset + EVENT_HEADER.size
-            name = os.fsdecode(buffer[start : start + length].split(b"\0", 1)[0])
-            offset = start + length
+        for wd, mask, raw in inotify_events(buffer):
+            if self._fd is None:
+                break
             try:
-                self._event(wd, mask, name)
+                self._event(wd, mask, os.fsdecode(raw))
             except Exception:
                 logger.exception("the mailbox watcher's handler failed")
 

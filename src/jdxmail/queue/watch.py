@@ -21,7 +21,7 @@ import ctypes
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from jdxmail.process import libc
@@ -50,6 +50,16 @@ GONE_MASK = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 EVENT_HEADER = struct.Struct("iIII")
 #: one read takes whole events only; this holds thousands of them
 READ_SIZE = 64 * 1024
+
+
+def inotify_events(buffer: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """The events in one read of an inotify descriptor: (watch, mask, raw name)."""
+    offset = 0
+    while offset + EVENT_HEADER.size <= len(buffer):
+        wd, mask, _cookie, length = EVENT_HEADER.unpack_from(buffer, offset)
+        start = offset + EVENT_HEADER.size
+        offset = start + length
+        yield wd, mask, buffer[start:offset].split(b"\0", 1)[0]
 
 
 class _Inotify:
@@ -170,12 +180,9 @@ class QueueWatcher:
             self.close()
             self._overflow()
             return
-        offset = 0
-        while offset + EVENT_HEADER.size <= len(buffer) and self._fd is not None:
-            wd, mask, _cookie, length = EVENT_HEADER.unpack_from(buffer, offset)
-            start = offset + EVENT_HEADER.size
-            raw = buffer[start : start + length].split(b"\0", 1)[0]
-            offset = start + length
+        for wd, mask, raw in inotify_events(buffer):
+            if self._fd is None:
+                break
             if mask & IN_Q_OVERFLOW:
                 logger.warning("inotify queue overflowed for %s: rescanning", self.directory)
                 self._overflow()
