@@ -79,6 +79,45 @@ def test_validate_config_shows_where_overridden_values_came_from(
     assert "SmtpServer.Port from JDXMAIL_SmtpServer__Port (instead of line 3)" in out
 
 
+def test_validate_config_sources_names_the_origin_of_every_value(
+    runner: CliRunner, write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--sources: each effective value with its file line, variable or default; no secret."""
+    path = write_config(CONFIG.replace('"Port": 587}', '"Port": 587, "Password": "s3cret-pw"}'))
+    monkeypatch.setenv("JDXMAIL_SmtpServer__Port", "2526")
+    monkeypatch.setenv("JDXMAIL_SMTPSERVER__TRUSTEDNETWORKS", '["10.0.0.0/8"]')
+    code, out, _ = invoke(runner, "validate-config", "--config", str(path), "--sources", "--json")
+    assert code == 0
+    origins = {o["key"]: o for o in json.loads(out)["sources"]}
+    assert origins["SmtpServer.Port"] == {
+        "key": "SmtpServer.Port",
+        "value": 2526,
+        "origin": "environment",
+        "variable": "JDXMAIL_SmtpServer__Port",
+    }
+    assert origins["SmtpServer.TrustedNetworks[0]"]["variable"] == (
+        "JDXMAIL_SMTPSERVER__TRUSTEDNETWORKS"
+    )
+    assert origins["SmtpServer.MaxRecipients"] == {
+        "key": "SmtpServer.MaxRecipients",
+        "value": 50,
+        "origin": "file",
+        "line": 5,
+    }
+    assert origins["RelayServers[0].Host"]["line"] == 8
+    assert origins["SmtpServer.TimeOut"] == {
+        "key": "SmtpServer.TimeOut",
+        "value": 30,
+        "origin": "default",
+    }
+    assert "s3cret-pw" not in out
+    code, out, _ = invoke(runner, "validate-config", "--config", str(path), "--sources")
+    assert "SmtpServer.MaxRecipients = 50  (line 5)" in out
+    assert "SmtpServer.Port = 2526  (JDXMAIL_SmtpServer__Port)" in out
+    assert "SmtpServer.TimeOut = 30  (default)" in out
+    assert "s3cret-pw" not in out
+
+
 @pytest.mark.parametrize(
     ("name", "value", "said"),
     [

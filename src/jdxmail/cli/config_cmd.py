@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from jdxmail.cli.common import ConfigOption, JsonOption, exit_for_config_error
 from jdxmail.cli.exitcodes import ExitCode
-from jdxmail.cli.render import error_json, print_json, render_findings, render_overrides
+from jdxmail.cli.render import (
+    error_json,
+    print_json,
+    render_findings,
+    render_overrides,
+    render_sources,
+)
 from jdxmail.findings import has_errors, sort_findings
 
 __all__ = ["validate_config"]
 
 
-def validate_config(config: ConfigOption = None, json_output: JsonOption = False) -> None:
+def validate_config(
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+    sources: Annotated[
+        bool,
+        typer.Option(
+            "--sources",
+            help="Also list every effective value and where it came from: the file's "
+            "line, an environment variable, or the default (secrets masked).",
+        ),
+    ] = False,
+) -> None:
     """Check the config: unknown keys, wrong types, and the setup mistakes of the guide.
 
     Exit 0 when there are no errors (warnings allowed), 1 on errors, 2 when the file
@@ -30,6 +47,7 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
         inspect_source,
         override_origins,
         read_source,
+        value_origins,
     )
 
     path = find_config(config)
@@ -55,17 +73,21 @@ def validate_config(config: ConfigOption = None, json_output: JsonOption = False
     findings = sort_findings(findings)
     valid = not has_errors(findings)
     overrides = override_origins(source)
+    origins = value_origins(source, settings) if sources and settings is not None else None
     if json_output:
-        print_json(
-            {
-                "config": source.name,
-                "format": source.format,
-                "valid": valid,
-                "findings": [f.to_json() for f in findings],
-                "overrides": overrides,
-            }
-        )
+        report = {
+            "config": source.name,
+            "format": source.format,
+            "valid": valid,
+            "findings": [f.to_json() for f in findings],
+            "overrides": overrides,
+        }
+        if origins is not None:
+            report["sources"] = origins
+        print_json(report)
     else:
         render_findings(source.name, findings)
         render_overrides(overrides)
+        if origins is not None:
+            render_sources(origins)
     raise typer.Exit(ExitCode.OK if valid else ExitCode.FAILED)

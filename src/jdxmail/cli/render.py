@@ -138,6 +138,23 @@ def render_stages(title: str, stages: Sequence[Any], console: Console | None = N
         console.print(line)
 
 
+def render_sources(origins: Sequence[dict[str, Any]], console: Console | None = None) -> None:
+    """Print every effective value and where it came from (validate-config --sources)."""
+    console = console or out_console
+    console.print(Text("effective values:", style="bold"))
+    for item in origins:
+        line = Text(f"  {item['key']}", style="bold")
+        line.append(f" = {json.dumps(item['value'], ensure_ascii=False)}")
+        if item["origin"] == "file":
+            where = f"line {item['line']}" if item.get("line") else "the file"
+        elif item["origin"] == "environment":
+            where = item["variable"]
+        else:
+            where = "default"
+        line.append(f"  ({where})", style="dim")
+        console.print(line)
+
+
 def render_overrides(overrides: Sequence[dict[str, Any]], console: Console | None = None) -> None:
     """Print the keys the environment set: key, variable, and the file line it replaces."""
     if not overrides:

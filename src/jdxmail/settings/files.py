@@ -46,6 +46,7 @@ __all__ = [
     "override_origins",
     "read_source",
     "source_from_text",
+    "value_origins",
 ]
 
 CONFIG_ENV = "JDXMAIL_CONFIG"
@@ -376,6 +377,52 @@ def override_origins(source: ConfigSource) -> list[dict[str, Any]]:
         }
         for path, name in source.overrides.items()
     ]
+
+
+def value_origins(source: ConfigSource, settings: Settings) -> list[dict[str, Any]]:
+    """Every effective value of *settings* with where it came from.
+
+    One entry per leaf key (list items by index): ``key``, ``value`` as JSON (secrets as
+    ``**********``), ``origin`` — ``file`` (with ``line``), ``environment`` (with
+    ``variable``) or ``default``.
+    """
+    variables = {_folded(path): name for path, name in source.overrides.items()}
+    out: list[dict[str, Any]] = []
+
+    def walk(node: Any, path: KeyPath) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, (*path, key))
+            return
+        if isinstance(node, list) and node:
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+            return
+        entry: dict[str, Any] = {"key": format_path(path), "value": node}
+        variable = _variable_for(variables, _folded(path))
+        if variable is not None:
+            entry.update(origin="environment", variable=variable)
+        elif _in_file(source, path):
+            entry.update(origin="file", line=source.line_of(path))
+        else:
+            entry["origin"] = "default"
+        out.append(entry)
+
+    walk(settings.model_dump(mode="json", by_alias=True), ())
+    return out
+
+
+def _folded(path: KeyPath) -> KeyPath:
+    return tuple(p.casefold() if isinstance(p, str) else p for p in path)
+
+
+def _variable_for(variables: Mapping[KeyPath, str], path: KeyPath) -> str | None:
+    """The variable that set *path*, or one of its ancestors (a whole list or section)."""
+    for depth in range(len(path), 0, -1):
+        variable = variables.get(path[:depth])
+        if variable is not None:
+            return variable
+    return None
 
 
 def _in_file(source: ConfigSource, path: KeyPath) -> bool:
