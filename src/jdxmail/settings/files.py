@@ -412,10 +412,6 @@ def value_origins(source: ConfigSource, settings: Settings) -> list[dict[str, An
     return out
 
 
-def _folded(path: KeyPath) -> KeyPath:
-    return tuple(p.casefold() if isinstance(p, str) else p for p in path)
-
-
 def _variable_for(variables: Mapping[KeyPath, str], path: KeyPath) -> str | None:
     """The variable that set *path*, or one of its ancestors (a whole list or section)."""
     for depth in range(len(path), 0, -1):
