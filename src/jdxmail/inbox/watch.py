@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from jdxmail.process import libc
 from jdxmail.queue.watch import (
     IN_CLOSE_WRITE,
     IN_IGNORED,
@@ -25,6 +24,7 @@ from jdxmail.queue.watch import (
     IN_MOVED_TO,
     READ_SIZE,
     inotify_events,
+    load_inotify,
 )
 from jdxmail.queue.watch import IN_Q_OVERFLOW as IN_OVERFLOW
 
@@ -74,16 +74,11 @@ class MailboxWatcher:
 
     def start(self) -> bool:
         """Watch the root and every folder in it; False when inotify is not available."""
-        c = libc()
-        if c is None or not hasattr(c, "inotify_init1"):
+        inotify = load_inotify()
+        if inotify is None:
             return False
-        init1 = c.inotify_init1
-        init1.argtypes = [ctypes.c_int]
-        init1.restype = ctypes.c_int
-        add = c.inotify_add_watch
-        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        add.restype = ctypes.c_int
-        fd = init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        add = inotify.add_watch
+        fd = inotify.init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             return False
         root_wd = add(fd, os.fsencode(self.root), _MASK)

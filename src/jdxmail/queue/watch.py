@@ -26,7 +26,7 @@ from pathlib import Path
 
 from jdxmail.process import libc
 
-__all__ = ["QueueWatcher"]
+__all__ = ["Inotify", "QueueWatcher", "inotify_events", "load_inotify"]
 
 logger = logging.getLogger("jdxmail.queue")
 
@@ -62,8 +62,8 @@ def inotify_events(buffer: bytes) -> Iterator[tuple[int, int, bytes]]:
         yield wd, mask, buffer[start:offset].split(b"\0", 1)[0]
 
 
-class _Inotify:
-    """The three libc functions, typed."""
+class Inotify:
+    """The libc inotify functions, typed."""
 
     def __init__(self, libc: ctypes.CDLL) -> None:
         self.init1 = libc.inotify_init1
@@ -74,12 +74,13 @@ class _Inotify:
         self.add_watch.restype = ctypes.c_int
 
 
-def _load_inotify() -> _Inotify | None:
+def load_inotify() -> Inotify | None:
+    """The inotify functions of this C library; None where there are none."""
     c = libc()
     if c is None:
         return None
     try:
-        return _Inotify(c)
+        return Inotify(c)
     except AttributeError:
         return None
 
@@ -126,7 +127,7 @@ class QueueWatcher:
         if self._fd is not None:
             return True
         loop = asyncio.get_running_loop()
-        inotify = _load_inotify()
+        inotify = load_inotify()
         if inotify is None:
             logger.info("inotify is not available: watching %s by rescanning", self.directory)
             return False
