@@ -4,12 +4,6 @@ restart list, backups, and the F1 message for a file that cannot be written."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from jdxmail.settings import secrets
@@ -24,6 +18,7 @@ from jdxmail.settings.save import (
     text_version,
 )
 from tests.conftest import WriteConfig
+from tests.web.config_helpers import unwritable
 
 GUIDE_HASH = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
 
@@ -181,24 +176,10 @@ def test_restore_validates_first_and_keeps_a_backup(write_config: WriteConfig) -
     assert restored.backup.stat().st_mode & 0o077 == 0
 
 
-@contextlib.contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    """Make *path* immutable (chattr +i), which root cannot write either."""
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr is not installed")
-    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"chattr +i is not allowed here: {done.stderr.decode().strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
-
-
 def test_f1_an_unwritable_config_is_named_and_left_whole(write_config: WriteConfig) -> None:
     """JDX-F1: a config that cannot be written gets a message naming it; nothing changes."""
     path = write_config(CONFIG)
-    with immutable(path), pytest.raises(ConfigWriteError) as caught:
+    with unwritable(path), pytest.raises(ConfigWriteError) as caught:
         save_values(path, {("SmtpServer", "MaxRecipients"): 5})
     assert f"cannot write config file {path}" in str(caught.value)
     assert "immutable" in str(caught.value)
