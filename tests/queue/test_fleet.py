@@ -11,6 +11,7 @@ node restarts, every acknowledged message reaches the upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -87,7 +88,7 @@ class Node:
         """SIGTERM and wait (or SIGKILL after 20 s)."""
         if self.proc is None or self.proc.returncode is not None:
             return
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(20):
@@ -101,7 +102,9 @@ class Node:
         return "".join(p.read_text() for p in sorted((self.dir / "logs").glob("*.log")))
 
 
-async def start_haproxy(tmp: Path, nodes: list[Node], send_proxy: str) -> tuple[int, object]:
+async def start_haproxy(
+    tmp: Path, nodes: list[Node], send_proxy: str
+) -> tuple[int, asyncio.subprocess.Process]:
     """Run HAProxy with the shipped config in front of *nodes*; return its port and process."""
     front = free_port()
     env = {
@@ -204,6 +207,6 @@ async def test_fleet_behind_haproxy_keeps_every_acknowledged_message(
         assert max(ids_at(upstream).values()) <= 2
     finally:
         if haproxy is not None:
-            haproxy.terminate()  # type: ignore[attr-defined]
-            await haproxy.wait()  # type: ignore[attr-defined]
+            haproxy.terminate()
+            await haproxy.wait()
         await asyncio.gather(*(n.stop() for n in nodes))
