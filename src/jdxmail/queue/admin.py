@@ -16,14 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jdxmail.queue.spool import (
-    FLUSH_FILE,
-    MAGIC,
-    QUEUE_SUFFIX,
-    STATE_SUFFIX,
-    claim,
-    queue_id_time,
-)
+from jdxmail.queue.durable import claim
+from jdxmail.queue.queuefile import MAGIC, QUEUE_SUFFIX
+from jdxmail.queue.spool import FLUSH_FILE, STATE_SUFFIX, queue_id_time
 from jdxmail.queue.state import (
     FAILED,
     PENDING,

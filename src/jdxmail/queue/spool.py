@@ -36,32 +36,53 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import enum
 import errno
-import fcntl
 import itertools
-import json
 import logging
 import os
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from jdxmail.process import libc, tmp_writer_alive
+from jdxmail.process import tmp_writer_alive
+from jdxmail.queue.durable import (
+    DIR_FLAGS,
+    claim,
+    claim_sized,
+    fsync_dir,
+    has_syncfs,
+    sync_file_system,
+    unlink_quietly,
+    write_synced,
+)
 from jdxmail.queue.mailbox import (
     MailboxDelivery,
     delivery_head,
     mailbox_dir_for,
     message_file_name,
 )
+from jdxmail.queue.queuefile import (
+    QUEUE_SUFFIX,
+    AcceptedMessage,
+    CorruptSpoolFile,
+    DataTail,
+    QueuedMessage,
+    SpooledBody,
+    SpoolError,
+    SpoolFull,
+    crc32_combine,
+    encode_queued_head,
+    read_queued_fd,
+    read_queued_message,
+)
 
 __all__ = [
     "FLUSH_FILE",
+    "QUEUE_SUFFIX",
     "AcceptedMessage",
     "CorruptSpoolFile",
     "DataTail",
@@ -73,6 +94,7 @@ __all__ = [
     "SpooledBody",
     "claim",
     "claim_sized",
+    "crc32_combine",
     "read_queued_fd",
     "read_queued_message",
     "spool_stats",
@@ -80,8 +102,6 @@ __all__ = [
 
 logger = logging.getLogger("jdxmail.queue")
 
-MAGIC = b"JDXSPOOL 1\n"
-QUEUE_SUFFIX = ".msg"
 STATE_SUFFIX = ".json"
 
 #: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
@@ -100,173 +120,6 @@ _SPARE_IDLE_LOOK = 0.1
 _STOCK = 64
 
 CommitMode = Literal["batch", "batch-fsync", "per-message"]
-
-
-class SpoolError(Exception):
-    """Storing failed (an I/O error, permission...); the server answers 451 4.3.0."""
-
-
-class SpoolFull(SpoolError):
-    """Storing failed for want of space (disk full, quota); the server answers 452 4.3.1."""
-
-
-class CorruptSpoolFile(SpoolError):
-    """A spool file is truncated, has a bad checksum or an unreadable envelope."""
-
-
-@dataclass(slots=True, eq=False)
-class DataTail:
-    """The data of a big message past its first part, in an unnamed file in ``tmp/``.
-
-    The server writes a message too big to hold in memory here as it arrives
-    (:meth:`Spool.new_tail`); the spool copies it into each file it stores and closes
-    it when the store is done. The file has no name: nothing is left behind if the
-    process dies.
-    """
-
-    fd: int
-    size: int = 0
-    crc32: int = 0
-
-    def write(self, data: bytes | bytearray) -> None:
-        """Append *data*; OSError (disk full...) if it cannot be written."""
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.crc32 = zlib.crc32(data, self.crc32)
-        self.size += len(data)
-
-    def close(self) -> None:
-        """Close (and so free) the file; safe to call twice."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedMessage:
-    """A message the server has accepted, with its envelope, ready to be stored."""
-
-    mail_from: str
-    relay_recipients: tuple[str, ...]
-    local_recipients: tuple[str, ...]
-    #: the message as it is stored (the server's buffer itself for big messages:
-    #: nobody changes it after it is handed over)
-    data: bytes | bytearray
-    message_id: str
-    auth_user: str | None
-    client_address: str
-    session_id: str
-    received_at: float
-    mail_options: tuple[str, ...] = ()
-    #: the rest of the data, after *data*, for a message too big to hold in memory
-    #: (storing it hands the tail over to the spool, which closes it)
-    tail: DataTail | None = None
-
-    @property
-    def size(self) -> int:
-        """The size of the whole data in bytes."""
-        return len(self.data) + (self.tail.size if self.tail is not None else 0)
-
-    def crc32(self) -> int:
-        """The CRC-32 of the whole data."""
-        crc = zlib.crc32(self.data)
-        if self.tail is None:
-            return crc
-        return crc32_combine(crc, self.tail.crc32, self.tail.size)
-
-
-def _gf2_times(matrix: list[int], vector: int) -> int:
-    total = 0
-    row = 0
-    while vector:
-        if vector & 1:
-            total ^= matrix[row]
-        vector >>= 1
-        row += 1
-    return total
-
-
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
-
-
-def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
-    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B) (zlib's crc32_combine).
-
-    A big message's tail is checksummed as it arrives, before the headers put in
-    front of it are known; this joins the two without reading the data again.
-    """
-    if length2 <= 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    while True:  # apply len2 zero bytes to crc1, squaring the operator per bit of len2
-        even = _gf2_square(odd)
-        if length2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        length2 >>= 1
-        if not length2:
-            break
-        odd = _gf2_square(even)
-        if length2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        length2 >>= 1
-        if not length2:
-            break
-    return crc1 ^ crc2
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedMessage:
-    """A message read back from ``queue/ID.msg``: its envelope and data.
-
-    For a big message read with ``read_queued_fd(..., keep_over=N)``, *data* holds
-    only its first bytes (the header section, for bounces) and *spooled* says where
-    the whole data is, to be read in pieces while it is sent.
-    """
-
-    queue_id: str
-    mail_from: str
-    recipients: tuple[str, ...]
-    data: bytes
-    message_id: str
-    auth_user: str | None
-    client_address: str
-    session_id: str
-    received_at: float
-    mail_options: tuple[str, ...]
-    spooled: SpooledBody | None = None
-
-    @property
-    def size(self) -> int:
-        """The size of the whole data in bytes."""
-        return self.spooled.size if self.spooled is not None else len(self.data)
-
-
-@dataclass(frozen=True, slots=True)
-class SpooledBody:
-    """The data of a big queued message, left in its (claimed, open) queue file."""
-
-    fd: int
-    offset: int
-    size: int
-
-    def pieces(self, piece: int = 1 << 20) -> Iterator[bytes]:
-        """The data in pieces of *piece* bytes; CorruptSpoolFile if the file got short."""
-        done = 0
-        while done < self.size:
-            chunk = os.pread(self.fd, min(piece, self.size - done), self.offset + done)
-            if not chunk:
-                raise CorruptSpoolFile(f"the queue file ended {self.size - done} bytes early")
-            done += len(chunk)
-            yield chunk
-
-    def read(self) -> bytes:
-        """The whole data at once (for the rare paths that must change it)."""
-        return b"".join(self.pieces())
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,288 +159,6 @@ def queue_id_time(queue_id: str) -> float | None:
         return int(queue_id[:13], 16) / 1e6
     except ValueError:
         return None
-
-
-#: one encoder and decoder for every envelope line (json.dumps/loads set one up per call)
-_ENVELOPE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
-_ENVELOPE_DECODER = json.JSONDecoder()
-
-
-def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
-    """The start of ``queue/ID.msg``: magic line and one JSON envelope line."""
-    header = {
-        "id": queue_id,
-        "mail_from": message.mail_from,
-        "recipients": list(message.relay_recipients),
-        "local_recipients": list(message.local_recipients),
-        "message_id": message.message_id,
-        "auth_user": message.auth_user,
-        "client": message.client_address,
-        "session": message.session_id,
-        "received_at": message.received_at,
-        "mail_options": list(message.mail_options),
-        "size": message.size,
-        "crc32": message.crc32(),
-    }
-    line = _ENVELOPE_ENCODER.encode(header).encode("ascii")
-    return b"".join((MAGIC, line, b"\n"))
-
-
-def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
-    """The envelope of a queue file from its first bytes, and where the data starts."""
-    if not raw.startswith(MAGIC):
-        raise CorruptSpoolFile(f"{queue_id}: not a jdxmail spool file (bad first line)")
-    end = raw.find(b"\n", len(MAGIC))
-    if end < 0:
-        raise CorruptSpoolFile(f"{queue_id}: truncated envelope")
-    try:
-        text = raw[len(MAGIC) : end].decode("utf-8")
-        header, used = _ENVELOPE_DECODER.raw_decode(text)
-        if used != len(text):
-            raise ValueError(f"extra data after the envelope at {used}")
-    except ValueError as exc:
-        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
-    if not isinstance(header, dict):
-        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (not an object)")
-    return header, end + 1
-
-
-def _queued(
-    header: dict[str, Any], data: bytes, queue_id: str, spooled: SpooledBody | None = None
-) -> QueuedMessage:
-    """The message of *header* with *data*, checked here unless *spooled* (checked)."""
-    if header.get("id") != queue_id:
-        # A spare file taken for a new message whose new content never reached the
-        # disk (a power cut before the flush) still holds the old, delivered one.
-        raise CorruptSpoolFile(
-            f"{queue_id}: the envelope is that of another message ({header.get('id')!r})"
-        )
-    try:
-        if spooled is None and (len(data) != header["size"] or zlib.crc32(data) != header["crc32"]):
-            raise CorruptSpoolFile(
-                f"{queue_id}: data is {len(data)} bytes or has a bad checksum "
-                f"(envelope says {header['size']} bytes)"
-            )
-        return QueuedMessage(
-            queue_id=queue_id,
-            mail_from=str(header["mail_from"]),
-            recipients=tuple(str(r) for r in header["recipients"]),
-            data=data,
-            message_id=str(header["message_id"]),
-            auth_user=None if header["auth_user"] is None else str(header["auth_user"]),
-            client_address=str(header["client"]),
-            session_id=str(header["session"]),
-            received_at=float(header["received_at"]),
-            mail_options=tuple(str(o) for o in header["mail_options"]),
-            spooled=spooled,
-        )
-    except CorruptSpoolFile:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
-
-
-def read_queued_message(path: Path) -> QueuedMessage:
-    """Read and check ``queue/ID.msg``; raise CorruptSpoolFile or OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return read_queued_fd(fd, path.name.removesuffix(QUEUE_SUFFIX))
-    finally:
-        os.close(fd)
-
-
-#: how much of a queue file is read first to find its envelope line
-_HEAD_READ = 1 << 16
-
-
-def read_queued_fd(fd: int, queue_id: str, *, keep_over: int | None = None) -> QueuedMessage:
-    """Read and check the queue file open on *fd*, holding its data in memory once.
-
-    Data over *keep_over* bytes stays in the file: it is checked (size, checksum)
-    in pieces here and the message's ``spooled`` says where it is; ``data`` then
-    holds its first 64 KiB. Raises CorruptSpoolFile or OSError.
-    """
-    head = os.pread(fd, _HEAD_READ, 0)
-    while len(head) % _HEAD_READ == 0 and head and b"\n" not in head[len(MAGIC) :]:
-        more = os.pread(fd, _HEAD_READ, len(head))  # an envelope longer than 64 KiB
-        if not more:
-            break
-        head += more
-    header, start = _parse_header(head, queue_id)
-    size = header.get("size")
-    if not isinstance(size, int) or size < 0:
-        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (no size)")
-    if keep_over is not None and size > keep_over:
-        return _kept_in_file(header, fd, start, size, queue_id)
-    whole = len(head) % _HEAD_READ != 0 or len(head) - start > size  # all read already
-    # Else one byte more than announced, to notice a file that is too long.
-    data = head[start:] if whole else os.pread(fd, size + 1, start)
-    return _queued(header, data, queue_id)
-
-
-def _kept_in_file(
-    header: dict[str, Any], fd: int, start: int, size: int, queue_id: str
-) -> QueuedMessage:
-    body = SpooledBody(fd, start, size)
-    crc = 0
-    try:
-        for piece in body.pieces():
-            crc = zlib.crc32(piece, crc)
-    except CorruptSpoolFile as exc:
-        raise CorruptSpoolFile(f"{queue_id}: {exc}") from None
-    if os.pread(fd, 1, start + size) or crc != header.get("crc32"):
-        raise CorruptSpoolFile(
-            f"{queue_id}: data has a bad checksum or is longer than the {size} bytes announced"
-        )
-    return _queued(header, os.pread(fd, min(size, _HEAD_READ), start), queue_id, body)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory *path* (creations, renames, removals) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_synced(
-    path: str | Path,
-    parts: Sequence[bytes | bytearray],
-    *,
-    sync: bool = True,
-    reuse: bool = False,
-    empty: bool = False,
-    tail: DataTail | None = None,
-) -> None:
-    """Create *path* (which must not exist) with *parts* joined, fsync'ed before returning.
-
-    With ``sync=False`` the caller makes the data durable (``syncfs`` for a batch).
-    With *reuse*, *path* is an existing file to write over, cut to the new size;
-    with *empty*, an existing empty file of this process's own to write. A *tail*
-    is copied in after the parts, file to file (no copy through memory on Linux).
-    """
-    existing = reuse or empty
-    flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if existing else os.O_CREAT | os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
-    try:
-        if reuse:
-            os.ftruncate(fd, sum(len(part) for part in parts))
-        views = [memoryview(part) for part in parts if part]
-        while views:
-            written = os.writev(fd, views)
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
-        if tail is not None:
-            _copy_tail(tail, fd)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_tail(tail: DataTail, fd: int) -> None:
-    """Append the whole of *tail* to the file open as *fd* (at its current offset)."""
-    done = 0
-    copy_range = getattr(os, "copy_file_range", None)
-    while copy_range is not None and done < tail.size:
-        try:
-            copied = copy_range(tail.fd, fd, tail.size - done, done)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            copied = 0
-        if not copied:
-            break  # not supported here: copy through memory, piece by piece
-        done += copied
-    while done < tail.size:
-        piece = os.pread(tail.fd, min(1 << 20, tail.size - done), done)
-        if not piece:
-            raise OSError(errno.EIO, "the message's tail file ended early")
-        view = memoryview(piece)
-        while view:
-            view = view[os.write(fd, view) :]
-        done += len(piece)
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    c = libc()
-    if c is None or not hasattr(c, "syncfs"):
-        return None
-    function = c.syncfs
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNCFS = _load_syncfs()
-
-
-def sync_file_system(directory: Path | int) -> None:
-    """Flush every written file of the file system holding *directory* (Linux syncfs).
-
-    *directory* may be a descriptor open on it (the sync thread keeps one per file
-    system rather than opening the folder for every flush).
-    """
-    if _SYNCFS is None:
-        raise OSError(errno.ENOSYS, "syncfs is not available")
-    if isinstance(directory, int):
-        _syncfs_fd(directory, str(directory))
-        return
-    fd = os.open(directory, _DIR_FLAGS)
-    try:
-        _syncfs_fd(fd, str(directory))
-    finally:
-        os.close(fd)
-
-
-def _syncfs_fd(fd: int, shown: str) -> None:
-    assert _SYNCFS is not None
-    if _SYNCFS(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), shown)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-def claim(path: str | Path) -> int | None:
-    """Open and lock queue file *path* for delivery; None if gone or taken by another.
-
-    The lock is held until the returned descriptor is closed.
-    """
-    claimed = claim_sized(path)
-    return None if claimed is None else claimed[0]
-
-
-def claim_sized(path: str | Path) -> tuple[int, int] | None:
-    """:func:`claim`, also returning the file's size (from the check it makes anyway)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        here = os.stat(path)
-        mine = os.fstat(fd)
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev) or mine.st_nlink == 0:
-        os.close(fd)
-        return None
-    return fd, mine.st_size
-
-
-def _unlink_quietly(path: str | Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 @dataclass(slots=True)
@@ -655,7 +226,7 @@ class Spool:
         self._commit_mode = commit_mode
         #: files written and placed by the loop, syncfs by the sync thread (else the
         #: writer thread writes, fsyncs each file, renames and fsyncs the directories)
-        self._pipelined = commit_mode == "batch" and _SYNCFS is not None
+        self._pipelined = commit_mode == "batch" and has_syncfs()
         self._syncfs_dirs: list[Path] = []
         self._cond = threading.Condition()
         self._pending: list[_Store] = []
@@ -715,7 +286,7 @@ class Spool:
             self._restock.set()
             await asyncio.to_thread(stocker.join)
             while self._stock:
-                _unlink_quietly(self._stock.popleft())
+                unlink_quietly(self._stock.popleft())
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -894,7 +465,7 @@ class Spool:
         targets: list[Path | int] = []
         for directory in self._syncfs_dirs:
             try:
-                targets.append(os.open(directory, _DIR_FLAGS))
+                targets.append(os.open(directory, DIR_FLAGS))
             except OSError:  # then each flush opens it, and reports the error there
                 targets.append(directory)
         try:
@@ -1089,7 +660,7 @@ class Spool:
 
     def _undo(self, plan: _Plan) -> None:
         for path in (*plan.placed, *plan.tmp_files):
-            _unlink_quietly(path)
+            unlink_quietly(path)
         plan.placed.clear()
 
     # -- reading (for the delivery engine and the queue CLI) -------------------------

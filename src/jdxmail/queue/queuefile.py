@@ -1,0 +1,336 @@
+"""The queue-file format: what the spool stores and how ``queue/ID.msg`` is read back.
+
+A queue file is a magic line, one JSON envelope line (with the data's size and
+CRC-32) and the data. The size and checksum let a reader tell a file a crash cut
+short, or a recycled file whose new content never reached the disk, from a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MAGIC",
+    "QUEUE_SUFFIX",
+    "AcceptedMessage",
+    "CorruptSpoolFile",
+    "DataTail",
+    "QueuedMessage",
+    "SpoolError",
+    "SpoolFull",
+    "SpooledBody",
+    "crc32_combine",
+    "encode_queued_head",
+    "read_queued_fd",
+    "read_queued_message",
+]
+
+MAGIC = b"JDXSPOOL 1\n"
+QUEUE_SUFFIX = ".msg"
+
+
+class SpoolError(Exception):
+    """Storing failed (an I/O error, permission...); the server answers 451 4.3.0."""
+
+
+class SpoolFull(SpoolError):
+    """Storing failed for want of space (disk full, quota); the server answers 452 4.3.1."""
+
+
+class CorruptSpoolFile(SpoolError):
+    """A spool file is truncated, has a bad checksum or an unreadable envelope."""
+
+
+@dataclass(slots=True, eq=False)
+class DataTail:
+    """The data of a big message past its first part, in an unnamed file in ``tmp/``.
+
+    The server writes a message too big to hold in memory here as it arrives
+    (:meth:`Spool.new_tail`); the spool copies it into each file it stores and closes
+    it when the store is done. The file has no name: nothing is left behind if the
+    process dies.
+    """
+
+    fd: int
+    size: int = 0
+    crc32: int = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Append *data*; OSError (disk full...) if it cannot be written."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.crc32 = zlib.crc32(data, self.crc32)
+        self.size += len(data)
+
+    def close(self) -> None:
+        """Close (and so free) the file; safe to call twice."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedMessage:
+    """A message the server has accepted, with its envelope, ready to be stored."""
+
+    mail_from: str
+    relay_recipients: tuple[str, ...]
+    local_recipients: tuple[str, ...]
+    #: the message as it is stored (the server's buffer itself for big messages:
+    #: nobody changes it after it is handed over)
+    data: bytes | bytearray
+    message_id: str
+    auth_user: str | None
+    client_address: str
+    session_id: str
+    received_at: float
+    mail_options: tuple[str, ...] = ()
+    #: the rest of the data, after *data*, for a message too big to hold in memory
+    #: (storing it hands the tail over to the spool, which closes it)
+    tail: DataTail | None = None
+
+    @property
+    def size(self) -> int:
+        """The size of the whole data in bytes."""
+        return len(self.data) + (self.tail.size if self.tail is not None else 0)
+
+    def crc32(self) -> int:
+        """The CRC-32 of the whole data."""
+        crc = zlib.crc32(self.data)
+        if self.tail is None:
+            return crc
+        return crc32_combine(crc, self.tail.crc32, self.tail.size)
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total = 0
+    row = 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B) (zlib's crc32_combine).
+
+    A big message's tail is checksummed as it arrives, before the headers put in
+    front of it are known; this joins the two without reading the data again.
+    """
+    if length2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:  # apply len2 zero bytes to crc1, squaring the operator per bit of len2
+        even = _gf2_square(odd)
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _gf2_square(even)
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message read back from ``queue/ID.msg``: its envelope and data.
+
+    For a big message read with ``read_queued_fd(..., keep_over=N)``, *data* holds
+    only its first bytes (the header section, for bounces) and *spooled* says where
+    the whole data is, to be read in pieces while it is sent.
+    """
+
+    queue_id: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+    message_id: str
+    auth_user: str | None
+    client_address: str
+    session_id: str
+    received_at: float
+    mail_options: tuple[str, ...]
+    spooled: SpooledBody | None = None
+
+    @property
+    def size(self) -> int:
+        """The size of the whole data in bytes."""
+        return self.spooled.size if self.spooled is not None else len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledBody:
+    """The data of a big queued message, left in its (claimed, open) queue file."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def pieces(self, piece: int = 1 << 20) -> Iterator[bytes]:
+        """The data in pieces of *piece* bytes; CorruptSpoolFile if the file got short."""
+        done = 0
+        while done < self.size:
+            chunk = os.pread(self.fd, min(piece, self.size - done), self.offset + done)
+            if not chunk:
+                raise CorruptSpoolFile(f"the queue file ended {self.size - done} bytes early")
+            done += len(chunk)
+            yield chunk
+
+    def read(self) -> bytes:
+        """The whole data at once (for the rare paths that must change it)."""
+        return b"".join(self.pieces())
+
+
+#: one encoder and decoder for every envelope line (json.dumps/loads set one up per call)
+_ENVELOPE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+_ENVELOPE_DECODER = json.JSONDecoder()
+
+
+def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
+    """The start of ``queue/ID.msg``: magic line and one JSON envelope line."""
+    header = {
+        "id": queue_id,
+        "mail_from": message.mail_from,
+        "recipients": list(message.relay_recipients),
+        "local_recipients": list(message.local_recipients),
+        "message_id": message.message_id,
+        "auth_user": message.auth_user,
+        "client": message.client_address,
+        "session": message.session_id,
+        "received_at": message.received_at,
+        "mail_options": list(message.mail_options),
+        "size": message.size,
+        "crc32": message.crc32(),
+    }
+    line = _ENVELOPE_ENCODER.encode(header).encode("ascii")
+    return b"".join((MAGIC, line, b"\n"))
+
+
+def _parse_header(raw: bytes, queue_id: str) -> tuple[dict[str, Any], int]:
+    """The envelope of a queue file from its first bytes, and where the data starts."""
+    if not raw.startswith(MAGIC):
+        raise CorruptSpoolFile(f"{queue_id}: not a jdxmail spool file (bad first line)")
+    end = raw.find(b"\n", len(MAGIC))
+    if end < 0:
+        raise CorruptSpoolFile(f"{queue_id}: truncated envelope")
+    try:
+        text = raw[len(MAGIC) : end].decode("utf-8")
+        header, used = _ENVELOPE_DECODER.raw_decode(text)
+        if used != len(text):
+            raise ValueError(f"extra data after the envelope at {used}")
+    except ValueError as exc:
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (not an object)")
+    return header, end + 1
+
+
+def _queued(
+    header: dict[str, Any], data: bytes, queue_id: str, spooled: SpooledBody | None = None
+) -> QueuedMessage:
+    """The message of *header* with *data*, checked here unless *spooled* (checked)."""
+    if header.get("id") != queue_id:
+        # A spare file taken for a new message whose new content never reached the
+        # disk (a power cut before the flush) still holds the old, delivered one.
+        raise CorruptSpoolFile(
+            f"{queue_id}: the envelope is that of another message ({header.get('id')!r})"
+        )
+    try:
+        if spooled is None and (len(data) != header["size"] or zlib.crc32(data) != header["crc32"]):
+            raise CorruptSpoolFile(
+                f"{queue_id}: data is {len(data)} bytes or has a bad checksum "
+                f"(envelope says {header['size']} bytes)"
+            )
+        return QueuedMessage(
+            queue_id=queue_id,
+            mail_from=str(header["mail_from"]),
+            recipients=tuple(str(r) for r in header["recipients"]),
+            data=data,
+            message_id=str(header["message_id"]),
+            auth_user=None if header["auth_user"] is None else str(header["auth_user"]),
+            client_address=str(header["client"]),
+            session_id=str(header["session"]),
+            received_at=float(header["received_at"]),
+            mail_options=tuple(str(o) for o in header["mail_options"]),
+            spooled=spooled,
+        )
+    except CorruptSpoolFile:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope ({exc})") from None
+
+
+def read_queued_message(path: Path) -> QueuedMessage:
+    """Read and check ``queue/ID.msg``; raise CorruptSpoolFile or OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return read_queued_fd(fd, path.name.removesuffix(QUEUE_SUFFIX))
+    finally:
+        os.close(fd)
+
+
+#: how much of a queue file is read first to find its envelope line
+_HEAD_READ = 1 << 16
+
+
+def read_queued_fd(fd: int, queue_id: str, *, keep_over: int | None = None) -> QueuedMessage:
+    """Read and check the queue file open on *fd*, holding its data in memory once.
+
+    Data over *keep_over* bytes stays in the file: it is checked (size, checksum)
+    in pieces here and the message's ``spooled`` says where it is; ``data`` then
+    holds its first 64 KiB. Raises CorruptSpoolFile or OSError.
+    """
+    head = os.pread(fd, _HEAD_READ, 0)
+    while len(head) % _HEAD_READ == 0 and head and b"\n" not in head[len(MAGIC) :]:
+        more = os.pread(fd, _HEAD_READ, len(head))  # an envelope longer than 64 KiB
+        if not more:
+            break
+        head += more
+    header, start = _parse_header(head, queue_id)
+    size = header.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (no size)")
+    if keep_over is not None and size > keep_over:
+        return _kept_in_file(header, fd, start, size, queue_id)
+    whole = len(head) % _HEAD_READ != 0 or len(head) - start > size  # all read already
+    # Else one byte more than announced, to notice a file that is too long.
+    data = head[start:] if whole else os.pread(fd, size + 1, start)
+    return _queued(header, data, queue_id)
+
+
+def _kept_in_file(
+    header: dict[str, Any], fd: int, start: int, size: int, queue_id: str
+) -> QueuedMessage:
+    body = SpooledBody(fd, start, size)
+    crc = 0
+    try:
+        for piece in body.pieces():
+            crc = zlib.crc32(piece, crc)
+    except CorruptSpoolFile as exc:
+        raise CorruptSpoolFile(f"{queue_id}: {exc}") from None
+    if os.pread(fd, 1, start + size) or crc != header.get("crc32"):
+        raise CorruptSpoolFile(
+            f"{queue_id}: data has a bad checksum or is longer than the {size} bytes announced"
+        )
+    return _queued(header, os.pread(fd, min(size, _HEAD_READ), start), queue_id, body)
