@@ -157,7 +157,7 @@ async def test_delivered_files_are_reused_for_new_messages(
 ) -> None:
     """A delivered queue file goes to spare/, the next message is written over it, and
     that message arrives intact (not the old one)."""
-    monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
+    monkeypatch.setattr("jdxmail.queue.recycling._SPARE_IDLE_LOOK", 0.0)
     upstream = await upstream_factory()
     running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
     first = await running.spool.store(message(1, body=b"the first, longer message\r\n" * 40))
@@ -186,8 +186,8 @@ async def test_spare_files_are_pruned_oldest_first_at_the_limit(
     """While nobody takes spare files (a queue draining, or sizes no longer needed),
     spare/ stays at about SPARE_LIMIT: past it the older half is removed, so the files
     of recent messages stay; big messages' files are never kept."""
-    monkeypatch.setattr("jdxmail.queue.worker.SPARE_LIMIT", 6)
-    monkeypatch.setattr("jdxmail.queue.worker._SPARE_COUNT_EVERY", 1)
+    monkeypatch.setattr("jdxmail.queue.recycling.SPARE_LIMIT", 6)
+    monkeypatch.setattr("jdxmail.queue.recycling._COUNT_EVERY", 1)
     upstream = await upstream_factory()
     running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
     spare_dir = running.spool.spare_dir
@@ -198,7 +198,7 @@ async def test_spare_files_are_pruned_oldest_first_at_the_limit(
     assert os.listdir(spare_dir) == []  # over 256 KiB: removed
     for n in range(5):  # left by a burst of 40 KB messages long ago
         (spare_dir / f"0000000000000000000000{n:02d}.10").write_bytes(b"x" * 40_000)
-    running.spool._spares_seen_at = time.monotonic() + 3600  # the server takes none
+    running.spool.files._spares_seen_at = time.monotonic() + 3600  # the server takes none
     ids = []
     for n in range(6):
         ids.append(await running.spool.store(message(n)))

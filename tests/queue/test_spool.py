@@ -404,9 +404,9 @@ async def test_store_writes_over_a_spare_file(
     """A delivered queue file left in spare/ is reused (same inode) for a next message
     that needs as many 4 KiB blocks or more, cut or grown to the new size, and reads
     back as exactly the new message."""
-    monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
+    monkeypatch.setattr("jdxmail.queue.recycling._SPARE_IDLE_LOOK", 0.0)
     old_id = await spool.store(make_message(1, size=old_size))
-    spare = spool.spare_file(old_id, spool.queue_path(old_id).stat().st_size)
+    spare = spool.files.spare_path(old_id, spool.queue_path(old_id).stat().st_size)
     os.rename(spool.queue_file(old_id), spare)  # as the delivery engine does
     inode = os.stat(spare).st_ino
     message = make_message(2, size=new_size)
@@ -424,9 +424,9 @@ async def test_spare_files_that_would_have_to_shrink_are_not_taken(
     """A smaller message does not take a spare with more blocks (cutting a file down
     frees blocks, which waits for the disk), nor does a message over 256 KiB, nor a
     name without a block count, a symlink or a folder in spare/."""
-    monkeypatch.setattr("jdxmail.queue.spool._SPARE_IDLE_LOOK", 0.0)
+    monkeypatch.setattr("jdxmail.queue.recycling._SPARE_IDLE_LOOK", 0.0)
     big_id = await spool.store(make_message(1, size=20_000))
-    big_spare = spool.spare_file(big_id, spool.queue_path(big_id).stat().st_size)
+    big_spare = spool.files.spare_path(big_id, spool.queue_path(big_id).stat().st_size)
     os.rename(spool.queue_file(big_id), big_spare)
     outside = spool.spool_dir.parent / "outside.txt"
     outside.write_bytes(b"not yours")

@@ -34,7 +34,6 @@ docs/delivery.md.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import errno
@@ -79,6 +78,7 @@ from jdxmail.queue.queuefile import (
     read_queued_fd,
     read_queued_message,
 )
+from jdxmail.queue.recycling import SPARE_DIR, FileRecycler, Reuse, TmpFile, tmp_file_name
 
 __all__ = [
     "FLUSH_FILE",
@@ -106,19 +106,6 @@ STATE_SUFFIX = ".json"
 
 #: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
 FLUSH_FILE = "flush"
-#: queue files of delivered messages, kept to be written over by the next stores
-SPARE_DIR = "spare"
-#: delivered queue files up to this size are kept in spare/ (bigger ones are removed)
-SPARE_MAX_SIZE = 256 * 1024
-#: at most about this many files are kept in spare/
-SPARE_LIMIT = 2048
-#: how many spare names one look at spare/ takes
-_SPARE_BATCH = 256
-#: seconds before looking at an empty spare/ again
-_SPARE_IDLE_LOOK = 0.1
-#: empty tmp files the stock thread keeps made ahead for new queue files
-_STOCK = 64
-
 CommitMode = Literal["batch", "batch-fsync", "per-message"]
 
 
@@ -216,12 +203,6 @@ class Spool:
         self.mailbox_tmp_dir = self.mailbox_dir / ".tmp"
         # plain strings for the paths the delivery engine builds per message
         self._queue_prefix = os.path.join(self.queue_dir, "")
-        self._tmp_prefix = os.path.join(self.tmp_dir, "")
-        self._spare_prefix = os.path.join(self.spare_dir, "")
-        #: names in spare/ not taken yet, by block count (as last seen), and when
-        #: a look found none that fitted
-        self._spares: dict[int, list[str]] = {}
-        self._spares_seen_at = -_SPARE_IDLE_LOOK
         self._state_prefix = os.path.join(self.state_dir, "")
         self._commit_mode = commit_mode
         #: files written and placed by the loop, syncfs by the sync thread (else the
@@ -232,12 +213,9 @@ class Spool:
         self._pending: list[_Store] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        #: empty tmp files made ahead by the stock thread (paths), see _take_stock
-        self._stock: collections.deque[str] = collections.deque()
-        self._restock = threading.Event()
-        self._stocker: threading.Thread | None = None
-        self._stock_names = itertools.count(1)
-        self._tmp_counter = 0
+        #: spare files, files made ahead and tmp names
+        self.files = FileRecycler(self.spool_dir, make_ahead=self._pipelined)
+        self._mailbox_tmp_numbers = itertools.count(1)
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
         #: called on the loop when a message enters queue/ (its queue id)
@@ -281,12 +259,7 @@ class Spool:
             self._cond.notify_all()
         await asyncio.to_thread(thread.join)
         self._thread = None
-        stocker, self._stocker = self._stocker, None
-        if stocker is not None:
-            self._restock.set()
-            await asyncio.to_thread(stocker.join)
-            while self._stock:
-                unlink_quietly(self._stock.popleft())
+        await asyncio.to_thread(self.files.close)
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -362,7 +335,7 @@ class Spool:
     def _plan(self, plan: _Plan, message: AcceptedMessage) -> None:
         if message.relay_recipients:
             plan.queue_file = (
-                self._tmp_prefix + self._tmp_name(plan.queue_id),
+                self.files.tmp_path(plan.queue_id),
                 self.queue_file(plan.queue_id),
             )
         if not message.local_recipients:
@@ -377,7 +350,7 @@ class Spool:
             plan.mailbox_files.append(
                 MailboxDelivery(
                     recipient=recipient,
-                    tmp=self.mailbox_tmp_dir / self._tmp_name(plan.queue_id),
+                    tmp=self.mailbox_tmp_dir / self._mailbox_tmp_name(plan.queue_id),
                     directory=directory,
                     name=name,
                     head=delivery_head(message.mail_from, recipient),
@@ -407,15 +380,14 @@ class Spool:
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
-        path = self._tmp_prefix + self._tmp_name("tail")
+        path = self.files.tmp_path("tail")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.unlink(path)
         return DataTail(fd)
 
-    def _tmp_name(self, queue_id: str) -> str:
-        """A new tmp file name for *queue_id* (see _tmp_file_name)."""
-        self._tmp_counter += 1
-        return _tmp_file_name(queue_id, self._tmp_counter)
+    def _mailbox_tmp_name(self, queue_id: str) -> str:
+        """A new name in the mailboxes' ``.tmp/`` for *queue_id* (see tmp_file_name)."""
+        return tmp_file_name(queue_id, next(self._mailbox_tmp_numbers))
 
     def _submit(self, jobs: list[_Store]) -> None:
         with self._cond:
@@ -584,7 +556,7 @@ class Spool:
             directory.mkdir(parents=True, exist_ok=True)
         if missing:
             if self.tmp_dir in missing:
-                self._stock.clear()
+                self.files.forget_made_ahead()
             logger.warning(
                 "spool: made again the folder(s) deleted while serving: %s",
                 ", ".join(str(d) for d in missing),
@@ -606,25 +578,23 @@ class Spool:
         plan.tmp_files.clear()
         try:
             if plan.queue_file is not None:
-                tmp, final = plan.queue_file
+                _, final = plan.queue_file
                 head = encode_queued_head(plan.queue_id, message)
                 size = len(head) + message.size
-                # (in batch mode the event loop writes messages this small: only it
-                # takes files made ahead or starts the thread that makes them)
-                small = message.tail is None and len(message.data) <= SPARE_MAX_SIZE
-                reuse = small and self._take_spare(tmp, size)
-                stocked = self._take_stock() if small and not reuse else None
-                if stocked is not None:
-                    tmp = stocked
-                    plan.queue_file = (tmp, final)
-                plan.tmp_files.append(tmp)
-                parts = (head, message.data)
+                # (in batch mode the event loop writes every message small enough to
+                # recycle a file for: take() runs on one thread at a time)
+                if message.tail is None:
+                    target = self.files.take(size, plan.queue_id)
+                else:
+                    target = TmpFile(self.files.tmp_path(plan.queue_id))
+                plan.queue_file = (target.path, final)
+                plan.tmp_files.append(target.path)
                 write_synced(
-                    tmp,
-                    parts,
+                    target.path,
+                    (head, message.data),
                     sync=sync,
-                    reuse=reuse,
-                    empty=stocked is not None,
+                    reuse=target.reuse is Reuse.SPARE,
+                    empty=target.reuse is Reuse.EMPTY,
                     tail=message.tail,
                 )
             for delivery in plan.mailbox_files:
@@ -669,86 +639,6 @@ class Spool:
         """Where the queue file of *queue_id* lives."""
         return self.queue_dir / f"{queue_id}{QUEUE_SUFFIX}"
 
-    def spare_file(self, queue_id: str, size: int) -> str:
-        """Where a delivered queue file of *size* bytes is kept for reuse: ``spare/ID.N``,
-        N the number of 4 KiB blocks it fills."""
-        return f"{self._spare_prefix}{queue_id}.{_blocks(size)}"
-
-    def _take_spare(self, path: str, size: int) -> bool:
-        """Move a spare file to *path* to be written over; False when none fits.
-
-        A new file costs the file system an inode and a delivered one's removal
-        frees one; on ext4 without a journal every create then steps over the
-        inodes freed in the last minutes (``recently_deleted``), which took a
-        quarter of this machine's CPU at ~1,000 messages/s. Several processes may
-        share spare/: the rename gives each file to one of them. Only a file no
-        bigger (in blocks) than *size* needs is taken: cutting a file down frees
-        blocks, which waits for the disk here (0.15-0.3 ms) as a removal does.
-        """
-        need = _blocks(size)
-        name = self._pick_spare(need)
-        now = time.monotonic()
-        if name is None and now >= self._spares_seen_at + _SPARE_IDLE_LOOK:
-            self._spares = _spares_in(self.spare_dir)
-            name = self._pick_spare(need)
-            if name is None:
-                self._spares_seen_at = now  # nothing that fits: look again later
-        while name is not None:
-            try:
-                os.rename(self._spare_prefix + name, path)
-            except FileNotFoundError:  # taken by another process sharing the spool
-                name = self._pick_spare(need)
-                continue
-            except OSError:
-                return False
-            return True
-        return False
-
-    def _take_stock(self) -> str | None:
-        """An empty tmp file the stock thread made ahead (its path), or None.
-
-        Creating a file is the costly part of a new queue file on a file system with
-        many recently removed inodes (see _take_spare: up to ~0.4 ms here): when no
-        spare fits, the event loop writes into a file made on another core instead.
-        """
-        stock = self._stock
-        try:
-            path = stock.popleft()
-        except IndexError:
-            path = None
-        if len(stock) < _STOCK // 2:
-            if self._stocker is None and self._pipelined:  # on first need (not in delivery)
-                self._stocker = threading.Thread(
-                    target=self._stock_loop, name="jdxmail-spool-stock", daemon=True
-                )
-                self._stocker.start()
-            self._restock.set()
-        return path
-
-    def _stock_loop(self) -> None:
-        """The stock thread: keep up to _STOCK empty tmp files made ahead."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        while not self._closing:
-            self._restock.wait()
-            self._restock.clear()
-            while len(self._stock) < _STOCK and not self._closing:
-                # named like every tmp file: removed at start if this process died
-                path = self._tmp_prefix + _tmp_file_name("stock", next(self._stock_names))
-                try:
-                    os.close(os.open(path, flags, 0o600))
-                except OSError as exc:  # the loop then creates its own files
-                    logger.debug("spool: could not make a file ahead: %s", exc)
-                    break
-                self._stock.append(path)
-
-    def _pick_spare(self, need: int) -> str | None:
-        """A known spare of *need* blocks, else of the most blocks below that."""
-        for blocks in range(need, 0, -1):
-            names = self._spares.get(blocks)
-            if names:
-                return names.pop()
-        return None
-
     def queue_file(self, queue_id: str) -> str:
         """:meth:`queue_path` as a string (cheaper, for once per delivery)."""
         return f"{self._queue_prefix}{queue_id}{QUEUE_SUFFIX}"
@@ -764,32 +654,6 @@ class Spool:
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""
         return sorted(_ids_in(self.queue_dir))
-
-
-def _tmp_file_name(stem: str, number: int) -> str:
-    """``STEM.pPID.N.tmp``: a tmp file of this process (see process.tmp_writer_alive)."""
-    return f"{stem}.p{os.getpid()}.{number}.tmp"
-
-
-def _blocks(size: int) -> int:
-    """How many 4 KiB blocks *size* bytes fill (at least one)."""
-    return max(1, -(-size // 4096))
-
-
-def _spares_in(directory: Path) -> dict[int, list[str]]:
-    """Up to _SPARE_BATCH plain files of spare/, by the block count in their names."""
-    found: dict[int, list[str]] = {}
-    seen = 0
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            _, _, blocks = entry.name.rpartition(".")
-            if not blocks.isdigit() or not entry.is_file(follow_symlinks=False):
-                continue
-            found.setdefault(int(blocks), []).append(entry.name)
-            seen += 1
-            if seen >= _SPARE_BATCH:
-                break
-    return found
 
 
 def _ids_in(directory: Path) -> Iterator[str]:

@@ -45,8 +45,6 @@ from jdxmail.queue.relay import (
 )
 from jdxmail.queue.spool import (
     FLUSH_FILE,
-    SPARE_LIMIT,
-    SPARE_MAX_SIZE,
     AcceptedMessage,
     CorruptSpoolFile,
     QueuedMessage,
@@ -86,8 +84,6 @@ _KEEP_IN_FILE_OVER = 1 << 20
 _POLL_SECONDS = 1.0
 #: seconds before trying again a queue file that another holds locked
 _LOCKED_RETRY = 1.0
-#: delivered files moved to spare/ between two counts of what spare/ holds
-_SPARE_COUNT_EVERY = 128
 #: unexpected errors on one message before it is moved to corrupt/
 _MAX_CRASHES = 3
 
@@ -355,11 +351,6 @@ class DeliveryEngine:
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
         self._last_flush_check = 0.0
-        #: delivered queue files moved to spare/ (what spare/ holds is counted every
-        #: so often and its older half removed past SPARE_LIMIT: a queue draining,
-        #: or sizes the server no longer needs)
-        self._spared = 0
-        self._pruning = False
         #: seconds between scans of queue/ for messages nobody announced (other
         #: processes, the queue CLI); 1 s in a delivery process without inotify
         self.rescan_interval = _RESCAN_SECONDS
@@ -396,6 +387,7 @@ class DeliveryEngine:
         )
         self.spool.on_queued = self.enqueue
         self._files = _FileThread(asyncio.get_running_loop(), _discard_loaded)
+        self.spool.files.offload = self._files.submit
         self._last_rescan = self.clock()
         # Twice as many workers as sessions: a message waiting for a busy session has
         # its commands sent right after the data of the message before (RelayPool.line_up)
@@ -499,6 +491,7 @@ class DeliveryEngine:
         )
         if self._files is not None:
             files, self._files = self._files, None
+            self.spool.files.offload = None
             await asyncio.to_thread(files.close)
 
     def relay_health(self) -> list[RelayHealth]:
@@ -1210,82 +1203,34 @@ class DeliveryEngine:
             self.spool.state_path(message.queue_id).unlink()
 
     def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
-        """Put the delivered message's queue file in spare/, or have the file thread
-        remove it (the worker does not wait for that).
+        """Hand the delivered message's queue file back to the spool's recycler, or have
+        the file thread remove it (the worker does not wait for that).
 
-        Moving a file to spare/ and closing it take microseconds: done right here,
-        so its lock is gone before the server can reuse it for a new message that
-        this engine would then find locked. The last close of an *unlinked* file
-        frees its blocks, which here (ext4 mounted with ``discard``) waits 0.2-0.6
-        ms even for 1 KB: a pause of the whole event loop, so those go to the file
-        thread. The queue file stays locked until it is moved or gone, so no other
-        process picks it up, and a crash before that only means the message is sent
-        again (at least once).
+        A file the recycler keeps is renamed right here (microseconds), so its lock is
+        gone before the server can reuse it for a new message that this engine would
+        then find locked. Removing a file frees its blocks, which waits for the disk:
+        a pause of the whole event loop, so that goes to the file thread. The queue
+        file stays locked until it is moved or gone, so no other process picks it up,
+        and a crash before that only means the message is sent again (at least once).
         """
         files = self._files
         fd, loaded.fd = loaded.fd, -1
-        had_state = loaded.had_state
-        message = loaded.message
-        spare = message is not None and message.spooled is None and loaded.size <= SPARE_MAX_SIZE
-        if files is None or spare:
-            self._remove(queue_id, fd, had_state=had_state, spare=spare, size=loaded.size)
+        had_state, size = loaded.had_state, loaded.size
+        if files is None or self.spool.files.keeps(size):
+            self._remove(queue_id, fd, had_state=had_state, size=size)
             return
         self._removing.add(queue_id)
-        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state))
+        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state, size=size))
         future.add_done_callback(lambda _: self._removed(queue_id))
-
-    def _check_spares(self) -> None:
-        """Keep spare/ at about SPARE_LIMIT files: past it, remove the older half.
-
-        Queue ids sort by time, so the oldest spares go: those of a size the server
-        has not needed for a while (a burst of big messages, then small ones).
-        """
-        if self._pruning:
-            return
-        try:
-            names = sorted(os.listdir(self.spool.spare_dir))
-        except OSError:
-            return
-        if len(names) < SPARE_LIMIT:
-            return
-        spare_dir = self.spool.spare_dir
-        old = names[: len(names) - SPARE_LIMIT // 2]
-
-        def prune() -> None:
-            for name in old:
-                with contextlib.suppress(OSError):  # taken by the server meanwhile
-                    os.unlink(spare_dir / name)
-
-        files = self._files
-        if files is None:
-            prune()
-            return
-        self._pruning = True  # removals wait for the disk: on the file thread
-        files.submit(prune).add_done_callback(lambda _: setattr(self, "_pruning", False))
 
     def _removed(self, queue_id: str) -> None:
         self._removing.discard(queue_id)
         self._signal_idle()
 
-    def _remove(
-        self, queue_id: str, fd: int, *, had_state: bool, spare: bool = False, size: int = 0
-    ) -> None:
-        """Remove a delivered message's files; a small queue file is moved to spare/
-        instead, for the server to write the next message over (no inode freed and
-        allocated again per message; see Spool._take_spare)."""
+    def _remove(self, queue_id: str, fd: int, *, had_state: bool, size: int) -> None:
+        """Remove a delivered message's files, its queue file through the recycler."""
         try:
-            queue_file = self.spool.queue_file(queue_id)
-            if spare:
-                try:
-                    os.rename(queue_file, self.spool.spare_file(queue_id, size))
-                except OSError:
-                    os.unlink(queue_file)
-                else:
-                    self._spared += 1
-                    if self._spared % _SPARE_COUNT_EVERY == 0:
-                        self._check_spares()
-            else:
-                os.unlink(queue_file)
+            self.spool.files.give(self.spool.queue_file(queue_id), size)
             if had_state:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spool.state_file(queue_id))

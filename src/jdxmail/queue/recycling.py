@@ -1,0 +1,277 @@
+"""File recycling: new queue files are written over old ones instead of made from scratch.
+
+Creating a file costs the file system an inode and removing one frees it; where many
+were freed lately (ext4 without a journal) each create is slow. So a delivered small
+queue file is kept in ``spare/`` (:meth:`FileRecycler.give`) and the next store writes
+over it (:meth:`FileRecycler.take`); when none fits, a thread keeps empty files made
+ahead in ``tmp/``. ``spare/`` is pruned back to about :data:`SPARE_LIMIT` files.
+The spool and the delivery engine call ``take``/``give`` and forget how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jdxmail.queue.durable import unlink_quietly
+from jdxmail.sizes import SPARE_MAX_SIZE
+
+__all__ = ["SPARE_DIR", "SPARE_LIMIT", "FileRecycler", "Reuse", "TmpFile", "tmp_file_name"]
+
+logger = logging.getLogger("jdxmail.queue")
+
+#: queue files of delivered messages, kept to be written over by the next stores
+SPARE_DIR = "spare"
+#: at most about this many files are kept in spare/
+SPARE_LIMIT = 2048
+#: how many spare names one look at spare/ takes
+_SPARE_BATCH = 256
+#: seconds before looking at an empty spare/ again
+_SPARE_IDLE_LOOK = 0.1
+#: empty tmp files kept made ahead for new queue files
+_MADE_AHEAD = 64
+#: files given to spare/ between two counts of what spare/ holds
+_COUNT_EVERY = 128
+
+#: runs a slow job (removals wait for the disk) off the event loop
+Offload = Callable[[Callable[[], Any]], "asyncio.Future[Any]"]
+
+
+class Reuse(enum.Enum):
+    """What a taken tmp file is, which says how to open it for writing."""
+
+    NEW = "new"  # no file yet: create it
+    EMPTY = "empty"  # an empty file made ahead: write it
+    SPARE = "spare"  # a delivered message's file: write over it, cut to size
+
+
+@dataclass(frozen=True, slots=True)
+class TmpFile:
+    """A path in ``tmp/`` to write a new file at, and what is there already."""
+
+    path: str
+    reuse: Reuse = Reuse.NEW
+
+
+def tmp_file_name(stem: str, number: int) -> str:
+    """``STEM.pPID.N.tmp``: a tmp file of this process (see process.tmp_writer_alive)."""
+    return f"{stem}.p{os.getpid()}.{number}.tmp"
+
+
+def _blocks(size: int) -> int:
+    """How many 4 KiB blocks *size* bytes fill (at least one)."""
+    return max(1, -(-size // 4096))
+
+
+class FileRecycler:
+    """Spare files, files made ahead, pruning and tmp names of one spool directory.
+
+    ``take`` is called from one thread at a time (the event loop, or the writer thread
+    when the loop writes nothing); ``give`` and ``prune`` from the event loop. Several
+    processes may share ``spare/``: a rename gives each file to one of them.
+    """
+
+    def __init__(self, spool_dir: Path, *, make_ahead: bool) -> None:
+        self.tmp_dir = Path(spool_dir) / "tmp"
+        self.spare_dir = Path(spool_dir) / SPARE_DIR
+        self._tmp_prefix = os.path.join(self.tmp_dir, "")
+        self._spare_prefix = os.path.join(self.spare_dir, "")
+        self._tmp_numbers = itertools.count(1)
+        #: names in spare/ not taken yet, by block count (as last seen), and when a
+        #: look found none that fitted
+        self._spares: dict[int, list[str]] = {}
+        self._spares_seen_at = -_SPARE_IDLE_LOOK
+        self._make_ahead = make_ahead
+        self._made: collections.deque[str] = collections.deque()
+        self._wanted = threading.Event()
+        self._maker: threading.Thread | None = None
+        self._made_names = itertools.count(1)
+        self._closing = False
+        self._given = 0
+        self._pruning = False
+        #: where prune() sends its removals (the engine's file thread); None: inline
+        self.offload: Offload | None = None
+
+    # -- taking ------------------------------------------------------------------------
+
+    def tmp_path(self, stem: str) -> str:
+        """A new, unused path in ``tmp/`` named after *stem* (see :func:`tmp_file_name`)."""
+        return self._tmp_prefix + tmp_file_name(stem, next(self._tmp_numbers))
+
+    def take(self, size: int, stem: str) -> TmpFile:
+        """Somewhere in ``tmp/`` to write a new file of *size* bytes (named after *stem*).
+
+        Up to SPARE_MAX_SIZE, a spare file moved there or an empty file made ahead;
+        else (or when neither is at hand) a new name to create.
+        """
+        path = self.tmp_path(stem)
+        if size > SPARE_MAX_SIZE:
+            return TmpFile(path)
+        if self._take_spare(path, size):
+            return TmpFile(path, Reuse.SPARE)
+        made = self._take_made_ahead()
+        return TmpFile(path) if made is None else TmpFile(made, Reuse.EMPTY)
+
+    def _take_spare(self, path: str, size: int) -> bool:
+        """Move a spare file to *path* to be written over; False when none fits.
+
+        Only a file no bigger (in blocks) than *size* needs is taken: cutting a file
+        down frees blocks, which waits for the disk as a removal does.
+        """
+        need = _blocks(size)
+        name = self._pick_spare(need)
+        now = time.monotonic()
+        if name is None and now >= self._spares_seen_at + _SPARE_IDLE_LOOK:
+            self._spares = _spares_in(self.spare_dir)
+            name = self._pick_spare(need)
+            if name is None:
+                self._spares_seen_at = now  # nothing that fits: look again later
+        while name is not None:
+            try:
+                os.rename(self._spare_prefix + name, path)
+            except FileNotFoundError:  # taken by another process sharing the spool
+                name = self._pick_spare(need)
+                continue
+            except OSError:
+                return False
+            return True
+        return False
+
+    def _pick_spare(self, need: int) -> str | None:
+        """A known spare of *need* blocks, else of the most blocks below that."""
+        for blocks in range(need, 0, -1):
+            names = self._spares.get(blocks)
+            if names:
+                return names.pop()
+        return None
+
+    def _take_made_ahead(self) -> str | None:
+        """An empty tmp file made ahead on another core (its path), or None."""
+        made = self._made
+        try:
+            path = made.popleft()
+        except IndexError:
+            path = None
+        if len(made) < _MADE_AHEAD // 2 and self._make_ahead:
+            if self._maker is None:  # started on first need (not in a delivery process)
+                self._maker = threading.Thread(
+                    target=self._make_files, name="jdxmail-spool-ahead", daemon=True
+                )
+                self._maker.start()
+            self._wanted.set()
+        return path
+
+    def _make_files(self) -> None:
+        """The thread that keeps up to _MADE_AHEAD empty tmp files made ahead."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        while not self._closing:
+            self._wanted.wait()
+            self._wanted.clear()
+            while len(self._made) < _MADE_AHEAD and not self._closing:
+                # named like every tmp file: removed at start if this process died
+                path = self._tmp_prefix + tmp_file_name("stock", next(self._made_names))
+                try:
+                    os.close(os.open(path, flags, 0o600))
+                except OSError as exc:  # the loop then creates its own files
+                    logger.debug("spool: could not make a file ahead: %s", exc)
+                    break
+                self._made.append(path)
+
+    def forget_made_ahead(self) -> None:
+        """Forget the files made ahead (``tmp/`` was deleted under them)."""
+        self._made.clear()
+
+    # -- giving back -------------------------------------------------------------------
+
+    def spare_path(self, queue_id: str, size: int) -> str:
+        """Where a delivered queue file of *size* bytes is kept: ``spare/ID.N``, N the
+        number of 4 KiB blocks it fills (queue ids sort by time: pruning goes by age)."""
+        return f"{self._spare_prefix}{queue_id}.{_blocks(size)}"
+
+    def keeps(self, size: int) -> bool:
+        """Whether :meth:`give` keeps a file of *size* bytes (else it removes it)."""
+        return size <= SPARE_MAX_SIZE
+
+    def give(self, path: str, size: int) -> None:
+        """Hand back the delivered queue file *path* (*size* bytes) for reuse.
+
+        A small one is moved to ``spare/`` (no inode freed and allocated again per
+        message), a big one removed; OSError if it can be neither. Removing frees
+        blocks, which waits for the disk: call it off the event loop for big files.
+        """
+        if not self.keeps(size):
+            os.unlink(path)
+            return
+        queue_id = os.path.basename(path).rpartition(".")[0]
+        try:
+            os.rename(path, self.spare_path(queue_id, size))
+        except OSError:
+            os.unlink(path)
+            return
+        self._given += 1
+        if self._given % _COUNT_EVERY == 0:
+            self.prune()
+
+    def prune(self) -> None:
+        """Keep ``spare/`` at about SPARE_LIMIT files: past it, remove the older half.
+
+        Queue ids sort by time, so the oldest spares go: those of a size the server
+        has not needed for a while (a burst of big messages, then small ones).
+        """
+        if self._pruning:
+            return
+        try:
+            names = sorted(os.listdir(self.spare_dir))
+        except OSError:
+            return
+        if len(names) < SPARE_LIMIT:
+            return
+        old = [self.spare_dir / name for name in names[: len(names) - SPARE_LIMIT // 2]]
+
+        def remove() -> None:
+            for path in old:
+                unlink_quietly(path)  # (or taken by the server meanwhile)
+
+        if self.offload is None:
+            remove()
+            return
+        self._pruning = True
+        self.offload(remove).add_done_callback(lambda _: setattr(self, "_pruning", False))
+
+    def close(self) -> None:
+        """Stop the thread making files ahead and remove those not taken (blocking)."""
+        self._closing = True
+        maker, self._maker = self._maker, None
+        if maker is not None:
+            self._wanted.set()
+            maker.join()
+            while self._made:
+                unlink_quietly(self._made.popleft())
+        self._closing = False
+
+
+def _spares_in(directory: Path) -> dict[int, list[str]]:
+    """Up to _SPARE_BATCH plain files of spare/, by the block count in their names."""
+    found: dict[int, list[str]] = {}
+    seen = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            _, _, blocks = entry.name.rpartition(".")
+            if not blocks.isdigit() or not entry.is_file(follow_symlinks=False):
+                continue
+            found.setdefault(int(blocks), []).append(entry.name)
+            seen += 1
+            if seen >= _SPARE_BATCH:
+                break
+    return found
