@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 from jdxmail.process import tmp_writer_alive
+from jdxmail.queue.batching import BatchThread
 from jdxmail.queue.durable import (
     DIR_FLAGS,
     claim,
@@ -208,11 +209,11 @@ class Spool:
         #: files written and placed by the loop, syncfs by the sync thread (else the
         #: writer thread writes, fsyncs each file, renames and fsyncs the directories)
         self._pipelined = commit_mode == "batch" and has_syncfs()
-        self._syncfs_dirs: list[Path] = []
-        self._cond = threading.Condition()
-        self._pending: list[_Store] = []
+        #: what each flush syncs: a descriptor open on one folder per file system (or
+        #: the folder, if it could not be opened: each flush then reports the error)
+        self._sync_targets: list[Path | int] = []
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._thread: BatchThread[_Store, list[_Store]] | None = None
         #: spare files, files made ahead and tmp names
         self.files = FileRecycler(self.spool_dir, make_ahead=self._pipelined)
         self._mailbox_tmp_numbers = itertools.count(1)
@@ -242,8 +243,8 @@ class Spool:
         )
         self._closing = False
         self._drained = asyncio.Event()
-        target = self._sync_loop if self._pipelined else self._writer
-        self._thread = threading.Thread(target=target, name="jdxmail-spool", daemon=True)
+        work = self._sync_batch if self._pipelined else self._commit_batch
+        self._thread = BatchThread("jdxmail-spool", self._loop, work, self._advance)
         self._thread.start()
 
     async def close(self) -> None:
@@ -255,10 +256,12 @@ class Spool:
         if self._in_flight and self._drained is not None:
             self._drained.clear()
             await self._drained.wait()
-        with self._cond:
-            self._cond.notify_all()
-        await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(thread.close)
         self._thread = None
+        targets, self._sync_targets = self._sync_targets, []
+        for target in targets:
+            if isinstance(target, int):
+                os.close(target)
         await asyncio.to_thread(self.files.close)
 
     async def __aenter__(self) -> Spool:
@@ -286,7 +289,8 @@ class Spool:
         devices: dict[int, Path] = {}
         for directory in (self.tmp_dir, self.mailbox_tmp_dir):
             devices.setdefault(directory.stat().st_dev, directory)
-        self._syncfs_dirs = list(devices.values())
+        if self._pipelined and not self._sync_targets:
+            self._sync_targets = [_open_folder(d) for d in devices.values()]
         queued = sum(1 for p in self.queue_dir.iterdir() if p.name.endswith(QUEUE_SUFFIX))
         failed = sum(1 for p in self.failed_dir.iterdir() if p.name.endswith(QUEUE_SUFFIX))
         return {"queued": queued, "failed": failed, "tmp_removed": removed}
@@ -390,19 +394,8 @@ class Spool:
         return tmp_file_name(queue_id, next(self._mailbox_tmp_numbers))
 
     def _submit(self, jobs: list[_Store]) -> None:
-        with self._cond:
-            self._pending.extend(jobs)
-            self._cond.notify()
-
-    def _take(self) -> list[_Store] | None:
-        """The next batch for the thread; None once closing and nothing is left."""
-        with self._cond:
-            while not self._pending and not (self._closing and not self._in_flight):
-                self._cond.wait()
-            if not self._pending:
-                return None
-            batch, self._pending = self._pending, []
-            return batch
+        assert self._thread is not None
+        self._thread.submit(jobs)
 
     def _finish(self, job: _Store, error: SpoolError | None) -> None:
         """On the loop: settle *job*'s future and announce a queued message."""
@@ -423,45 +416,23 @@ class Spool:
         if plan.queue_file is not None and self.on_queued is not None:
             self.on_queued(plan.queue_id)
 
-    def _settle_on_loop(self, batch: list[_Store]) -> None:
-        """From a thread: hand a processed batch back to the event loop."""
-        assert self._loop is not None
-        # RuntimeError: the loop is closed, so nobody is waiting any more
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._advance, batch)
-
     # -- the pipelined commit (Linux) ------------------------------------------------
 
-    def _sync_loop(self) -> None:
-        """The sync thread: write what the loop did not, flush, hand the batch back."""
-        targets: list[Path | int] = []
-        for directory in self._syncfs_dirs:
-            try:
-                targets.append(os.open(directory, DIR_FLAGS))
-            except OSError:  # then each flush opens it, and reports the error there
-                targets.append(directory)
+    def _sync_batch(self, batch: list[_Store]) -> list[_Store]:
+        """On the thread: write what the loop did not, flush, hand the batch back."""
+        for job in batch:
+            if job.phase is _Phase.NEW:
+                try:
+                    self._write_tmp(job.plan, job.message, sync=False)
+                    job.phase = _Phase.WRITTEN
+                except OSError as exc:
+                    job.error = _as_spool_error(exc)
         try:
-            self._sync_batches(targets)
-        finally:
-            for target in targets:
-                if isinstance(target, int):
-                    os.close(target)
-
-    def _sync_batches(self, targets: list[Path | int]) -> None:
-        while (batch := self._take()) is not None:
-            for job in batch:
-                if job.phase is _Phase.NEW:
-                    try:
-                        self._write_tmp(job.plan, job.message, sync=False)
-                        job.phase = _Phase.WRITTEN
-                    except OSError as exc:
-                        job.error = _as_spool_error(exc)
-            try:
-                for target in targets:
-                    sync_file_system(target)
-            except OSError as exc:
-                self._fail_all(batch, _as_spool_error(exc))
-            self._settle_on_loop(batch)
+            for target in self._sync_targets:
+                sync_file_system(target)
+        except OSError as exc:
+            self._fail_all(batch, _as_spool_error(exc))
+        return batch
 
     def _fail_all(self, jobs: list[_Store], error: SpoolError) -> None:
         """Undo every store of *jobs* not failed already and fail it with *error*."""
@@ -492,12 +463,7 @@ class Spool:
 
     # -- the writer thread (no syncfs, or the benchmark's batch-fsync) ---------------
 
-    def _writer(self) -> None:
-        while (batch := self._take()) is not None:
-            self._commit_batch(batch)
-            self._settle_on_loop(batch)
-
-    def _commit_batch(self, batch: list[_Store]) -> None:
+    def _commit_batch(self, batch: list[_Store]) -> list[_Store]:
         """Write and fsync every store's tmp files, place them, sync each directory once."""
         live: list[_Store] = []
         for job in batch:
@@ -520,6 +486,7 @@ class Spool:
             self._fail_all(live, _as_spool_error(exc))
         for job in live:
             job.phase = _Phase.PLACED
+        return batch
 
     def _store_one(self, plan: _Plan, message: AcceptedMessage) -> None:
         """The unbatched path (for the benchmark): own fsyncs for everything."""
@@ -654,6 +621,14 @@ class Spool:
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""
         return sorted(_ids_in(self.queue_dir))
+
+
+def _open_folder(directory: Path) -> Path | int:
+    """A descriptor open on *directory*, or *directory* itself if it cannot be opened."""
+    try:
+        return os.open(directory, DIR_FLAGS)
+    except OSError:
+        return directory
 
 
 def _ids_in(directory: Path) -> Iterator[str]:

@@ -21,16 +21,15 @@ import heapq
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
+from jdxmail.queue.batching import CallThread
 from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
@@ -202,78 +201,9 @@ class CircuitBreaker:
 #: the state a recipient is left in after an attempt's outcome
 _STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
 
-_Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
-
-
-def _settle(results: _Settled, discard: Callable[[Any], None]) -> None:
-    for future, result, error in results:
-        if future.cancelled():
-            if error is None:
-                discard(result)
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
-class _FileThread:
-    """One thread for the engine's slow file work (big messages: check, remove), in batches.
-
-    Requests queue up while the thread is busy; it takes all of them at once and
-    hands every result back to the event loop with one ``call_soon_threadsafe``,
-    instead of a thread-pool hop and a loop wake-up per request. A result whose
-    caller has gone (cancelled) is passed to *discard* so no descriptor leaks.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, discard: Callable[[Any], None]) -> None:
-        self._loop = loop
-        self._discard = discard
-        self._cond = threading.Condition()
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._run, name="jdxmail-delivery-files", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, run: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run *run* on the thread; its result or exception arrives in the future."""
-        future: asyncio.Future[Any] = self._loop.create_future()
-        with self._cond:
-            self._pending.append((run, future))
-            self._cond.notify()
-        return future
-
-    def close(self) -> None:
-        """Finish what was submitted, then stop the thread (blocking: call in a thread)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch, self._pending = self._pending, []
-            results: _Settled = []
-            for run, future in batch:
-                try:
-                    results.append((future, run(), None))
-                except Exception as exc:  # handed to the awaiting caller
-                    results.append((future, None, exc))
-            try:
-                self._loop.call_soon_threadsafe(_settle, results, self._discard)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                for _, result, error in results:
-                    if error is None:
-                        self._discard(result)
-
 
 def _discard_loaded(result: object) -> None:
+    """Close the descriptor of a claimed message nobody waits for any more."""
     if isinstance(result, _Loaded) and result.fd >= 0:
         os.close(result.fd)
         result.fd = -1
@@ -335,7 +265,7 @@ class DeliveryEngine:
         self._removing: set[str] = set()
         self._crashes: dict[str, int] = {}
         #: claims, reads and removals of spool files, batched (None when stopped)
-        self._files: _FileThread | None = None
+        self._files: CallThread | None = None
         self.quota = QuotaBook(spool.spool_dir)
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
@@ -386,7 +316,9 @@ class DeliveryEngine:
             ", ".join(p.name for p in self.pools) or "none",
         )
         self.spool.on_queued = self.enqueue
-        self._files = _FileThread(asyncio.get_running_loop(), _discard_loaded)
+        self._files = CallThread(
+            asyncio.get_running_loop(), "jdxmail-delivery-files", _discard_loaded
+        )
         self.spool.files.offload = self._files.submit
         self._last_rescan = self.clock()
         # Twice as many workers as sessions: a message waiting for a busy session has
