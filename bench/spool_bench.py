@@ -3,10 +3,12 @@
 Usage: python bench/spool_bench.py [--seconds 2] [--dir PATH]
 
 Compares, on the disk holding --dir (default: a temp folder under the current one),
-the group commit of ``Spool`` ("batch": one writer thread, each file fsync'ed, one
+the commit designs of ``Spool`` ("batch": files written by the event loop, one
+``syncfs`` per batch; "batch-fsync": one writer thread, each file fsync'ed, one
 directory fsync per batch) against "per-message" (every store its own write, fsync,
-rename and directory fsync, run concurrently in the default thread pool), for 1 KB
-and 100 KB messages with 1 and 20 concurrent store() calls. Prints one table.
+rename and directory fsync, run concurrently in the default thread pool; defined
+here, as it serves only this comparison), for 1 KB and 100 KB messages with 1 and 20
+concurrent store() calls. Prints one table.
 """
 
 from __future__ import annotations
@@ -17,8 +19,49 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
-from jdxmail.queue.spool import AcceptedMessage, CommitMode, Spool
+from jdxmail.queue.durable import fsync_dir
+from jdxmail.queue.spool import _IDS, AcceptedMessage, Spool, SpoolError, _as_spool_error, _Plan
+
+Mode = Literal["per-message", "batch-fsync", "batch"]
+
+
+class PerMessageSpool(Spool):
+    """The unbatched design, for comparison only: every store its own write, fsync,
+    rename and directory fsync, run concurrently in the default thread pool."""
+
+    def __init__(self, spool_dir: Path, mailbox_dir: Path) -> None:
+        super().__init__(spool_dir, mailbox_dir, commit_mode="batch-fsync")
+
+    async def store(self, message: AcceptedMessage) -> str:
+        """Store *message* on its own, durably, and return its queue id."""
+        if self._thread is None or self._closing:
+            raise SpoolError("the spool is not open")
+        plan = _Plan(queue_id=_IDS.next())
+        self._plan(plan, message)
+        await asyncio.to_thread(self._store_one, plan, message)
+        self._queued(plan)
+        return plan.queue_id
+
+    def _store_one(self, plan: _Plan, message: AcceptedMessage) -> None:
+        try:
+            self._write_tmp(plan, message)
+            for directory in sorted(self._place(plan)):
+                fsync_dir(directory)
+        except OSError as exc:
+            self._undo(plan)
+            raise _as_spool_error(exc) from exc
+        finally:
+            if message.tail is not None:
+                message.tail.close()
+
+
+def make_spool(spool_dir: Path, mailbox_dir: Path, mode: Mode) -> Spool:
+    """The spool of commit design *mode*."""
+    if mode == "per-message":
+        return PerMessageSpool(spool_dir, mailbox_dir)
+    return Spool(spool_dir, mailbox_dir, commit_mode=mode)
 
 
 def _message(size: int, n: int) -> AcceptedMessage:
@@ -44,10 +87,10 @@ def _burn(microseconds: float) -> None:
 
 
 async def _run(
-    root: Path, mode: CommitMode, size: int, concurrency: int, seconds: float, cpu_us: float
+    root: Path, mode: Mode, size: int, concurrency: int, seconds: float, cpu_us: float
 ) -> float:
     spool_dir = root / f"{mode}-{size}-{concurrency}"
-    spool = Spool(spool_dir / "spool", spool_dir / "mailbox", commit_mode=mode)
+    spool = make_spool(spool_dir / "spool", spool_dir / "mailbox", mode)
     await spool.open()
     stored = 0
     deadline = time.perf_counter() + seconds
@@ -71,7 +114,7 @@ async def _run(
 
 
 async def _main(seconds: float, root: Path, cpu_us: float) -> None:
-    modes: tuple[CommitMode, ...] = ("per-message", "batch-fsync", "batch")
+    modes: tuple[Mode, ...] = ("per-message", "batch-fsync", "batch")
     print(
         f"spool on {root}, {seconds:g} s per cell, {cpu_us:g} us loop CPU per message, "
         "msgs/s stored durably"

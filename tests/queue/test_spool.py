@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,6 +24,17 @@ from jdxmail.queue.spool import (
     read_queued_message,
     spool_stats,
 )
+
+
+def load_bench(name: str) -> ModuleType:
+    """The module bench/NAME.py (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_message(
@@ -86,7 +99,8 @@ async def test_store_leaves_complete_queue_file(spool: Spool, tmp_path: Path) ->
 @pytest.mark.parametrize("mode", ["batch", "batch-fsync", "per-message"])
 async def test_every_commit_mode_stores(tmp_path: Path, mode: str) -> None:
     """Each commit design (the benchmark compares them) stores queue and mailbox files."""
-    spool = Spool(tmp_path / "spool", tmp_path / "mailbox", commit_mode=mode)  # type: ignore[arg-type]
+    spool_bench = load_bench("spool_bench")
+    spool = spool_bench.make_spool(tmp_path / "spool", tmp_path / "mailbox", mode)
     async with spool:
         queue_id = await spool.store(make_message(local=("carol@localhost",)))
     assert spool.queue_path(queue_id).is_file()

@@ -107,7 +107,7 @@ STATE_SUFFIX = ".json"
 
 #: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
 FLUSH_FILE = "flush"
-CommitMode = Literal["batch", "batch-fsync", "per-message"]
+CommitMode = Literal["batch", "batch-fsync"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +313,6 @@ class Spool:
             )
         plan = _Plan(queue_id=_IDS.next())
         self._plan(plan, message)
-        if self._commit_mode == "per-message":
-            await asyncio.to_thread(self._store_one, plan, message)
-            self._queued(plan)
-            return plan.queue_id
         phase = _Phase.NEW
         if self._pipelined and message.tail is None and len(message.data) <= LOOP_WRITE_LIMIT:
             # A queue file carries its size and checksum, so it may take its name
@@ -487,19 +483,6 @@ class Spool:
         for job in live:
             job.phase = _Phase.PLACED
         return batch
-
-    def _store_one(self, plan: _Plan, message: AcceptedMessage) -> None:
-        """The unbatched path (for the benchmark): own fsyncs for everything."""
-        try:
-            self._write_tmp(plan, message)
-            for directory in sorted(self._place(plan)):
-                fsync_dir(directory)
-        except OSError as exc:
-            self._undo(plan)
-            raise _as_spool_error(exc) from exc
-        finally:
-            if message.tail is not None:
-                message.tail.close()
 
     def _write_tmp(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
         """Write the tmp files of *plan*; on failure remove what was written and raise.
