@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from jdxmail.queue.spool import crc32_combine, read_queued_message
-from jdxmail.server.smtp import SPILL_THRESHOLD, clean_data
+from jdxmail.server.smtp import clean_data
+from jdxmail.sizes import SPILL_THRESHOLD
 from tests.server.conftest import Client, port_of
 from tests.server.test_data import open_data
 

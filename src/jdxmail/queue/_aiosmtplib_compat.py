@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 import aiosmtplib
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 
+from jdxmail.sizes import RELAY_RECV_BUFFER_SIZE
+
 __all__ = [
     "NEEDED_VERSION",
     "PRIVATE_MEMBERS",
@@ -93,7 +95,7 @@ async def drain(protocol: SMTPProtocol) -> None:
 
 #: where the event loop reads relay replies into (recv_into); shared by all sessions,
 #: as each read is handed over (buffer_updated) before the next one begins
-_RECV_BUFFER = memoryview(bytearray(16 * 1024))
+_RECV_BUFFER = memoryview(bytearray(RELAY_RECV_BUFFER_SIZE))
 
 
 class KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):

@@ -80,6 +80,7 @@ from jdxmail.queue.queuefile import (
     read_queued_message,
 )
 from jdxmail.queue.recycling import SPARE_DIR, FileRecycler, Reuse, TmpFile, tmp_file_name
+from jdxmail.sizes import LOOP_WRITE_LIMIT
 
 __all__ = [
     "FLUSH_FILE",
@@ -177,10 +178,6 @@ class _Store:
     future: asyncio.Future[str]
     phase: _Phase
     error: SpoolError | None = None
-
-
-#: messages up to this size are written to tmp/ by the event loop itself
-LOOP_WRITE_LIMIT = 1 << 20
 
 
 class Spool:

@@ -65,6 +65,7 @@ from jdxmail.queue.state import (
     write_json_atomic,
 )
 from jdxmail.settings.model import DeliverySettings, Settings
+from jdxmail.sizes import KEEP_IN_FILE_OVER as _KEEP_IN_FILE_OVER
 from jdxmail.stats import LATENCY_BUCKETS, Counters, RelayHealth
 
 __all__ = [
@@ -78,8 +79,6 @@ logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
 
 _RESCAN_SECONDS = 30.0
-#: messages bigger than this are sent from their spool file in pieces
-_KEEP_IN_FILE_OVER = 1 << 20
 _POLL_SECONDS = 1.0
 #: seconds before trying again a queue file that another holds locked
 _LOCKED_RETRY = 1.0

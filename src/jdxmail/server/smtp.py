@@ -41,6 +41,9 @@ from jdxmail.server.auth import (
 )
 from jdxmail.server.domaincheck import DomainCheck
 from jdxmail.server.policy import ADDRESS_FACTOR, AuthThrottle, Policy, Route
+from jdxmail.sizes import CLEAN_ON_LOOP_LIMIT as _INLINE_CLEAN_LIMIT
+from jdxmail.sizes import READ_HIGH_WATER as _READ_HIGH_WATER
+from jdxmail.sizes import RECV_BUFFER_SIZE, SPILL_THRESHOLD
 from jdxmail.stats import COMMIT_BUCKETS, Counters
 
 if TYPE_CHECKING:
@@ -66,10 +69,6 @@ TEXT_LINE_LIMIT = 1000  # RFC 5321 4.5.3.1.6, including CRLF (plus one for a stu
 BAD_COMMAND_LIMIT = 10
 #: bytes per second DATA must average: its deadline is TimeOut plus size / this rate
 DATA_MIN_RATE = 1024
-_READ_HIGH_WATER = 256 * 1024
-_INLINE_CLEAN_LIMIT = 1024 * 1024
-#: DATA past this many bytes goes to a file in the spool's tmp/ as it arrives
-SPILL_THRESHOLD = 1024 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 _DATE = re.compile(rb"(?im)^date[ \t]*:")
@@ -242,7 +241,7 @@ class _SyntaxProblem(ValueError):
 
 #: where the event loop reads client input into (recv_into): shared by every session of
 #: the process, as each read is handed over (buffer_updated) before the next begins
-_RECV_BUFFER = memoryview(bytearray(256 * 1024))  # (asyncio reads up to 256 KiB at a time too)
+_RECV_BUFFER = memoryview(bytearray(RECV_BUFFER_SIZE))
 
 
 class SmtpSession(asyncio.BufferedProtocol):
