@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Literal
 
 from jdxmail.queue.durable import fsync_dir
-from jdxmail.queue.spool import _IDS, AcceptedMessage, Spool, SpoolError, _as_spool_error, _Plan
+from jdxmail.queue.layout import new_queue_id
+from jdxmail.queue.queuefile import as_spool_error
+from jdxmail.queue.spool import AcceptedMessage, Spool, SpoolError, _Plan
 
 Mode = Literal["per-message", "batch-fsync", "batch"]
 
@@ -38,7 +40,7 @@ class PerMessageSpool(Spool):
         """Store *message* on its own, durably, and return its queue id."""
         if self._thread is None or self._closing:
             raise SpoolError("the spool is not open")
-        plan = _Plan(queue_id=_IDS.next())
+        plan = _Plan(queue_id=new_queue_id())
         self._plan(plan, message)
         await asyncio.to_thread(self._store_one, plan, message)
         self._queued(plan)
@@ -51,7 +53,7 @@ class PerMessageSpool(Spool):
                 fsync_dir(directory)
         except OSError as exc:
             self._undo(plan)
-            raise _as_spool_error(exc) from exc
+            raise as_spool_error(exc) from exc
         finally:
             if message.tail is not None:
                 message.tail.close()

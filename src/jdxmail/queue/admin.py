@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from jdxmail.queue.durable import claim
+from jdxmail.queue.layout import FLUSH_FILE, STATE_SUFFIX, queue_id_time
 from jdxmail.queue.queuefile import MAGIC, QUEUE_SUFFIX
-from jdxmail.queue.spool import FLUSH_FILE, STATE_SUFFIX, queue_id_time
 from jdxmail.queue.state import (
     FAILED,
     PENDING,

@@ -7,6 +7,7 @@ short, or a recycled file whose new content never reached the disk, from a good 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zlib
@@ -25,6 +26,7 @@ __all__ = [
     "SpoolError",
     "SpoolFull",
     "SpooledBody",
+    "as_spool_error",
     "crc32_combine",
     "encode_queued_head",
     "read_queued_fd",
@@ -45,6 +47,27 @@ class SpoolFull(SpoolError):
 
 class CorruptSpoolFile(SpoolError):
     """A spool file is truncated, has a bad checksum or an unreadable envelope."""
+
+
+def as_spool_error(exc: BaseException) -> SpoolError:
+    """*exc* as the SpoolError (SpoolFull for want of space) the server answers with."""
+    if isinstance(exc, SpoolError):
+        return exc
+    if isinstance(exc, OSError):
+        reason = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EACCES: "permission denied",
+            errno.EROFS: "the file system is read-only",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        where = f" ({exc.filename})" if exc.filename else ""
+        kind = SpoolFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else SpoolError
+        error = kind(f"cannot store the message: {reason}{where}")
+        error.__cause__ = exc
+        return error
+    error = SpoolError(f"cannot store the message: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 @dataclass(slots=True, eq=False)

@@ -3,32 +3,35 @@
 Layout under the spool directory::
 
     tmp/            files being written (never read; at startup, those of processes
-                    that no longer run are removed)
+                    that no longer run are removed), and empty files made ahead
     queue/ID.msg    one immutable file per queued message: envelope + data
+                    (the format: queuefile.py)
     state/ID.json   mutable delivery state of a queued message (absent until the
                     first attempt), replaced atomically
     failed/ID.msg   messages given up on, with failed/ID.json holding the reason
     corrupt/        spool files that could not be read, moved aside
+    spare/ID.N      queue files of delivered messages (N blocks of 4 KiB), kept to be
+                    written over by the next stores (recycling.py)
+    flush           touched by ``jdxmail queue flush`` / ``retry``: a running engine
+                    rescans queue/ at once
     quota.json      per-relay daily counters
+
+and under the mailbox directory, ``.tmp/`` for mailbox files being written.
 
 ``Spool.store`` commits in batches with as few system calls off the event loop as
 possible (on Linux, mode ``batch``): the event loop writes the message's files into
-``tmp/`` itself (page-cache writes of a few microseconds; messages over 1 MiB are
-written by the sync thread instead), and one sync thread runs ``syncfs`` over and over
-for whatever has gathered. A message for relays only is renamed into ``queue/`` at
-once and the next flush makes its data and its name durable; only then does the
-caller get its queue id. Its file carries its size and checksum, so a file that a
-crash cut short (never acknowledged) is recognised as such. Mailbox files have no
-checksum: they go through two flushes, the data first, then (after the event loop
-linked them into place) the names, so a crash leaves no half-written mail in a
-mailbox. A thread that needed the interpreter lock back after
-every system call was the bottleneck of the earlier design (see docs/delivery.md);
-this one takes it a few times per batch, whatever the batch size.
+``tmp/`` itself (page-cache writes; messages over LOOP_WRITE_LIMIT are written by the
+sync thread instead), and one sync thread (batching.py) runs ``syncfs`` for whatever
+has gathered. A message for relays only is renamed into ``queue/`` at once and the
+next flush makes its data and its name durable; only then does the caller get its
+queue id. Its file carries its size and checksum, so a file that a crash cut short
+(never acknowledged) is recognised as such. Mailbox files have no checksum: they go
+through two flushes, the data first, then (after the event loop linked them into
+place) the names, so a crash leaves no half-written mail in a mailbox.
 
-Elsewhere (no ``syncfs``) and in the benchmark's ``batch-fsync`` mode, one writer
-thread writes each batch, fsyncs every file, renames them and fsyncs each touched
-directory once. ``bench/spool_bench.py`` compares the designs; the figures are in
-docs/delivery.md.
+Elsewhere (no ``syncfs``) and in mode ``batch-fsync``, one writer thread writes each
+batch, fsyncs every file, renames them and fsyncs each touched directory once.
+``bench/spool_bench.py`` compares the designs; the figures are in docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -40,9 +43,7 @@ import errno
 import itertools
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,15 @@ from jdxmail.queue.durable import (
     unlink_quietly,
     write_synced,
 )
+from jdxmail.queue.layout import (
+    FLUSH_FILE,
+    STATE_SUFFIX,
+    SpoolStats,
+    ids_in,
+    new_queue_id,
+    queue_id_time,
+    spool_stats,
+)
 from jdxmail.queue.mailbox import (
     MailboxDelivery,
     delivery_head,
@@ -74,6 +84,7 @@ from jdxmail.queue.queuefile import (
     SpooledBody,
     SpoolError,
     SpoolFull,
+    as_spool_error,
     crc32_combine,
     encode_queued_head,
     read_queued_fd,
@@ -85,6 +96,7 @@ from jdxmail.sizes import LOOP_WRITE_LIMIT
 __all__ = [
     "FLUSH_FILE",
     "QUEUE_SUFFIX",
+    "STATE_SUFFIX",
     "AcceptedMessage",
     "CorruptSpoolFile",
     "DataTail",
@@ -97,6 +109,7 @@ __all__ = [
     "claim",
     "claim_sized",
     "crc32_combine",
+    "queue_id_time",
     "read_queued_fd",
     "read_queued_message",
     "spool_stats",
@@ -104,50 +117,7 @@ __all__ = [
 
 logger = logging.getLogger("jdxmail.queue")
 
-STATE_SUFFIX = ".json"
-
-#: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
-FLUSH_FILE = "flush"
 CommitMode = Literal["batch", "batch-fsync"]
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolStats:
-    """Counts for ``doctor`` and ``queue``: what waits and what failed."""
-
-    queued: int
-    failed: int
-    corrupt: int
-    oldest_queued_age: float | None
-
-
-class _Ids:
-    """Queue ids: sortable by time, unique across processes sharing one spool."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counter = 0
-        self._last_us = 0
-
-    def next(self) -> str:
-        with self._lock:
-            now_us = time.time_ns() // 1000
-            now_us = max(now_us, self._last_us)
-            self._last_us = now_us
-            self._counter = (self._counter + 1) & 0xFFFF
-            counter = self._counter
-        return f"{now_us:013x}{os.getpid() & 0xFFFFF:05x}{counter:04x}"
-
-
-_IDS = _Ids()
-
-
-def queue_id_time(queue_id: str) -> float | None:
-    """The epoch seconds encoded at the start of a queue id, or None if it has none."""
-    try:
-        return int(queue_id[:13], 16) / 1e6
-    except ValueError:
-        return None
 
 
 @dataclass(slots=True)
@@ -161,22 +131,22 @@ class _Plan:
     tmp_files: list[str | Path] = field(default_factory=list)
 
 
-class _Phase(enum.Enum):
-    """Where a store is in the pipelined commit."""
+class _OnDisk(enum.Enum):
+    """How far a store's files have got, in the pipelined commit."""
 
-    NEW = "new"  # nothing written yet (large messages: the sync thread writes them)
+    NOTHING = "nothing"  # nothing written yet (large messages: the sync thread writes them)
     WRITTEN = "written"  # tmp files written; the next flush makes the data durable
     PLACED = "placed"  # in place under its final name; the next flush completes it
 
 
 @dataclass(slots=True, eq=False)
-class _Store:
+class _PendingStore:
     """One store() on its way through the commit, completed through *future*."""
 
     plan: _Plan
     message: AcceptedMessage
     future: asyncio.Future[str]
-    phase: _Phase
+    on_disk: _OnDisk
     error: SpoolError | None = None
 
 
@@ -210,7 +180,7 @@ class Spool:
         #: the folder, if it could not be opened: each flush then reports the error)
         self._sync_targets: list[Path | int] = []
         self._closing = False
-        self._thread: BatchThread[_Store, list[_Store]] | None = None
+        self._thread: BatchThread[_PendingStore, list[_PendingStore]] | None = None
         #: spare files, files made ahead and tmp names
         self.files = FileRecycler(self.spool_dir, make_ahead=self._pipelined)
         self._mailbox_tmp_numbers = itertools.count(1)
@@ -308,22 +278,22 @@ class Spool:
             raise SpoolError(
                 "the spool is not open" if self._thread is None else "the spool is closing"
             )
-        plan = _Plan(queue_id=_IDS.next())
+        plan = _Plan(queue_id=new_queue_id())
         self._plan(plan, message)
-        phase = _Phase.NEW
+        on_disk = _OnDisk.NOTHING
         if self._pipelined and message.tail is None and len(message.data) <= LOOP_WRITE_LIMIT:
             # A queue file carries its size and checksum, so it may take its name
             # before the flush: one flush then makes data and name durable. Mailbox
             # files have no checksum and wait for two (data, then names).
-            phase = _Phase.WRITTEN if plan.mailbox_files else _Phase.PLACED
+            on_disk = _OnDisk.WRITTEN if plan.mailbox_files else _OnDisk.PLACED
             try:
                 self._write_tmp(plan, message, sync=False)
-                if phase is _Phase.PLACED:
+                if on_disk is _OnDisk.PLACED:
                     self._place(plan)
             except OSError as exc:
                 self._undo(plan)
-                raise _as_spool_error(exc) from exc
-        job = _Store(plan, message, self._loop.create_future(), phase)
+                raise as_spool_error(exc) from exc
+        job = _PendingStore(plan, message, self._loop.create_future(), on_disk)
         self._in_flight += 1
         self._submit([job])
         # cancelling the caller cancels only the wait: the commit goes on
@@ -367,7 +337,7 @@ class Spool:
                     raise
                 return self._open_tail()
         except OSError as exc:
-            raise _as_spool_error(exc) from exc
+            raise as_spool_error(exc) from exc
 
     def _open_tail(self) -> DataTail:
         tmpfile = getattr(os, "O_TMPFILE", 0)
@@ -386,11 +356,11 @@ class Spool:
         """A new name in the mailboxes' ``.tmp/`` for *queue_id* (see tmp_file_name)."""
         return tmp_file_name(queue_id, next(self._mailbox_tmp_numbers))
 
-    def _submit(self, jobs: list[_Store]) -> None:
+    def _submit(self, jobs: list[_PendingStore]) -> None:
         assert self._thread is not None
         self._thread.submit(jobs)
 
-    def _finish(self, job: _Store, error: SpoolError | None) -> None:
+    def _finish(self, job: _PendingStore, error: SpoolError | None) -> None:
         """On the loop: settle *job*'s future and announce a queued message."""
         if job.message.tail is not None:
             job.message.tail.close()  # every thread is done with it
@@ -411,43 +381,43 @@ class Spool:
 
     # -- the pipelined commit (Linux) ------------------------------------------------
 
-    def _sync_batch(self, batch: list[_Store]) -> list[_Store]:
+    def _sync_batch(self, batch: list[_PendingStore]) -> list[_PendingStore]:
         """On the thread: write what the loop did not, flush, hand the batch back."""
         for job in batch:
-            if job.phase is _Phase.NEW:
+            if job.on_disk is _OnDisk.NOTHING:
                 try:
                     self._write_tmp(job.plan, job.message, sync=False)
-                    job.phase = _Phase.WRITTEN
+                    job.on_disk = _OnDisk.WRITTEN
                 except OSError as exc:
-                    job.error = _as_spool_error(exc)
+                    job.error = as_spool_error(exc)
         try:
             for target in self._sync_targets:
                 sync_file_system(target)
         except OSError as exc:
-            self._fail_all(batch, _as_spool_error(exc))
+            self._fail_all(batch, as_spool_error(exc))
         return batch
 
-    def _fail_all(self, jobs: list[_Store], error: SpoolError) -> None:
+    def _fail_all(self, jobs: list[_PendingStore], error: SpoolError) -> None:
         """Undo every store of *jobs* not failed already and fail it with *error*."""
         for job in jobs:
             if job.error is None:
                 self._undo(job.plan)
                 job.error = error
 
-    def _advance(self, batch: list[_Store]) -> None:
+    def _advance(self, batch: list[_PendingStore]) -> None:
         """On the loop, after a flush: place what is written, finish what is placed."""
-        again: list[_Store] = []
+        again: list[_PendingStore] = []
         for job in batch:
             if job.error is not None:
                 self._finish(job, job.error)
-            elif job.phase is _Phase.WRITTEN:
+            elif job.on_disk is _OnDisk.WRITTEN:
                 try:
                     self._place(job.plan)
                 except OSError as exc:
                     self._undo(job.plan)
-                    self._finish(job, _as_spool_error(exc))
+                    self._finish(job, as_spool_error(exc))
                     continue
-                job.phase = _Phase.PLACED
+                job.on_disk = _OnDisk.PLACED
                 again.append(job)
             else:
                 self._finish(job, None)
@@ -456,29 +426,29 @@ class Spool:
 
     # -- the writer thread (no syncfs, or the benchmark's batch-fsync) ---------------
 
-    def _commit_batch(self, batch: list[_Store]) -> list[_Store]:
+    def _commit_batch(self, batch: list[_PendingStore]) -> list[_PendingStore]:
         """Write and fsync every store's tmp files, place them, sync each directory once."""
-        live: list[_Store] = []
+        live: list[_PendingStore] = []
         for job in batch:
             try:
                 self._write_tmp(job.plan, job.message)
                 live.append(job)
             except OSError as exc:
-                job.error = _as_spool_error(exc)
+                job.error = as_spool_error(exc)
         dirs: set[Path] = set()
         for job in live:
             try:
                 dirs.update(self._place(job.plan))
             except OSError as exc:
                 self._undo(job.plan)
-                job.error = _as_spool_error(exc)
+                job.error = as_spool_error(exc)
         try:
             for directory in sorted(dirs):
                 fsync_dir(directory)
         except OSError as exc:
-            self._fail_all(live, _as_spool_error(exc))
+            self._fail_all(live, as_spool_error(exc))
         for job in live:
-            job.phase = _Phase.PLACED
+            job.on_disk = _OnDisk.PLACED
         return batch
 
     def _write_tmp(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
@@ -600,7 +570,7 @@ class Spool:
 
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""
-        return sorted(_ids_in(self.queue_dir))
+        return sorted(ids_in(self.queue_dir))
 
 
 def _open_folder(directory: Path) -> Path | int:
@@ -609,53 +579,3 @@ def _open_folder(directory: Path) -> Path | int:
         return os.open(directory, DIR_FLAGS)
     except OSError:
         return directory
-
-
-def _ids_in(directory: Path) -> Iterator[str]:
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.name.endswith(QUEUE_SUFFIX):
-            yield entry.name.removesuffix(QUEUE_SUFFIX)
-
-
-def _as_spool_error(exc: BaseException) -> SpoolError:
-    if isinstance(exc, SpoolError):
-        return exc
-    if isinstance(exc, OSError):
-        reason = {
-            errno.ENOSPC: "the disk is full",
-            errno.EDQUOT: "the disk quota is exceeded",
-            errno.EACCES: "permission denied",
-            errno.EROFS: "the file system is read-only",
-        }.get(exc.errno or 0, exc.strerror or str(exc))
-        where = f" ({exc.filename})" if exc.filename else ""
-        kind = SpoolFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else SpoolError
-        error = kind(f"cannot store the message: {reason}{where}")
-        error.__cause__ = exc
-        return error
-    error = SpoolError(f"cannot store the message: {exc!r}")
-    error.__cause__ = exc
-    return error
-
-
-def spool_stats(spool_dir: Path) -> SpoolStats:
-    """Count queued, failed and corrupt messages and the age of the oldest queued one."""
-    spool_dir = Path(spool_dir)
-    queued = sorted(_ids_in(spool_dir / "queue"))
-    failed = sum(1 for _ in _ids_in(spool_dir / "failed"))
-    try:
-        corrupt = sum(1 for _ in os.scandir(spool_dir / "corrupt"))
-    except FileNotFoundError:
-        corrupt = 0
-    oldest: float | None = None
-    if queued:
-        born = queue_id_time(queued[0])
-        if born is None:
-            with contextlib.suppress(OSError):
-                born = (spool_dir / "queue" / f"{queued[0]}{QUEUE_SUFFIX}").stat().st_mtime
-        if born is not None:
-            oldest = max(0.0, time.time() - born)
-    return SpoolStats(queued=len(queued), failed=failed, corrupt=corrupt, oldest_queued_age=oldest)
