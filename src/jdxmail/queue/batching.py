@@ -2,9 +2,8 @@
 
 Work submitted while the thread is busy queues up; the thread takes all of it at
 once, does it, and hands the outcome back to the event loop with one
-``call_soon_threadsafe``, instead of a thread-pool hop and a loop wake-up per item.
-A thread that needed the interpreter lock back after every item was the bottleneck
-of an earlier design; this one takes it a few times per batch, whatever its size.
+``call_soon_threadsafe``, instead of a thread-pool hop and a loop wake-up per item:
+the thread takes the interpreter lock a few times per batch, whatever its size.
 """
 
 from __future__ import annotations
