@@ -72,7 +72,7 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
 
 
 def unfinished(tmp_dir: Path) -> list[Path]:
-    """Files in spool/tmp/ other than the empty ones made ahead (``stock.pPID.N.tmp``)."""
+    """Files in spool/tmp/ (or the mailboxes' .tmp/) but the empty ones made ahead (``stock.*``)."""
     return [
         p for p in tmp_dir.iterdir() if not (p.name.startswith("stock") and p.stat().st_size == 0)
     ]
@@ -120,7 +120,7 @@ async def test_local_recipients_get_mailbox_files(spool: Spool, tmp_path: Path) 
         b"Return-Path: <" + sender + b">\r\nDelivered-To: <Dave@LOCALHOST>\r\n" + message.data
     )
     assert not spool.queue_path(queue_id).exists()
-    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+    assert unfinished(tmp_path / "mailbox" / ".tmp") == []
 
 
 async def test_mixed_message_goes_to_both(spool: Spool, tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ async def test_open_removes_unfinished_writes(
     async with Spool(tmp_path / "spool", tmp_path / "mailbox"):
         pass
     assert unfinished(tmp_path / "spool" / "tmp") == []
-    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+    assert unfinished(tmp_path / "mailbox" / ".tmp") == []
     assert spool.queue_path(kept).is_file()
     assert "1 queued" in caplog.text
     assert "removed 2 unfinished writes" in caplog.text
@@ -252,7 +252,7 @@ async def test_failure_midway_undoes_the_queue_file(spool: Spool, tmp_path: Path
         await spool.store(make_message(local=("carol@localhost",)))
     assert spool_stats(tmp_path / "spool").queued == 0
     assert unfinished(tmp_path / "spool" / "tmp") == []
-    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+    assert unfinished(tmp_path / "mailbox" / ".tmp") == []
     ok = await spool.store(make_message(2))
     assert spool.queue_path(ok).is_file()
 
@@ -477,6 +477,49 @@ async def test_new_queue_files_are_made_ahead_off_the_event_loop(tmp_path: Path)
     finally:
         await spool.close()
     assert os.listdir(spool.tmp_dir) == []
+
+
+async def made_ahead(folder: Path, at_least: int = 8) -> set[int]:
+    """The inodes of the empty files made ahead in *folder*, once there are some."""
+    for _ in range(500):  # the thread fills up to 64 within milliseconds
+        if len(os.listdir(folder)) >= at_least:
+            break
+        await asyncio.sleep(0.01)
+    return {os.stat(folder / name).st_ino for name in os.listdir(folder)}
+
+
+async def test_mailbox_files_are_made_ahead_off_the_event_loop(tmp_path: Path) -> None:
+    """A local recipient's mailbox file is written into an empty file a thread made
+    ahead in the mailboxes' .tmp/ (same inode), like a queue file, and holds exactly
+    the new message."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    try:
+        await spool.store(make_message(1, relay=(), local=("bob@localhost",)))
+        ahead = await made_ahead(spool.mailbox_tmp_dir)
+        assert len(ahead) >= 8
+        message = make_message(2, relay=(), local=("bob@localhost",))
+        await spool.store(message)
+        delivered = tmp_path / "mailbox" / "bob@localhost" / "msg2@test.eml"
+        assert os.stat(delivered).st_ino in ahead
+        assert delivered.read_bytes().endswith(message.data)
+    finally:
+        await spool.close()
+    assert os.listdir(spool.mailbox_tmp_dir) == []
+
+
+async def test_a_server_spool_makes_files_ahead_at_open(tmp_path: Path) -> None:
+    """Opened with make_ahead (as serve does), the spool has empty files ready in tmp/
+    and in the mailboxes' .tmp/ before its first store, so a first burst finds them."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open(make_ahead=True)
+    try:
+        assert len(await made_ahead(spool.tmp_dir)) >= 8
+        assert len(await made_ahead(spool.mailbox_tmp_dir)) >= 8
+    finally:
+        await spool.close()
+    assert os.listdir(spool.tmp_dir) == []
+    assert os.listdir(spool.mailbox_tmp_dir) == []
 
 
 async def test_queue_file_holding_another_message_is_corrupt(spool: Spool) -> None:

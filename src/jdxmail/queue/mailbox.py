@@ -85,14 +85,11 @@ _LINE_BREAKS = re.compile(r"[\r\n\0]")
 
 @dataclass(slots=True)
 class MailboxDelivery:
-    """One message file for one local mailbox, written to *tmp* then linked in place."""
+    """One message file for one local mailbox: written to a tmp file, then linked in place."""
 
     recipient: str
-    tmp: Path
     directory: Path
     name: str
-    #: the envelope lines written before the data (see delivery_head)
-    head: bytes = b""
 
     def ensure_directory(self) -> set[Path]:
         """Create the mailbox folder if needed; return the folders whose entries changed."""
@@ -105,8 +102,8 @@ class MailboxDelivery:
             self.directory.mkdir(exist_ok=True)
         return {self.directory.parent}
 
-    def link_into_place(self) -> Path:
-        """Link the tmp file under a free name (suffix on collision), drop the tmp name.
+    def link_into_place(self, tmp: str | Path) -> Path:
+        """Link the file *tmp* under a free name (suffix on collision), drop the tmp name.
 
         Uses ``link`` so an existing message is never replaced, even by another
         process delivering the same Message-ID at the same moment.
@@ -115,9 +112,9 @@ class MailboxDelivery:
             suffix = "" if attempt == 0 else f"-{attempt}"
             final = self.directory / f"{self.name}{suffix}.eml"
             try:
-                os.link(self.tmp, final)
+                os.link(tmp, final)
             except FileExistsError:
                 continue
-            os.unlink(self.tmp)
+            os.unlink(tmp)
             return final
         raise FileExistsError(f"{self.directory}: too many messages named {self.name}")

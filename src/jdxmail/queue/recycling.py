@@ -75,18 +75,20 @@ def _blocks(size: int) -> int:
 
 
 class FileRecycler:
-    """Spare files, files made ahead, pruning and tmp names of one spool directory.
+    """Spare files, files made ahead, pruning and tmp names of one ``tmp/`` folder.
 
     ``take`` is called from one thread at a time (the event loop, or the writer thread
     when the loop writes nothing); ``give`` and ``prune`` from the event loop. Several
     processes may share ``spare/``: a rename gives each file to one of them.
     """
 
-    def __init__(self, spool_dir: Path, *, make_ahead: bool) -> None:
-        self.tmp_dir = Path(spool_dir) / "tmp"
-        self.spare_dir = Path(spool_dir) / SPARE_DIR
+    def __init__(self, tmp_dir: Path, spare_dir: Path | None, *, make_ahead: bool) -> None:
+        """Files of *tmp_dir*; delivered files kept in *spare_dir* (None: none kept);
+        empty files made ahead only if *make_ahead*."""
+        self.tmp_dir = Path(tmp_dir)
+        self.spare_dir = spare_dir
         self._tmp_prefix = os.path.join(self.tmp_dir, "")
-        self._spare_prefix = os.path.join(self.spare_dir, "")
+        self._spare_prefix = "" if spare_dir is None else os.path.join(spare_dir, "")
         self._tmp_numbers = itertools.count(1)
         #: names in spare/ not taken yet, by block count (as last seen), and when a
         #: look found none that fitted
@@ -118,7 +120,7 @@ class FileRecycler:
         path = self.tmp_path(stem)
         if size > SPARE_MAX_SIZE:
             return TmpFile(path)
-        if self._take_spare(path, size):
+        if self.spare_dir is not None and self._take_spare(path, size):
             return TmpFile(path, Reuse.SPARE)
         made = self._take_made_ahead()
         return TmpFile(path) if made is None else TmpFile(made, Reuse.EMPTY)
@@ -133,6 +135,7 @@ class FileRecycler:
         name = self._pick_spare(need)
         now = time.monotonic()
         if name is None and now >= self._spares_seen_at + _SPARE_IDLE_LOOK:
+            assert self.spare_dir is not None
             self._spares = _spares_in(self.spare_dir)
             name = self._pick_spare(need)
             if name is None:
@@ -163,14 +166,24 @@ class FileRecycler:
             path = made.popleft()
         except IndexError:
             path = None
-        if len(made) < _MADE_AHEAD // 2 and self._make_ahead:
-            if self._maker is None:  # started on first need (not in a delivery process)
-                self._maker = threading.Thread(
-                    target=self._make_files, name="jdxmail-spool-ahead", daemon=True
-                )
-                self._maker.start()
-            self._wanted.set()
+        if len(made) < _MADE_AHEAD // 2:
+            self.make_ahead()
         return path
+
+    def make_ahead(self) -> None:
+        """Have the thread fill up the files made ahead (started on first call).
+
+        Called at start by a server (so its first burst finds them ready), else on
+        first need (a delivery process, which seldom stores, never makes any).
+        """
+        if not self._make_ahead:
+            return
+        if self._maker is None:
+            self._maker = threading.Thread(
+                target=self._make_files, name="jdxmail-spool-ahead", daemon=True
+            )
+            self._maker.start()
+        self._wanted.set()
 
     def _make_files(self) -> None:
         """The thread that keeps up to _MADE_AHEAD empty tmp files made ahead."""
@@ -201,7 +214,7 @@ class FileRecycler:
 
     def keeps(self, size: int) -> bool:
         """Whether :meth:`give` keeps a file of *size* bytes (else it removes it)."""
-        return size <= SPARE_MAX_SIZE
+        return self.spare_dir is not None and size <= SPARE_MAX_SIZE
 
     def give(self, path: str, size: int) -> None:
         """Hand back the delivered queue file *path* (*size* bytes) for reuse.
@@ -229,7 +242,7 @@ class FileRecycler:
         Queue ids sort by time, so the oldest spares go: those of a size the server
         has not needed for a while (a burst of big messages, then small ones).
         """
-        if self._pruning:
+        if self._pruning or self.spare_dir is None:
             return
         try:
             names = sorted(os.listdir(self.spare_dir))
@@ -237,7 +250,8 @@ class FileRecycler:
             return
         if len(names) < SPARE_LIMIT:
             return
-        old = [self.spare_dir / name for name in names[: len(names) - SPARE_LIMIT // 2]]
+        spare_dir = self.spare_dir
+        old = [spare_dir / name for name in names[: len(names) - SPARE_LIMIT // 2]]
 
         def remove() -> None:
             for path in old:

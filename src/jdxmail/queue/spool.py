@@ -26,8 +26,10 @@ has gathered. A message for relays only is renamed into ``queue/`` at once and t
 next flush makes its data and its name durable; only then does the caller get its
 queue id. Its file carries its size and checksum, so a file that a crash cut short
 (never acknowledged) is recognised as such. Mailbox files have no checksum: they go
-through two flushes, the data first, then (after the event loop linked them into
-place) the names, so a crash leaves no half-written mail in a mailbox.
+through two flushes, the data first, then (after the sync thread linked them into
+place) the names, so a crash leaves no half-written mail in a mailbox. Every file,
+whatever its destination, is written the same way: into a tmp file its folder's
+recycler gives (a spare, or an empty file made ahead: no create on the event loop).
 
 Elsewhere (no ``syncfs``) and in mode ``batch-fsync``, one writer thread writes each
 batch, fsyncs every file, renames them and fsyncs each touched directory once.
@@ -40,7 +42,6 @@ import asyncio
 import contextlib
 import enum
 import errno
-import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -90,7 +91,7 @@ from jdxmail.queue.queuefile import (
     read_queued_fd,
     read_queued_message,
 )
-from jdxmail.queue.recycling import SPARE_DIR, FileRecycler, Reuse, TmpFile, tmp_file_name
+from jdxmail.queue.recycling import SPARE_DIR, FileRecycler, Reuse, TmpFile
 from jdxmail.sizes import LOOP_WRITE_LIMIT
 
 __all__ = [
@@ -121,12 +122,27 @@ CommitMode = Literal["batch", "batch-fsync"]
 
 
 @dataclass(slots=True)
+class _Output:
+    """One file a store writes, whatever its destination: the lines before the data,
+    the folder's recycler it takes its tmp file from, and where it goes in the end
+    (a queue file's path, or a mailbox)."""
+
+    head: bytes
+    files: FileRecycler
+    final: str | MailboxDelivery
+    tmp: str = ""
+
+
+@dataclass(slots=True)
 class _Plan:
-    """The files one store() creates: tmp path → final path (mailbox links pick a name)."""
+    """The files one store() writes and, once written, where they are."""
 
     queue_id: str
-    queue_file: tuple[str, str] | None = None
-    mailbox_files: list[MailboxDelivery] = field(default_factory=list)
+    outputs: list[_Output] = field(default_factory=list)
+    #: a queue file among the outputs (the engine is told about it)
+    queued: bool = False
+    #: mailbox files among the outputs (no checksum: they take their names after a flush)
+    mailboxes: bool = False
     placed: list[str | Path] = field(default_factory=list)
     tmp_files: list[str | Path] = field(default_factory=list)
 
@@ -181,9 +197,9 @@ class Spool:
         self._sync_targets: list[Path | int] = []
         self._closing = False
         self._thread: BatchThread[_PendingStore, list[_PendingStore]] | None = None
-        #: spare files, files made ahead and tmp names
-        self.files = FileRecycler(self.spool_dir, make_ahead=self._pipelined)
-        self._mailbox_tmp_numbers = itertools.count(1)
+        #: spare files, files made ahead and tmp names, of tmp/ and of the mailboxes' .tmp/
+        self.files = FileRecycler(self.tmp_dir, self.spare_dir, make_ahead=self._pipelined)
+        self.mailbox_files = FileRecycler(self.mailbox_tmp_dir, None, make_ahead=self._pipelined)
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
         #: called on the loop when a message enters queue/ (its queue id)
@@ -192,11 +208,13 @@ class Spool:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def open(self, *, announce: bool = True) -> None:
+    async def open(self, *, announce: bool = True, make_ahead: bool = False) -> None:
         """Create the directories, clean up what a crash left, start the writer thread.
 
         Logs what the spool holds unless *announce* is false (a second process on the
-        same spool). Raises SpoolError when the directories cannot be created.
+        same spool). With *make_ahead* (a server), empty files for the first stores
+        are made now rather than on first need. Raises SpoolError when the
+        directories cannot be created.
         """
         self._loop = asyncio.get_running_loop()
         counts = await asyncio.to_thread(self._prepare)
@@ -213,6 +231,9 @@ class Spool:
         work = self._sync_batch if self._pipelined else self._commit_batch
         self._thread = BatchThread("jdxmail-spool", self._loop, work, self._advance)
         self._thread.start()
+        if make_ahead:
+            self.files.make_ahead()
+            self.mailbox_files.make_ahead()
 
     async def close(self) -> None:
         """Finish every store already begun (new ones are refused), then stop the thread."""
@@ -230,6 +251,7 @@ class Spool:
             if isinstance(target, int):
                 os.close(target)
         await asyncio.to_thread(self.files.close)
+        await asyncio.to_thread(self.mailbox_files.close)
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -285,7 +307,7 @@ class Spool:
             # A queue file carries its size and checksum, so it may take its name
             # before the flush: one flush then makes data and name durable. Mailbox
             # files have no checksum and wait for two (data, then names).
-            on_disk = _OnDisk.WRITTEN if plan.mailbox_files else _OnDisk.PLACED
+            on_disk = _OnDisk.WRITTEN if plan.mailboxes else _OnDisk.PLACED
             try:
                 self._write_tmp(plan, message, sync=False)
                 if on_disk is _OnDisk.PLACED:
@@ -300,11 +322,11 @@ class Spool:
         return await job.future
 
     def _plan(self, plan: _Plan, message: AcceptedMessage) -> None:
+        """The outputs of *message*: its queue file, one file per local mailbox."""
         if message.relay_recipients:
-            plan.queue_file = (
-                self.files.tmp_path(plan.queue_id),
-                self.queue_file(plan.queue_id),
-            )
+            head = encode_queued_head(plan.queue_id, message)
+            plan.outputs.append(_Output(head, self.files, self.queue_file(plan.queue_id)))
+            plan.queued = True
         if not message.local_recipients:
             return
         name = message_file_name(message.message_id, plan.queue_id)
@@ -314,15 +336,10 @@ class Spool:
             if directory in seen:
                 continue
             seen.add(directory)
-            plan.mailbox_files.append(
-                MailboxDelivery(
-                    recipient=recipient,
-                    tmp=self.mailbox_tmp_dir / self._mailbox_tmp_name(plan.queue_id),
-                    directory=directory,
-                    name=name,
-                    head=delivery_head(message.mail_from, recipient),
-                )
-            )
+            head = delivery_head(message.mail_from, recipient)
+            delivery = MailboxDelivery(recipient=recipient, directory=directory, name=name)
+            plan.outputs.append(_Output(head, self.mailbox_files, delivery))
+            plan.mailboxes = True
 
     def new_tail(self) -> DataTail:
         """An unnamed file in ``tmp/`` for the data of a big message; SpoolError if none.
@@ -352,10 +369,6 @@ class Spool:
         os.unlink(path)
         return DataTail(fd)
 
-    def _mailbox_tmp_name(self, queue_id: str) -> str:
-        """A new name in the mailboxes' ``.tmp/`` for *queue_id* (see tmp_file_name)."""
-        return tmp_file_name(queue_id, next(self._mailbox_tmp_numbers))
-
     def _submit(self, jobs: list[_PendingStore]) -> None:
         assert self._thread is not None
         self._thread.submit(jobs)
@@ -376,13 +389,18 @@ class Spool:
             self._drained.set()
 
     def _queued(self, plan: _Plan) -> None:
-        if plan.queue_file is not None and self.on_queued is not None:
+        if plan.queued and self.on_queued is not None:
             self.on_queued(plan.queue_id)
 
     # -- the pipelined commit (Linux) ------------------------------------------------
 
     def _sync_batch(self, batch: list[_PendingStore]) -> list[_PendingStore]:
-        """On the thread: write what the loop did not, flush, hand the batch back."""
+        """On the thread: write what the loop did not, flush, return what is done.
+
+        What waited for its data to be durable (mailbox files, big messages) is put in
+        place right after the flush, here, and goes round once more: the next flush
+        makes its names durable together with the data of the stores that came since.
+        """
         for job in batch:
             if job.on_disk is _OnDisk.NOTHING:
                 try:
@@ -395,7 +413,23 @@ class Spool:
                 sync_file_system(target)
         except OSError as exc:
             self._fail_all(batch, as_spool_error(exc))
-        return batch
+        done: list[_PendingStore] = []
+        again: list[_PendingStore] = []
+        for job in batch:
+            if job.error is not None or job.on_disk is not _OnDisk.WRITTEN:
+                done.append(job)
+                continue
+            try:
+                self._place(job.plan)
+                job.on_disk = _OnDisk.PLACED
+                again.append(job)
+            except OSError as exc:
+                self._undo(job.plan)
+                job.error = as_spool_error(exc)
+                done.append(job)
+        if again:
+            self._submit(again)
+        return done
 
     def _fail_all(self, jobs: list[_PendingStore], error: SpoolError) -> None:
         """Undo every store of *jobs* not failed already and fail it with *error*."""
@@ -405,24 +439,9 @@ class Spool:
                 job.error = error
 
     def _advance(self, batch: list[_PendingStore]) -> None:
-        """On the loop, after a flush: place what is written, finish what is placed."""
-        again: list[_PendingStore] = []
+        """On the loop, after the thread's turn: settle every store of *batch*."""
         for job in batch:
-            if job.error is not None:
-                self._finish(job, job.error)
-            elif job.on_disk is _OnDisk.WRITTEN:
-                try:
-                    self._place(job.plan)
-                except OSError as exc:
-                    self._undo(job.plan)
-                    self._finish(job, as_spool_error(exc))
-                    continue
-                job.on_disk = _OnDisk.PLACED
-                again.append(job)
-            else:
-                self._finish(job, None)
-        if again:
-            self._submit(again)
+            self._finish(job, job.error)
 
     # -- the writer thread (no syncfs, or the benchmark's batch-fsync) ---------------
 
@@ -474,6 +493,8 @@ class Spool:
         if missing:
             if self.tmp_dir in missing:
                 self.files.forget_made_ahead()
+            if self.mailbox_tmp_dir in missing:
+                self.mailbox_files.forget_made_ahead()
             logger.warning(
                 "spool: made again the folder(s) deleted while serving: %s",
                 ", ".join(str(d) for d in missing),
@@ -492,32 +513,25 @@ class Spool:
         )
 
     def _write_tmp_once(self, plan: _Plan, message: AcceptedMessage, *, sync: bool = True) -> None:
+        """Write every output of *plan* into a tmp file its folder's recycler gives."""
         plan.tmp_files.clear()
         try:
-            if plan.queue_file is not None:
-                _, final = plan.queue_file
-                head = encode_queued_head(plan.queue_id, message)
-                size = len(head) + message.size
+            for output in plan.outputs:
                 # (in batch mode the event loop writes every message small enough to
-                # recycle a file for: take() runs on one thread at a time)
+                # take a recycled file for: take() runs on one thread at a time)
                 if message.tail is None:
-                    target = self.files.take(size, plan.queue_id)
+                    target = output.files.take(len(output.head) + message.size, plan.queue_id)
                 else:
-                    target = TmpFile(self.files.tmp_path(plan.queue_id))
-                plan.queue_file = (target.path, final)
+                    target = TmpFile(output.files.tmp_path(plan.queue_id))
+                output.tmp = target.path
                 plan.tmp_files.append(target.path)
                 write_synced(
                     target.path,
-                    (head, message.data),
+                    (output.head, message.data),
                     sync=sync,
                     reuse=target.reuse is Reuse.SPARE,
                     empty=target.reuse is Reuse.EMPTY,
                     tail=message.tail,
-                )
-            for delivery in plan.mailbox_files:
-                plan.tmp_files.append(delivery.tmp)
-                write_synced(
-                    delivery.tmp, (delivery.head, message.data), sync=sync, tail=message.tail
                 )
         except BaseException:
             self._undo(plan)
@@ -526,23 +540,21 @@ class Spool:
     def _place(self, plan: _Plan) -> set[Path]:
         """Rename/link the tmp files into place; return the directories to fsync."""
         dirs: set[Path] = set()
-        if plan.queue_file is not None:
-            tmp, final = plan.queue_file
-            try:
-                os.rename(tmp, final)
-            except FileNotFoundError:
-                if not self.remake_directories():  # (queue/ was deleted under it)
-                    raise
-                os.rename(tmp, final)
-            plan.placed.append(final)
-            dirs.add(self.queue_dir)
-        for delivery in plan.mailbox_files:
-            created = delivery.ensure_directory()
-            if created:
-                dirs.update(created)
-            linked = delivery.link_into_place()
-            plan.placed.append(linked)
-            dirs.add(linked.parent)
+        for output in plan.outputs:
+            if isinstance(output.final, MailboxDelivery):
+                dirs.update(output.final.ensure_directory())
+                placed: str | Path = output.final.link_into_place(output.tmp)
+                dirs.add(Path(placed).parent)
+            else:
+                placed = output.final
+                try:
+                    os.rename(output.tmp, placed)
+                except FileNotFoundError:
+                    if not self.remake_directories():  # (queue/ was deleted under it)
+                        raise
+                    os.rename(output.tmp, placed)
+                dirs.add(self.queue_dir)
+            plan.placed.append(placed)
         return dirs
 
     def _undo(self, plan: _Plan) -> None:

@@ -582,7 +582,7 @@ class SmtpServerApp:
             await self._listen(loop, self.proxy_port, None, "SmtpServer.ProxyPort", proxy=True)
         if self._own_spool is not None:
             try:
-                await self._own_spool.open()
+                await self._own_spool.open(make_ahead=True)
             except SpoolError as exc:
                 raise StorageError(
                     str(exc),
