@@ -44,11 +44,11 @@ from jdxmail.settings.model import RelaySettings, Settings
 __all__ = [
     "SLOW_STAGE_MS",
     "ProbeOptions",
+    "ProbeStage",
     "RelayReport",
     "RelayTarget",
-    "Reply",
     "Resolver",
-    "Stage",
+    "ServerReply",
     "TlsMode",
     "config_targets",
     "describe_certificate",
@@ -75,7 +75,7 @@ class TlsMode(enum.StrEnum):
     AUTO = "auto"
 
 
-class Stage(enum.StrEnum):
+class ProbeStage(enum.StrEnum):
     """The stages of a session, in order."""
 
     DNS = "DNS"
@@ -129,7 +129,7 @@ class ProbeOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class ServerReply:
     """One SMTP reply: code and text lines."""
 
     code: int
@@ -151,7 +151,7 @@ class RelayReport:
     target: RelayTarget
     stages: list[StageResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    failed: Stage | None = None
+    failed: ProbeStage | None = None
     #: (``C`` or ``S``, line): AUTH secrets masked, message body summarised
     transcript: list[tuple[str, str]] = field(default_factory=list)
     final_reply: str | None = None
@@ -203,7 +203,7 @@ class _Session:
         #: bytes read ahead (the first bytes, peeked at to spot a TLS record)
         self.pending = b""
 
-    async def reply(self) -> Reply:
+    async def reply(self) -> ServerReply:
         """Read one (possibly multi-line) reply; TimeoutError, _ProtocolError, OSError."""
         lines: list[str] = []
         async with asyncio.timeout(self.timeout):
@@ -218,10 +218,10 @@ class _Session:
                 self.transcript.append(("S", text))
                 lines.append(text[4:])
                 if text[3:4] != "-":
-                    return Reply(int(text[:3]), tuple(lines))
+                    return ServerReply(int(text[:3]), tuple(lines))
         raise _ProtocolError(b"too many reply lines")
 
-    async def command(self, line: str, shown: str | None = None) -> Reply:
+    async def command(self, line: str, shown: str | None = None) -> ServerReply:
         """Send *line* (recorded as *shown* when it holds a secret) and read the reply."""
         self.transcript.append(("C", line if shown is None else shown))
         self.writer.write(line.encode("utf-8") + b"\r\n")
@@ -413,7 +413,7 @@ class _Prober:
         return f"{flags.get(key, key)} {value}"
 
     def stage(
-        self, name: Stage, ok: bool | None, started: float | None, detail: str, **facts: Any
+        self, name: ProbeStage, ok: bool | None, started: float | None, detail: str, **facts: Any
     ) -> StageResult:
         result = StageResult(
             name.value, ok, None if started is None else _ms(started), detail, facts
@@ -431,7 +431,7 @@ class _Prober:
 
     def fail(
         self,
-        name: Stage,
+        name: ProbeStage,
         started: float,
         detail: str,
         message: str,
@@ -463,7 +463,7 @@ class _Prober:
         typo = suggest_host(self.target.host)
         return f"did you mean {typo!r}? " + self.setting("Host", f'"{typo}"') if typo else ""
 
-    def reply_fail(self, name: Stage, started: float, reply: Reply, what: str) -> None:
+    def reply_fail(self, name: ProbeStage, started: float, reply: ServerReply, what: str) -> None:
         hint = reply_hint(self.provider, name.name, reply.code, str(reply), self.target.username)
         if hint is not None:
             self.fail(
@@ -472,22 +472,22 @@ class _Prober:
                 str(reply),
                 f"{what}: {reply} — {hint.meaning}",
                 hint.fix,
-                "Password" if name is Stage.AUTH else "",
+                "Password" if name is ProbeStage.AUTH else "",
                 hint.row,
                 "relay.reply",
             )
             return
         fix = {
-            Stage.AUTH: "check Username and Password (or the password's environment variable)",
-            Stage.MAIL: "use a sender address the relay account may send as",
-            Stage.RCPT: "check the recipient address; the relay may not relay for this "
+            ProbeStage.AUTH: "check Username and Password (or the password's environment variable)",
+            ProbeStage.MAIL: "use a sender address the relay account may send as",
+            ProbeStage.RCPT: "check the recipient address; the relay may not relay for this "
             "account without AUTH",
-            Stage.DATA: "read the server's reply above; the message was not accepted",
+            ProbeStage.DATA: "read the server's reply above; the message was not accepted",
         }.get(name, "read the server's reply above")
-        key = "Username" if name is Stage.AUTH else ""
+        key = "Username" if name is ProbeStage.AUTH else ""
         self.fail(name, started, str(reply), f"{what}: {reply}", fix, key, None, "relay.reply")
 
-    def io_fail(self, name: Stage, started: float, exc: BaseException) -> None:
+    def io_fail(self, name: ProbeStage, started: float, exc: BaseException) -> None:
         if isinstance(exc, TimeoutError):
             detail = f"no reply within {self.target.timeout:g} s"
             fix = "the server or the network is slow or stuck; raise TimeOut, or try later"
@@ -539,12 +539,12 @@ class _Prober:
         except ValueError:
             pass
         else:
-            self.stage(Stage.DNS, True, started, f"{host} is an IP address", addresses=[host])
+            self.stage(ProbeStage.DNS, True, started, f"{host} is an IP address", addresses=[host])
             return [host]
         problem = _host_name_problem(host)
         if problem is not None:
             self.fail(
-                Stage.DNS,
+                ProbeStage.DNS,
                 started,
                 problem,
                 f"{host!r} is not a host name: {problem}",
@@ -573,7 +573,7 @@ class _Prober:
                 "(`getent hosts " + host + "`)"
             )
             self.fail(
-                Stage.DNS,
+                ProbeStage.DNS,
                 started,
                 reason,
                 f"{host} does not resolve ({reason})",
@@ -585,7 +585,7 @@ class _Prober:
             return None
         if not addresses:
             self.fail(
-                Stage.DNS,
+                ProbeStage.DNS,
                 started,
                 "no addresses",
                 f"{host} has no addresses",
@@ -595,7 +595,7 @@ class _Prober:
                 "relay.dns",
             )
             return None
-        self.stage(Stage.DNS, True, started, ", ".join(addresses), addresses=addresses)
+        self.stage(ProbeStage.DNS, True, started, ", ".join(addresses), addresses=addresses)
         return addresses
 
     async def connect(
@@ -611,7 +611,7 @@ class _Prober:
             except (OSError, TimeoutError) as exc:
                 errors.append((address, exc))
                 continue
-            self.stage(Stage.CONNECT, True, started, f"connected to {address}:{port}")
+            self.stage(ProbeStage.CONNECT, True, started, f"connected to {address}:{port}")
             return reader, writer
         address, error = errors[0]
         known = ""
@@ -645,7 +645,7 @@ class _Prober:
             message = detail
             fix = typo or "check Host and Port"
             row = "C2"
-        self.fail(Stage.CONNECT, started, detail, message, fix, "Port", row, "relay.connect")
+        self.fail(ProbeStage.CONNECT, started, detail, message, fix, "Port", row, "relay.connect")
         return None
 
     async def conversation(self) -> None:
@@ -655,7 +655,7 @@ class _Prober:
             return
         if not await self.banner():
             return
-        if not await self.ehlo(Stage.EHLO):
+        if not await self.ehlo(ProbeStage.EHLO):
             return
         mode = self.target.tls
         wants_tls = mode is TlsMode.STARTTLS or (
@@ -664,12 +664,12 @@ class _Prober:
         if wants_tls:
             if not await self.start_tls(implicit=False):
                 return
-            if not await self.ehlo(Stage.EHLO_TLS):
+            if not await self.ehlo(ProbeStage.EHLO_TLS):
                 return
         elif mode is not TlsMode.IMPLICIT:
             offered = "STARTTLS" in self.extensions
             self.stage(
-                Stage.TLS,
+                ProbeStage.TLS,
                 None,
                 None,
                 "not used" + (" (the server offers STARTTLS)" if offered else ""),
@@ -698,17 +698,17 @@ class _Prober:
             if _looks_like_tls(exc.data):
                 self.tls_mismatch(started, "the server sent a TLS record instead of a banner")
             else:
-                self.io_fail(Stage.BANNER, started, exc)
+                self.io_fail(ProbeStage.BANNER, started, exc)
             return False
         except OSError as exc:
-            self.io_fail(Stage.BANNER, started, exc)
+            self.io_fail(ProbeStage.BANNER, started, exc)
             return False
         if self.provider is None:
             self.provider = provider_for_banner(str(reply))
         if reply.code != 220:
-            self.reply_fail(Stage.BANNER, started, reply, "the server refused the session")
+            self.reply_fail(ProbeStage.BANNER, started, reply, "the server refused the session")
             return False
-        self.stage(Stage.BANNER, True, started, str(reply)[:200])
+        self.stage(ProbeStage.BANNER, True, started, str(reply)[:200])
         return True
 
     async def silent_banner(self, started: float) -> None:
@@ -721,7 +721,7 @@ class _Prober:
             )
             return
         self.fail(
-            Stage.BANNER,
+            ProbeStage.BANNER,
             started,
             f"no banner within {self.target.timeout:g} s",
             f"the server accepted the connection but said nothing within {self.target.timeout:g} s",
@@ -744,7 +744,7 @@ class _Prober:
         else:
             fix = "--tls implicit (or use the STARTTLS port 587)"
         self.fail(
-            Stage.BANNER,
+            ProbeStage.BANNER,
             started,
             detail,
             f"port {self.target.port} speaks TLS from the first byte (implicit TLS), but "
@@ -782,7 +782,7 @@ class _Prober:
         text = line.decode("utf-8", "replace").strip()
         return text if text[:3].isdigit() else None
 
-    async def ehlo(self, name: Stage) -> bool:
+    async def ehlo(self, name: ProbeStage) -> bool:
         session = self.session
         assert session is not None
         started = time.perf_counter()
@@ -822,7 +822,7 @@ class _Prober:
                     "network; otherwise use the provider's STARTTLS port 587 or implicit TLS on 465"
                 )
                 self.fail(
-                    Stage.TLS,
+                    ProbeStage.TLS,
                     started,
                     "STARTTLS not offered",
                     "the server does not offer STARTTLS on this port",
@@ -835,16 +835,16 @@ class _Prober:
             try:
                 reply = await session.command("STARTTLS")
             except (OSError, TimeoutError, _ProtocolError) as exc:
-                self.io_fail(Stage.TLS, started, exc)
+                self.io_fail(ProbeStage.TLS, started, exc)
                 return False
             if reply.code != 220:
-                self.reply_fail(Stage.TLS, started, reply, "the server refused STARTTLS")
+                self.reply_fail(ProbeStage.TLS, started, reply, "the server refused STARTTLS")
                 return False
         try:
             context = _tls_context(self.target)
         except (OSError, ssl.SSLError) as exc:
             self.fail(
-                Stage.TLS,
+                ProbeStage.TLS,
                 started,
                 f"cannot use the CA file: {exc}",
                 f"the CA file {self.target.ca_file} cannot be used ({exc})",
@@ -889,10 +889,10 @@ class _Prober:
             )
             row = None
         result = StageResult(
-            Stage.TLS.value, False, _ms(started), f"certificate not trusted: {reason}", facts
+            ProbeStage.TLS.value, False, _ms(started), f"certificate not trusted: {reason}", facts
         )
         self.report.stages.append(result)
-        self.report.failed = self.report.failed or Stage.TLS
+        self.report.failed = self.report.failed or ProbeStage.TLS
         self.finding(
             Severity.ERROR,
             "relay.certificate",
@@ -944,7 +944,7 @@ class _Prober:
                     else "--tls starttls (or --tls none)"
                 )
                 self.fail(
-                    Stage.TLS,
+                    ProbeStage.TLS,
                     started,
                     f"TLS handshake failed: {reason}",
                     f"port {self.target.port} speaks plain SMTP ({banner[:60]}), not TLS "
@@ -956,7 +956,7 @@ class _Prober:
                 )
                 return
         self.fail(
-            Stage.TLS,
+            ProbeStage.TLS,
             started,
             f"TLS handshake failed: {reason}",
             f"TLS handshake failed: {reason}",
@@ -1001,7 +1001,7 @@ class _Prober:
                     "",
                     None,
                 )
-        self.stage(Stage.TLS, True, started, "; ".join(parts), **facts)
+        self.stage(ProbeStage.TLS, True, started, "; ".join(parts), **facts)
 
     async def auth(self) -> bool:
         session = self.session
@@ -1009,12 +1009,12 @@ class _Prober:
         user = self.target.username
         password = self.target.password
         if not user:
-            self.stage(Stage.AUTH, None, None, "no Username: not logging in")
+            self.stage(ProbeStage.AUTH, None, None, "no Username: not logging in")
             return True
         started = time.perf_counter()
         if password is None:
             self.fail(
-                Stage.AUTH,
+                ProbeStage.AUTH,
                 started,
                 "no password",
                 f"Username {user!r} is set but there is no password",
@@ -1033,7 +1033,7 @@ class _Prober:
                 "submission port 587"
             )
             self.fail(
-                Stage.AUTH,
+                ProbeStage.AUTH,
                 started,
                 "no AUTH offered",
                 "the server does not offer AUTH here",
@@ -1060,7 +1060,7 @@ class _Prober:
                     reply = await session.command(token, "********  (password)")
             else:
                 self.fail(
-                    Stage.AUTH,
+                    ProbeStage.AUTH,
                     started,
                     f"offered: {' '.join(offered)}",
                     f"the server offers only {' '.join(offered)}; jdxmail logs in with "
@@ -1072,13 +1072,13 @@ class _Prober:
                 )
                 return False
         except (OSError, TimeoutError, _ProtocolError) as exc:
-            self.io_fail(Stage.AUTH, started, exc)
+            self.io_fail(ProbeStage.AUTH, started, exc)
             return False
         if reply.code != 235:
-            self.reply_fail(Stage.AUTH, started, reply, f"login as {user!r} refused")
+            self.reply_fail(ProbeStage.AUTH, started, reply, f"login as {user!r} refused")
             return False
         self.stage(
-            Stage.AUTH, True, started, f"{mechanism} as {user}: {reply}", mechanism=mechanism
+            ProbeStage.AUTH, True, started, f"{mechanism} as {user}: {reply}", mechanism=mechanism
         )
         return True
 
@@ -1086,15 +1086,15 @@ class _Prober:
         session = self.session
         assert session is not None
         for name, verb, value in (
-            (Stage.MAIL, "MAIL FROM", self.options.mail_from),
-            (Stage.RCPT, "RCPT TO", self.options.rcpt_to),
+            (ProbeStage.MAIL, "MAIL FROM", self.options.mail_from),
+            (ProbeStage.RCPT, "RCPT TO", self.options.rcpt_to),
         ):
             if value is None:
                 self.stage(
                     name,
                     None,
                     None,
-                    f"not tried (give {'--from' if name is Stage.MAIL else '--to'})",
+                    f"not tried (give {'--from' if name is ProbeStage.MAIL else '--to'})",
                 )
                 continue
             started = time.perf_counter()
@@ -1114,7 +1114,7 @@ class _Prober:
         assert session is not None
         opts = self.options
         if not opts.send or opts.mail_from is None or opts.rcpt_to is None:
-            self.stage(Stage.DATA, None, None, "not sent (give --send with --from and --to)")
+            self.stage(ProbeStage.DATA, None, None, "not sent (give --send with --from and --to)")
             return
         started = time.perf_counter()
         body = opts.message or sample_message(opts.mail_from, opts.rcpt_to, self.target.host)
@@ -1122,7 +1122,7 @@ class _Prober:
         try:
             reply = await session.command("DATA")
             if reply.code != 354:
-                self.reply_fail(Stage.DATA, started, reply, "DATA refused")
+                self.reply_fail(ProbeStage.DATA, started, reply, "DATA refused")
                 return
             session.transcript.append(("C", f"<message, {len(body)} bytes>"))
             session.transcript.append(("C", "."))
@@ -1131,29 +1131,29 @@ class _Prober:
                 await session.writer.drain()
             reply = await session.reply()
         except (OSError, TimeoutError, _ProtocolError) as exc:
-            self.io_fail(Stage.DATA, started, exc)
+            self.io_fail(ProbeStage.DATA, started, exc)
             return
         self.report.final_reply = str(reply)
         if reply.code != 250:
-            self.reply_fail(Stage.DATA, started, reply, "the message was refused")
+            self.reply_fail(ProbeStage.DATA, started, reply, "the message was refused")
             return
-        self.stage(Stage.DATA, True, started, str(reply))
+        self.stage(ProbeStage.DATA, True, started, str(reply))
 
     async def quit(self) -> None:
         session = self.session
         if session is None or session.writer.is_closing():
             return
-        if self.report.failed in (Stage.BANNER, Stage.TLS):
+        if self.report.failed in (ProbeStage.BANNER, ProbeStage.TLS):
             return
         started = time.perf_counter()
         try:
             reply = await session.command("QUIT")
         except (OSError, TimeoutError, _ProtocolError, ssl.SSLError):
             if self.report.failed is None:
-                self.stage(Stage.QUIT, None, started, "no reply to QUIT (ignored)")
+                self.stage(ProbeStage.QUIT, None, started, "no reply to QUIT (ignored)")
             return
         if self.report.failed is None:
-            self.stage(Stage.QUIT, reply.code == 221 or None, started, str(reply))
+            self.stage(ProbeStage.QUIT, reply.code == 221 or None, started, str(reply))
 
     def latency(self) -> None:
         slow = [

@@ -28,11 +28,11 @@ from aiosmtplib.protocol import SMTPProtocol
 
 from jdxmail.data_encoding import CHUNK, dot_stuffed, stuffed_body, stuffed_pieces
 from jdxmail.queue._aiosmtplib_compat import (
-    KeepingProtocol,
+    PipeliningProtocol,
     command_lock,
     drain,
     expect_reply,
-    keeping_protocol,
+    pipelining_protocol,
 )
 from jdxmail.queue.outcomes import (
     EightBitUnsupported,
@@ -282,11 +282,11 @@ class RelayConnection:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def pipelining(self) -> KeepingProtocol | None:
+    def pipelining(self) -> PipeliningProtocol | None:
         """The protocol to pipeline commands on (RFC 2920), if the relay offers it."""
         if not self.client.supports_extension("pipelining"):
             return None
-        return keeping_protocol(self.client)
+        return pipelining_protocol(self.client)
 
     def prepare_ahead(self, tx: Transaction) -> bytes:
         """Like :meth:`prepare`, for *tx* to follow the current message on this session.
@@ -438,7 +438,7 @@ class RelayConnection:
 
     async def _send_pipelined(
         self,
-        protocol: KeepingProtocol,
+        protocol: PipeliningProtocol,
         tx: Transaction,
         line: WaitingLine | None,
         commands: bytes = b"",
