@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from jdxmail.client_tls import client_tls_context
 from jdxmail.data_encoding import dot_stuffed
 from jdxmail.diagnostics.stages import StageResult
 from jdxmail.findings import Finding, KeyPath, Severity
@@ -312,20 +313,11 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _unchecked_context() -> ssl.SSLContext:
-    """A client TLS context that checks neither the certificate nor the host name."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _tls_context(target: RelayTarget) -> ssl.SSLContext:
     """The client TLS context; OSError/ssl.SSLError when the CA file cannot be used."""
     if not target.verify:
-        return _unchecked_context()
-    cafile = str(target.ca_file) if target.ca_file else None
-    return ssl.create_default_context(cafile=cafile)
+        return client_tls_context(verify=False)
+    return client_tls_context(target.ca_file)
 
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
@@ -757,7 +749,7 @@ class _Prober:
 
     async def port_speaks_tls(self) -> bool:
         """True when a fresh connection to the port completes a TLS handshake."""
-        context = _unchecked_context()
+        context = client_tls_context(verify=False)
         try:
             async with asyncio.timeout(self.target.timeout):
                 _, writer = await asyncio.open_connection(
@@ -904,7 +896,7 @@ class _Prober:
 
     async def fetch_certificate(self, *, implicit: bool) -> bytes | None:
         """The server's certificate (DER), from a fresh session that does not verify it."""
-        context = _unchecked_context()
+        context = client_tls_context(verify=False)
         host, port = self.target.host, self.target.port
         writer: asyncio.StreamWriter | None = None
         try:

@@ -14,28 +14,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
 
+from jdxmail.client_tls import client_tls_context
 from jdxmail.queue.outcomes import RelayUnusable, Stage
 from jdxmail.queue.relay import RelayConnection, StageError, Transaction
 from jdxmail.settings.model import RelaySettings
 
 __all__ = ["RelayPool"]
-
-
-def _tls_context(relay: RelaySettings) -> ssl.SSLContext:
-    """The client TLS context for *relay* (its CA file; checks off when it says so)."""
-    if relay.ca_file is not None:
-        context = ssl.create_default_context(cafile=str(relay.ca_file))
-    else:
-        context = ssl.create_default_context()
-    if not relay.verify_certificate:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 @dataclass(eq=False, slots=True)
@@ -69,7 +57,7 @@ class RelayPool:
         #: the session is handed to that one when the first is done (see release)
         self._successors: dict[Transaction, _Waiter] = {}
         self._idle: list[RelayConnection] = []
-        self._context = _tls_context(relay)
+        self._context = client_tls_context(relay.ca_file, verify=relay.verify_certificate)
         #: whether the relay offered 8BITMIME in its last EHLO (None: not known yet)
         self.offers_8bitmime: bool | None = None
         #: set when a reload removed this relay: sessions are closed, not kept
