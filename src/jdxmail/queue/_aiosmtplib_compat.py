@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 import aiosmtplib
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 
+from jdxmail.read_buffer import SharedReadBuffer
+
 __all__ = [
     "NEEDED_VERSION",
     "PRIVATE_MEMBERS",
@@ -91,30 +93,21 @@ async def drain(protocol: SMTPProtocol) -> None:
     await protocol._drain_helper()
 
 
-#: where the event loop reads relay replies into (recv_into); shared by all sessions,
-#: as each read is handed over (buffer_updated) before the next one begins
-_RECV_BUFFER = memoryview(bytearray(16 * 1024))
-
-
-class PipeliningProtocol(SMTPProtocol, asyncio.BufferedProtocol):
+class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
     """aiosmtplib's protocol, able to read the replies to pipelined commands.
 
     aiosmtplib (5.1) drops data that arrives while a parsed reply waits to be taken,
     so several replies to pipelined commands (RFC 2920) could be lost. This keeps
-    everything in the buffer and parses the next reply from it first. It is also a
-    buffered protocol (see pipelining_protocol): reads land in one shared buffer
-    instead of a new 256 KiB bytes object each, which glibc maps and unmaps.
+    everything in the buffer and parses the next reply from it first. Replies are
+    read into one buffer shared by every relay session (:class:`SharedReadBuffer`;
+    see pipelining_protocol).
     """
+
+    read_buffer = memoryview(bytearray(16 * 1024))
 
     #: set while read_replies waits for more data (a class default: instances are
     #: switched to this class after aiosmtplib made them, so __init__ never runs)
     _more: asyncio.Future[None] | None = None
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_RECV_BUFFER[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         waiter = self._response_waiter
