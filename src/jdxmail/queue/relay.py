@@ -210,8 +210,8 @@ _DOT_ATOM_ADDRESS = re.compile(
 def _quoted(address: str) -> str:
     """``<address>`` for MAIL/RCPT, as aiosmtplib's ``quote_address`` makes it.
 
-    The common plain address skips its parse with ``email.utils`` (a sixth of the
-    CPU of relaying a 1 KB message); anything else, and every check on it (CR, LF,
+    The common plain address skips its parse with ``email.utils`` (costly for every
+    recipient of every message); anything else, and every check on it (CR, LF,
     spaces, brackets), goes through ``quote_address``.
     """
     if _DOT_ATOM_ADDRESS.fullmatch(address):
