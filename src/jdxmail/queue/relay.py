@@ -223,6 +223,20 @@ def _reply_error(reply: aiosmtplib.SMTPResponse) -> aiosmtplib.SMTPResponseExcep
     return aiosmtplib.SMTPResponseException(reply.code, reply.message)
 
 
+def _rcpt_verdicts(
+    sent: Sequence[str], replies: Sequence[aiosmtplib.SMTPResponse]
+) -> tuple[list[str], list[tuple[str, Verdict]]]:
+    """The recipients the RCPT replies accepted, and the refused ones with their verdict."""
+    accepted: list[str] = []
+    refusals: list[tuple[str, Verdict]] = []
+    for recipient, reply in zip(sent, replies, strict=True):
+        if reply.code in (250, 251):
+            accepted.append(recipient)
+        else:
+            refusals.append((recipient, classify(Stage.RCPT, _reply_error(reply))))
+    return accepted, refusals
+
+
 class Transaction:
     """One message's MAIL, RCPT and DATA at one relay, and how far it got.
 
@@ -452,10 +466,8 @@ class RelayConnection:
         *commands* are empty when they went out ahead. The replies are judged
         exactly as in the one-command-at-a-time path.
         """
-        result, sent = tx.result, tx.sent
+        result = tx.result
         timeout = self.client.timeout
-        accepted: list[str] = []
-        refusals: list[tuple[str, Verdict]] = []
         final: aiosmtplib.SMTPResponse | None = None
         lock = command_lock(protocol)
         if lock is None:
@@ -465,23 +477,13 @@ class RelayConnection:
                 protocol.write(commands)
             # A session the relay dropped while idle fails here, still at stage MAIL:
             # nothing was accepted, so the attempt is repeated on a new session.
-            replies = await protocol.read_replies(len(sent) + 2, timeout)
+            replies = await protocol.read_replies(len(tx.sent) + 2, timeout)
             mail_reply, data_reply = replies[0], replies[-1]
-            for recipient, reply in zip(sent, replies[1:-1], strict=True):
-                if reply.code in (250, 251):
-                    accepted.append(recipient)
-                else:
-                    refusals.append((recipient, classify(Stage.RCPT, _reply_error(reply))))
+            accepted, refusals = _rcpt_verdicts(tx.sent, replies[1:-1])
             tx.stage = Stage.DATA
             if data_reply.code == 354:
-                if mail_reply.code == 250 and accepted:
-                    data = tx.data
-                    if line is not None and _is_small(data):
-                        protocol.write(dot_stuffed(data) + line.line_up(self, tx))
-                    else:
-                        await _write_payload(protocol, data)
-                else:  # nobody to send to: end the transaction with no content
-                    protocol.write(b".\r\n")
+                send_content = mail_reply.code == 250 and bool(accepted)
+                await self._write_content(protocol, tx, line, send_content)
                 final = (await protocol.read_replies(1, timeout))[0]
         if mail_reply.code != 250:
             await self._reset()
@@ -502,6 +504,19 @@ class RelayConnection:
         if final.code != 250:
             return await self._after_data(tx, accepted, _reply_error(final))
         return await self._after_data(tx, accepted, final)
+
+    async def _write_content(
+        self, protocol: PipeliningProtocol, tx: Transaction, line: WaitingLine | None, send: bool
+    ) -> None:
+        """After DATA's 354: *tx*'s data if *send* (with the next waiting message's
+        commands, when one can go ahead), else an empty content (nobody to send to)."""
+        data = tx.data
+        if not send:
+            protocol.write(b".\r\n")
+        elif line is not None and _is_small(data):
+            protocol.write(dot_stuffed(data) + line.line_up(self, tx))
+        else:
+            await _write_payload(protocol, data)
 
     async def _reset(self) -> None:
         with contextlib.suppress(Exception):
