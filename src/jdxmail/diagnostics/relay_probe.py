@@ -144,26 +144,7 @@ class _Prober(TlsStages):
             async with asyncio.timeout(self.target.timeout):
                 addresses = await self.resolver(host, self.target.port)
         except (OSError, TimeoutError, UnicodeError) as exc:
-            reason = (
-                "no answer from DNS"
-                if isinstance(exc, TimeoutError)
-                else (getattr(exc, "strerror", None) or str(exc))
-            )
-            typo = self.typo_fix()
-            fix = typo or (
-                "check the spelling of Host; if it is right, check this machine's DNS "
-                "(`getent hosts " + host + "`)"
-            )
-            self.fail(
-                ProbeStage.DNS,
-                started,
-                reason,
-                f"{host} does not resolve ({reason})",
-                fix,
-                "Host",
-                "C1" if typo else "C2",
-                "relay.dns",
-            )
+            self.dns_fail(started, exc)
             return None
         if not addresses:
             self.fail(
@@ -179,6 +160,30 @@ class _Prober(TlsStages):
             return None
         self.stage(ProbeStage.DNS, True, started, ", ".join(addresses), addresses=addresses)
         return addresses
+
+    def dns_fail(self, started: float, exc: BaseException) -> None:
+        """The host name did not resolve: why, and the likely fix (a typo, or local DNS)."""
+        host = self.target.host
+        reason = (
+            "no answer from DNS"
+            if isinstance(exc, TimeoutError)
+            else (getattr(exc, "strerror", None) or str(exc))
+        )
+        typo = self.typo_fix()
+        fix = typo or (
+            "check the spelling of Host; if it is right, check this machine's DNS "
+            "(`getent hosts " + host + "`)"
+        )
+        self.fail(
+            ProbeStage.DNS,
+            started,
+            reason,
+            f"{host} does not resolve ({reason})",
+            fix,
+            "Host",
+            "C1" if typo else "C2",
+            "relay.dns",
+        )
 
     async def connect(
         self, addresses: list[str]
@@ -365,51 +370,23 @@ class _Prober(TlsStages):
             return False
         offered = self.extensions.get("AUTH", "").upper().split()
         if not offered:
-            tls_note = (
-                "the server offers AUTH only after TLS: " + self.setting("UseTls", "true")
-                if self.target.tls is TlsMode.NONE
-                else "this server takes no logins on this port; remove Username, or use the "
-                "submission port 587"
-            )
+            self.no_auth_fail(started)
+            return False
+        mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+        if mechanism is None:
             self.fail(
                 ProbeStage.AUTH,
                 started,
-                "no AUTH offered",
-                "the server does not offer AUTH here",
-                tls_note,
-                "UseTls",
-                "C3",
-                "relay.no-auth",
+                f"offered: {' '.join(offered)}",
+                f"the server offers only {' '.join(offered)}; jdxmail logs in with PLAIN or LOGIN",
+                "use a relay that takes PLAIN or LOGIN over TLS",
+                "Username",
+                None,
+                "relay.auth-mechanism",
             )
             return False
-        secret = password.get_secret_value()
         try:
-            if "PLAIN" in offered:
-                mechanism = "PLAIN"
-                token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
-                reply = await session.command(f"AUTH PLAIN {token}", "AUTH PLAIN ********")
-            elif "LOGIN" in offered:
-                mechanism = "LOGIN"
-                reply = await session.command("AUTH LOGIN")
-                if reply.code == 334:
-                    encoded = base64.b64encode(user.encode()).decode()
-                    reply = await session.command(encoded, f"{encoded}  (username)")
-                if reply.code == 334:
-                    token = base64.b64encode(secret.encode()).decode()
-                    reply = await session.command(token, "********  (password)")
-            else:
-                self.fail(
-                    ProbeStage.AUTH,
-                    started,
-                    f"offered: {' '.join(offered)}",
-                    f"the server offers only {' '.join(offered)}; jdxmail logs in with "
-                    "PLAIN or LOGIN",
-                    "use a relay that takes PLAIN or LOGIN over TLS",
-                    "Username",
-                    None,
-                    "relay.auth-mechanism",
-                )
-                return False
+            reply = await self.log_in(mechanism, user, password.get_secret_value())
         except (OSError, TimeoutError, ProtocolError) as exc:
             self.io_fail(ProbeStage.AUTH, started, exc)
             return False
@@ -420,6 +397,41 @@ class _Prober(TlsStages):
             ProbeStage.AUTH, True, started, f"{mechanism} as {user}: {reply}", mechanism=mechanism
         )
         return True
+
+    def no_auth_fail(self, started: float) -> None:
+        """The server offers no AUTH: after TLS only, or not on this port at all."""
+        tls_note = (
+            "the server offers AUTH only after TLS: " + self.setting("UseTls", "true")
+            if self.target.tls is TlsMode.NONE
+            else "this server takes no logins on this port; remove Username, or use the "
+            "submission port 587"
+        )
+        self.fail(
+            ProbeStage.AUTH,
+            started,
+            "no AUTH offered",
+            "the server does not offer AUTH here",
+            tls_note,
+            "UseTls",
+            "C3",
+            "relay.no-auth",
+        )
+
+    async def log_in(self, mechanism: str, user: str, secret: str) -> ServerReply:
+        """AUTH PLAIN or LOGIN as *user*; the last reply (the transcript masks secrets)."""
+        session = self.session
+        assert session is not None
+        if mechanism == "PLAIN":
+            token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+            return await session.command(f"AUTH PLAIN {token}", "AUTH PLAIN ********")
+        reply = await session.command("AUTH LOGIN")
+        if reply.code == 334:
+            encoded = base64.b64encode(user.encode()).decode()
+            reply = await session.command(encoded, f"{encoded}  (username)")
+        if reply.code == 334:
+            token = base64.b64encode(secret.encode()).decode()
+            reply = await session.command(token, "********  (password)")
+        return reply
 
     async def envelope(self) -> bool:
         session = self.session
