@@ -2,9 +2,11 @@
 
 Usage::
 
-    python bench/run.py            # full run (~10 min): 7 workloads, 5 rounds of ~3 s
-    python bench/run.py --quick    # ~1 min: 5 workloads, 3 short rounds
+    python bench/run.py            # full run (~16 min): 9 workloads, 5 rounds of ~3 s
+    python bench/run.py --quick    # ~2 min: 7 workloads, 3 short rounds
     python bench/run.py --smoke    # seconds: every path once with tiny counts (CI)
+    python bench/run.py --plot bench.png --json bench.json   # also a picture and the samples
+    python bench/run.py --plot-from bench.json --plot bench.png   # redraw the picture
     python bench/run.py --profile prof/   # py-spy profiles of jdxmail under load
 
 It installs nothing. It looks for Postfix's ``smtp-source``/``smtp-sink`` and
@@ -16,9 +18,12 @@ machine hits all of them alike; each figure is the median of the rounds.
 
 Rows: ``smtp-sink`` (C, stores nothing: the machine's limit), aiosmtpd's ``Sink``
 handler (stores nothing: the Python library ceiling), Postfix as a smarthost relay and
-jdxmail ``serve`` (both fsync before 250), each relay measured for ingest (messages
-accepted per second) and end to end (until the upstream ``smtp-sink`` has every
-message). docs/performance.md explains the figures and records a run.
+jdxmail ``serve`` (both fsync before 250) in several variants (the dev inbox, console
+off, delivery held, ``--workers``, ``--loop``), each relay measured for ingest
+(messages accepted per second) and end to end (until the upstream ``smtp-sink`` has
+every message), with the CPU per message of all its processes. The targets table at
+the end holds each goal of issues 6, 13 and 15 as a ratio of this run's figures.
+docs/performance.md explains the figures and records a run.
 """
 
 from __future__ import annotations
@@ -576,19 +581,24 @@ def calibrate(bench: Bench, peer: Peer, workload: Workload, mode: Mode) -> tuple
     return max(2 * workload.sessions, 20, min(count, 500_000)), sample
 
 
+def runs(server: str, workload: Workload, only: dict[str, list[str]]) -> bool:
+    """True when *server* takes part in *workload*'s interleaved rounds."""
+    if workload.fresh:
+        return False  # its own phase, with a server of its own (run_fresh)
+    if server in only and workload.key not in only[server]:
+        return False
+    return workload.servers is None or server in workload.servers
+
+
 def run_throughput(
     run: Run, bench: Bench, peers: list[Peer], workloads: list[Workload], mode: Mode,
     only: dict[str, list[str]], log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Interleaved rounds per workload: calibrate each server, then A B C A B C …."""
     for workload in workloads:
-        if workload.fresh:
+        active = [p for p in peers if runs(p.name, workload, only)]
+        if not active:
             continue
-        active = [
-            p for p in peers
-            if (p.name not in only or workload.key in only[p.name])
-            and (workload.servers is None or p.name in workload.servers)
-        ]  # fmt: skip
         counts: dict[str, int] = {}
         for peer in active:
             count, sample = calibrate(bench, peer, workload, mode)
@@ -1150,8 +1160,9 @@ def report(run: Run, workloads: list[Workload]) -> str:
         if status != "ok":
             lines.append(f"{name}: {status}")
     lines.append("")
+    wide = max([24, *(len(w.label) for w in workloads)])
     header = (
-        f"{'workload':<24} {'server':<16} {'metric':<7} {'msgs/s':>8} {'spread':>7} "
+        f"{'workload':<{wide}} {'server':<16} {'metric':<7} {'msgs/s':>8} {'spread':>7} "
         f"{'cores':>5} {'loop':>5} {'ms/msg':>6}  {'jdx ingest ÷':>12} {'jdx e2e ÷':>10}"
     )
     lines += [header, "-" * len(header)]
@@ -1167,7 +1178,7 @@ def report(run: Run, workloads: list[Workload]) -> str:
             first = False
             metric = fig.metric
             if fig.median is None:
-                lines.append(f"{label:<24} {fig.server:<16} {metric:<7} {fig.error or '—'}")
+                lines.append(f"{label:<{wide}} {fig.server:<16} {metric:<7} {fig.error or '—'}")
                 continue
             spread = f"±{fig.spread * 100:.0f}%" if fig.spread is not None else ""
             cores = f"{statistics.median(fig.cores):.2f}" if fig.cores else ""
@@ -1178,7 +1189,7 @@ def report(run: Run, workloads: list[Workload]) -> str:
             r_in = "" if mine else _fmt_ratio(_ratio(jdx_in, fig.median))
             r_e2e = "" if mine else _fmt_ratio(_ratio(jdx_e2e, fig.median))
             lines.append(
-                f"{label:<24} {fig.server:<16} {metric:<7} {fig.median:>8,.0f} {spread:>7} "
+                f"{label:<{wide}} {fig.server:<16} {metric:<7} {fig.median:>8,.0f} {spread:>7} "
                 f"{cores:>5} {loop:>5} {cpu_ms:>6}  {r_in:>12} {r_e2e:>10}"
             )
         lines.append("")
@@ -1674,7 +1685,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.servers["jdxmail w2"] = "unavailable: jdxmail serve has no --workers option"
         peers: list[Peer] = []
         for key, peer in candidates:
-            if key not in wanted:
+            if key not in wanted or not any(runs(peer.name, w, only) for w in workloads):
                 continue
             try:
                 peer.start()
