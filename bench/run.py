@@ -1221,6 +1221,12 @@ def report(run: Run, workloads: list[Workload]) -> str:
             lines.append(
                 f"{target.name:<{width}} {target.goal:<9} {value:>10}  {target.status}{note}"
             )
+    if run.targets and not run.projection:
+        lines += [
+            "",
+            "projection: not made (the 1 KB x20 end-to-end jdxmail row has no CPU per message"
+            " of both its server and its delivery process; too few clock ticks in --smoke)",
+        ]
     if run.projection:
         basis = run.projection[0]
         lines += [

@@ -167,6 +167,26 @@ def test_event_loop_rows_are_measured_or_skipped(smoke: tuple[dict[str, Any], st
         assert f"jdxmail uvloop: {status}" in report
 
 
+def test_projection_follows_the_stated_model() -> None:
+    """The projection gives N cores ÷ (ingest + delivery CPU per message), capped by one
+    core's worth of the delivery process, and names the bound that applies."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import run as bench_run  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    run = bench_run.Run("full", {}, "2026-12-04T00:00:00Z", "smtp-source", "smtp-sink", 5, 3.0)
+    fig = run.figure("1k-s20", "jdxmail", "e2e")
+    fig.rates, fig.cpu_ms, fig.delivery_ms = [1000.0], [1.0], [0.2]
+    bench_run.project(run)
+    rows = {row["cores"]: row for row in run.projection}
+    assert rows[4]["msgs_per_s"] == pytest.approx(4000)
+    assert rows[4]["bound"] == "all cores"
+    assert rows[8]["msgs_per_s"] == pytest.approx(5000)
+    assert rows[8]["bound"] == "the delivery process"
+    assert rows[16]["msgs_per_s"] == pytest.approx(5000)
+
+
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="needs matplotlib (pip install -e '.[bench]')")
 def test_plot_is_drawn_and_redrawn_from_json(
     smoke: tuple[dict[str, Any], str], smoke_json: Path, tmp_path: Path
