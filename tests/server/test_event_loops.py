@@ -16,6 +16,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+import jdxmail.web
 from jdxmail.eventloop import LoopChoice, LoopUnavailableError, resolve
 from tests.conftest import BOTH_LOOPS, HAVE_UVLOOP, invoke
 from tests.server.conftest import PASSWORD, USER, StartServer, user_entry
@@ -23,6 +24,7 @@ from tests.server.test_lifecycle import ServeProcess, serve, smtp_client, write_
 
 __all__ = ["serve"]  # the fixture, shared with test_lifecycle
 
+STATIC = Path(jdxmail.web.__file__).parent / "static"
 CONSOLE_URL = re.compile(r"web console on (http://127\.0\.0\.1:\d+)/")
 PLAIN = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
 
@@ -108,6 +110,10 @@ def test_serve_on_each_loop_starttls_auth_console_reload_and_stop(
     answer = httpx.get(url + "/", timeout=10)
     assert answer.status_code == 200
     assert "Dashboard" in answer.text
+    # a static file: Starlette's FileResponse (no loop.sendfile, which uvloop lacks)
+    static = httpx.get(url + "/static/console.css", timeout=10)
+    assert static.status_code == 200
+    assert static.content == (STATIC / "console.css").read_bytes()
     server.proc.send_signal(signal.SIGHUP)
     server.wait_for_log("settings reloaded: 1 users")
     code, err = server.stop(signal.SIGTERM)
@@ -144,6 +150,17 @@ def test_loop_uvloop_without_uvloop_is_a_clear_error(
     assert "uvloop is not installed" in err
     assert "pip install 'jdxmail[fast]'" in err
     assert "Traceback" not in out + err
+
+
+def test_loop_from_the_environment(
+    tmp_path: Path, serve: list[ServeProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JDXMAIL_LOOP=asyncio chooses the loop as --loop asyncio would (a benchmark's switch)."""
+    monkeypatch.setenv("JDXMAIL_LOOP", "asyncio")
+    server = ServeProcess(tmp_path, "--no-web")
+    serve.append(server)
+    assert "event loop: asyncio " in server.wait_for_log("event loop:")
+    assert server.stop()[0] == 0
 
 
 def test_unknown_loop_is_refused_with_the_choices(runner: CliRunner) -> None:

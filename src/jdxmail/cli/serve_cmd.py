@@ -134,6 +134,7 @@ def serve(
         typer.Option(
             "--loop",
             metavar="[auto|asyncio|uvloop]",
+            envvar="JDXMAIL_LOOP",  # so a benchmark can run both without new arguments
             help="Event loop of every serve process: uvloop (pip install 'jdxmail[fast]'), "
             "asyncio's own, or auto (uvloop when installed).",
         ),
