@@ -33,11 +33,11 @@ from jdxmail.queue.batching import CallThread
 from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
+from jdxmail.queue.pool import RelayPool
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
     Payload,
-    RelayPool,
     StageError,
     Transaction,
     rewrite_from_header,
@@ -921,7 +921,6 @@ class DeliveryEngine:
             try:
                 async with asyncio.timeout(deadline):
                     if connection is None:
-                        tx.ahead = False
                         connection = await pool.acquire()
                     reused = connection.messages > 0
                     result = await connection.send(tx, pool)

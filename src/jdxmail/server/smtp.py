@@ -25,11 +25,12 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from jdxmail import replies
 from jdxmail.data_encoding import has_bare_line_ending, to_crlf, unstuffed
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
+from jdxmail.read_buffer import SharedReadBuffer
 from jdxmail.replies import Reply
 from jdxmail.server import proxy as proxy_protocol
 from jdxmail.server.auth import (
@@ -239,19 +240,14 @@ class _SyntaxProblem(ValueError):
         self.reply = reply
 
 
-#: where the event loop reads client input into (recv_into): shared by every session of
-#: the process, as each read is handed over (buffer_updated) before the next begins
-_RECV_BUFFER = memoryview(bytearray(RECV_BUFFER_SIZE))
-
-
-class SmtpSession(asyncio.BufferedProtocol):
+class SmtpSession(SharedReadBuffer):
     """The server side of one SMTP connection.
 
-    A buffered protocol: asyncio's plain ``data_received`` path allocates a new 256 KiB
-    bytes object for every read, which glibc serves with mmap, mremap and munmap (three
-    system calls and a page fault per read, about 8 % of the server's CPU); here each
-    read lands in one shared buffer and only what arrived is copied.
+    Client input is read into one buffer shared by every session of the process
+    (:class:`SharedReadBuffer`); only what arrived is copied into the session's own.
     """
+
+    read_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
 
     def __init__(
         self, host: SessionHost, *, implicit_tls: bool = False, proxy: bool = False
@@ -298,20 +294,16 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the session task for a new connection."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport; uvloop's do not subclass asyncio.Transport, so no isinstance
+        self._transport = cast("asyncio.Transport", transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the next read goes (the shared buffer; see buffer_updated)."""
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def data_received(self, data: memoryview) -> None:
         """Buffer client input; stop reading while the buffer is full (bounded memory)."""
-        self._buffer += _RECV_BUFFER[:nbytes]
+        self._buffer += data
         self._wake()
         if len(self._buffer) > _READ_HIGH_WATER and self._transport is not None:
             self._paused = True
