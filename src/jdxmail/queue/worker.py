@@ -43,6 +43,7 @@ from jdxmail.queue.relay import (
     Transaction,
     rewrite_from_header,
 )
+from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
 from jdxmail.queue.spool import (
     FLUSH_FILE,
     SPARE_LIMIT,
@@ -67,7 +68,7 @@ from jdxmail.queue.state import (
     read_json,
     write_json_atomic,
 )
-from jdxmail.settings.model import DeliverySettings, Settings
+from jdxmail.settings.model import Settings
 from jdxmail.stats import LATENCY_BUCKETS, Counters, RelayHealth
 
 __all__ = [
@@ -115,92 +116,6 @@ def _io_reason(exc: OSError) -> str:
         exc.errno or 0, exc.strerror or str(exc)
     )
     return f"{reason}: {exc.filename}" if exc.filename else reason
-
-
-def backoff_delay(attempts: int, first: float, cap: float, rng: Callable[[], float]) -> float:
-    """Seconds before the next try after *attempts* tries: doubling from *first* up to
-    *cap*, with ±20 % jitter so that many waiting messages do not retry in lockstep."""
-    base = min(cap, first * (2 ** max(0, attempts - 1)))
-    return max(1.0, float(base * (0.8 + 0.4 * rng())))
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryOptions:
-    """Retry schedule and session counts of the delivery engine."""
-
-    #: seconds a message may wait for a relay before it bounces (5 days)
-    message_lifetime: float = 5 * 24 * 3600
-    #: seconds before the first retry; doubled each attempt, with jitter
-    retry_delay: float = 60
-    #: the longest wait between two attempts
-    retry_max_delay: float = 3600
-    #: parallel sessions per relay (reused for consecutive messages)
-    connections_per_relay: int = 4
-    #: send with the relay account (its Username, when an address) as envelope sender,
-    #: for relays that refuse other senders (row C7); bounces still come from <>
-    rewrite_sender: bool = False
-    #: also replace the From: header with the relay account (the original From
-    #: becomes Reply-To unless the message has one)
-    rewrite_from: bool = False
-    #: 8-bit content for a relay without 8BITMIME: "Convert" (a 7bit copy) or "Bounce"
-    eight_bit_downgrade: str = "Convert"
-
-    @classmethod
-    def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
-        """The options the config's ``Delivery`` section asks for."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in delivery.model_dump().items() if k in names})
-
-
-@dataclass(slots=True)
-class CircuitBreaker:
-    """Skips a relay that keeps failing, for a cool-down that grows while it fails."""
-
-    name: str
-    threshold: int = 3
-    cooldown: float = 30.0
-    max_cooldown: float = 600.0
-    failures: int = 0
-    open_until: float = 0.0
-    #: the last failure's text and when the relay last failed / worked (for the console)
-    last_reply: str = ""
-    last_failure_at: float = 0.0
-    last_success_at: float = 0.0
-
-    def allows(self, now: float) -> bool:
-        """True when the relay may be tried (closed, or the cool-down is over)."""
-        return now >= self.open_until
-
-    def success(self, now: float = 0.0) -> None:
-        """The relay worked (at *now*): close the breaker."""
-        if self.failures >= self.threshold:
-            relay_log.info("relay %s works again; no longer skipped", self.name)
-        self.failures = 0
-        self.open_until = 0.0
-        self.last_success_at = now
-
-    def refused(self, now: float, reply: str) -> None:
-        """The relay answered but did not take the message (*reply*): it works, so the
-        breaker closes as on success; the console shows the reply."""
-        self.success()
-        self.last_reply = reply
-        self.last_failure_at = now
-
-    def failure(self, now: float, reply: str = "") -> None:
-        """The relay failed (*reply*: what it said or what went wrong); open the breaker
-        after *threshold* failures in a row."""
-        self.failures += 1
-        self.last_reply = reply
-        self.last_failure_at = now
-        if self.failures >= self.threshold:
-            wait = min(self.max_cooldown, self.cooldown * 2 ** (self.failures - self.threshold))
-            self.open_until = now + wait
-            relay_log.warning(
-                "relay %s failed %d times in a row; skipping it for %.0f s",
-                self.name,
-                self.failures,
-                wait,
-            )
 
 
 #: the state a recipient is left in after an attempt's outcome
@@ -324,17 +239,7 @@ class DeliveryEngine:
         server = settings.smtp_server
         self.host_name = server.effective_host_name
         self.local_domains = {d.lower() for d in server.effective_local_domains}
-        self.pools = [
-            RelayPool(
-                relay,
-                local_hostname=self.host_name,
-                step_timeout=float(relay.time_out or server.time_out),
-                size=delivery.connections_per_relay,
-            )
-            for relay in settings.relays
-        ]
-        self.breakers = {p.name: CircuitBreaker(p.name) for p in self.pools}
-        self._relay_hosts = {p.name: p.relay.host for p in self.pools}
+        self.relays = RelayChoice(settings, delivery)
         #: delivered messages whose files are being removed (by the janitor thread)
         self._removing: set[str] = set()
         self._crashes: dict[str, int] = {}
@@ -349,8 +254,6 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        #: closing the sessions of relays a reload removed
-        self._retiring: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._flush_mtime = 0.0
         self._last_rescan = 0.0
@@ -364,6 +267,16 @@ class DeliveryEngine:
         #: processes, the queue CLI); 1 s in a delivery process without inotify
         self.rescan_interval = _RESCAN_SECONDS
 
+    @property
+    def pools(self) -> list[RelayPool]:
+        """The relays' session pools, in the order they are tried."""
+        return self.relays.pools
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Each relay's circuit breaker by name."""
+        return self.relays.breakers
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -373,18 +286,7 @@ class DeliveryEngine:
         relay uses, before any message is tried.
         """
         check_aiosmtplib()
-        for pool in self.pools:
-            if not pool.relay.verify_certificate:
-                relay_log.warning(
-                    "relay %s: VerifyCertificate is false; its certificate is not checked "
-                    "(anyone on the path can read the mail and the password)",
-                    pool.name,
-                )
-            if not pool.relay.use_tls and pool.relay.username:
-                relay_log.warning(
-                    "relay %s: UseTls is false; the password crosses the network in clear",
-                    pool.name,
-                )
+        self.relays.warn_insecure()
         counts = await asyncio.to_thread(self._recover)
         logger.info(
             "delivery engine: %d queued (%d being retried, %d due now), %d failed kept; relays: %s",
@@ -399,7 +301,7 @@ class DeliveryEngine:
         self._last_rescan = self.clock()
         # Twice as many workers as sessions: a message waiting for a busy session has
         # its commands sent right after the data of the message before (RelayPool.line_up)
-        workers = max(1, 2 * sum(p.size for p in self.pools))
+        workers = max(1, 2 * self.relays.sessions())
         self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
@@ -416,33 +318,7 @@ class DeliveryEngine:
         """
         delivery = DeliveryOptions.from_settings(settings.delivery)
         server = settings.smtp_server
-        kept = list(self.pools)
-        before = {id(p) for p in kept}
-        pools: list[RelayPool] = []
-        for relay in settings.relays:
-            step_timeout = float(relay.time_out or server.time_out)
-            same = (
-                (relay, delivery.connections_per_relay, step_timeout, server.effective_host_name)
-                == (p.relay, p.size, p.step_timeout, p.local_hostname)
-                for p in kept
-            )
-            index = next((n for n, match in enumerate(same) if match), None)
-            if index is not None:
-                pools.append(kept.pop(index))
-                continue
-            pools.append(
-                RelayPool(
-                    relay,
-                    local_hostname=server.effective_host_name,
-                    step_timeout=step_timeout,
-                    size=delivery.connections_per_relay,
-                )
-            )
-        for retired in kept:
-            retired.retire()
-            task = asyncio.get_running_loop().create_task(retired.close())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+        retired = self.relays.reload(settings, delivery)
         self.settings = settings
         self.options = delivery
         self.lifetime = float(delivery.message_lifetime)
@@ -450,27 +326,16 @@ class DeliveryEngine:
         self.retry_max_delay = float(delivery.retry_max_delay)
         self.host_name = server.effective_host_name
         self.local_domains = {d.lower() for d in server.effective_local_domains}
-        self.pools = pools
-        # a relay that changed starts with a closed breaker; an attempt in progress at
-        # a relay that is gone still finds its own
-        self.breakers = {
-            **self.breakers,
-            **{
-                p.name: self.breakers[p.name] if id(p) in before else CircuitBreaker(p.name)
-                for p in pools
-            },
-        }
-        self._relay_hosts.update({p.name: p.relay.host for p in pools})
         if self._tasks and not self._stopping:
-            workers = max(1, 2 * sum(p.size for p in pools))
+            workers = max(1, 2 * self.relays.sessions())
             self._tasks += [
                 asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
                 for n in range(len(self._tasks) - 1, workers)
             ]
         relay_log.info(
             "relays reloaded: %s (%d retired)",
-            ", ".join(f"{p.name} ({p.relay.host}:{p.relay.port})" for p in pools) or "none",
-            len(kept),
+            ", ".join(f"{p.name} ({p.relay.host}:{p.relay.port})" for p in self.pools) or "none",
+            retired,
         )
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -494,21 +359,14 @@ class DeliveryEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(
-            *self._retiring, *(p.close() for p in self.pools), return_exceptions=True
-        )
+        await self.relays.close()
         if self._files is not None:
             files, self._files = self._files, None
             await asyncio.to_thread(files.close)
 
     def relay_health(self) -> list[RelayHealth]:
         """Each relay's breaker and last outcome, for the stats file."""
-        return [
-            RelayHealth(
-                b.name, b.failures, b.open_until, b.last_reply, b.last_failure_at, b.last_success_at
-            )
-            for b in self.breakers.values()
-        ]
+        return self.relays.health()
 
     def enqueue(self, queue_id: str) -> None:
         """A new message is in the spool: deliver it as soon as a worker is free.
@@ -531,8 +389,7 @@ class DeliveryEngine:
 
     def flush(self) -> None:
         """Make every queued message due now (``queue flush``), skipping breaker waits."""
-        for breaker in self.breakers.values():
-            breaker.open_until = 0.0
+        self.relays.reset_breakers()
         for queue_id in list(self._due):
             self._schedule(queue_id, 0.0)
         self._last_rescan = 0.0
@@ -642,7 +499,7 @@ class DeliveryEngine:
             queue_id = await self._work.get()
             try:
                 if not self._stopping:
-                    resting = self._relays_resting(self.clock())
+                    resting = self.relays.resting(self.clock())
                     if resting is None:
                         await self._deliver(queue_id)
                     else:
@@ -686,13 +543,6 @@ class DeliveryEngine:
                     self._wake.set()
                 self._work.task_done()
                 self._signal_idle()
-
-    def _relays_resting(self, now: float) -> float | None:
-        """When the first breaker reopens, if every relay's breaker is open; else None."""
-        breakers = [self.breakers[p.name] for p in self.pools]
-        if not breakers or any(b.allows(now) for b in breakers):
-            return None
-        return min(b.open_until for b in breakers)
 
     # -- one message -----------------------------------------------------------------
 
@@ -863,7 +713,7 @@ class DeliveryEngine:
             if failure is None or not failure.failover:
                 break
         now = self.clock()
-        if not tried and (resting := self._relays_resting(now)) is not None:
+        if not tried and (resting := self.relays.resting(now)) is not None:
             # Every relay's breaker opened while this one waited for a turn: it waits in
             # memory like the messages behind it (see _worker), its files untouched.
             self._schedule(queue_id, resting)
@@ -1158,7 +1008,7 @@ class DeliveryEngine:
     async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:
         failed = [
             FailedRecipient(
-                r, s.code or "5.0.0", s.reply, s.relay, s.at, self._relay_hosts.get(s.relay, "")
+                r, s.code or "5.0.0", s.reply, s.relay, s.at, self.relays.hosts.get(s.relay, "")
             )
             for r, s in recipients.items()
         ]
