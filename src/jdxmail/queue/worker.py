@@ -31,7 +31,7 @@ import aiosmtplib
 
 from jdxmail.process import tmp_writer_alive
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
-from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
+from jdxmail.queue.bounce import EXPIRED_STATUS, human_duration, move_to_failed, store_bounce
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
@@ -48,7 +48,6 @@ from jdxmail.queue.spool import (
     FLUSH_FILE,
     SPARE_LIMIT,
     SPARE_MAX_SIZE,
-    AcceptedMessage,
     CorruptSpoolFile,
     QueuedMessage,
     Spool,
@@ -961,7 +960,15 @@ class DeliveryEngine:
             unbounced = state.unbounced()
             if message.mail_from and unbounced:
                 try:
-                    await self._bounce(message, unbounced)
+                    await store_bounce(
+                        self.spool,
+                        message,
+                        unbounced,
+                        reporting_host=self.host_name,
+                        local_domains=self.local_domains,
+                        relay_hosts=self.relays.hosts,
+                        clock=self.clock,
+                    )
                 except SpoolError as exc:
                     logger.error(
                         "%s: could not store the bounce (%s); trying again later",
@@ -986,7 +993,7 @@ class DeliveryEngine:
                     extra={"session": message.session_id},
                 )
             state.bounced = sorted(set(state.bounced) | set(failed))
-            await asyncio.to_thread(self._move_failed, message, state)
+            await asyncio.to_thread(move_to_failed, self.spool, message, state, self.clock())
             self.counters.bounced += 1
             logger.warning(
                 "%s: kept in %s (%d failed, %d delivered)",
@@ -1004,60 +1011,6 @@ class DeliveryEngine:
                 LATENCY_BUCKETS,
             )
             self._remove_later(queue_id, loaded)
-
-    async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:
-        failed = [
-            FailedRecipient(
-                r, s.code or "5.0.0", s.reply, s.relay, s.at, self.relays.hosts.get(s.relay, "")
-            )
-            for r, s in recipients.items()
-        ]
-        data, message_id = build_dsn(
-            reporting_host=self.host_name,
-            original_sender=message.mail_from,
-            original_data=message.data,
-            queue_id=message.queue_id,
-            received_at=message.received_at,
-            failed=failed,
-            now=self.clock(),
-        )
-        sender = message.mail_from
-        local = sender.rsplit("@", 1)[-1].lower() in self.local_domains
-        bounce = AcceptedMessage(
-            mail_from="",
-            relay_recipients=() if local else (sender,),
-            local_recipients=(sender,) if local else (),
-            data=data,
-            message_id=message_id,
-            auth_user=None,
-            client_address="",
-            session_id=f"bounce-{message.queue_id}",
-            received_at=self.clock(),
-        )
-        bounce_id = await self.spool.store(bounce)
-        logger.info(
-            "%s: bounce %s to <%s> for %d recipient(s)",
-            message.queue_id,
-            bounce_id,
-            sender,
-            len(failed),
-            extra={"session": message.session_id},
-        )
-
-    def _move_failed(self, message: QueuedMessage, state: DeliveryState) -> None:
-        record = {
-            "queue_id": message.queue_id,
-            "mail_from": message.mail_from,
-            "message_id": message.message_id,
-            "received_at": message.received_at,
-            "failed_at": self.clock(),
-            "state": state.to_json(),
-        }
-        failed_dir = self.spool.failed_dir
-        write_json_atomic(failed_dir / f"{message.queue_id}.json", record, sync=True)
-        os.replace(self.spool.queue_path(message.queue_id), failed_dir / f"{message.queue_id}.msg")
-        with contextlib.suppress(FileNotFoundError):
-            self.spool.state_path(message.queue_id).unlink()
 
     def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
         """Put the delivered message's queue file in spare/, or have the file thread
