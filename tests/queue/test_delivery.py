@@ -607,7 +607,7 @@ async def test_mail_waits_in_memory_while_every_relay_is_skipped(
     assert len(os.listdir(state_dir)) == 3  # the three attempts, nothing for the rest
     assert "skipped after repeated failures" not in caplog.text
     assert spool_stats(running.spool.spool_dir).queued == 12
-    waiting = [i for i in ids if running.engine._due.get(i) == breaker.open_until]
+    waiting = [i for i in ids if running.engine.scheduler.due.get(i) == breaker.open_until]
     assert len(waiting) == 9
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import heapq
 import logging
 import os
 import random
@@ -29,7 +28,6 @@ from typing import Any
 
 import aiosmtplib
 
-from jdxmail.process import tmp_writer_alive
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
 from jdxmail.queue.bounce import EXPIRED_STATUS, human_duration, move_to_failed, store_bounce
 from jdxmail.queue.eightbit import has_8bit, to_7bit
@@ -44,8 +42,8 @@ from jdxmail.queue.relay import (
     rewrite_from_header,
 )
 from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
+from jdxmail.queue.scheduler import Scheduler
 from jdxmail.queue.spool import (
-    FLUSH_FILE,
     SPARE_LIMIT,
     SPARE_MAX_SIZE,
     CorruptSpoolFile,
@@ -80,10 +78,8 @@ __all__ = [
 logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
 
-_RESCAN_SECONDS = 30.0
 #: messages bigger than this are sent from their spool file in pieces
 _KEEP_IN_FILE_OVER = 1 << 20
-_POLL_SECONDS = 1.0
 #: seconds before trying again a queue file that another holds locked
 _LOCKED_RETRY = 1.0
 #: delivered files moved to spare/ between two counts of what spare/ holds
@@ -245,26 +241,14 @@ class DeliveryEngine:
         #: claims, reads and removals of spool files, batched (None when stopped)
         self._files: _FileThread | None = None
         self.quota = QuotaBook(spool.spool_dir)
-        self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, float] = {}
-        self._seq = 0
-        self._in_flight: set[str] = set()
-        self._work: asyncio.Queue[str] = asyncio.Queue()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._flush_mtime = 0.0
-        self._last_rescan = 0.0
-        self._last_flush_check = 0.0
         #: delivered queue files moved to spare/ (what spare/ holds is counted every
         #: so often and its older half removed past SPARE_LIMIT: a queue draining,
         #: or sizes the server no longer needs)
         self._spared = 0
         self._pruning = False
-        #: seconds between scans of queue/ for messages nobody announced (other
-        #: processes, the queue CLI); 1 s in a delivery process without inotify
-        self.rescan_interval = _RESCAN_SECONDS
+        self.scheduler = Scheduler(spool, clock, being_removed=self._removing, on_flush=self.flush)
 
     @property
     def pools(self) -> list[RelayPool]:
@@ -286,7 +270,7 @@ class DeliveryEngine:
         """
         check_aiosmtplib()
         self.relays.warn_insecure()
-        counts = await asyncio.to_thread(self._recover)
+        counts = await self.scheduler.recover()
         logger.info(
             "delivery engine: %d queued (%d being retried, %d due now), %d failed kept; relays: %s",
             counts["queued"],
@@ -297,11 +281,10 @@ class DeliveryEngine:
         )
         self.spool.on_queued = self.enqueue
         self._files = _FileThread(asyncio.get_running_loop(), _discard_loaded)
-        self._last_rescan = self.clock()
         # Twice as many workers as sessions: a message waiting for a busy session has
         # its commands sent right after the data of the message before (RelayPool.line_up)
         workers = max(1, 2 * self.relays.sessions())
-        self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
+        self._tasks = [asyncio.create_task(self.scheduler.run(), name="jdxmail-scheduler")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
             for n in range(workers)
@@ -342,17 +325,13 @@ class DeliveryEngine:
         self._stopping = True
         if self.spool.on_queued == self.enqueue:
             self.spool.on_queued = None
-        self._wake.set()
+        self.scheduler.stop()
         tasks, self._tasks = self._tasks, []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                while self._in_flight:
-                    self._idle.clear()
-                    await self._idle.wait()
-        if self._in_flight:
+        running = await self.scheduler.drain(grace)
+        if running:
             logger.warning(
                 "%d deliveries still running after %.0f s; they will be retried at the next start",
-                len(self._in_flight),
+                running,
                 grace,
             )
         for task in tasks:
@@ -372,130 +351,36 @@ class DeliveryEngine:
 
         Announcing a message twice, or one being delivered, is harmless.
         """
-        if queue_id in self._in_flight or queue_id in self._removing:
-            return
-        # Due now: straight to the workers, without a round through the scheduler
-        # (its heap, and a wake-up of its task, for every new message). A later
-        # entry of this id still in the heap no longer matches _due and is skipped.
-        self._due.pop(queue_id, None)
-        self._in_flight.add(queue_id)
-        self._work.put_nowait(queue_id)
+        self.scheduler.enqueue(queue_id)
 
     def rescan(self) -> None:
         """Look for queued messages this engine was not told about, now."""
-        self._last_rescan = 0.0
-        self._wake.set()
+        self.scheduler.rescan_now()
 
     def flush(self) -> None:
         """Make every queued message due now (``queue flush``), skipping breaker waits."""
         self.relays.reset_breakers()
-        for queue_id in list(self._due):
-            self._schedule(queue_id, 0.0)
-        self._last_rescan = 0.0
-        self._wake.set()
+        self.scheduler.all_due_now()
 
     async def wait_idle(self) -> None:
         """Return once nothing is being delivered and nothing is due now (for tests)."""
-        while True:
-            now = self.clock()
-            due = any(when <= now for when in self._due.values())
-            if not self._in_flight and not due and self._work.empty() and not self._removing:
-                return
-            self._idle.clear()
-            await self._idle.wait()
+        await self.scheduler.wait_idle()
 
-    # -- scheduling ------------------------------------------------------------------
+    @property
+    def rescan_interval(self) -> float:
+        """Seconds between scans of queue/ for messages nobody announced."""
+        return self.scheduler.rescan_interval
 
-    def _schedule(self, queue_id: str, when: float) -> None:
-        self._due[queue_id] = when
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, queue_id))
-
-    def _recover(self) -> dict[str, int]:
-        """Startup scan: every queued message is scheduled; leftovers are cleaned."""
-        for leftover in self.spool.state_dir.glob(".*.tmp"):
-            # another process (serve --workers, the queue CLI) may be writing it now
-            if tmp_writer_alive(leftover.name):
-                continue
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        now = self.clock()
-        retrying = due = 0
-        ids = self.spool.queued_ids()
-        for queue_id in ids:
-            when = self._next_try_on_disk(queue_id)
-            if when > 0:
-                retrying += 1
-            if when <= now:
-                due += 1
-            self._schedule(queue_id, when)
-        failed = sum(1 for p in self.spool.failed_dir.glob("*.msg"))
-        return {"queued": len(ids), "retrying": retrying, "due": due, "failed": failed}
-
-    def _next_try_on_disk(self, queue_id: str) -> float:
-        try:
-            data = read_json(self.spool.state_path(queue_id))
-        except (StateError, OSError):
-            return 0.0
-        if isinstance(data, dict):
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                return float(data["next_try"])
-        return 0.0
-
-    def _rescan(self, known: frozenset[str]) -> list[tuple[str, float]]:
-        """Messages on disk this engine does not know (other processes, the CLI)."""
-        found = []
-        for queue_id in self.spool.queued_ids():
-            if queue_id not in known:
-                found.append((queue_id, self._next_try_on_disk(queue_id)))
-        return found
-
-    def _flush_requested(self) -> bool:
-        try:
-            mtime = (self.spool.spool_dir / FLUSH_FILE).stat().st_mtime
-        except OSError:
-            return False
-        if mtime > self._flush_mtime:
-            first = self._flush_mtime == 0.0
-            self._flush_mtime = mtime
-            return not first or mtime > self.clock() - _RESCAN_SECONDS
-        return False
-
-    async def _scheduler(self) -> None:
-        while not self._stopping:
-            now = self.clock()
-            if now - self._last_flush_check >= _POLL_SECONDS:
-                self._last_flush_check = now
-                if await asyncio.to_thread(self._flush_requested):
-                    self.flush()
-                    now = self.clock()
-            if now - self._last_rescan >= self.rescan_interval:
-                self._last_rescan = now
-                known = frozenset((*self._due, *self._in_flight, *self._removing))
-                for queue_id, when in await asyncio.to_thread(self._rescan, known):
-                    if queue_id not in self._due:
-                        self._schedule(queue_id, when)
-            while self._heap and self._heap[0][0] <= now:
-                when, _, queue_id = heapq.heappop(self._heap)
-                if self._due.get(queue_id) != when or queue_id in self._in_flight:
-                    continue
-                del self._due[queue_id]
-                self._in_flight.add(queue_id)
-                self._work.put_nowait(queue_id)
-            self._signal_idle()
-            timeout = _POLL_SECONDS
-            if self._heap:
-                timeout = max(0.0, min(timeout, self._heap[0][0] - self.clock()))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+    @rescan_interval.setter
+    def rescan_interval(self, seconds: float) -> None:
+        self.scheduler.rescan_interval = seconds
 
     def _signal_idle(self) -> None:
-        self._idle.set()
+        self.scheduler.signal_idle()
 
     async def _worker(self) -> None:
         while True:
-            queue_id = await self._work.get()
+            queue_id = await self.scheduler.next_message()
             try:
                 if not self._stopping:
                     resting = self.relays.resting(self.clock())
@@ -506,7 +391,7 @@ class DeliveryEngine:
                         # message waits in memory, its file untouched (with a big
                         # queue, claiming, reading and rescheduling each one per
                         # cool-down was thousands of file operations and log lines).
-                        self._schedule(queue_id, resting)
+                        self.scheduler.schedule(queue_id, resting)
             except asyncio.CancelledError:
                 raise
             except OSError as exc:
@@ -519,13 +404,13 @@ class DeliveryEngine:
                     _io_reason(exc),
                     self.retry_delay,
                 )
-                self._schedule(queue_id, self.clock() + self.retry_delay)
+                self.scheduler.schedule(queue_id, self.clock() + self.retry_delay)
             except Exception:
                 crashes = self._crashes.get(queue_id, 0) + 1
                 self._crashes[queue_id] = crashes
                 if crashes < _MAX_CRASHES:
                     logger.exception("%s: delivery failed unexpectedly; retrying later", queue_id)
-                    self._schedule(queue_id, self.clock() + self.retry_delay)
+                    self.scheduler.schedule(queue_id, self.clock() + self.retry_delay)
                 else:
                     logger.exception(
                         "%s: delivery failed unexpectedly %d times; moving it to %s",
@@ -536,12 +421,7 @@ class DeliveryEngine:
                     del self._crashes[queue_id]
                     await asyncio.to_thread(self._quarantine, queue_id)
             finally:
-                self._in_flight.discard(queue_id)
-                if queue_id in self._due:  # rescheduled, or announced while in flight
-                    self._schedule(queue_id, self._due[queue_id])
-                    self._wake.set()
-                self._work.task_done()
-                self._signal_idle()
+                self.scheduler.done(queue_id)
 
     # -- one message -----------------------------------------------------------------
 
@@ -620,7 +500,7 @@ class DeliveryEngine:
             if os.access(self.spool.queue_file(queue_id), os.F_OK):
                 # Locked by another for now (a delivery process sharing the spool,
                 # the queue command): look again soon rather than at the next rescan.
-                self._schedule(queue_id, self.clock() + _LOCKED_RETRY)
+                self.scheduler.schedule(queue_id, self.clock() + _LOCKED_RETRY)
             return
         if loaded.message is None and not loaded.corrupt:
             claimed, files = loaded, self._files
@@ -715,7 +595,7 @@ class DeliveryEngine:
         if not tried and (resting := self.relays.resting(now)) is not None:
             # Every relay's breaker opened while this one waited for a turn: it waits in
             # memory like the messages behind it (see _worker), its files untouched.
-            self._schedule(queue_id, resting)
+            self.scheduler.schedule(queue_id, resting)
             return
         if tried:
             state.attempts += 1
@@ -770,7 +650,7 @@ class DeliveryEngine:
             state.waiting_for = "no relay available" if state.pending() else "storing the bounce"
         path = self.spool.state_path(message.queue_id)
         await asyncio.to_thread(write_json_atomic, path, state.to_json())
-        self._schedule(message.queue_id, state.next_try)
+        self.scheduler.schedule(message.queue_id, state.next_try)
         logger.info(
             "%s: %d recipient(s) still pending after %d attempt(s); next try in %.0f s%s",
             message.queue_id,
