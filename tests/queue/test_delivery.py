@@ -186,8 +186,8 @@ async def test_spare_files_are_pruned_oldest_first_at_the_limit(
     """While nobody takes spare files (a queue draining, or sizes no longer needed),
     spare/ stays at about SPARE_LIMIT: past it the older half is removed, so the files
     of recent messages stay; big messages' files are never kept."""
-    monkeypatch.setattr("jdxmail.queue.worker.SPARE_LIMIT", 6)
-    monkeypatch.setattr("jdxmail.queue.worker._SPARE_COUNT_EVERY", 1)
+    monkeypatch.setattr("jdxmail.queue.message_delivery.SPARE_LIMIT", 6)
+    monkeypatch.setattr("jdxmail.queue.message_delivery._SPARE_COUNT_EVERY", 1)
     upstream = await upstream_factory()
     running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
     spare_dir = running.spool.spare_dir
@@ -204,7 +204,7 @@ async def test_spare_files_are_pruned_oldest_first_at_the_limit(
         ids.append(await running.spool.store(message(n)))
         await upstream.wait_for(n + 2)
         await running.engine.wait_idle()
-    files = running.engine._files
+    files = running.engine.delivery._files
     assert files is not None
     await files.submit(lambda: None)  # after the removals queued on the file thread
     kept = sorted(os.listdir(spare_dir))
@@ -811,14 +811,14 @@ async def test_message_that_keeps_crashing_is_moved_aside(
     upstream = await upstream_factory()
     running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
     engine = running.engine
-    real = engine._attempt_message
+    real = engine.delivery._attempt_message
 
     async def attempt(queued: Any, state: Any, loaded: Any) -> None:
         if queued.message_id == "m1@jdx.test":
             raise RuntimeError("a bug that only this message triggers")
         await real(queued, state, loaded)
 
-    monkeypatch.setattr(engine, "_attempt_message", attempt)
+    monkeypatch.setattr(engine.delivery, "_attempt_message", attempt)
     bad = await running.spool.store(message(1))
     await engine.wait_idle()
     for _ in range(2):

@@ -1,72 +1,33 @@
 """The delivery engine: takes due messages from the spool and hands them to relays.
 
-Inside ``serve`` it runs as a component (``start()`` / ``stop(grace)``). For each due
-message a worker claims the queue file (an exclusive ``flock``, so several processes
-and the ``queue`` CLI can share the spool), tries the relays in order, records each
-recipient's outcome in ``state/ID.json`` and then either reschedules the message
-(exponential backoff with jitter), removes it (all delivered), or bounces it (an RFC
-3464 DSN stored in the spool like any message) and keeps it in ``failed/``.
+Inside ``serve`` it runs as a component (``start()`` / ``stop(grace)``) and
+coordinates four parts, each in its own module:
 
-Crash safety: the queue file is removed only after every recipient is resolved and
-any bounce is durably stored, so a SIGKILL at any moment loses nothing; a message
-that was being handed over when the process died is sent again (at least once).
+- :mod:`~jdxmail.queue.scheduler`: when each queued message is due (the heap,
+  rescans, recovery at start, ``queue flush``), handing due ids to the workers;
+- :mod:`~jdxmail.queue.message_delivery`: the delivery of one message (claim, read,
+  the relays in order, the outcomes, reschedule / bounce / remove);
+- :mod:`~jdxmail.queue.relay_choice`: the relays with their session pools and
+  circuit breakers, the retry backoff and the ``Delivery`` options;
+- :mod:`~jdxmail.queue.bounce`: the DSN to the sender and failed/.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
-import os
 import random
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import aiosmtplib
 
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
-from jdxmail.queue.bounce import EXPIRED_STATUS, human_duration, move_to_failed, store_bounce
-from jdxmail.queue.eightbit import has_8bit, to_7bit
-from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
-from jdxmail.queue.quota import QuotaBook, next_utc_midnight
-from jdxmail.queue.relay import (
-    AttemptResult,
-    Payload,
-    RelayPool,
-    StageError,
-    Transaction,
-    rewrite_from_header,
-)
+from jdxmail.queue.message_delivery import MessageDelivery
+from jdxmail.queue.relay import RelayPool
 from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
 from jdxmail.queue.scheduler import Scheduler
-from jdxmail.queue.spool import (
-    SPARE_LIMIT,
-    SPARE_MAX_SIZE,
-    CorruptSpoolFile,
-    QueuedMessage,
-    Spool,
-    SpooledBody,
-    SpoolError,
-    claim,
-    claim_sized,
-    read_queued_fd,
-)
-from jdxmail.queue.state import (
-    DELIVERED,
-    FAILED,
-    PENDING,
-    DeliveryState,
-    RecipientState,
-    StateError,
-    read_json,
-    write_json_atomic,
-)
+from jdxmail.queue.spool import Spool
 from jdxmail.settings.model import Settings
-from jdxmail.stats import LATENCY_BUCKETS, Counters, RelayHealth
+from jdxmail.stats import Counters, RelayHealth
 
 __all__ = [
     "CircuitBreaker",
@@ -77,134 +38,6 @@ __all__ = [
 
 logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
-
-#: messages bigger than this are sent from their spool file in pieces
-_KEEP_IN_FILE_OVER = 1 << 20
-#: seconds before trying again a queue file that another holds locked
-_LOCKED_RETRY = 1.0
-#: delivered files moved to spare/ between two counts of what spare/ holds
-_SPARE_COUNT_EVERY = 128
-#: unexpected errors on one message before it is moved to corrupt/
-_MAX_CRASHES = 3
-
-
-#: failure statuses of a relay lacking what the message needs → the bounce's status
-#: and reason when no relay has it
-_LACKING = {
-    "4.6.7": ("5.6.7", "the message needs SMTPUTF8 and no relay offers it"),
-    "4.6.3": (
-        "5.6.3",
-        "the message has 8-bit content and no relay offers 8BITMIME "
-        "(Delivery.EightBitDowngrade is Bounce, or no 7bit copy could be made)",
-    ),
-}
-
-
-def _seven_bit_copy(data: Payload) -> bytes:
-    """A 7bit copy of *data* (read whole if spooled); CPU work: call in a thread."""
-    return to_7bit(data.read() if isinstance(data, SpooledBody) else data)
-
-
-def _io_reason(exc: OSError) -> str:
-    """What an I/O error means, for the log (``the disk is full: /path``)."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
-        exc.errno or 0, exc.strerror or str(exc)
-    )
-    return f"{reason}: {exc.filename}" if exc.filename else reason
-
-
-#: the state a recipient is left in after an attempt's outcome
-_STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
-
-_Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
-
-
-def _settle(results: _Settled, discard: Callable[[Any], None]) -> None:
-    for future, result, error in results:
-        if future.cancelled():
-            if error is None:
-                discard(result)
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
-class _FileThread:
-    """One thread for the engine's slow file work (big messages: check, remove), in batches.
-
-    Requests queue up while the thread is busy; it takes all of them at once and
-    hands every result back to the event loop with one ``call_soon_threadsafe``,
-    instead of a thread-pool hop and a loop wake-up per request. A result whose
-    caller has gone (cancelled) is passed to *discard* so no descriptor leaks.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, discard: Callable[[Any], None]) -> None:
-        self._loop = loop
-        self._discard = discard
-        self._cond = threading.Condition()
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._run, name="jdxmail-delivery-files", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, run: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run *run* on the thread; its result or exception arrives in the future."""
-        future: asyncio.Future[Any] = self._loop.create_future()
-        with self._cond:
-            self._pending.append((run, future))
-            self._cond.notify()
-        return future
-
-    def close(self) -> None:
-        """Finish what was submitted, then stop the thread (blocking: call in a thread)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch, self._pending = self._pending, []
-            results: _Settled = []
-            for run, future in batch:
-                try:
-                    results.append((future, run(), None))
-                except Exception as exc:  # handed to the awaiting caller
-                    results.append((future, None, exc))
-            try:
-                self._loop.call_soon_threadsafe(_settle, results, self._discard)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                for _, result, error in results:
-                    if error is None:
-                        self._discard(result)
-
-
-def _discard_loaded(result: object) -> None:
-    if isinstance(result, _Loaded) and result.fd >= 0:
-        os.close(result.fd)
-        result.fd = -1
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """A claimed message with its state, or the reason it could not be read."""
-
-    fd: int
-    message: QueuedMessage | None = None
-    state: DeliveryState | None = None
-    corrupt: str = ""
-    notes: list[str] = field(default_factory=list)
-    had_state: bool = False
-    #: the queue file's size
-    size: int = 0
 
 
 class DeliveryEngine:
@@ -225,30 +58,24 @@ class DeliveryEngine:
         self.counters = counters if counters is not None else Counters()
         self.spool = spool
         self.clock = clock
-        self.rng = rng
         delivery = options or DeliveryOptions.from_settings(settings.delivery)
-        self.options = delivery
-        self.lifetime = float(delivery.message_lifetime)
-        self.retry_delay = float(delivery.retry_delay)
-        self.retry_max_delay = float(delivery.retry_max_delay)
-        server = settings.smtp_server
-        self.host_name = server.effective_host_name
-        self.local_domains = {d.lower() for d in server.effective_local_domains}
         self.relays = RelayChoice(settings, delivery)
-        #: delivered messages whose files are being removed (by the janitor thread)
-        self._removing: set[str] = set()
-        self._crashes: dict[str, int] = {}
-        #: claims, reads and removals of spool files, batched (None when stopped)
-        self._files: _FileThread | None = None
-        self.quota = QuotaBook(spool.spool_dir)
+        #: delivered messages whose files are being removed (not to be picked up again)
+        removing: set[str] = set()
+        self.scheduler = Scheduler(spool, clock, being_removed=removing, on_flush=self.flush)
+        self.delivery = MessageDelivery(
+            settings,
+            spool,
+            options=delivery,
+            relays=self.relays,
+            scheduler=self.scheduler,
+            removing=removing,
+            clock=clock,
+            rng=rng,
+            counters=self.counters,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        #: delivered queue files moved to spare/ (what spare/ holds is counted every
-        #: so often and its older half removed past SPARE_LIMIT: a queue draining,
-        #: or sizes the server no longer needs)
-        self._spared = 0
-        self._pruning = False
-        self.scheduler = Scheduler(spool, clock, being_removed=self._removing, on_flush=self.flush)
 
     @property
     def pools(self) -> list[RelayPool]:
@@ -259,6 +86,21 @@ class DeliveryEngine:
     def breakers(self) -> dict[str, CircuitBreaker]:
         """Each relay's circuit breaker by name."""
         return self.relays.breakers
+
+    @property
+    def options(self) -> DeliveryOptions:
+        """The ``Delivery`` section's options in use."""
+        return self.delivery.options
+
+    @property
+    def lifetime(self) -> float:
+        """Seconds a message may wait for a relay before it bounces."""
+        return self.delivery.lifetime
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds before the first retry."""
+        return self.delivery.retry_delay
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -280,7 +122,7 @@ class DeliveryEngine:
             ", ".join(p.name for p in self.pools) or "none",
         )
         self.spool.on_queued = self.enqueue
-        self._files = _FileThread(asyncio.get_running_loop(), _discard_loaded)
+        self.delivery.start()
         # Twice as many workers as sessions: a message waiting for a busy session has
         # its commands sent right after the data of the message before (RelayPool.line_up)
         workers = max(1, 2 * self.relays.sessions())
@@ -299,15 +141,9 @@ class DeliveryEngine:
         (``queue flush`` makes that now).
         """
         delivery = DeliveryOptions.from_settings(settings.delivery)
-        server = settings.smtp_server
         retired = self.relays.reload(settings, delivery)
         self.settings = settings
-        self.options = delivery
-        self.lifetime = float(delivery.message_lifetime)
-        self.retry_delay = float(delivery.retry_delay)
-        self.retry_max_delay = float(delivery.retry_max_delay)
-        self.host_name = server.effective_host_name
-        self.local_domains = {d.lower() for d in server.effective_local_domains}
+        self.delivery.configure(settings, delivery)
         if self._tasks and not self._stopping:
             workers = max(1, 2 * self.relays.sessions())
             self._tasks += [
@@ -338,9 +174,7 @@ class DeliveryEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.relays.close()
-        if self._files is not None:
-            files, self._files = self._files, None
-            await asyncio.to_thread(files.close)
+        await self.delivery.close()
 
     def relay_health(self) -> list[RelayHealth]:
         """Each relay's breaker and last outcome, for the stats file."""
@@ -375,611 +209,11 @@ class DeliveryEngine:
     def rescan_interval(self, seconds: float) -> None:
         self.scheduler.rescan_interval = seconds
 
-    def _signal_idle(self) -> None:
-        self.scheduler.signal_idle()
-
     async def _worker(self) -> None:
         while True:
             queue_id = await self.scheduler.next_message()
             try:
                 if not self._stopping:
-                    resting = self.relays.resting(self.clock())
-                    if resting is None:
-                        await self._deliver(queue_id)
-                    else:
-                        # Every relay is being skipped after repeated failures: the
-                        # message waits in memory, its file untouched (with a big
-                        # queue, claiming, reading and rescheduling each one per
-                        # cool-down was thousands of file operations and log lines).
-                        self.scheduler.schedule(queue_id, resting)
-            except asyncio.CancelledError:
-                raise
-            except OSError as exc:
-                # The disk is full, a write failed: the message and what it was told
-                # so far stay as they were on disk (at worst a recipient is sent to
-                # twice), and it is tried again later — not a crash to quarantine for.
-                logger.error(
-                    "%s: could not write the delivery state (%s); trying again in %.0f s",
-                    queue_id,
-                    _io_reason(exc),
-                    self.retry_delay,
-                )
-                self.scheduler.schedule(queue_id, self.clock() + self.retry_delay)
-            except Exception:
-                crashes = self._crashes.get(queue_id, 0) + 1
-                self._crashes[queue_id] = crashes
-                if crashes < _MAX_CRASHES:
-                    logger.exception("%s: delivery failed unexpectedly; retrying later", queue_id)
-                    self.scheduler.schedule(queue_id, self.clock() + self.retry_delay)
-                else:
-                    logger.exception(
-                        "%s: delivery failed unexpectedly %d times; moving it to %s",
-                        queue_id,
-                        crashes,
-                        self.spool.corrupt_dir,
-                    )
-                    del self._crashes[queue_id]
-                    await asyncio.to_thread(self._quarantine, queue_id)
+                    await self.delivery.deliver(queue_id)
             finally:
                 self.scheduler.done(queue_id)
-
-    # -- one message -----------------------------------------------------------------
-
-    def _load(self, queue_id: str) -> _Loaded | None:
-        """Claim *queue_id* and read it with its state; None if gone or taken.
-
-        A file over the in-memory limit is only claimed (its ``message`` stays None)
-        for :meth:`_read` to finish off the event loop.
-        """
-        claimed = claim_sized(self.spool.queue_file(queue_id))
-        if claimed is None:
-            return None
-        fd, size = claimed
-        loaded = _Loaded(fd, size=size)
-        if size > _KEEP_IN_FILE_OVER:
-            return loaded
-        self._read(loaded, queue_id)
-        return loaded
-
-    def _read(self, loaded: _Loaded, queue_id: str) -> None:
-        """Read the claimed queue file and its state into *loaded*."""
-        fd = loaded.fd
-        try:
-            loaded.message = read_queued_fd(fd, queue_id, keep_over=_KEEP_IN_FILE_OVER)
-        except CorruptSpoolFile as exc:
-            loaded.corrupt = str(exc)
-            return
-        except BaseException:
-            os.close(fd)
-            loaded.fd = -1
-            raise
-        state_file = self.spool.state_file(queue_id)
-        if not os.access(state_file, os.F_OK):
-            # the usual case: a state file is only written after a try that failed
-            # (under the lock this engine now holds, so none can appear meanwhile)
-            loaded.state = DeliveryState.fresh(loaded.message.recipients)
-            return
-        state_path = self.spool.state_path(queue_id)
-        try:
-            data = read_json(state_path)
-            loaded.had_state = data is not None
-            if data is not None:
-                loaded.state = DeliveryState.from_json(data, loaded.message.recipients)
-        except StateError as exc:
-            loaded.notes.append(f"state file unreadable ({exc}); starting over")
-            with contextlib.suppress(OSError):
-                os.replace(state_path, self.spool.corrupt_dir / f"{queue_id}.json")
-        if loaded.state is None:
-            loaded.state = DeliveryState.fresh(loaded.message.recipients)
-
-    def _quarantine(self, queue_id: str) -> None:
-        """Move a message that keeps crashing the worker aside (under its lock)."""
-        fd = claim(self.spool.queue_path(queue_id))
-        if fd is None:
-            return
-        try:
-            self._move_corrupt(queue_id)
-        except OSError as exc:
-            logger.error("%s: could not move it aside: %s", queue_id, exc)
-        finally:
-            os.close(fd)
-
-    def _move_corrupt(self, queue_id: str) -> None:
-        os.replace(self.spool.queue_path(queue_id), self.spool.corrupt_dir / f"{queue_id}.msg")
-        state = self.spool.state_path(queue_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(state, self.spool.corrupt_dir / f"{queue_id}.json")
-
-    async def _deliver(self, queue_id: str) -> None:
-        # Claiming and reading a small file takes a few system calls of microseconds:
-        # done here, they cost less than a thread that must win the interpreter lock
-        # back after each one (delivery alone: ~20 % less CPU per message). A big
-        # message is checked off the event loop.
-        loaded = self._load(queue_id)
-        if loaded is None:
-            if os.access(self.spool.queue_file(queue_id), os.F_OK):
-                # Locked by another for now (a delivery process sharing the spool,
-                # the queue command): look again soon rather than at the next rescan.
-                self.scheduler.schedule(queue_id, self.clock() + _LOCKED_RETRY)
-            return
-        if loaded.message is None and not loaded.corrupt:
-            claimed, files = loaded, self._files
-            if files is None:
-                await asyncio.to_thread(self._read, claimed, queue_id)
-            else:
-                await files.submit(lambda: self._read(claimed, queue_id))
-        try:
-            if loaded.corrupt:
-                await asyncio.to_thread(self._move_corrupt, queue_id)
-                logger.error(
-                    "%s: spool file is corrupt (%s); moved to %s",
-                    queue_id,
-                    loaded.corrupt,
-                    self.spool.corrupt_dir,
-                )
-                return
-            assert loaded.message is not None
-            assert loaded.state is not None
-            for note in loaded.notes:
-                logger.warning("%s: %s", queue_id, note)
-            await self._attempt_message(loaded.message, loaded.state, loaded)
-        finally:
-            if loaded.fd >= 0:
-                os.close(loaded.fd)
-
-    async def _attempt_message(
-        self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded
-    ) -> None:
-        queue_id = message.queue_id
-        now = self.clock()
-        if not state.first_try:
-            state.first_try = now
-        waits: list[tuple[float, str]] = []
-        tried = False
-        #: relays that lack what the message needs (SMTPUTF8, or 8BITMIME when a
-        #: 7bit copy is not made), by the status of their failure
-        lacking: list[str] = []
-        eight_bit = await self._has_8bit(message)
-        for pool in self.pools:
-            pending = state.pending()
-            if not pending:
-                break
-            breaker = self.breakers[pool.name]
-            if not breaker.allows(now):
-                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
-                continue
-            quota = pool.relay.daily_quota
-            if quota is not None and not await asyncio.to_thread(
-                self.quota.take, pool.name, quota, now
-            ):
-                waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
-                relay_log.info(
-                    "%s: %s daily quota of %d spent; next relay",
-                    queue_id,
-                    pool.name,
-                    quota,
-                    extra={"session": message.session_id},
-                )
-                continue
-            result = await self._attempt(pool, message, pending, eight_bit)
-            if self._convert_now(result, pool, eight_bit):
-                # the relay's EHLO said no 8BITMIME on this first session: a 7bit copy
-                result = await self._attempt(pool, message, pending, eight_bit)
-            if result is None:  # the breaker opened while it waited for a turn
-                if quota is not None:
-                    await asyncio.to_thread(self.quota.give_back, pool.name, now)
-                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
-                continue
-            tried = True
-            delivered = self._apply(message, state, result, self.clock())
-            if quota is not None and not delivered:
-                await asyncio.to_thread(self.quota.give_back, pool.name, now)
-            failure = result.failure
-            outcome = (
-                "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
-            )
-            self.counters.count(
-                "jdxmail_delivery_attempts_total", (("relay", pool.name), ("outcome", outcome))
-            )
-            if failure is not None and failure.status in _LACKING:
-                lacking.append(failure.status)
-            if failure is not None and failure.trips_breaker:
-                breaker.failure(self.clock(), failure.text)
-            elif failure is not None:
-                breaker.refused(self.clock(), failure.text)
-            else:
-                breaker.success(self.clock())
-            if failure is None or not failure.failover:
-                break
-        now = self.clock()
-        if not tried and (resting := self.relays.resting(now)) is not None:
-            # Every relay's breaker opened while this one waited for a turn: it waits in
-            # memory like the messages behind it (see _worker), its files untouched.
-            self.scheduler.schedule(queue_id, resting)
-            return
-        if tried:
-            state.attempts += 1
-            state.last_try = now
-        pending = state.pending()
-        if pending and lacking and len(lacking) == len(self.pools):
-            # RFC 6531 §3.2 / RFC 6152: no relay can carry it, so it bounces now rather
-            # than in 5 days
-            code, reply = _LACKING["4.6.7" if "4.6.7" in lacking else "4.6.3"]
-            for recipient in pending:
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED, code=code, reply=reply, relay=state.last_relay, at=now
-                )
-            pending = []
-        if pending and now - message.received_at >= self.lifetime:
-            lifetime = human_duration(self.lifetime)
-            for recipient in pending:
-                last = state.recipients[recipient]
-                reply = last.reply or state.last_reply or "no relay could be reached"
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED,
-                    code=EXPIRED_STATUS,
-                    reply=f"message expired after {lifetime} in the queue; last reply: {reply}",
-                    relay=last.relay,
-                    at=now,
-                )
-            pending = []
-        if pending:
-            await self._reschedule(message, state, tried, waits, now)
-            return
-        await self._finish(message, state, loaded)
-
-    async def _reschedule(
-        self,
-        message: QueuedMessage,
-        state: DeliveryState,
-        tried: bool,
-        waits: list[tuple[float, str]],
-        now: float,
-    ) -> None:
-        if tried:
-            self.counters.deferred += 1
-            delay = backoff_delay(state.attempts, self.retry_delay, self.retry_max_delay, self.rng)
-            state.next_try = now + delay
-            state.waiting_for = ""
-        elif waits:
-            until = min(waits)[0]
-            state.next_try = max(until, now + 1.0)
-            state.waiting_for = "; ".join(w for _, w in waits)
-        else:
-            state.next_try = now + self.retry_delay
-            state.waiting_for = "no relay available" if state.pending() else "storing the bounce"
-        path = self.spool.state_path(message.queue_id)
-        await asyncio.to_thread(write_json_atomic, path, state.to_json())
-        self.scheduler.schedule(message.queue_id, state.next_try)
-        logger.info(
-            "%s: %d recipient(s) still pending after %d attempt(s); next try in %.0f s%s",
-            message.queue_id,
-            len(state.pending()),
-            state.attempts,
-            state.next_try - now,
-            f" ({state.waiting_for})" if state.waiting_for else "",
-            extra={"session": message.session_id},
-        )
-
-    async def _has_8bit(self, message: QueuedMessage) -> bool:
-        """Whether the message's data has bytes above 127 (big ones read in a thread)."""
-        if message.spooled is None:
-            return has_8bit(message.data)
-        spooled = message.spooled
-        return await asyncio.to_thread(lambda: has_8bit(spooled.read()))
-
-    def _convert_now(self, result: AttemptResult | None, pool: RelayPool, eight_bit: bool) -> bool:
-        """Whether *result* failed only for want of 8BITMIME, which a 7bit copy solves."""
-        return (
-            eight_bit
-            and self.options.eight_bit_downgrade == "Convert"
-            and result is not None
-            and result.failure is not None
-            and result.failure.status == "4.6.3"
-            and pool.offers_8bitmime is False
-        )
-
-    async def _attempt(
-        self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
-    ) -> AttemptResult | None:
-        """One attempt at *pool*'s relay, within the total deadline of an attempt.
-
-        Waits for a turn at the relay first (not counted in the deadline); None when
-        the relay's breaker opened meanwhile. A reused session that the relay closed
-        while idle is replaced once, silently. 8-bit data for a relay known to lack
-        8BITMIME is sent as a 7bit copy when ``EightBitDowngrade`` is ``Convert``.
-        """
-        try:
-            mail_from, data = self._as_sent(pool, message)
-        except Exception as exc:  # (a big message's file could not be read for rewriting)
-            return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
-        convert = (
-            eight_bit
-            and pool.offers_8bitmime is False
-            and self.options.eight_bit_downgrade == "Convert"
-        )
-        if convert:
-            try:
-                data = await asyncio.to_thread(_seven_bit_copy, data)
-            except Exception as exc:  # (a message the MIME parser cannot take apart)
-                reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
-                return AttemptResult(
-                    pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason))
-                )
-            relay_log.info(
-                "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
-                message.queue_id,
-                pool.name,
-                extra={"session": message.session_id},
-            )
-        tx = Transaction(mail_from, recipients, data, message.mail_options)
-        tx.eight_bit = eight_bit and not convert
-        handed = await pool.turn(tx)
-        if handed is None and not self.breakers[pool.name].allows(self.clock()):
-            pool.end_turn()
-            return None
-        deadline = pool.step_timeout * 10
-        retried = False
-        while True:
-            connection, handed = handed, None
-            reused = False
-            try:
-                async with asyncio.timeout(deadline):
-                    if connection is None:
-                        tx.ahead = False
-                        connection = await pool.acquire()
-                    reused = connection.messages > 0
-                    result = await connection.send(tx, pool)
-            except StageError as exc:
-                pool.release(connection, healthy=False, tx=tx)
-                return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
-            except aiosmtplib.SMTPNotSupported as exc:  # (found before a command was sent)
-                pool.release(connection, healthy=True, tx=tx)
-                return AttemptResult(pool.name, failure=classify(Stage.MAIL, exc))
-            except Exception as exc:  # the session broke or the deadline passed
-                stage = Stage.CONNECT
-                if connection is not None:
-                    stage = tx.stage
-                    dropped = isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
-                    if reused and dropped and stage is Stage.MAIL and not retried:
-                        connection.client.close()  # (keeping the turn for a new session)
-                        retried = True
-                        continue
-                pool.release(connection, healthy=False, tx=tx)
-                if isinstance(exc, TimeoutError) and not str(exc):
-                    exc = TimeoutError(f"no answer within {deadline:g} s")
-                return AttemptResult(pool.name, failure=classify(stage, exc))
-            except BaseException:  # cancelled (stop): the turn passes on
-                pool.release(connection, healthy=False, tx=tx)
-                raise
-            pool.release(connection, healthy=True, tx=tx)
-            return result
-
-    def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, Payload]:
-        """The envelope sender and data for *pool*'s relay, rewritten if configured."""
-        data: Payload = message.spooled if message.spooled is not None else message.data
-        account = pool.relay.username or ""
-        if "@" not in account or not message.mail_from:
-            return message.mail_from, data
-        mail_from = account if self.options.rewrite_sender else message.mail_from
-        if self.options.rewrite_from:
-            whole = data.read() if isinstance(data, SpooledBody) else data
-            data = rewrite_from_header(whole, account)
-        return mail_from, data
-
-    def _apply(
-        self, message: QueuedMessage, state: DeliveryState, result: AttemptResult, now: float
-    ) -> bool:
-        """Record *result* in *state*; log it under Relay; True if anything was delivered."""
-        queue_id = message.queue_id
-        extra = {"session": message.session_id}
-        state.last_relay = result.relay
-        failure = result.failure
-        if failure is not None:
-            state.last_reply = failure.text
-            bounce = failure.outcome is Outcome.BOUNCE
-            for recipient in state.pending():
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED if bounce else PENDING,
-                    code=failure.status,
-                    reply=failure.text,
-                    relay=result.relay,
-                    at=now,
-                )
-            level = logging.WARNING
-            what = "refused the message" if bounce else "failed"
-            relay_log.log(
-                level,
-                "%s: relay %s %s: %s [%s]%s",
-                queue_id,
-                result.relay,
-                what,
-                failure.text,
-                failure.row,
-                "; trying the next relay" if failure.failover and len(self.pools) > 1 else "",
-                extra=extra,
-            )
-            return False
-        delivered: list[str] = []
-        for item in result.recipients:
-            status = _STATUS_OF[item.outcome]
-            state.recipients[item.recipient] = RecipientState(
-                status=status, code=item.status, reply=item.reply, relay=result.relay, at=now
-            )
-            if item.outcome is Outcome.DELIVERED:
-                delivered.append(item.recipient)
-            else:
-                relay_log.warning(
-                    "%s: relay %s refused <%s>%s: %s",
-                    queue_id,
-                    result.relay,
-                    item.recipient,
-                    " for now" if item.outcome is Outcome.RETRY else "",
-                    item.reply,
-                    extra=extra,
-                )
-        state.last_reply = result.final_reply or (
-            result.recipients[-1].reply if result.recipients else ""
-        )
-        if delivered:
-            relay_log.info(
-                "%s: delivered to %s via %s: %s",
-                queue_id,
-                ", ".join(f"<{r}>" for r in delivered),
-                result.relay,
-                result.final_reply,
-                extra=extra,
-            )
-        return bool(delivered)
-
-    async def _finish(self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded) -> None:
-        """Every recipient is resolved: bounce what failed, then remove the message."""
-        failed = state.failed()
-        queue_id = message.queue_id
-        if failed:
-            unbounced = state.unbounced()
-            if message.mail_from and unbounced:
-                try:
-                    await store_bounce(
-                        self.spool,
-                        message,
-                        unbounced,
-                        reporting_host=self.host_name,
-                        local_domains=self.local_domains,
-                        relay_hosts=self.relays.hosts,
-                        clock=self.clock,
-                    )
-                except SpoolError as exc:
-                    logger.error(
-                        "%s: could not store the bounce (%s); trying again later",
-                        queue_id,
-                        exc,
-                        extra={"session": message.session_id},
-                    )
-                    await self._reschedule(message, state, False, [], self.clock())
-                    return
-            elif not message.mail_from:
-                logger.warning(
-                    "%s: %d recipient(s) failed; no bounce for a message from <>",
-                    queue_id,
-                    len(failed),
-                    extra={"session": message.session_id},
-                )
-            else:
-                logger.warning(
-                    "%s: %d recipient(s) failed again; the sender had a bounce for them already",
-                    queue_id,
-                    len(failed),
-                    extra={"session": message.session_id},
-                )
-            state.bounced = sorted(set(state.bounced) | set(failed))
-            await asyncio.to_thread(move_to_failed, self.spool, message, state, self.clock())
-            self.counters.bounced += 1
-            logger.warning(
-                "%s: kept in %s (%d failed, %d delivered)",
-                queue_id,
-                self.spool.failed_dir,
-                len(failed),
-                len(state.delivered()),
-                extra={"session": message.session_id},
-            )
-        else:
-            self.counters.relayed += 1
-            self.counters.observe(
-                "jdxmail_delivery_latency_seconds",
-                max(0.0, self.clock() - message.received_at),
-                LATENCY_BUCKETS,
-            )
-            self._remove_later(queue_id, loaded)
-
-    def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
-        """Put the delivered message's queue file in spare/, or have the file thread
-        remove it (the worker does not wait for that).
-
-        Moving a file to spare/ and closing it take microseconds: done right here,
-        so its lock is gone before the server can reuse it for a new message that
-        this engine would then find locked. The last close of an *unlinked* file
-        frees its blocks, which here (ext4 mounted with ``discard``) waits 0.2-0.6
-        ms even for 1 KB: a pause of the whole event loop, so those go to the file
-        thread. The queue file stays locked until it is moved or gone, so no other
-        process picks it up, and a crash before that only means the message is sent
-        again (at least once).
-        """
-        files = self._files
-        fd, loaded.fd = loaded.fd, -1
-        had_state = loaded.had_state
-        message = loaded.message
-        spare = message is not None and message.spooled is None and loaded.size <= SPARE_MAX_SIZE
-        if files is None or spare:
-            self._remove(queue_id, fd, had_state=had_state, spare=spare, size=loaded.size)
-            return
-        self._removing.add(queue_id)
-        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state))
-        future.add_done_callback(lambda _: self._removed(queue_id))
-
-    def _check_spares(self) -> None:
-        """Keep spare/ at about SPARE_LIMIT files: past it, remove the older half.
-
-        Queue ids sort by time, so the oldest spares go: those of a size the server
-        has not needed for a while (a burst of big messages, then small ones).
-        """
-        if self._pruning:
-            return
-        try:
-            names = sorted(os.listdir(self.spool.spare_dir))
-        except OSError:
-            return
-        if len(names) < SPARE_LIMIT:
-            return
-        spare_dir = self.spool.spare_dir
-        old = names[: len(names) - SPARE_LIMIT // 2]
-
-        def prune() -> None:
-            for name in old:
-                with contextlib.suppress(OSError):  # taken by the server meanwhile
-                    os.unlink(spare_dir / name)
-
-        files = self._files
-        if files is None:
-            prune()
-            return
-        self._pruning = True  # removals wait for the disk: on the file thread
-        files.submit(prune).add_done_callback(lambda _: setattr(self, "_pruning", False))
-
-    def _removed(self, queue_id: str) -> None:
-        self._removing.discard(queue_id)
-        self._signal_idle()
-
-    def _remove(
-        self, queue_id: str, fd: int, *, had_state: bool, spare: bool = False, size: int = 0
-    ) -> None:
-        """Remove a delivered message's files; a small queue file is moved to spare/
-        instead, for the server to write the next message over (no inode freed and
-        allocated again per message; see Spool._take_spare)."""
-        try:
-            queue_file = self.spool.queue_file(queue_id)
-            if spare:
-                try:
-                    os.rename(queue_file, self.spool.spare_file(queue_id, size))
-                except OSError:
-                    os.unlink(queue_file)
-                else:
-                    self._spared += 1
-                    if self._spared % _SPARE_COUNT_EVERY == 0:
-                        self._check_spares()
-            else:
-                os.unlink(queue_file)
-            if had_state:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.spool.state_file(queue_id))
-        except OSError as exc:
-            logger.warning(
-                "%s: delivered, but its spool file could not be removed (%s); it will be "
-                "sent again after a restart",
-                queue_id,
-                exc,
-            )
-        finally:
-            # (for an unlinked file this close frees its blocks: the caller runs
-            # those on the file thread)
-            os.close(fd)
