@@ -23,19 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosmtplib
-
 from jdxmail.queue.bounce import EXPIRED_STATUS, human_duration, move_to_failed, store_bounce
-from jdxmail.queue.eightbit import has_8bit, to_7bit
-from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
-    Payload,
     RelayPool,
-    StageError,
-    Transaction,
-    rewrite_from_header,
+)
+from jdxmail.queue.relay_attempt import (
+    attempt_at,
+    message_has_8bit,
+    needs_7bit_copy,
+    record_result,
 )
 from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
 from jdxmail.queue.scheduler import Scheduler
@@ -45,16 +43,13 @@ from jdxmail.queue.spool import (
     CorruptSpoolFile,
     QueuedMessage,
     Spool,
-    SpooledBody,
     SpoolError,
     claim,
     claim_sized,
     read_queued_fd,
 )
 from jdxmail.queue.state import (
-    DELIVERED,
     FAILED,
-    PENDING,
     DeliveryState,
     RecipientState,
     StateError,
@@ -91,11 +86,6 @@ _LACKING = {
 }
 
 
-def _seven_bit_copy(data: Payload) -> bytes:
-    """A 7bit copy of *data* (read whole if spooled); CPU work: call in a thread."""
-    return to_7bit(data.read() if isinstance(data, SpooledBody) else data)
-
-
 def _io_reason(exc: OSError) -> str:
     """What an I/O error means, for the log (``the disk is full: /path``)."""
     reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
@@ -103,9 +93,6 @@ def _io_reason(exc: OSError) -> str:
     )
     return f"{reason}: {exc.filename}" if exc.filename else reason
 
-
-#: the state a recipient is left in after an attempt's outcome
-_STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
 
 _Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
 
@@ -196,6 +183,19 @@ class _Loaded:
     had_state: bool = False
     #: the queue file's size
     size: int = 0
+
+
+@dataclass(slots=True)
+class _RelayTries:
+    """What trying the relays for one message came to."""
+
+    #: an attempt reached a relay (else every relay was skipped)
+    tried: bool = False
+    #: until when, and why, the relays that were skipped wait
+    waits: list[tuple[float, str]] = field(default_factory=list)
+    #: the failure statuses of relays lacking what the message needs (SMTPUTF8, or
+    #: 8BITMIME when a 7bit copy is not made)
+    lacking: list[str] = field(default_factory=list)
 
 
 class MessageDelivery:
@@ -416,103 +416,164 @@ class MessageDelivery:
     async def _attempt_message(
         self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded
     ) -> None:
-        queue_id = message.queue_id
+        """Try the relays for *message*'s pending recipients, then give up on what
+        cannot be sent, and reschedule the rest or finish the message."""
         now = self.clock()
         if not state.first_try:
             state.first_try = now
-        waits: list[tuple[float, str]] = []
-        tried = False
-        #: relays that lack what the message needs (SMTPUTF8, or 8BITMIME when a
-        #: 7bit copy is not made), by the status of their failure
-        lacking: list[str] = []
-        eight_bit = await self._has_8bit(message)
+        tries = await self._try_relays(message, state, now)
+        now = self.clock()
+        if not tries.tried and (resting := self.relays.resting(now)) is not None:
+            # Every relay's breaker opened while this one waited for a turn: it waits in
+            # memory like the messages behind it (see deliver), its files untouched.
+            self.scheduler.schedule(message.queue_id, resting)
+            return
+        if tries.tried:
+            state.attempts += 1
+            state.last_try = now
+        self._fail_what_no_relay_can_carry(state, tries.lacking, now)
+        self._expire(message, state, now)
+        if state.pending():
+            await self._reschedule(message, state, tries.tried, tries.waits, now)
+            return
+        await self._finish(message, state, loaded)
+
+    async def _try_relays(
+        self, message: QueuedMessage, state: DeliveryState, now: float
+    ) -> _RelayTries:
+        """Try the relays in order until the pending recipients are resolved or a
+        failure says not to go on; skip those resting or out of quota."""
+        tries = _RelayTries()
+        eight_bit = await message_has_8bit(message)
         for pool in self.pools:
             pending = state.pending()
             if not pending:
                 break
             breaker = self.breakers[pool.name]
             if not breaker.allows(now):
-                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
-                continue
-            quota = pool.relay.daily_quota
-            if quota is not None and not await asyncio.to_thread(
-                self.quota.take, pool.name, quota, now
-            ):
-                waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
-                relay_log.info(
-                    "%s: %s daily quota of %d spent; next relay",
-                    queue_id,
-                    pool.name,
-                    quota,
-                    extra={"session": message.session_id},
+                tries.waits.append(
+                    (breaker.open_until, f"{pool.name} skipped after repeated failures")
                 )
                 continue
+            if not await self._take_quota(pool, message, now, tries):
+                continue
             result = await self._attempt(pool, message, pending, eight_bit)
-            if self._convert_now(result, pool, eight_bit):
+            if needs_7bit_copy(result, pool, eight_bit, self.options):
                 # the relay's EHLO said no 8BITMIME on this first session: a 7bit copy
                 result = await self._attempt(pool, message, pending, eight_bit)
             if result is None:  # the breaker opened while it waited for a turn
-                if quota is not None:
-                    await asyncio.to_thread(self.quota.give_back, pool.name, now)
-                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
+                await self._give_quota_back(pool, now)
+                tries.waits.append(
+                    (breaker.open_until, f"{pool.name} skipped after repeated failures")
+                )
                 continue
-            tried = True
-            delivered = self._apply(message, state, result, self.clock())
-            if quota is not None and not delivered:
-                await asyncio.to_thread(self.quota.give_back, pool.name, now)
-            failure = result.failure
-            outcome = (
-                "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
-            )
-            self.counters.count(
-                "jdxmail_delivery_attempts_total", (("relay", pool.name), ("outcome", outcome))
-            )
-            if failure is not None and failure.status in _LACKING:
-                lacking.append(failure.status)
-            if failure is not None and failure.trips_breaker:
-                breaker.failure(self.clock(), failure.text)
-            elif failure is not None:
-                breaker.refused(self.clock(), failure.text)
-            else:
-                breaker.success(self.clock())
-            if failure is None or not failure.failover:
+            tries.tried = True
+            if not await self._take_result(pool, breaker, message, state, result, now, tries):
                 break
-        now = self.clock()
-        if not tried and (resting := self.relays.resting(now)) is not None:
-            # Every relay's breaker opened while this one waited for a turn: it waits in
-            # memory like the messages behind it (see _worker), its files untouched.
-            self.scheduler.schedule(queue_id, resting)
-            return
-        if tried:
-            state.attempts += 1
-            state.last_try = now
+        return tries
+
+    async def _attempt(
+        self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
+    ) -> AttemptResult | None:
+        return await attempt_at(
+            pool,
+            message,
+            recipients,
+            eight_bit,
+            options=self.options,
+            relays=self.relays,
+            clock=self.clock,
+        )
+
+    async def _take_quota(
+        self, pool: RelayPool, message: QueuedMessage, now: float, tries: _RelayTries
+    ) -> bool:
+        """Count one message against *pool*'s daily quota; False (and a wait noted in
+        *tries*) when it is spent."""
+        quota = pool.relay.daily_quota
+        if quota is None or await asyncio.to_thread(self.quota.take, pool.name, quota, now):
+            return True
+        tries.waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
+        relay_log.info(
+            "%s: %s daily quota of %d spent; next relay",
+            message.queue_id,
+            pool.name,
+            quota,
+            extra={"session": message.session_id},
+        )
+        return False
+
+    async def _give_quota_back(self, pool: RelayPool, now: float) -> None:
+        """Nothing went out through *pool*: the message no longer counts in its quota."""
+        if pool.relay.daily_quota is not None:
+            await asyncio.to_thread(self.quota.give_back, pool.name, now)
+
+    async def _take_result(
+        self,
+        pool: RelayPool,
+        breaker: CircuitBreaker,
+        message: QueuedMessage,
+        state: DeliveryState,
+        result: AttemptResult,
+        now: float,
+        tries: _RelayTries,
+    ) -> bool:
+        """Record *result* (state, quota, counters, the relay's breaker); True when the
+        next relay is to be tried."""
+        delivered = record_result(
+            message, state, result, self.clock(), more_relays=len(self.pools) > 1
+        )
+        if not delivered:
+            await self._give_quota_back(pool, now)
+        failure = result.failure
+        outcome = (
+            "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
+        )
+        self.counters.count(
+            "jdxmail_delivery_attempts_total", (("relay", pool.name), ("outcome", outcome))
+        )
+        if failure is None:
+            breaker.success(self.clock())
+            return False
+        if failure.status in _LACKING:
+            tries.lacking.append(failure.status)
+        if failure.trips_breaker:
+            breaker.failure(self.clock(), failure.text)
+        else:
+            breaker.refused(self.clock(), failure.text)
+        return failure.failover
+
+    def _fail_what_no_relay_can_carry(
+        self, state: DeliveryState, lacking: list[str], now: float
+    ) -> None:
+        """When every relay lacks what the message needs, its pending recipients fail."""
         pending = state.pending()
-        if pending and lacking and len(lacking) == len(self.pools):
-            # RFC 6531 §3.2 / RFC 6152: no relay can carry it, so it bounces now rather
-            # than in 5 days
-            code, reply = _LACKING["4.6.7" if "4.6.7" in lacking else "4.6.3"]
-            for recipient in pending:
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED, code=code, reply=reply, relay=state.last_relay, at=now
-                )
-            pending = []
-        if pending and now - message.received_at >= self.lifetime:
-            lifetime = human_duration(self.lifetime)
-            for recipient in pending:
-                last = state.recipients[recipient]
-                reply = last.reply or state.last_reply or "no relay could be reached"
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED,
-                    code=EXPIRED_STATUS,
-                    reply=f"message expired after {lifetime} in the queue; last reply: {reply}",
-                    relay=last.relay,
-                    at=now,
-                )
-            pending = []
-        if pending:
-            await self._reschedule(message, state, tried, waits, now)
+        if not (pending and lacking and len(lacking) == len(self.pools)):
             return
-        await self._finish(message, state, loaded)
+        # RFC 6531 §3.2 / RFC 6152: no relay can carry it, so it bounces now rather
+        # than in 5 days
+        code, reply = _LACKING["4.6.7" if "4.6.7" in lacking else "4.6.3"]
+        for recipient in pending:
+            state.recipients[recipient] = RecipientState(
+                status=FAILED, code=code, reply=reply, relay=state.last_relay, at=now
+            )
+
+    def _expire(self, message: QueuedMessage, state: DeliveryState, now: float) -> None:
+        """When the message outlived its lifetime, its pending recipients fail."""
+        pending = state.pending()
+        if not pending or now - message.received_at < self.lifetime:
+            return
+        lifetime = human_duration(self.lifetime)
+        for recipient in pending:
+            last = state.recipients[recipient]
+            reply = last.reply or state.last_reply or "no relay could be reached"
+            state.recipients[recipient] = RecipientState(
+                status=FAILED,
+                code=EXPIRED_STATUS,
+                reply=f"message expired after {lifetime} in the queue; last reply: {reply}",
+                relay=last.relay,
+                at=now,
+            )
 
     async def _reschedule(
         self,
@@ -547,236 +608,77 @@ class MessageDelivery:
             extra={"session": message.session_id},
         )
 
-    async def _has_8bit(self, message: QueuedMessage) -> bool:
-        """Whether the message's data has bytes above 127 (big ones read in a thread)."""
-        if message.spooled is None:
-            return has_8bit(message.data)
-        spooled = message.spooled
-        return await asyncio.to_thread(lambda: has_8bit(spooled.read()))
-
-    def _convert_now(self, result: AttemptResult | None, pool: RelayPool, eight_bit: bool) -> bool:
-        """Whether *result* failed only for want of 8BITMIME, which a 7bit copy solves."""
-        return (
-            eight_bit
-            and self.options.eight_bit_downgrade == "Convert"
-            and result is not None
-            and result.failure is not None
-            and result.failure.status == "4.6.3"
-            and pool.offers_8bitmime is False
-        )
-
-    async def _attempt(
-        self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
-    ) -> AttemptResult | None:
-        """One attempt at *pool*'s relay, within the total deadline of an attempt.
-
-        Waits for a turn at the relay first (not counted in the deadline); None when
-        the relay's breaker opened meanwhile. A reused session that the relay closed
-        while idle is replaced once, silently. 8-bit data for a relay known to lack
-        8BITMIME is sent as a 7bit copy when ``EightBitDowngrade`` is ``Convert``.
-        """
-        try:
-            mail_from, data = self._as_sent(pool, message)
-        except Exception as exc:  # (a big message's file could not be read for rewriting)
-            return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
-        convert = (
-            eight_bit
-            and pool.offers_8bitmime is False
-            and self.options.eight_bit_downgrade == "Convert"
-        )
-        if convert:
-            try:
-                data = await asyncio.to_thread(_seven_bit_copy, data)
-            except Exception as exc:  # (a message the MIME parser cannot take apart)
-                reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
-                return AttemptResult(
-                    pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason))
-                )
-            relay_log.info(
-                "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
-                message.queue_id,
-                pool.name,
-                extra={"session": message.session_id},
-            )
-        tx = Transaction(mail_from, recipients, data, message.mail_options)
-        tx.eight_bit = eight_bit and not convert
-        handed = await pool.turn(tx)
-        if handed is None and not self.breakers[pool.name].allows(self.clock()):
-            pool.end_turn()
-            return None
-        deadline = pool.step_timeout * 10
-        retried = False
-        while True:
-            connection, handed = handed, None
-            reused = False
-            try:
-                async with asyncio.timeout(deadline):
-                    if connection is None:
-                        tx.ahead = False
-                        connection = await pool.acquire()
-                    reused = connection.messages > 0
-                    result = await connection.send(tx, pool)
-            except StageError as exc:
-                pool.release(connection, healthy=False, tx=tx)
-                return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
-            except aiosmtplib.SMTPNotSupported as exc:  # (found before a command was sent)
-                pool.release(connection, healthy=True, tx=tx)
-                return AttemptResult(pool.name, failure=classify(Stage.MAIL, exc))
-            except Exception as exc:  # the session broke or the deadline passed
-                stage = Stage.CONNECT
-                if connection is not None:
-                    stage = tx.stage
-                    dropped = isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
-                    if reused and dropped and stage is Stage.MAIL and not retried:
-                        connection.client.close()  # (keeping the turn for a new session)
-                        retried = True
-                        continue
-                pool.release(connection, healthy=False, tx=tx)
-                if isinstance(exc, TimeoutError) and not str(exc):
-                    exc = TimeoutError(f"no answer within {deadline:g} s")
-                return AttemptResult(pool.name, failure=classify(stage, exc))
-            except BaseException:  # cancelled (stop): the turn passes on
-                pool.release(connection, healthy=False, tx=tx)
-                raise
-            pool.release(connection, healthy=True, tx=tx)
-            return result
-
-    def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, Payload]:
-        """The envelope sender and data for *pool*'s relay, rewritten if configured."""
-        data: Payload = message.spooled if message.spooled is not None else message.data
-        account = pool.relay.username or ""
-        if "@" not in account or not message.mail_from:
-            return message.mail_from, data
-        mail_from = account if self.options.rewrite_sender else message.mail_from
-        if self.options.rewrite_from:
-            whole = data.read() if isinstance(data, SpooledBody) else data
-            data = rewrite_from_header(whole, account)
-        return mail_from, data
-
-    def _apply(
-        self, message: QueuedMessage, state: DeliveryState, result: AttemptResult, now: float
-    ) -> bool:
-        """Record *result* in *state*; log it under Relay; True if anything was delivered."""
-        queue_id = message.queue_id
-        extra = {"session": message.session_id}
-        state.last_relay = result.relay
-        failure = result.failure
-        if failure is not None:
-            state.last_reply = failure.text
-            bounce = failure.outcome is Outcome.BOUNCE
-            for recipient in state.pending():
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED if bounce else PENDING,
-                    code=failure.status,
-                    reply=failure.text,
-                    relay=result.relay,
-                    at=now,
-                )
-            level = logging.WARNING
-            what = "refused the message" if bounce else "failed"
-            relay_log.log(
-                level,
-                "%s: relay %s %s: %s [%s]%s",
-                queue_id,
-                result.relay,
-                what,
-                failure.text,
-                failure.row,
-                "; trying the next relay" if failure.failover and len(self.pools) > 1 else "",
-                extra=extra,
-            )
-            return False
-        delivered: list[str] = []
-        for item in result.recipients:
-            status = _STATUS_OF[item.outcome]
-            state.recipients[item.recipient] = RecipientState(
-                status=status, code=item.status, reply=item.reply, relay=result.relay, at=now
-            )
-            if item.outcome is Outcome.DELIVERED:
-                delivered.append(item.recipient)
-            else:
-                relay_log.warning(
-                    "%s: relay %s refused <%s>%s: %s",
-                    queue_id,
-                    result.relay,
-                    item.recipient,
-                    " for now" if item.outcome is Outcome.RETRY else "",
-                    item.reply,
-                    extra=extra,
-                )
-        state.last_reply = result.final_reply or (
-            result.recipients[-1].reply if result.recipients else ""
-        )
-        if delivered:
-            relay_log.info(
-                "%s: delivered to %s via %s: %s",
-                queue_id,
-                ", ".join(f"<{r}>" for r in delivered),
-                result.relay,
-                result.final_reply,
-                extra=extra,
-            )
-        return bool(delivered)
-
     async def _finish(self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded) -> None:
         """Every recipient is resolved: bounce what failed, then remove the message."""
+        if state.failed():
+            await self._bounce_and_keep(message, state)
+            return
+        self.counters.relayed += 1
+        self.counters.observe(
+            "jdxmail_delivery_latency_seconds",
+            max(0.0, self.clock() - message.received_at),
+            LATENCY_BUCKETS,
+        )
+        self._remove_later(message.queue_id, loaded)
+
+    async def _bounce_and_keep(self, message: QueuedMessage, state: DeliveryState) -> None:
+        """Bounce the failed recipients not bounced yet, then keep the message in
+        failed/; if the bounce cannot be stored, the message is tried again later."""
         failed = state.failed()
+        if not await self._bounce(message, state):
+            await self._reschedule(message, state, False, [], self.clock())
+            return
+        state.bounced = sorted(set(state.bounced) | set(failed))
+        await asyncio.to_thread(move_to_failed, self.spool, message, state, self.clock())
+        self.counters.bounced += 1
+        logger.warning(
+            "%s: kept in %s (%d failed, %d delivered)",
+            message.queue_id,
+            self.spool.failed_dir,
+            len(failed),
+            len(state.delivered()),
+            extra={"session": message.session_id},
+        )
+
+    async def _bounce(self, message: QueuedMessage, state: DeliveryState) -> bool:
+        """Store the bounce the sender is owed, if any; False if it could not be stored."""
         queue_id = message.queue_id
-        if failed:
-            unbounced = state.unbounced()
-            if message.mail_from and unbounced:
-                try:
-                    await store_bounce(
-                        self.spool,
-                        message,
-                        unbounced,
-                        reporting_host=self.host_name,
-                        local_domains=self.local_domains,
-                        relay_hosts=self.relays.hosts,
-                        clock=self.clock,
-                    )
-                except SpoolError as exc:
-                    logger.error(
-                        "%s: could not store the bounce (%s); trying again later",
-                        queue_id,
-                        exc,
-                        extra={"session": message.session_id},
-                    )
-                    await self._reschedule(message, state, False, [], self.clock())
-                    return
-            elif not message.mail_from:
-                logger.warning(
-                    "%s: %d recipient(s) failed; no bounce for a message from <>",
-                    queue_id,
-                    len(failed),
-                    extra={"session": message.session_id},
+        extra = {"session": message.session_id}
+        unbounced = state.unbounced()
+        if message.mail_from and unbounced:
+            try:
+                await store_bounce(
+                    self.spool,
+                    message,
+                    unbounced,
+                    reporting_host=self.host_name,
+                    local_domains=self.local_domains,
+                    relay_hosts=self.relays.hosts,
+                    clock=self.clock,
                 )
-            else:
-                logger.warning(
-                    "%s: %d recipient(s) failed again; the sender had a bounce for them already",
+            except SpoolError as exc:
+                logger.error(
+                    "%s: could not store the bounce (%s); trying again later",
                     queue_id,
-                    len(failed),
-                    extra={"session": message.session_id},
+                    exc,
+                    extra=extra,
                 )
-            state.bounced = sorted(set(state.bounced) | set(failed))
-            await asyncio.to_thread(move_to_failed, self.spool, message, state, self.clock())
-            self.counters.bounced += 1
+                return False
+        elif not message.mail_from:
             logger.warning(
-                "%s: kept in %s (%d failed, %d delivered)",
+                "%s: %d recipient(s) failed; no bounce for a message from <>",
                 queue_id,
-                self.spool.failed_dir,
-                len(failed),
-                len(state.delivered()),
-                extra={"session": message.session_id},
+                len(state.failed()),
+                extra=extra,
             )
         else:
-            self.counters.relayed += 1
-            self.counters.observe(
-                "jdxmail_delivery_latency_seconds",
-                max(0.0, self.clock() - message.received_at),
-                LATENCY_BUCKETS,
+            logger.warning(
+                "%s: %d recipient(s) failed again; the sender had a bounce for them already",
+                queue_id,
+                len(state.failed()),
+                extra=extra,
             )
-            self._remove_later(queue_id, loaded)
+        return True
 
     def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
         """Put the delivered message's queue file in spare/, or have the file thread
