@@ -18,12 +18,18 @@ import contextlib
 import errno
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from jdxmail.queue.bounce import EXPIRED_STATUS, human_duration, move_to_failed, store_bounce
+from jdxmail.queue.claimed import (
+    ClaimedMessage,
+    claim_message,
+    move_corrupt,
+    quarantine,
+    read_claimed,
+)
+from jdxmail.queue.file_thread import _FileThread
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
@@ -40,20 +46,14 @@ from jdxmail.queue.scheduler import Scheduler
 from jdxmail.queue.spool import (
     SPARE_LIMIT,
     SPARE_MAX_SIZE,
-    CorruptSpoolFile,
     QueuedMessage,
     Spool,
     SpoolError,
-    claim,
-    claim_sized,
-    read_queued_fd,
 )
 from jdxmail.queue.state import (
     FAILED,
     DeliveryState,
     RecipientState,
-    StateError,
-    read_json,
     write_json_atomic,
 )
 from jdxmail.settings.model import Settings
@@ -64,8 +64,6 @@ __all__ = ["MessageDelivery"]
 logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
 
-#: messages bigger than this are sent from their spool file in pieces
-_KEEP_IN_FILE_OVER = 1 << 20
 #: seconds before trying again a queue file that another holds locked
 _LOCKED_RETRY = 1.0
 #: delivered files moved to spare/ between two counts of what spare/ holds
@@ -94,95 +92,10 @@ def _io_reason(exc: OSError) -> str:
     return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
-_Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
-
-
-def _settle(results: _Settled, discard: Callable[[Any], None]) -> None:
-    for future, result, error in results:
-        if future.cancelled():
-            if error is None:
-                discard(result)
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-
-class _FileThread:
-    """One thread for the engine's slow file work (big messages: check, remove), in batches.
-
-    Requests queue up while the thread is busy; it takes all of them at once and
-    hands every result back to the event loop with one ``call_soon_threadsafe``,
-    instead of a thread-pool hop and a loop wake-up per request. A result whose
-    caller has gone (cancelled) is passed to *discard* so no descriptor leaks.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, discard: Callable[[Any], None]) -> None:
-        self._loop = loop
-        self._discard = discard
-        self._cond = threading.Condition()
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._run, name="jdxmail-delivery-files", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, run: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run *run* on the thread; its result or exception arrives in the future."""
-        future: asyncio.Future[Any] = self._loop.create_future()
-        with self._cond:
-            self._pending.append((run, future))
-            self._cond.notify()
-        return future
-
-    def close(self) -> None:
-        """Finish what was submitted, then stop the thread (blocking: call in a thread)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch, self._pending = self._pending, []
-            results: _Settled = []
-            for run, future in batch:
-                try:
-                    results.append((future, run(), None))
-                except Exception as exc:  # handed to the awaiting caller
-                    results.append((future, None, exc))
-            try:
-                self._loop.call_soon_threadsafe(_settle, results, self._discard)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                for _, result, error in results:
-                    if error is None:
-                        self._discard(result)
-
-
 def _discard_loaded(result: object) -> None:
-    if isinstance(result, _Loaded) and result.fd >= 0:
+    if isinstance(result, ClaimedMessage) and result.fd >= 0:
         os.close(result.fd)
         result.fd = -1
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """A claimed message with its state, or the reason it could not be read."""
-
-    fd: int
-    message: QueuedMessage | None = None
-    state: DeliveryState | None = None
-    corrupt: str = ""
-    notes: list[str] = field(default_factory=list)
-    had_state: bool = False
-    #: the queue file's size
-    size: int = 0
 
 
 @dataclass(slots=True)
@@ -307,81 +220,16 @@ class MessageDelivery:
                     self.spool.corrupt_dir,
                 )
                 del self._crashes[queue_id]
-                await asyncio.to_thread(self._quarantine, queue_id)
+                await asyncio.to_thread(quarantine, self.spool, queue_id)
 
     # -- one message -----------------------------------------------------------------
-
-    def _load(self, queue_id: str) -> _Loaded | None:
-        """Claim *queue_id* and read it with its state; None if gone or taken.
-
-        A file over the in-memory limit is only claimed (its ``message`` stays None)
-        for :meth:`_read` to finish off the event loop.
-        """
-        claimed = claim_sized(self.spool.queue_file(queue_id))
-        if claimed is None:
-            return None
-        fd, size = claimed
-        loaded = _Loaded(fd, size=size)
-        if size > _KEEP_IN_FILE_OVER:
-            return loaded
-        self._read(loaded, queue_id)
-        return loaded
-
-    def _read(self, loaded: _Loaded, queue_id: str) -> None:
-        """Read the claimed queue file and its state into *loaded*."""
-        fd = loaded.fd
-        try:
-            loaded.message = read_queued_fd(fd, queue_id, keep_over=_KEEP_IN_FILE_OVER)
-        except CorruptSpoolFile as exc:
-            loaded.corrupt = str(exc)
-            return
-        except BaseException:
-            os.close(fd)
-            loaded.fd = -1
-            raise
-        state_file = self.spool.state_file(queue_id)
-        if not os.access(state_file, os.F_OK):
-            # the usual case: a state file is only written after a try that failed
-            # (under the lock this engine now holds, so none can appear meanwhile)
-            loaded.state = DeliveryState.fresh(loaded.message.recipients)
-            return
-        state_path = self.spool.state_path(queue_id)
-        try:
-            data = read_json(state_path)
-            loaded.had_state = data is not None
-            if data is not None:
-                loaded.state = DeliveryState.from_json(data, loaded.message.recipients)
-        except StateError as exc:
-            loaded.notes.append(f"state file unreadable ({exc}); starting over")
-            with contextlib.suppress(OSError):
-                os.replace(state_path, self.spool.corrupt_dir / f"{queue_id}.json")
-        if loaded.state is None:
-            loaded.state = DeliveryState.fresh(loaded.message.recipients)
-
-    def _quarantine(self, queue_id: str) -> None:
-        """Move a message that keeps crashing the worker aside (under its lock)."""
-        fd = claim(self.spool.queue_path(queue_id))
-        if fd is None:
-            return
-        try:
-            self._move_corrupt(queue_id)
-        except OSError as exc:
-            logger.error("%s: could not move it aside: %s", queue_id, exc)
-        finally:
-            os.close(fd)
-
-    def _move_corrupt(self, queue_id: str) -> None:
-        os.replace(self.spool.queue_path(queue_id), self.spool.corrupt_dir / f"{queue_id}.msg")
-        state = self.spool.state_path(queue_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(state, self.spool.corrupt_dir / f"{queue_id}.json")
 
     async def _deliver(self, queue_id: str) -> None:
         # Claiming and reading a small file takes a few system calls of microseconds:
         # done here, they cost less than a thread that must win the interpreter lock
         # back after each one (delivery alone: ~20 % less CPU per message). A big
         # message is checked off the event loop.
-        loaded = self._load(queue_id)
+        loaded = claim_message(self.spool, queue_id)
         if loaded is None:
             if os.access(self.spool.queue_file(queue_id), os.F_OK):
                 # Locked by another for now (a delivery process sharing the spool,
@@ -391,12 +239,12 @@ class MessageDelivery:
         if loaded.message is None and not loaded.corrupt:
             claimed, files = loaded, self._files
             if files is None:
-                await asyncio.to_thread(self._read, claimed, queue_id)
+                await asyncio.to_thread(read_claimed, self.spool, claimed, queue_id)
             else:
-                await files.submit(lambda: self._read(claimed, queue_id))
+                await files.submit(lambda: read_claimed(self.spool, claimed, queue_id))
         try:
             if loaded.corrupt:
-                await asyncio.to_thread(self._move_corrupt, queue_id)
+                await asyncio.to_thread(move_corrupt, self.spool, queue_id)
                 logger.error(
                     "%s: spool file is corrupt (%s); moved to %s",
                     queue_id,
@@ -414,7 +262,7 @@ class MessageDelivery:
                 os.close(loaded.fd)
 
     async def _attempt_message(
-        self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded
+        self, message: QueuedMessage, state: DeliveryState, loaded: ClaimedMessage
     ) -> None:
         """Try the relays for *message*'s pending recipients, then give up on what
         cannot be sent, and reschedule the rest or finish the message."""
@@ -608,7 +456,9 @@ class MessageDelivery:
             extra={"session": message.session_id},
         )
 
-    async def _finish(self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded) -> None:
+    async def _finish(
+        self, message: QueuedMessage, state: DeliveryState, loaded: ClaimedMessage
+    ) -> None:
         """Every recipient is resolved: bounce what failed, then remove the message."""
         if state.failed():
             await self._bounce_and_keep(message, state)
@@ -680,7 +530,7 @@ class MessageDelivery:
             )
         return True
 
-    def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
+    def _remove_later(self, queue_id: str, loaded: ClaimedMessage) -> None:
         """Put the delivered message's queue file in spare/, or have the file thread
         remove it (the worker does not wait for that).
 
