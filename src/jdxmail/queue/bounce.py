@@ -77,6 +77,44 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\r", " ").replace("\n", " ").split())
 
 
+def _explanation(
+    queue_id: str, refused: Sequence[FailedRecipient], expired: Sequence[FailedRecipient]
+) -> list[str]:
+    """The plain-text lines telling the sender which recipients failed and why."""
+    lines: list[str] = []
+    for group, reason in (
+        (refused, "could not be delivered to these recipients"),
+        (expired, "could not be delivered in time (the relays kept failing) to these recipients"),
+    ):
+        if not group:
+            continue
+        lines += [f"Your message (queue id {queue_id}) {reason}:", ""]
+        for item in group:
+            lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
+            if item.relay:
+                lines.append(f"    (reported by relay {item.relay})")
+        lines.append("")
+    return lines
+
+
+def _status_fields(item: FailedRecipient) -> list[str]:
+    """One failed recipient's block of ``message/delivery-status`` fields (RFC 3464 §2.3)."""
+    lines = [
+        "",
+        f"Final-Recipient: rfc822; {item.recipient}",
+        "Action: failed",
+        f"Status: {item.status}",
+    ]
+    if item.remote_mta:
+        lines.append(f"Remote-MTA: dns; {_clean(item.remote_mta)}")
+    lines.append(f"Diagnostic-Code: smtp; {_clean(item.reply)}")
+    if item.last_attempt:
+        lines.append(
+            f"Last-Attempt-Date: {email.utils.formatdate(item.last_attempt, localtime=False)}"
+        )
+    return lines
+
+
 def build_dsn(
     *,
     reporting_host: str,
@@ -115,18 +153,7 @@ def build_dsn(
         f"This is the mail system at {reporting_host}.",
         "",
     ]
-    for group, reason in (
-        (refused, "could not be delivered to these recipients"),
-        (expired, "could not be delivered in time (the relays kept failing) to these recipients"),
-    ):
-        if not group:
-            continue
-        lines += [f"Your message (queue id {queue_id}) {reason}:", ""]
-        for item in group:
-            lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
-            if item.relay:
-                lines.append(f"    (reported by relay {item.relay})")
-        lines.append("")
+    lines += _explanation(queue_id, refused, expired)
     lines += [
         "The delivery status and the header of your message follow.",
         "",
@@ -138,19 +165,7 @@ def build_dsn(
         f"Arrival-Date: {email.utils.formatdate(received_at, localtime=False)}",
     ]
     for item in failed:
-        lines += [
-            "",
-            f"Final-Recipient: rfc822; {item.recipient}",
-            "Action: failed",
-            f"Status: {item.status}",
-        ]
-        if item.remote_mta:
-            lines.append(f"Remote-MTA: dns; {_clean(item.remote_mta)}")
-        lines.append(f"Diagnostic-Code: smtp; {_clean(item.reply)}")
-        if item.last_attempt:
-            lines.append(
-                f"Last-Attempt-Date: {email.utils.formatdate(item.last_attempt, localtime=False)}"
-            )
+        lines += _status_fields(item)
     lines += [
         "",
         f"--{boundary}",
