@@ -81,11 +81,12 @@ async def send_message(
     writer: asyncio.StreamWriter,
     data: bytes,
     recipients: int = 1,
+    to: str = RECIPIENT,
 ) -> None:
     """Send one transaction; *data* must be CRLF text without lines starting with a dot."""
     await command(reader, writer, f"MAIL FROM:<{SENDER}> SIZE={len(data)}", 250)
     for i in range(recipients):
-        rcpt = RECIPIENT if recipients == 1 else f"{i}{RECIPIENT}"
+        rcpt = to if recipients == 1 else f"{i}{to}"
         await command(reader, writer, f"RCPT TO:<{rcpt}>", 250)
     await command(reader, writer, "DATA", 354)
     view = memoryview(data)
@@ -116,6 +117,8 @@ class LoadJob:
     size: int
     persistent: bool
     recipients: int
+    #: the recipient address (numbered when there are several, as smtp-source does)
+    to: str = RECIPIENT
 
 
 async def run_load(job: LoadJob) -> int:
@@ -132,7 +135,7 @@ async def run_load(job: LoadJob) -> int:
                 left -= 1
                 if conn is None:
                     conn = await open_session(job.host, job.port)
-                await send_message(conn[0], conn[1], data, job.recipients)
+                await send_message(conn[0], conn[1], data, job.recipients, job.to)
                 sent += 1
                 if not job.persistent:
                     await command(conn[0], conn[1], "QUIT", 221)
@@ -187,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--recipients", type=int, default=1)
     parser.add_argument("--persistent", action="store_true")
+    parser.add_argument("--to", default=RECIPIENT, help="recipient address")
     args = parser.parse_args(argv)
     host, _, port = args.address.rpartition(":")
     job = LoadJob(
-        host, int(port), args.messages, args.sessions, args.size, args.persistent, args.recipients
-    )
+        host, int(port), args.messages, args.sessions, args.size, args.persistent,
+        args.recipients, args.to,
+    )  # fmt: skip
     try:
         asyncio.run(run_load(job))
     except (OSError, SmtpLoadError) as exc:

@@ -398,11 +398,20 @@ class JdxmailServe(Peer):
         probe: Path | None = None,
         extra_args: list[str] | None = None,
         relays: bool = True,
+        web: bool = True,
+        inbox: bool = False,
     ) -> None:
         super().__init__(workdir)
         self.name = label
         #: False for a variant whose delivery is held on purpose (ingest only)
-        self.relays = relays
+        self.relays = relays and not inbox
+        #: the dev inbox a new user meets: no relay, mail stored in local mailboxes
+        self.inbox = inbox
+        #: the web console (and its /metrics) on a free port, as serve runs by default;
+        #: False turns it off (``JDXMAIL_WebUI__Enabled=false``), no metrics listener
+        self.web = web
+        #: the console's /metrics address once started (None: console off or not started)
+        self.metrics_url: str | None = None
         self.extra_args = extra_args or []
         #: where bench/serve_probe.py writes its timings (run through it when set)
         self.probe = probe
@@ -415,7 +424,7 @@ class JdxmailServe(Peer):
 
     def config(self) -> dict[str, object]:
         """The settings file contents (see docs/configuration.md for the keys)."""
-        return {
+        config: dict[str, object] = {
             "SmtpServer": {
                 "Enabled": True,
                 "BindAddress": LOOPBACK,
@@ -426,13 +435,15 @@ class JdxmailServe(Peer):
                 "MaxRecipients": 100,
                 "TimeOut": 120,
             },
-            "RelayServer": {"Host": LOOPBACK, "Port": self.sink_port, "UseTls": False},
             "Paths": {
                 "Spool": str(self.spool),
                 "Mailbox": str(self.root / "mailbox"),
                 "Logs": str(self.root / "logs"),
             },
         }
+        if not self.inbox:
+            config["RelayServer"] = {"Host": LOOPBACK, "Port": self.sink_port, "UseTls": False}
+        return config
 
     def start(self) -> None:
         """Start ``jdxmail serve --config … --port 0`` and read the bound port."""
@@ -449,14 +460,22 @@ class JdxmailServe(Peer):
         argv = [*self.wrapper, *argv, "serve", "--config", str(config), "--port", "0"]
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
+        if self.web:
+            argv += ["--web-port", "0"]
+        else:
+            env["JDXMAIL_WebUI__Enabled"] = "false"
+            env["JDXMAIL_Metrics__Enabled"] = "false"
         argv += self.extra_args
         out = self.root / "serve.out"
         self.proc = self._spawn(argv, str(out.relative_to(self.workdir)), env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            found = re.search(r"listening on smtp://127\.0\.0\.1:(\d+)", _read(out))
+            text = _read(out)
+            found = re.search(r"listening on smtp://127\.0\.0\.1:(\d+)", text)
             if found:
                 self.port = int(found.group(1))
+                console = re.search(r"web console on (http://[^/\s]+)", text)
+                self.metrics_url = f"{console.group(1)}/metrics" if console else None
                 return
             if self.proc.poll() is not None:
                 raise Unavailable(
@@ -492,6 +511,20 @@ class JdxmailServe(Peer):
                 self.proc = None
             return
         super().stop()
+
+    def cpu_split(self) -> tuple[float, float]:
+        """CPU seconds so far of (the server and its workers, the delivery process)."""
+        root = self.root_process()
+        if root is None:
+            return 0.0, 0.0
+        total = tree_cpu_seconds(root)
+        delivery = 0.0
+        with contextlib.suppress(psutil.Error):
+            for proc in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "jdxmail.queue.deliverer" in " ".join(proc.cmdline()):
+                        delivery += tree_cpu_seconds(proc)
+        return total - delivery, delivery
 
     def queued(self) -> int:
         """Messages in the spool's queue/ folder (removed once delivered or failed)."""

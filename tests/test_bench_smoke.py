@@ -7,6 +7,7 @@ unavailable (with the apt-get hint) while the jdxmail and aiosmtpd rows still ru
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -19,12 +20,22 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 
 
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+def smoke_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the smoke run writes its --json (and, with matplotlib, smoke.png beside it)."""
+    return tmp_path_factory.mktemp("bench") / "smoke.json"
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_json: Path) -> tuple[dict[str, Any], str]:
     """One ``--smoke`` run: its JSON results and its printed report."""
-    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    out = smoke_json
+    plot = ["--plot", str(out.with_suffix(".png"))] if HAVE_MATPLOTLIB else []
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
+        [sys.executable, str(BENCH), "--smoke", "--json", str(out), *plot],
         capture_output=True,
         text=True,
         timeout=180,
@@ -82,11 +93,116 @@ def test_report_has_ratios_memory_startup_and_targets(smoke: tuple[dict[str, Any
     names = [t["name"] for t in results["targets"]]
     assert any("aiosmtpd Sink" in n for n in names)
     assert any("--version" in n for n in names)
-    assert all(t["status"] in ("met", "MISSED", "not measured") for t in results["targets"])
+    assert all(t["status"] in ("met", "MISSED", "not measured", "info") for t in results["targets"])
     memory = {(m["test"], m["server"]): m for m in results["memory"]}
     assert "error" not in memory[("idle", "jdxmail")]
     assert memory[("idle", "jdxmail")]["fds"] > memory[("idle", "jdxmail")]["baseline_fds"]
     assert "error" not in memory[("big", "jdxmail")]
+
+
+def _target(results: dict[str, Any], start: str) -> dict[str, Any]:
+    found = [t for t in results["targets"] if t["name"].startswith(start)]
+    assert found, f"no target named {start}…"
+    return dict(found[0])
+
+
+def test_dev_inbox_is_measured_beside_the_sink(smoke: tuple[dict[str, Any], str]) -> None:
+    """The dev-inbox workload (mail to bob@localhost stored in mailboxes, no relay) has
+    a rate for jdxmail's inbox and for aiosmtpd's Sink, and its target a ratio."""
+    results, _ = smoke
+    for server in ("jdxmail inbox", "aiosmtpd Sink"):
+        assert _figure(results, "1k-s20-inbox", server, "ingest")["median"] > 0
+    assert _target(results, "dev inbox 1 KB x20")["value"] > 0
+
+
+def test_fresh_spool_first_burst_is_compared_with_warmed(
+    smoke: tuple[dict[str, Any], str],
+) -> None:
+    """A fresh spool's first burst and the same server's warmed rate are both measured,
+    and the target is their ratio."""
+    results, _ = smoke
+    first = _figure(results, "1k-s20-fresh", "jdxmail fresh", "first")
+    steady = _figure(results, "1k-s20-fresh", "jdxmail fresh", "steady")
+    assert first["median"] > 0
+    assert steady["median"] > 0
+    target = _target(results, "fresh spool's first burst")
+    assert target["value"] == pytest.approx(first["median"] / steady["median"])
+
+
+def test_metrics_cost_is_measured_with_scrapes(smoke: tuple[dict[str, Any], str]) -> None:
+    """jdxmail without its console runs beside the default one, whose /metrics the bench
+    scraped during the run without a failure, and the target is on ÷ off."""
+    results, report = smoke
+    assert _figure(results, "1k-s20", "jdxmail bare", "ingest")["median"] > 0
+    assert results["scrapes"]["ok"] > 0
+    assert results["scrapes"]["failed"] == 0
+    assert _target(results, "metrics on ÷ off, 1 KB")["value"] > 0
+    assert "scrapes of /metrics" in report
+
+
+def test_cpu_per_message_and_projection_are_reported(smoke: tuple[dict[str, Any], str]) -> None:
+    """CPU milliseconds per relayed message are recorded for jdxmail (with the delivery
+    process's part) and the CPU targets against Postfix and --workers 1 are listed."""
+    results, report = smoke
+    fig = _figure(results, "1k-s20", "jdxmail", "e2e")
+    if not fig["median"]:
+        pytest.skip(f"no end-to-end figure here: {fig['error']}")
+    assert fig["cpu_ms"]
+    assert fig["delivery_ms"]
+    assert "ms/msg" in report
+    assert "Postfix" in _target(results, "CPU per relayed message 1 KB x20")["note"]
+    assert _target(results, "CPU per message, --workers 2 ÷ --workers 1")
+
+
+def test_event_loop_rows_are_measured_or_skipped(smoke: tuple[dict[str, Any], str]) -> None:
+    """The --loop asyncio/uvloop rows run when serve offers --loop and uvloop is there,
+    else the report says why they were skipped."""
+    results, report = smoke
+    status = results["servers"].get("jdxmail uvloop", "")
+    if status == "ok":
+        assert _figure(results, "1k-s20", "jdxmail uvloop", "ingest")["median"] > 0
+        assert _target(results, "--loop uvloop ÷ --loop asyncio, 1 KB")["value"] > 0
+    else:
+        assert status.startswith(("skipped", "unavailable"))
+        assert f"jdxmail uvloop: {status}" in report
+
+
+def test_projection_follows_the_stated_model() -> None:
+    """The projection gives N cores ÷ (ingest + delivery CPU per message), capped by one
+    core's worth of the delivery process, and names the bound that applies."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import run as bench_run  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    run = bench_run.Run("full", {}, "2026-12-04T00:00:00Z", "smtp-source", "smtp-sink", 5, 3.0)
+    fig = run.figure("1k-s20", "jdxmail", "e2e")
+    fig.rates, fig.cpu_ms, fig.delivery_ms = [1000.0], [1.0], [0.2]
+    bench_run.project(run)
+    rows = {row["cores"]: row for row in run.projection}
+    assert rows[4]["msgs_per_s"] == pytest.approx(4000)
+    assert rows[4]["bound"] == "all cores"
+    assert rows[8]["msgs_per_s"] == pytest.approx(5000)
+    assert rows[8]["bound"] == "the delivery process"
+    assert rows[16]["msgs_per_s"] == pytest.approx(5000)
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="needs matplotlib (pip install -e '.[bench]')")
+def test_plot_is_drawn_and_redrawn_from_json(
+    smoke: tuple[dict[str, Any], str], smoke_json: Path, tmp_path: Path
+) -> None:
+    """--plot writes a PNG of the run, and --plot-from redraws one from its --json file."""
+    assert smoke_json.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = tmp_path / "again.png"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--plot-from", str(smoke_json), "--plot", str(again)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
