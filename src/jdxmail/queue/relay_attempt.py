@@ -80,11 +80,12 @@ async def attempt_at(
     tx = await _transaction_for(pool, message, recipients, eight_bit, options)
     if isinstance(tx, AttemptResult):
         return tx
-    handed = await pool.turn(tx)
-    if handed is None and not relays.breakers[pool.name].allows(clock()):
+    # a session whose previous message sent tx's commands after its data, or None
+    sent_ahead_on = await pool.turn(tx)
+    if sent_ahead_on is None and not relays.breakers[pool.name].allows(clock()):
         pool.end_turn()
         return None
-    return await _send(pool, tx, handed)
+    return await _send(pool, tx, sent_ahead_on)
 
 
 async def _transaction_for(
@@ -121,13 +122,16 @@ async def _transaction_for(
     return tx
 
 
-async def _send(pool: RelayPool, tx: Transaction, handed: RelayConnection | None) -> AttemptResult:
-    """Send *tx* on the *handed* session (None: take one), within the deadline; the
-    turn at the relay ends here, whatever happens."""
+async def _send(
+    pool: RelayPool, tx: Transaction, sent_ahead_on: RelayConnection | None
+) -> AttemptResult:
+    """Send *tx* on *sent_ahead_on*, the session its commands went out on already
+    (None: take one), within the deadline; the turn at the relay ends here, whatever
+    happens."""
     deadline = pool.step_timeout * 10
     retried = False
     while True:
-        connection, handed = handed, None
+        connection, sent_ahead_on = sent_ahead_on, None
         reused = False
         try:
             async with asyncio.timeout(deadline):
