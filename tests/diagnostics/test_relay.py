@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from jdxmail.cli.exitcodes import RelayExit
 from jdxmail.diagnostics.relay_probe import (
     ProbeOptions,
+    ProbeStage,
     RelayTarget,
-    Stage,
     TlsMode,
     probe_relay,
 )
@@ -341,7 +341,7 @@ async def test_silent_server_is_not_also_called_slow(silent_listener: int) -> No
     """A banner timeout is one finding: no "banner took N s" warning beside "said nothing"."""
     target = RelayTarget("127.0.0.1", silent_listener, TlsMode.STARTTLS, timeout=0.3)
     report = await probe_relay(target, ProbeOptions(slow_ms=100))
-    assert report.failed is Stage.BANNER
+    assert report.failed is ProbeStage.BANNER
     assert any("said nothing within 0.3 s" in f.message for f in report.findings)
     assert not [f for f in report.findings if f.row == "E2"]
 
@@ -364,7 +364,7 @@ async def test_host_typo_suggests_known_provider_c1(refused_port: int) -> None:
         "smtp.gmial.com", refused_port, TlsMode.STARTTLS, key=("RelayServer",), timeout=2
     )
     report = await probe_relay(target, resolver=resolver)
-    assert report.failed is Stage.CONNECT
+    assert report.failed is ProbeStage.CONNECT
     typo = [f for f in report.findings if f.row == "C1"]
     assert typo
     assert "smtp.gmail.com" in typo[0].fix

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
 from aiosmtplib.protocol import SMTPProtocol
 
+from jdxmail.queue import _aiosmtplib_compat as compat
 from jdxmail.queue._aiosmtplib_compat import (
     NEEDED_VERSION,
+    PRIVATE_MEMBERS,
     AiosmtplibMismatch,
     check_aiosmtplib,
 )
@@ -50,3 +55,40 @@ def test_check_names_the_missing_member_and_the_version(
         check_aiosmtplib(protocol_class)
     assert member in str(caught.value)
     assert f"aiosmtplib>={NEEDED_VERSION}" in str(caught.value)
+
+
+def _private_members_used(source: str, own: set[str]) -> set[str]:
+    """The ``_name`` attributes *source* reads or writes, less the ones it defines itself."""
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+    }
+    return used - own
+
+
+def test_every_private_member_used_is_checked() -> None:
+    """Each aiosmtplib private member the compat module touches is in the start-up check."""
+    source = Path(compat.__file__).read_text(encoding="utf-8")
+    own = {"_more"}  # PipeliningProtocol's own attribute, not aiosmtplib's
+    assert _private_members_used(source, own) <= set(PRIVATE_MEMBERS)
+
+
+#: the members whose names only aiosmtplib uses (other classes have a ``_buffer`` or a
+#: ``_loop`` of their own)
+_DISTINCT_MEMBERS = [m for m in PRIVATE_MEMBERS if m not in ("_buffer", "_loop")]
+
+
+@pytest.mark.parametrize("member", _DISTINCT_MEMBERS)
+def test_no_other_module_touches_the_private_members(member: str) -> None:
+    """aiosmtplib's private members are used in the compat module only."""
+    package = Path(compat.__file__).parents[1]
+    users = [
+        path.relative_to(package)
+        for path in package.rglob("*.py")
+        if path.name != "_aiosmtplib_compat.py"
+        and re.search(rf"\.{member}\b", path.read_text(encoding="utf-8"))
+    ]
+    assert users == []

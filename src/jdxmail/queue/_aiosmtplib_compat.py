@@ -3,7 +3,7 @@
 jdxmail relays through aiosmtplib's protocol below its public API in three ways:
 DATA without aiosmtplib's regular-expression passes (:func:`command_lock`,
 :func:`expect_reply`, :func:`drain`), replies to pipelined commands kept as they
-arrive (:class:`KeepingProtocol`), and reads into one shared buffer. Those private
+arrive (:class:`PipeliningProtocol`), and reads into one shared buffer. Those private
 members may change in any aiosmtplib release, so they are used only here, and
 :func:`check_aiosmtplib` (run when the delivery engine starts) refuses to start with
 an aiosmtplib that lacks one, naming it, rather than failing in the middle of a
@@ -18,16 +18,18 @@ from importlib.metadata import PackageNotFoundError, version
 import aiosmtplib
 from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
 
+from jdxmail.read_buffer import SharedReadBuffer
+
 __all__ = [
     "NEEDED_VERSION",
     "PRIVATE_MEMBERS",
     "AiosmtplibMismatch",
-    "KeepingProtocol",
+    "PipeliningProtocol",
     "check_aiosmtplib",
     "command_lock",
     "drain",
     "expect_reply",
-    "keeping_protocol",
+    "pipelining_protocol",
 ]
 
 #: the first aiosmtplib release with every member in PRIVATE_MEMBERS
@@ -91,30 +93,21 @@ async def drain(protocol: SMTPProtocol) -> None:
     await protocol._drain_helper()
 
 
-#: where the event loop reads relay replies into (recv_into); shared by all sessions,
-#: as each read is handed over (buffer_updated) before the next one begins
-_RECV_BUFFER = memoryview(bytearray(16 * 1024))
-
-
-class KeepingProtocol(SMTPProtocol, asyncio.BufferedProtocol):
-    """aiosmtplib's protocol, except that replies arriving early are kept.
+class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
+    """aiosmtplib's protocol, able to read the replies to pipelined commands.
 
     aiosmtplib (5.1) drops data that arrives while a parsed reply waits to be taken,
     so several replies to pipelined commands (RFC 2920) could be lost. This keeps
-    everything in the buffer and parses the next reply from it first. It is also a
-    buffered protocol (see keeping_protocol): reads land in one shared buffer
-    instead of a new 256 KiB bytes object each, which glibc maps and unmaps.
+    everything in the buffer and parses the next reply from it first. Replies are
+    read into one buffer shared by every relay session (:class:`SharedReadBuffer`;
+    see pipelining_protocol).
     """
+
+    read_buffer = memoryview(bytearray(16 * 1024))
 
     #: set while read_replies waits for more data (a class default: instances are
     #: switched to this class after aiosmtplib made them, so __init__ never runs)
     _more: asyncio.Future[None] | None = None
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_RECV_BUFFER[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         waiter = self._response_waiter
@@ -199,14 +192,14 @@ def _expire(waiter: asyncio.Future[None], patience: float | None) -> None:
         waiter.set_exception(TimeoutError(f"no reply within {patience:g} s"))
 
 
-def keeping_protocol(client: aiosmtplib.SMTP) -> KeepingProtocol | None:
-    """*client*'s protocol, switched to keep early replies; None if that is unsafe."""
+def pipelining_protocol(client: aiosmtplib.SMTP) -> PipeliningProtocol | None:
+    """*client*'s protocol, switched to a PipeliningProtocol; None if that is unsafe."""
     protocol = client.protocol
-    if isinstance(protocol, KeepingProtocol):
+    if isinstance(protocol, PipeliningProtocol):
         return protocol
     if type(protocol) is not SMTPProtocol or not hasattr(protocol, "_response_waiter"):
         return None
-    protocol.__class__ = KeepingProtocol
+    protocol.__class__ = PipeliningProtocol
     transport = protocol.transport
     if transport is not None:
         transport.set_protocol(protocol)  # so the transport reads with get_buffer now

@@ -30,10 +30,10 @@ from jdxmail.queue.claimed import (
     read_claimed,
 )
 from jdxmail.queue.file_thread import _FileThread
+from jdxmail.queue.pool import RelayPool
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
     AttemptResult,
-    RelayPool,
 )
 from jdxmail.queue.relay_attempt import (
     attempt_at,

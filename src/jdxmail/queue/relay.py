@@ -1,4 +1,4 @@
-"""Sessions to upstream relays with aiosmtplib, pooled, with pipelined hand-off.
+"""One session to an upstream relay with aiosmtplib: MAIL, RCPT and DATA, pipelined.
 
 ``UseTls`` on port 465 is TLS from the first byte; on any other port STARTTLS is
 *required* (``start_tls=True``: if the relay does not offer it, the attempt fails
@@ -7,20 +7,20 @@ rather than sending in plaintext). Certificates are verified unless a relay says
 LOGIN), since some providers (Outlook) do not offer PLAIN.
 
 Every upstream failure becomes a :class:`Verdict` through the outcome table in
-:mod:`jdxmail.queue.outcomes`; data is encoded by :mod:`jdxmail.data_encoding`.
+:mod:`jdxmail.queue.outcomes`; data is encoded by :mod:`jdxmail.data_encoding`. The
+sessions are pooled, and handed from one message to the next, by
+:mod:`jdxmail.queue.pool`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import re
-import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeGuard
+from typing import Protocol, TypeGuard
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -28,16 +28,15 @@ from aiosmtplib.protocol import SMTPProtocol
 
 from jdxmail.data_encoding import CHUNK, dot_stuffed, stuffed_body, stuffed_pieces
 from jdxmail.queue._aiosmtplib_compat import (
-    KeepingProtocol,
+    PipeliningProtocol,
     command_lock,
     drain,
     expect_reply,
-    keeping_protocol,
+    pipelining_protocol,
 )
 from jdxmail.queue.outcomes import (
     EightBitUnsupported,
     Outcome,
-    RelayUnusable,
     Scope,
     Stage,
     Verdict,
@@ -51,9 +50,10 @@ __all__ = [
     "AttemptResult",
     "Payload",
     "RecipientResult",
-    "RelayPool",
+    "RelayConnection",
     "StageError",
     "Transaction",
+    "WaitingLine",
     "payload_size",
     "rewrite_from_header",
     "send_data",
@@ -121,17 +121,6 @@ class AttemptResult:
     final_reply: str = ""
     #: set when the attempt failed as a whole (not per recipient)
     failure: Verdict | None = None
-
-
-def _tls_context(relay: RelaySettings) -> ssl.SSLContext:
-    if relay.ca_file is not None:
-        context = ssl.create_default_context(cafile=str(relay.ca_file))
-    else:
-        context = ssl.create_default_context()
-    if not relay.verify_certificate:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _mail_options(
@@ -221,8 +210,8 @@ _DOT_ATOM_ADDRESS = re.compile(
 def _quoted(address: str) -> str:
     """``<address>`` for MAIL/RCPT, as aiosmtplib's ``quote_address`` makes it.
 
-    The common plain address skips its parse with ``email.utils`` (a sixth of the
-    CPU of relaying a 1 KB message); anything else, and every check on it (CR, LF,
+    The common plain address skips its parse with ``email.utils`` (costly for every
+    recipient of every message); anything else, and every check on it (CR, LF,
     spaces, brackets), goes through ``quote_address``.
     """
     if _DOT_ATOM_ADDRESS.fullmatch(address):
@@ -234,12 +223,26 @@ def _reply_error(reply: aiosmtplib.SMTPResponse) -> aiosmtplib.SMTPResponseExcep
     return aiosmtplib.SMTPResponseException(reply.code, reply.message)
 
 
+def _rcpt_verdicts(
+    sent: Sequence[str], replies: Sequence[aiosmtplib.SMTPResponse]
+) -> tuple[list[str], list[tuple[str, Verdict]]]:
+    """The recipients the RCPT replies accepted, and the refused ones with their verdict."""
+    accepted: list[str] = []
+    refusals: list[tuple[str, Verdict]] = []
+    for recipient, reply in zip(sent, replies, strict=True):
+        if reply.code in (250, 251):
+            accepted.append(recipient)
+        else:
+            refusals.append((recipient, classify(Stage.RCPT, _reply_error(reply))))
+    return accepted, refusals
+
+
 class Transaction:
     """One message's MAIL, RCPT and DATA at one relay, and how far it got.
 
     Made before the attempt waits for a session, so that the session's current
     message can send this one's commands right after its own data (see
-    :meth:`RelayPool.line_up`).
+    :meth:`RelayConnection.prepare_ahead`).
     """
 
     def __init__(
@@ -255,11 +258,6 @@ class Transaction:
         self.options = options
         #: where the session is in this transaction (what a broken session failed at)
         self.stage = Stage.MAIL
-        #: MAIL, RCPT and DATA went out already, after the previous message's data
-        self.ahead = False
-        #: the waiting transaction whose commands went out after this one's data:
-        #: the session is handed to it when this one is done
-        self.successor: _Waiter | None = None
         # set by RelayConnection.prepare for the session it is sent on
         self.result = AttemptResult(relay="")
         self.sent: list[str] = []
@@ -269,13 +267,12 @@ class Transaction:
         self.eight_bit = False
 
 
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    """A transaction waiting for a turn at a relay (see RelayPool.turn)."""
+class WaitingLine(Protocol):
+    """Where transactions wait for a session (the relay's pool, in queue/pool.py)."""
 
-    transaction: Transaction
-    #: resolves to a session handed on (commands sent ahead) or None (a free turn)
-    future: asyncio.Future[RelayConnection | None]
+    def line_up(self, connection: RelayConnection, tx: Transaction) -> bytes:
+        """The commands of a waiting transaction to send after *tx*'s data, or b""."""
+        ...
 
 
 class RelayConnection:
@@ -285,8 +282,11 @@ class RelayConnection:
         self.relay = relay
         self.client = client
         self.messages = 0
-        #: no transaction is open (the last one ended with DATA or was reset)
-        self.clean = True
+        #: a transaction is open (MAIL went out; not yet ended with DATA or RSET)
+        self._transaction_open = False
+        #: the transaction whose commands went out after the current message's data:
+        #: this session is already in it once the current message is done
+        self._sent_ahead: Transaction | None = None
 
     async def close(self) -> None:
         """QUIT politely; drop the connection if that fails."""
@@ -296,11 +296,22 @@ class RelayConnection:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def pipelining(self) -> KeepingProtocol | None:
+    def pipelining(self) -> PipeliningProtocol | None:
         """The protocol to pipeline commands on (RFC 2920), if the relay offers it."""
         if not self.client.supports_extension("pipelining"):
             return None
-        return keeping_protocol(self.client)
+        return pipelining_protocol(self.client)
+
+    def prepare_ahead(self, tx: Transaction) -> bytes:
+        """Like :meth:`prepare`, for *tx* to follow the current message on this session.
+
+        The commands go out right after the current message's data; :meth:`send`
+        then sends *tx* without them. Returns b"" when none can be written.
+        """
+        commands = self.prepare(tx)
+        if commands:
+            self._sent_ahead = tx
+        return commands
 
     def prepare(self, tx: Transaction) -> bytes:
         """Make *tx* ready for this session; return its MAIL, RCPT and DATA commands.
@@ -346,32 +357,33 @@ class RelayConnection:
         commands.append(b"DATA\r\n")
         return b"".join(commands)
 
-    async def send(self, tx: Transaction, pool: RelayPool | None = None) -> AttemptResult:
+    async def send(self, tx: Transaction, line: WaitingLine | None = None) -> AttemptResult:
         """Send one message; per-recipient results, or ``failure`` for the whole attempt.
 
-        With *pool*, a transaction waiting there may have its commands sent right
-        after this one's data (``tx.successor``). Raises (aiosmtplib/OS errors) only
+        With *line* (the relay's pool), a transaction waiting there may have its
+        commands sent right after this one's data. Raises (aiosmtplib/OS errors) only
         when the session broke; the caller classifies those with ``tx.stage``.
         """
         client = self.client
         tx.stage = Stage.MAIL
         self.messages += 1
-        if tx.ahead:  # prepared and sent after the message before (RelayPool.line_up)
+        if self._sent_ahead is tx:  # its commands went out after the message before
+            self._sent_ahead = None
             protocol = self.pipelining()
             assert protocol is not None
-            self.clean = False
-            return await self._send_pipelined(protocol, tx, pool)
-        if not self.clean:
+            self._transaction_open = True
+            return await self._send_pipelined(protocol, tx, line)
+        if self._transaction_open:
             await client.rset()
-            self.clean = True
+            self._transaction_open = False
         protocol = self.pipelining()
         commands = self.prepare(tx)
-        self.clean = False
+        self._transaction_open = True
         if protocol is not None:
             if not commands:
-                self.clean = True
+                self._transaction_open = False
                 return tx.result
-            return await self._send_pipelined(protocol, tx, pool, commands)
+            return await self._send_pipelined(protocol, tx, line, commands)
         return await self._send_serial(tx)
 
     async def _send_serial(self, tx: Transaction) -> AttemptResult:
@@ -424,12 +436,12 @@ class RelayConnection:
             verdict = classify(Stage.DATA, reply)
             if verdict.scope is Scope.RELAY:
                 raise reply
-            if tx.successor is None:  # (else the session is already in the next one)
+            if self._sent_ahead is None:  # (else the session is already in the next one)
                 await self._reset()
             result.recipients.extend(RecipientResult.judged(r, verdict) for r in accepted)
             return result
-        if tx.successor is None:
-            self.clean = True
+        if self._sent_ahead is None:
+            self._transaction_open = False
         text = " ".join(f"{reply.code} {reply.message}".split())
         result.final_reply = text
         status = enhanced_status(reply.code, reply.message, "2.0.0")
@@ -440,9 +452,9 @@ class RelayConnection:
 
     async def _send_pipelined(
         self,
-        protocol: KeepingProtocol,
+        protocol: PipeliningProtocol,
         tx: Transaction,
-        pool: RelayPool | None,
+        line: WaitingLine | None,
         commands: bytes = b"",
     ) -> AttemptResult:
         """MAIL, every RCPT and DATA in one write (RFC 2920), then the body.
@@ -454,10 +466,8 @@ class RelayConnection:
         *commands* are empty when they went out ahead. The replies are judged
         exactly as in the one-command-at-a-time path.
         """
-        result, sent = tx.result, tx.sent
+        result = tx.result
         timeout = self.client.timeout
-        accepted: list[str] = []
-        refusals: list[tuple[str, Verdict]] = []
         final: aiosmtplib.SMTPResponse | None = None
         lock = command_lock(protocol)
         if lock is None:
@@ -467,23 +477,13 @@ class RelayConnection:
                 protocol.write(commands)
             # A session the relay dropped while idle fails here, still at stage MAIL:
             # nothing was accepted, so the attempt is repeated on a new session.
-            replies = await protocol.read_replies(len(sent) + 2, timeout)
+            replies = await protocol.read_replies(len(tx.sent) + 2, timeout)
             mail_reply, data_reply = replies[0], replies[-1]
-            for recipient, reply in zip(sent, replies[1:-1], strict=True):
-                if reply.code in (250, 251):
-                    accepted.append(recipient)
-                else:
-                    refusals.append((recipient, classify(Stage.RCPT, _reply_error(reply))))
+            accepted, refusals = _rcpt_verdicts(tx.sent, replies[1:-1])
             tx.stage = Stage.DATA
             if data_reply.code == 354:
-                if mail_reply.code == 250 and accepted:
-                    data = tx.data
-                    if pool is not None and _is_small(data):
-                        protocol.write(dot_stuffed(data) + pool.line_up(self, tx))
-                    else:
-                        await _write_payload(protocol, data)
-                else:  # nobody to send to: end the transaction with no content
-                    protocol.write(b".\r\n")
+                send_content = mail_reply.code == 250 and bool(accepted)
+                await self._write_content(protocol, tx, line, send_content)
                 final = (await protocol.read_replies(1, timeout))[0]
         if mail_reply.code != 250:
             await self._reset()
@@ -505,220 +505,23 @@ class RelayConnection:
             return await self._after_data(tx, accepted, _reply_error(final))
         return await self._after_data(tx, accepted, final)
 
+    async def _write_content(
+        self, protocol: PipeliningProtocol, tx: Transaction, line: WaitingLine | None, send: bool
+    ) -> None:
+        """After DATA's 354: *tx*'s data if *send* (with the next waiting message's
+        commands, when one can go ahead), else an empty content (nobody to send to)."""
+        data = tx.data
+        if not send:
+            protocol.write(b".\r\n")
+        elif line is not None and _is_small(data):
+            protocol.write(dot_stuffed(data) + line.line_up(self, tx))
+        else:
+            await _write_payload(protocol, data)
+
     async def _reset(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.rset()
-            self.clean = True
-
-
-class RelayPool:
-    """Reusable sessions to one relay, at most *size* at a time."""
-
-    def __init__(
-        self,
-        relay: RelaySettings,
-        *,
-        local_hostname: str,
-        step_timeout: float,
-        size: int,
-    ) -> None:
-        self.relay = relay
-        self.local_hostname = local_hostname
-        self.step_timeout = step_timeout
-        self.size = size
-        #: turns not taken: at most *size* transactions use this relay at a time
-        self._free = size
-        self._waiting: collections.deque[_Waiter] = collections.deque()
-        self._idle: list[RelayConnection] = []
-        self._context = _tls_context(relay)
-        #: whether the relay offered 8BITMIME in its last EHLO (None: not known yet)
-        self.offers_8bitmime: bool | None = None
-        #: set when a reload removed this relay: sessions are closed, not kept
-        self._retired = False
-
-    @property
-    def name(self) -> str:
-        """The relay's display name."""
-        return self.relay.display_name
-
-    async def connect(self) -> RelayConnection:
-        """A new session: connect, TLS as configured, EHLO, AUTH. Raises StageError."""
-        relay = self.relay
-        implicit = relay.implicit_tls
-        client = aiosmtplib.SMTP(
-            hostname=relay.host,
-            port=relay.port,
-            local_hostname=self.local_hostname,
-            use_tls=implicit,
-            start_tls=False,
-            tls_context=self._context if relay.use_tls else None,
-            timeout=self.step_timeout,
-        )
-        stage = Stage.TLS if implicit else Stage.CONNECT
-        try:
-            await client.connect()
-            stage = Stage.EHLO
-            await client.ehlo()
-            if relay.use_tls and not implicit:
-                stage = Stage.TLS
-                if not client.supports_extension("starttls"):
-                    raise RelayUnusable(
-                        f"{relay.display_name} does not offer STARTTLS and UseTls is true; "
-                        "not sending in plaintext",
-                        stage=Stage.TLS,
-                        status="4.7.10",
-                    )
-                await client.starttls(server_hostname=relay.host, tls_context=self._context)
-                stage = Stage.EHLO
-                await client.ehlo()
-            self.offers_8bitmime = client.supports_extension("8bitmime")
-            if relay.username:
-                stage = Stage.AUTH
-                await self._login(client)
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                client.close()
-            raise StageError(stage, exc) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.close()
-            raise
-        return RelayConnection(relay, client)
-
-    async def _login(self, client: aiosmtplib.SMTP) -> None:
-        relay = self.relay
-        assert relay.username is not None
-        password = relay.password.get_secret_value() if relay.password is not None else ""
-        offered = client.server_auth_methods
-        if not client.supports_extension("auth") or not offered:
-            raise RelayUnusable(
-                f"{relay.display_name} does not offer AUTH on this connection "
-                f"({'TLS' if relay.use_tls else 'plaintext'}); check UseTls and Port",
-                stage=Stage.AUTH,
-                status="4.7.0",
-            )
-        if "plain" in offered:
-            await client.auth_plain(relay.username, password)
-        elif "login" in offered:
-            await client.auth_login(relay.username, password)
-        else:
-            raise RelayUnusable(
-                f"{relay.display_name} offers AUTH {' '.join(m.upper() for m in offered)}; "
-                "jdxmail speaks PLAIN and LOGIN",
-                stage=Stage.AUTH,
-                status="4.7.0",
-            )
-
-    async def turn(self, tx: Transaction) -> RelayConnection | None:
-        """Wait for *tx*'s turn at this relay (one of *size*); no time limit.
-
-        Returns a session whose previous message sent *tx*'s commands after its data
-        (``tx.ahead`` is then set), or None: take a session with :meth:`acquire`.
-        The turn ends with :meth:`release` (or :meth:`end_turn` without a session).
-        """
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-            return None
-        waiter = _Waiter(tx, asyncio.get_running_loop().create_future())
-        self._waiting.append(waiter)
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-            elif waiter.future.done() and not waiter.future.cancelled():
-                handed = waiter.future.result()  # the turn came as the task was cancelled
-                if handed is not None:
-                    handed.client.close()  # tx's commands were sent on it: unusable
-                self.end_turn()
-            # else: lined up behind a message still sending, which sees the
-            # cancelled future when done and ends the turn itself (see release)
-            raise
-
-    def line_up(self, connection: RelayConnection, tx: Transaction) -> bytes:
-        """The commands of the first waiting transaction, to send after *tx*'s data.
-
-        That transaction becomes *tx*'s successor: when *tx* is done, :meth:`release`
-        hands it the session. Returns b"" when none waits or it cannot go ahead
-        (it then keeps its place for an ordinary turn).
-        """
-        if tx.successor is not None:
-            return b""
-        while self._waiting:
-            waiter = self._waiting[0]
-            if waiter.future.done():
-                self._waiting.popleft()
-                continue
-            try:
-                commands = connection.prepare(waiter.transaction)
-            except (aiosmtplib.SMTPException, ValueError, UnicodeError):
-                return b""  # (its own attempt meets the same error, and reports it)
-            if not commands:
-                return b""
-            self._waiting.popleft()
-            waiter.transaction.ahead = True
-            tx.successor = waiter
-            return commands
-        return b""
-
-    async def acquire(self) -> RelayConnection:
-        """An idle session if one is still alive, else a new one. Raises StageError."""
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.client.is_connected:
-                return connection
-            await connection.close()
-        return await self.connect()
-
-    def release(
-        self, connection: RelayConnection | None, *, healthy: bool, tx: Transaction
-    ) -> None:
-        """*tx* is done with *connection* (None: it got none): keep it (or drop it) and
-        end the turn.
-
-        A successor lined up by *tx* gets the session; if the session broke, it gets
-        a plain turn instead and sends its commands again on another session.
-        """
-        if connection is None:  # (a successor is only lined up on a session)
-            self.end_turn()
-            return
-        alive = healthy and connection.client.is_connected
-        successor, tx.successor = tx.successor, None
-        if successor is not None:
-            if successor.future.done():  # its attempt was cancelled meanwhile
-                connection.client.close()  # it has a transaction open there
-                self.end_turn()
-            elif alive:
-                successor.future.set_result(connection)
-            else:
-                connection.client.close()
-                successor.transaction.ahead = False
-                successor.future.set_result(None)
-            return
-        if alive and not self._retired:
-            self._idle.append(connection)
-        else:
-            connection.client.close()
-        self.end_turn()
-
-    def retire(self) -> None:
-        """This relay is no longer used (a reload): sessions still in use are closed
-        when their attempt is done instead of being kept."""
-        self._retired = True
-
-    def end_turn(self) -> None:
-        """A turn is over: the next waiting transaction gets it, else it is free."""
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.future.done():
-                waiter.future.set_result(None)
-                return
-        self._free += 1
-
-    async def close(self) -> None:
-        """QUIT every idle session."""
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(c.close() for c in idle))
+            self._transaction_open = False
 
 
 class StageError(Exception):

@@ -17,11 +17,11 @@ import aiosmtplib
 
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
+from jdxmail.queue.pool import RelayPool
 from jdxmail.queue.relay import (
     AttemptResult,
     Payload,
     RelayConnection,
-    RelayPool,
     StageError,
     Transaction,
     rewrite_from_header,
@@ -136,7 +136,6 @@ async def _send(
         try:
             async with asyncio.timeout(deadline):
                 if connection is None:
-                    tx.ahead = False
                     connection = await pool.acquire()
                 reused = connection.messages > 0
                 result = await connection.send(tx, pool)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jdxmail.queue.relay import RelayPool
+from jdxmail.queue.pool import RelayPool
 from jdxmail.settings.model import DeliverySettings, RelaySettings, Settings
 from jdxmail.stats import RelayHealth
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
 from jdxmail.queue.message_delivery import MessageDelivery
-from jdxmail.queue.relay import RelayPool
+from jdxmail.queue.pool import RelayPool
 from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
 from jdxmail.queue.scheduler import Scheduler
 from jdxmail.queue.spool import Spool

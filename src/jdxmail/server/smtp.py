@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from jdxmail import replies
 from jdxmail.data_encoding import has_bare_line_ending, to_crlf, unstuffed
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
+from jdxmail.read_buffer import SharedReadBuffer
 from jdxmail.replies import Reply
 from jdxmail.server import proxy as proxy_protocol
 from jdxmail.server.auth import (
@@ -240,19 +241,14 @@ class _SyntaxProblem(ValueError):
         self.reply = reply
 
 
-#: where the event loop reads client input into (recv_into): shared by every session of
-#: the process, as each read is handed over (buffer_updated) before the next begins
-_RECV_BUFFER = memoryview(bytearray(256 * 1024))  # (asyncio reads up to 256 KiB at a time too)
-
-
-class SmtpSession(asyncio.BufferedProtocol):
+class SmtpSession(SharedReadBuffer):
     """The server side of one SMTP connection.
 
-    A buffered protocol: asyncio's plain ``data_received`` path allocates a new 256 KiB
-    bytes object for every read, which glibc serves with mmap, mremap and munmap (three
-    system calls and a page fault per read, about 8 % of the server's CPU); here each
-    read lands in one shared buffer and only what arrived is copied.
+    Client input is read into one buffer shared by every session of the process
+    (:class:`SharedReadBuffer`); only what arrived is copied into the session's own.
     """
+
+    read_buffer = memoryview(bytearray(256 * 1024))  # (asyncio reads up to 256 KiB too)
 
     def __init__(
         self, host: SessionHost, *, implicit_tls: bool = False, proxy: bool = False
@@ -306,13 +302,9 @@ class SmtpSession(asyncio.BufferedProtocol):
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the next read goes (the shared buffer; see buffer_updated)."""
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def data_received(self, data: memoryview) -> None:
         """Buffer client input; stop reading while the buffer is full (bounded memory)."""
-        self._buffer += _RECV_BUFFER[:nbytes]
+        self._buffer += data
         self._wake()
         if len(self._buffer) > _READ_HIGH_WATER and self._transport is not None:
             self._paused = True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from jdxmail.client_tls import client_tls_context
 from jdxmail.findings import Finding, KeyPath, Severity
 from jdxmail.passwords import HashType, detect_hash_type
 from jdxmail.providers import provider_for_host, suggest_host
@@ -538,7 +539,7 @@ def _check_relay_tls(relay: RelaySettings, path: KeyPath, emit: Emit) -> None:
         )
     elif relay.ca_file is not None:
         try:
-            ssl.create_default_context(cafile=str(relay.ca_file))
+            client_tls_context(relay.ca_file)
         except (ssl.SSLError, OSError, ValueError):
             emit(
                 Severity.ERROR,
