@@ -1,9 +1,11 @@
-"""Shared fixtures: temporary config files, the CLI runner, TLS certificates."""
+"""Shared fixtures: temporary config files, the CLI runner, TLS certificates, event loops."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,42 @@ from typer.testing import CliRunner
 from jdxmail.cli.app import app
 
 WriteConfig = Callable[..., Path]
+
+#: uvloop can be imported (the dev extra installs it; `serve --loop auto` then runs on it)
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+def _uvloop_loop() -> asyncio.AbstractEventLoop:
+    if not HAVE_UVLOOP:
+        pytest.skip("uvloop is not installed (pip install -e '.[dev]' installs it)")
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+#: the event loops a test marked BOTH_LOOPS runs on, once each
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": _uvloop_loop,
+}
+
+#: run the marked async test (or module, as ``pytestmark``) on asyncio's loop and again
+#: on uvloop's, as ``serve --loop`` may; sync tests in the module are left alone
+BOTH_LOOPS = pytest.mark.both_loops
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the both_loops marker."""
+    config.addinivalue_line("markers", "both_loops: run on asyncio's loop and on uvloop's")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on asyncio's loop; those marked BOTH_LOOPS on uvloop's too."""
+    if item.get_closest_marker("both_loops") is not None:
+        return LOOPS
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from jdxmail.passwords import HashType, hash_password
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import PASSWORD, USER, Client, StartServer, port_of, user_entry
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 
 def b64(text: str) -> str:

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import Client, StartServer, port_of
 from tests.server.test_big_data import HEAD, stored
 from tests.server.test_data import RecordingStore
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 
 async def open_bdat(client: Client, rcpt: str = "v@localhost") -> None:

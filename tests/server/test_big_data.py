@@ -13,8 +13,11 @@ import pytest
 
 from jdxmail.queue.spool import crc32_combine, read_queued_message
 from jdxmail.server.smtp import SPILL_THRESHOLD, clean_data
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import Client, port_of
 from tests.server.test_data import open_data
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 HEAD = b"Subject: big\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <big@test>\r\n\r\n"
 

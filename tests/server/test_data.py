@@ -9,7 +9,10 @@ import pytest
 
 from jdxmail.queue.spool import AcceptedMessage, SpoolError
 from jdxmail.server.smtp import add_trace_headers, clean_data
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import Client, StartServer, port_of
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 # SEC Consult's SMTP smuggling end-of-data look-alikes: every <CR>/<LF>/<CRLF> before and
 # after the dot except the real <CRLF>.<CRLF>.

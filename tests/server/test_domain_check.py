@@ -14,7 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from jdxmail.settings.model import Settings, parse_resolver
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import Client, StartServer, make_settings, port_of
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 MX, A, AAAA = 15, 1, 28
 

@@ -16,9 +16,12 @@ import pytest
 import jdxmail.server.app as app_module
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.server.errors import BindError
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import Client, StartServer, make_settings, port_of, user_entry
 from tests.server.test_data import RecordingStore, open_data
 from tests.server.test_lifecycle import run_serve
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 NUL_REFUSED = "550 5.6.0 Message contains a NUL byte (not allowed in mail, RFC 5321 2.3.8)"
 

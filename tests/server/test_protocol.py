@@ -10,7 +10,10 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import Client, StartServer, port_of, user_entry
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 
 async def test_banner_ehlo_quit_as_in_the_guide(start_server: StartServer) -> None:

@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 
 from jdxmail.server import proxy
 from jdxmail.server.app import SmtpServerApp
+from tests.conftest import BOTH_LOOPS
 
 from .conftest import Client, StartServer
+
+pytestmark = BOTH_LOOPS  # on uvloop too (serve --loop)
 
 PROXY_PORT_OPTION = {"proxy_port": 0}
 

@@ -10,7 +10,10 @@ import aiosmtplib
 import trustme
 
 from jdxmail.server.tls import ensure_self_signed
+from tests.conftest import BOTH_LOOPS
 from tests.server.conftest import PASSWORD, USER, Client, StartServer, port_of, user_entry
+
+pytestmark = BOTH_LOOPS  # STARTTLS and its injection defence, on uvloop too
 
 PLAIN = "AUTH PLAIN " + base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
 

@@ -9,7 +9,10 @@ from typing import Any
 import httpx
 
 from jdxmail.web.events import EventHub
+from tests.conftest import BOTH_LOOPS
 from tests.web.conftest import Console
+
+pytestmark = BOTH_LOOPS  # uvicorn on serve's loop, uvloop too (serve --loop)
 
 
 async def _next_event(lines: Any) -> tuple[str, dict[str, Any]]:

@@ -9,8 +9,11 @@ from pathlib import Path
 import httpx
 
 from jdxmail.passwords import hash_password
+from tests.conftest import BOTH_LOOPS
 from tests.server.test_lifecycle import ServeProcess, serve
 from tests.web.conftest import Console, MakeConsole
+
+pytestmark = BOTH_LOOPS  # uvicorn on serve's loop, uvloop too (serve --loop)
 
 __all__ = ["serve"]  # the fixture
 

@@ -22,8 +22,10 @@ from jdxmail.logs import MaskingFilter
 from jdxmail.passwords import HashType, hash_password
 from jdxmail.web.console import ConsoleSetupError
 from jdxmail.web.security import CSP, MAX_BODY
-from tests.conftest import invoke
+from tests.conftest import BOTH_LOOPS, invoke
 from tests.web.conftest import Console, MakeConsole
+
+pytestmark = BOTH_LOOPS  # uvicorn on serve's loop, uvloop too (serve --loop)
 
 ADMIN, ADMIN_PASSWORD = "admin", "console-secret-pw"
 SMTP_PASSWORD = "smtp-secret-pw"

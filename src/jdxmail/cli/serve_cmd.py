@@ -15,6 +15,7 @@ import typer
 from jdxmail.cli.common import TIMEOUT_MAX, ConfigOption, load_or_exit, port_option
 from jdxmail.cli.exitcodes import ExitCode
 from jdxmail.cli.render import fail
+from jdxmail.eventloop import LoopChoice
 
 if TYPE_CHECKING:
     import socket
@@ -128,6 +129,16 @@ def serve(
             "core) or the server's own event loop.",
         ),
     ] = DeliveryChoice.PROCESS,
+    loop: Annotated[
+        LoopChoice,
+        typer.Option(
+            "--loop",
+            metavar="[auto|asyncio|uvloop]",
+            envvar="JDXMAIL_LOOP",  # so a benchmark can run both without new arguments
+            help="Event loop of every serve process: uvloop (pip install 'jdxmail[fast]'), "
+            "asyncio's own, or auto (uvloop when installed).",
+        ),
+    ] = LoopChoice.AUTO,
     web_port: Annotated[
         int | None,
         typer.Option(
@@ -163,15 +174,19 @@ def serve(
     change of the config file (looked at every second), reloads users, policy and
     relays.
     """
-    import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
+    from jdxmail.eventloop import LoopUnavailableError, resolve, run  # noqa: PLC0415
     from jdxmail.logs import LogSetupError, configure_logging  # noqa: PLC0415
     from jdxmail.server.app import FROM_SETTINGS, SmtpServerApp  # noqa: PLC0415
     from jdxmail.server.config_watch import ConfigWatcher, state_dir  # noqa: PLC0415
     from jdxmail.settings.files import load_settings  # noqa: PLC0415
 
     bind_address = _check_bind(bind)
+    try:
+        loop = resolve(loop)
+    except LoopUnavailableError as exc:
+        fail(str(exc), exc.fix, ExitCode.USAGE)
     loaded = load_or_exit(config)
     settings = loaded.settings
     if not settings.smtp_server.enabled:
@@ -242,10 +257,11 @@ def serve(
             port=settings.smtp_server.port if port is None else port,
             tls_port=settings.smtp_server.tls.implicit_tls_port if tls_port is None else tls_port,
             trailer=_trailer(loaded.source.name, log_file, settings.paths.mailbox),
+            loop=loop,
         )
         raise typer.Exit(int(code))
     app = make_app()
-    code = asyncio.run(_run(app, loaded.source.name, log_file, settings.paths.mailbox))
+    code = run(_run(app, loaded.source.name, log_file, settings.paths.mailbox), loop)
     raise typer.Exit(int(code))
 
 
@@ -272,6 +288,7 @@ def _serve_workers(
     port: int,
     tls_port: int | None,
     trailer: str,
+    loop: LoopChoice,
 ) -> ExitCode:
     from jdxmail.server.app import BoundAddress  # noqa: PLC0415
     from jdxmail.server.errors import ServerError  # noqa: PLC0415
@@ -310,6 +327,7 @@ def _serve_workers(
             tls_sockets=tls_sockets,
             started=started,
             report=status_lines,
+            loop=loop,
         )
     except ServerError as exc:
         fail_with(exc)

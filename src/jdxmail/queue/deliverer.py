@@ -10,7 +10,7 @@ process stored them; without inotify it looks every second. It ends when its par
 ends (Linux ``PR_SET_PDEATHSIG``), and on SIGTERM or SIGINT it lets deliveries in
 progress finish within ``--grace`` seconds. On SIGHUP (which serve passes on when it
 reloads) it reads the config file again and relays the next attempts with its relays
-and ``Delivery`` settings.
+and ``Delivery`` settings. It runs the event loop serve runs (``--loop``).
 
 Its start is reported to the parent as one JSON object on ``--report-fd``:
 ``{"ok": true}`` once the engine runs, or ``{"ok": false, "message": ..., "fix": ...}``.
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jdxmail.eventloop import LoopChoice, run
 from jdxmail.process import end_with_parent, send_report, settle_heap
 
 if TYPE_CHECKING:
@@ -70,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=0, help="end when this process ends")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish on stop")
     parser.add_argument("--log-level", type=int, default=logging.INFO, help="logging level")
+    parser.add_argument(
+        "--loop",
+        type=LoopChoice,
+        choices=[LoopChoice.ASYNCIO, LoopChoice.UVLOOP],
+        default=LoopChoice.ASYNCIO,
+        help="the event loop (serve passes its own)",
+    )
     args = parser.parse_args(argv)
     report = _Reporter(args.report_fd)
     if not end_with_parent(args.parent_pid):
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except LogSetupError as exc:
         return report.fail(str(exc), "make the folder writable or set Paths.Logs")
     try:
-        return asyncio.run(_run(settings, report, args.grace, args.config))
+        return run(_run(settings, report, args.grace, args.config), args.loop)
     except Exception as exc:  # reported to the parent, which prints it once
         logger.exception("the delivery process failed")
         return report.fail(f"the delivery process failed: {exc}", "see the log for details")

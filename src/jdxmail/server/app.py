@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from jdxmail.eventloop import describe_running_loop
 from jdxmail.inbox.index import MailboxIndex, RetentionLimits
 from jdxmail.logs import register_secret
 from jdxmail.queue._aiosmtplib_compat import AiosmtplibMismatch
@@ -456,6 +457,7 @@ class SmtpServerApp:
                 'set "Enabled": true under SmtpServer',
                 row="A3",
             )
+        logger.info("event loop: %s", describe_running_loop())
         self.tls_context = self._make_tls_context()
         self.runtime = self._runtime(self.settings)
         if self.implicit_tls_port is not None and self.tls_context is None:

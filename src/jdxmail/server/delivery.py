@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jdxmail.eventloop import running_loop_choice
 from jdxmail.process import read_report
 from jdxmail.server.errors import ServerError
 
@@ -93,6 +94,8 @@ class DeliveryProcess:
                 str(level),
                 "--grace",
                 str(self.grace),
+                "--loop",  # the child runs the loop its server runs
+                running_loop_choice().value,
                 stdin=subprocess.DEVNULL if text is None else subprocess.PIPE,
                 pass_fds=(write_fd,),
             )

@@ -25,7 +25,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from jdxmail import replies
 from jdxmail.data_encoding import has_bare_line_ending, to_crlf, unstuffed
@@ -295,8 +295,8 @@ class SmtpSession(SharedReadBuffer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the session task for a new connection."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport; uvloop's do not subclass asyncio.Transport, so no isinstance
+        self._transport = cast("asyncio.Transport", transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])

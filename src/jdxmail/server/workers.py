@@ -31,6 +31,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from jdxmail.eventloop import LoopChoice, run
 from jdxmail.process import end_with_parent, read_report, send_report, settle_heap
 from jdxmail.server.errors import ServerError, bind_error
 
@@ -92,8 +93,11 @@ def run_workers(
     tls_sockets: list[list[socket.socket]],
     started: Callable[[list[str]], None],
     report: Callable[[SmtpServerApp], list[str]],
+    loop: LoopChoice = LoopChoice.ASYNCIO,
 ) -> int:
     """Run *count* worker processes until they stop; return 0 when all ended cleanly.
+
+    Each worker runs its server on a new event loop of *loop* (``serve --loop``).
 
     *report* runs in the first worker once it is ready and returns lines for the
     parent; *started* gets those lines once every worker is ready. Raises
@@ -135,6 +139,7 @@ def run_workers(
                     report_fd=report_w,
                     go_fd=go_r,
                     report=report if index == 0 else None,
+                    loop=loop,
                 )
             os.close(report_w)
             os.close(go_r)
@@ -218,6 +223,7 @@ def _worker_main(
     report_fd: int,
     go_fd: int,
     report: Callable[[SmtpServerApp], list[str]] | None,
+    loop: LoopChoice,
 ) -> None:
     """The body of one forked worker; ends the process with its exit code."""
     code = 1
@@ -231,8 +237,9 @@ def _worker_main(
                 if other != index:
                     for sock in own:
                         sock.close()
-        code = asyncio.run(
-            _worker(make_app, index, sockets[index], tls_sockets[index], report_fd, go_fd, report)
+        code = run(
+            _worker(make_app, index, sockets[index], tls_sockets[index], report_fd, go_fd, report),
+            loop,
         )
     except BaseException:  # a worker must never return into the parent's code
         logging.getLogger("jdxmail.smtp").exception("server worker failed")
