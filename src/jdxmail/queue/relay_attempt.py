@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import aiosmtplib
 
+from jdxmail.data_encoding import has_bare_line_ending, to_crlf
 from jdxmail.queue.eightbit import has_8bit, to_7bit
 from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
 from jdxmail.queue.pool import RelayPool
@@ -181,8 +182,10 @@ def _as_sent(
 
 
 def _seven_bit_copy(data: Payload) -> bytes:
-    """A 7bit copy of *data* (read whole if spooled); CPU work: call in a thread."""
-    return to_7bit(data.read() if isinstance(data, SpooledBody) else data)
+    """A 7bit copy of *data* (read whole if spooled), CRLF line endings only as every
+    Payload has; CPU work: call in a thread."""
+    copy = to_7bit(data.read() if isinstance(data, SpooledBody) else data)
+    return to_crlf(copy) if has_bare_line_ending(copy) else copy
 
 
 def record_result(
