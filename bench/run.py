@@ -141,9 +141,7 @@ class Mode:
 MODES = {
     "full": Mode("full", 5, 3.0, [w.key for w in WORKLOADS], 1000, 25_000_000, 21, 4000),
     "quick": Mode("quick", 3, 0.6, QUICK_WORKLOADS, 1000, 25_000_000, 7, 1000),
-    "smoke": Mode(
-        "smoke", 1, 0.2, SMOKE_WORKLOADS, 50, 1_000_000, 1, 40, {KB: 30, 100 * KB: 8}
-    ),
+    "smoke": Mode("smoke", 1, 0.2, SMOKE_WORKLOADS, 50, 1_000_000, 1, 40, {KB: 30, 100 * KB: 8}),
 }
 
 
@@ -1610,9 +1608,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_profile(args, bench, workloads, mode, log)
 
         date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        run = Run(
-            mode.name, machine_info(), date, client, upstream_name, mode.rounds, mode.seconds
-        )
+        run = Run(mode.name, machine_info(), date, client, upstream_name, mode.rounds, mode.seconds)
         run.notices = notices
         sink_port = upstream.port
         candidates: list[tuple[str, Peer]] = [
@@ -1651,9 +1647,7 @@ def main(argv: list[str] | None = None) -> int:
             # connections mid-run, and the held servers' delivery processes then
             # churned through thousands of queued messages (rescheduling each) while
             # the other servers were being measured.
-            stalled = SmtpSink(
-                workdir, label="-stalled", extra_args=["-t", "3600", "-w", "3600"]
-            )
+            stalled = SmtpSink(workdir, label="-stalled", extra_args=["-t", "3600", "-w", "3600"])
             try:
                 stalled.start()
                 started.append(stalled)

@@ -100,15 +100,19 @@ def _start_lag_monitor(owner: Any) -> None:
 
 def install() -> None:
     """Wrap the probed methods (missing ones are listed, not fatal)."""
-    from jdxmail.queue import relay, spool, worker  # noqa: PLC0415
+    from jdxmail.queue import message_delivery, relay, spool, worker  # noqa: PLC0415
     from jdxmail.server import app, smtp  # noqa: PLC0415
 
     _wrap_sync(spool, "sync_file_system", "spool flush: one syncfs (sync thread)")
     _wrap_sync(spool.Spool, "_advance", "spool: place/finish a flushed batch (loop)", size_arg=1)
     _wrap_async(spool.Spool, "store", "Spool.store as awaited by a session")
     _wrap_async(smtp.SmtpSession, "_cmd_DATA", "DATA: 354 until the final reply")
-    _wrap_async(worker.DeliveryEngine, "_deliver", "one delivery (load, relay, finish)")
-    _wrap_sync(worker.DeliveryEngine, "_load", "delivery: load + claim (thread)")
+    _wrap_async(
+        message_delivery.MessageDelivery,
+        "_claim_and_attempt",
+        "one delivery (load, relay, finish)",
+    )
+    _wrap_sync(message_delivery, "claim_message", "delivery: load + claim (thread)")
     _wrap_async(relay.RelayConnection, "send", "delivery: upstream SMTP exchange")
     _start_lag_monitor(app.SmtpServerApp)
     connections = os.environ.get("JDXMAIL_PROBE_CONNECTIONS")

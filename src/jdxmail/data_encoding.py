@@ -46,19 +46,21 @@ def unstuffed(content: bytes | bytearray) -> bytes | bytearray:
     return content.replace(b"\r\n.", b"\r\n")
 
 
-def dot_stuffed(data: bytes) -> bytes:
+def dot_stuffed(data: bytes, *, crlf: bool = False) -> bytes:
     """The DATA payload for *data*: CRLF line endings, leading dots doubled, ``.`` line.
 
-    Spooled mail already has CRLF line endings only (the server normalises or refuses
-    bare CR/LF), so this is a single ``replace``; aiosmtplib's general path runs two
-    regular expressions over the whole message.
+    With *crlf* the caller vouches that *data* has CRLF line endings only (spooled
+    mail: the server normalised or refused bare CR/LF when it took it), so they are
+    not counted again and this is a single ``replace``; aiosmtplib's general path
+    runs two regular expressions over the whole message.
     """
-    return stuffed_body(data) + b".\r\n"
+    return stuffed_body(data, crlf=crlf) + b".\r\n"
 
 
-def stuffed_body(data: bytes) -> bytes:
-    """*data* dot-stuffed and ending in CRLF; *data* itself when nothing changes."""
-    if has_bare_line_ending(data):
+def stuffed_body(data: bytes, *, crlf: bool = False) -> bytes:
+    """*data* dot-stuffed and ending in CRLF; *data* itself when nothing changes
+    (*crlf* as for :func:`dot_stuffed`)."""
+    if not crlf and has_bare_line_ending(data):
         data = to_crlf(data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"

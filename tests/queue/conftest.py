@@ -8,10 +8,15 @@ STARTTLS or implicit TLS with a trustme certificate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email
+import email.policy
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
 
 from jdxmail.queue.spool import AcceptedMessage, Spool
+from jdxmail.queue.state import DeliveryState
 from jdxmail.queue.worker import DeliveryEngine, DeliveryOptions
 from jdxmail.settings.model import PathSettings, RelaySettings, Settings, SmtpServerSettings
 
@@ -342,3 +348,62 @@ async def run_engine(tmp_path: Path) -> AsyncIterator[RunEngine]:
     for item in running:
         await item.engine.stop(1.0)
         await item.spool.close()
+
+
+# -- shared by the delivery tests ------------------------------------------------
+
+#: run a test against an upstream without and with PIPELINING (two code paths)
+BOTH_WAYS = pytest.mark.parametrize(
+    "upstream_pipelining", [False, True], ids=["serial", "pipelined"]
+)
+
+
+def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
+    """The test CA written to a PEM file, as a user's CaFile."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    time_out: int,
+) -> AsyncIterator[RelaySettings]:
+    """A relay pointing at a bare asyncio server running *handler* (for relays that
+    misbehave in ways aiosmtpd will not)."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield relay_for(UpstreamStub("127.0.0.1", port), time_out=time_out)
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def silent_upstream() -> AsyncIterator[tuple[RelaySettings, asyncio.Event]]:
+    """A relay (TimeOut 30 s) that takes connections and never says a word; the event
+    is set once one is made."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()
+        writer.close()
+
+    async with raw_upstream(silent, time_out=30) as relay:
+        yield relay, accepted
+
+
+def state_of(spool_dir: Path, queue_id: str) -> DeliveryState:
+    """The delivery state on disk of *queue_id*."""
+    data = json.loads((spool_dir / "state" / f"{queue_id}.json").read_text())
+    return DeliveryState.from_json(data, ())
+
+
+def parse(data: bytes) -> EmailMessage:
+    """Parse a received message."""
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed

@@ -17,6 +17,7 @@ from tests.queue.conftest import (
     settings_for,
 )
 
+from jdxmail.data_encoding import has_bare_line_ending
 from jdxmail.queue.eightbit import to_7bit
 from jdxmail.queue.mailbox import mailbox_dir_for
 from jdxmail.queue.spool import AcceptedMessage, spool_stats
@@ -66,7 +67,8 @@ async def test_eight_bit_mail_is_converted_for_a_relay_without_8bitmime(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
     """A relay that offers no 8BITMIME gets a 7bit copy: the 8-bit parts as
-    quoted-printable / base64, decoding to exactly what was sent; no BODY=8BITMIME."""
+    quoted-printable / base64, decoding to exactly what was sent, CRLF line endings
+    only; no BODY=8BITMIME."""
     upstream = await upstream_factory(UpstreamSpec(eight_bit_mime=False))
     running = await run_engine(settings_for(tmp_path, relay_for(upstream)))
     await running.spool.store(eight_bit_message())
@@ -74,6 +76,7 @@ async def test_eight_bit_mail_is_converted_for_a_relay_without_8bitmime(
     await running.engine.wait_idle()
     got = upstream.received[0]
     assert got.data.isascii()
+    assert not has_bare_line_ending(got.data)
     assert not any(o.upper().startswith("BODY=") for o in got.mail_options)
     sent = parse(got.data)
     assert sent["Subject"] == "Grüße"

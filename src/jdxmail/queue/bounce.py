@@ -10,13 +10,28 @@ sender is ``<>`` gets no bounce at all.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import logging
+import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["EXPIRED_STATUS", "FailedRecipient", "build_dsn", "human_duration"]
+from jdxmail.queue.spool import AcceptedMessage, QueuedMessage, Spool
+from jdxmail.queue.state import DeliveryState, RecipientState, write_json_atomic
+
+__all__ = [
+    "EXPIRED_STATUS",
+    "FailedRecipient",
+    "build_dsn",
+    "human_duration",
+    "move_to_failed",
+    "store_bounce",
+]
+
+logger = logging.getLogger("jdxmail.queue")
 
 #: the status of a recipient given up on because the message outlived its lifetime
 EXPIRED_STATUS = "4.4.7"
@@ -62,6 +77,44 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\r", " ").replace("\n", " ").split())
 
 
+def _explanation(
+    queue_id: str, refused: Sequence[FailedRecipient], expired: Sequence[FailedRecipient]
+) -> list[str]:
+    """The plain-text lines telling the sender which recipients failed and why."""
+    lines: list[str] = []
+    for group, reason in (
+        (refused, "could not be delivered to these recipients"),
+        (expired, "could not be delivered in time (the relays kept failing) to these recipients"),
+    ):
+        if not group:
+            continue
+        lines += [f"Your message (queue id {queue_id}) {reason}:", ""]
+        for item in group:
+            lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
+            if item.relay:
+                lines.append(f"    (reported by relay {item.relay})")
+        lines.append("")
+    return lines
+
+
+def _status_fields(item: FailedRecipient) -> list[str]:
+    """One failed recipient's block of ``message/delivery-status`` fields (RFC 3464 §2.3)."""
+    lines = [
+        "",
+        f"Final-Recipient: rfc822; {item.recipient}",
+        "Action: failed",
+        f"Status: {item.status}",
+    ]
+    if item.remote_mta:
+        lines.append(f"Remote-MTA: dns; {_clean(item.remote_mta)}")
+    lines.append(f"Diagnostic-Code: smtp; {_clean(item.reply)}")
+    if item.last_attempt:
+        lines.append(
+            f"Last-Attempt-Date: {email.utils.formatdate(item.last_attempt, localtime=False)}"
+        )
+    return lines
+
+
 def build_dsn(
     *,
     reporting_host: str,
@@ -100,18 +153,7 @@ def build_dsn(
         f"This is the mail system at {reporting_host}.",
         "",
     ]
-    for group, reason in (
-        (refused, "could not be delivered to these recipients"),
-        (expired, "could not be delivered in time (the relays kept failing) to these recipients"),
-    ):
-        if not group:
-            continue
-        lines += [f"Your message (queue id {queue_id}) {reason}:", ""]
-        for item in group:
-            lines.append(f"  <{item.recipient}>: {_clean(item.reply)}")
-            if item.relay:
-                lines.append(f"    (reported by relay {item.relay})")
-        lines.append("")
+    lines += _explanation(queue_id, refused, expired)
     lines += [
         "The delivery status and the header of your message follow.",
         "",
@@ -123,19 +165,7 @@ def build_dsn(
         f"Arrival-Date: {email.utils.formatdate(received_at, localtime=False)}",
     ]
     for item in failed:
-        lines += [
-            "",
-            f"Final-Recipient: rfc822; {item.recipient}",
-            "Action: failed",
-            f"Status: {item.status}",
-        ]
-        if item.remote_mta:
-            lines.append(f"Remote-MTA: dns; {_clean(item.remote_mta)}")
-        lines.append(f"Diagnostic-Code: smtp; {_clean(item.reply)}")
-        if item.last_attempt:
-            lines.append(
-                f"Last-Attempt-Date: {email.utils.formatdate(item.last_attempt, localtime=False)}"
-            )
+        lines += _status_fields(item)
     lines += [
         "",
         f"--{boundary}",
@@ -146,3 +176,73 @@ def build_dsn(
     original = _header_block(original_data)
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
     return head + original + tail, message_id
+
+
+async def store_bounce(
+    spool: Spool,
+    message: QueuedMessage,
+    recipients: Mapping[str, RecipientState],
+    *,
+    reporting_host: str,
+    local_domains: Collection[str],
+    relay_hosts: Mapping[str, str],
+    clock: Callable[[], float],
+) -> None:
+    """Store a bounce of *message* for the failed *recipients* in *spool*, to its sender
+    (a local mailbox when the sender's domain is one of *local_domains*).
+
+    Raises SpoolError when the bounce could not be stored.
+    """
+    failed = [
+        FailedRecipient(r, s.code or "5.0.0", s.reply, s.relay, s.at, relay_hosts.get(s.relay, ""))
+        for r, s in recipients.items()
+    ]
+    data, message_id = build_dsn(
+        reporting_host=reporting_host,
+        original_sender=message.mail_from,
+        original_data=message.data,
+        queue_id=message.queue_id,
+        received_at=message.received_at,
+        failed=failed,
+        now=clock(),
+    )
+    sender = message.mail_from
+    local = sender.rsplit("@", 1)[-1].lower() in local_domains
+    bounce = AcceptedMessage(
+        mail_from="",
+        relay_recipients=() if local else (sender,),
+        local_recipients=(sender,) if local else (),
+        data=data,
+        message_id=message_id,
+        auth_user=None,
+        client_address="",
+        session_id=f"bounce-{message.queue_id}",
+        received_at=clock(),
+    )
+    bounce_id = await spool.store(bounce)
+    logger.info(
+        "%s: bounce %s to <%s> for %d recipient(s)",
+        message.queue_id,
+        bounce_id,
+        sender,
+        len(failed),
+        extra={"session": message.session_id},
+    )
+
+
+def move_to_failed(spool: Spool, message: QueuedMessage, state: DeliveryState, now: float) -> None:
+    """Keep *message* in failed/ with a record of its recipients' outcomes (blocking:
+    call in a thread, under the queue file's lock)."""
+    record = {
+        "queue_id": message.queue_id,
+        "mail_from": message.mail_from,
+        "message_id": message.message_id,
+        "received_at": message.received_at,
+        "failed_at": now,
+        "state": state.to_json(),
+    }
+    failed_dir = spool.failed_dir
+    write_json_atomic(failed_dir / f"{message.queue_id}.json", record, sync=True)
+    os.replace(spool.queue_path(message.queue_id), failed_dir / f"{message.queue_id}.msg")
+    with contextlib.suppress(FileNotFoundError):
+        spool.state_path(message.queue_id).unlink()

@@ -140,7 +140,8 @@ def _mail_options(
     return passed, utf8
 
 
-#: what is sent as a message's data: bytes, or a big message left in its spool file
+#: what is sent as a message's data: bytes, or a big message left in its spool file;
+#: either way CRLF line endings only (as spooled, or a 7-bit copy made with them)
 Payload = bytes | SpooledBody
 
 
@@ -152,13 +153,13 @@ def payload_size(data: Payload) -> int:
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
     if _is_small(data):
-        protocol.write(dot_stuffed(data))
+        protocol.write(dot_stuffed(data, crlf=True))
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
         pieces = stuffed_pieces(data.pieces(CHUNK))
     else:
-        view = memoryview(stuffed_body(data))
+        view = memoryview(stuffed_body(data, crlf=True))
         pieces = (view[start : start + CHUNK] for start in range(0, len(view), CHUNK))
     for piece in pieces:
         protocol.write(piece)  # type: ignore[arg-type]
@@ -514,7 +515,7 @@ class RelayConnection:
         if not send:
             protocol.write(b".\r\n")
         elif line is not None and _is_small(data):
-            protocol.write(dot_stuffed(data) + line.line_up(self, tx))
+            protocol.write(dot_stuffed(data, crlf=True) + line.line_up(self, tx))
         else:
             await _write_payload(protocol, data)
 

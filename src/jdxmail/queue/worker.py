@@ -1,72 +1,33 @@
 """The delivery engine: takes due messages from the spool and hands them to relays.
 
-Inside ``serve`` it runs as a component (``start()`` / ``stop(grace)``). For each due
-message a worker claims the queue file (an exclusive ``flock``, so several processes
-and the ``queue`` CLI can share the spool), tries the relays in order, records each
-recipient's outcome in ``state/ID.json`` and then either reschedules the message
-(exponential backoff with jitter), removes it (all delivered), or bounces it (an RFC
-3464 DSN stored in the spool like any message) and keeps it in ``failed/``.
+Inside ``serve`` it runs as a component (``start()`` / ``stop(grace)``) and
+coordinates four parts, each in its own module:
 
-Crash safety: the queue file is removed only after every recipient is resolved and
-any bounce is durably stored, so a SIGKILL at any moment loses nothing; a message
-that was being handed over when the process died is sent again (at least once).
+- :mod:`~jdxmail.queue.scheduler`: when each queued message is due (the heap,
+  rescans, recovery at start, ``queue flush``), handing due ids to the workers;
+- :mod:`~jdxmail.queue.message_delivery`: the delivery of one message (claim, read,
+  the relays in order, the outcomes, reschedule / bounce / remove);
+- :mod:`~jdxmail.queue.relay_choice`: the relays with their session pools and
+  circuit breakers, the retry backoff and the ``Delivery`` options;
+- :mod:`~jdxmail.queue.bounce`: the DSN to the sender and failed/.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import heapq
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import aiosmtplib
-
-from jdxmail.process import tmp_writer_alive
 from jdxmail.queue._aiosmtplib_compat import check_aiosmtplib
-from jdxmail.queue.batching import CallThread
-from jdxmail.queue.bounce import EXPIRED_STATUS, FailedRecipient, build_dsn, human_duration
-from jdxmail.queue.eightbit import has_8bit, to_7bit
-from jdxmail.queue.outcomes import EightBitUnsupported, Outcome, Stage, classify
+from jdxmail.queue.message_delivery import MessageDelivery
 from jdxmail.queue.pool import RelayPool
-from jdxmail.queue.quota import QuotaBook, next_utc_midnight
-from jdxmail.queue.relay import (
-    AttemptResult,
-    Payload,
-    StageError,
-    Transaction,
-    rewrite_from_header,
-)
-from jdxmail.queue.spool import (
-    FLUSH_FILE,
-    AcceptedMessage,
-    CorruptSpoolFile,
-    QueuedMessage,
-    Spool,
-    SpooledBody,
-    SpoolError,
-    claim,
-    claim_sized,
-    read_queued_fd,
-)
-from jdxmail.queue.state import (
-    DELIVERED,
-    FAILED,
-    PENDING,
-    DeliveryState,
-    RecipientState,
-    StateError,
-    read_json,
-    write_json_atomic,
-)
-from jdxmail.settings.model import DeliverySettings, Settings
-from jdxmail.sizes import KEEP_IN_FILE_OVER as _KEEP_IN_FILE_OVER
-from jdxmail.stats import LATENCY_BUCKETS, Counters, RelayHealth
+from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
+from jdxmail.queue.scheduler import Scheduler
+from jdxmail.queue.spool import Spool
+from jdxmail.settings.model import Settings
+from jdxmail.stats import Counters, RelayHealth
 
 __all__ = [
     "CircuitBreaker",
@@ -77,149 +38,6 @@ __all__ = [
 
 logger = logging.getLogger("jdxmail.queue")
 relay_log = logging.getLogger("jdxmail.relay")
-
-_RESCAN_SECONDS = 30.0
-_POLL_SECONDS = 1.0
-#: seconds before trying again a queue file that another holds locked
-_LOCKED_RETRY = 1.0
-#: unexpected errors on one message before it is moved to corrupt/
-_MAX_CRASHES = 3
-
-
-#: failure statuses of a relay lacking what the message needs → the bounce's status
-#: and reason when no relay has it
-_LACKING = {
-    "4.6.7": ("5.6.7", "the message needs SMTPUTF8 and no relay offers it"),
-    "4.6.3": (
-        "5.6.3",
-        "the message has 8-bit content and no relay offers 8BITMIME "
-        "(Delivery.EightBitDowngrade is Bounce, or no 7bit copy could be made)",
-    ),
-}
-
-
-def _seven_bit_copy(data: Payload) -> bytes:
-    """A 7bit copy of *data* (read whole if spooled); CPU work: call in a thread."""
-    return to_7bit(data.read() if isinstance(data, SpooledBody) else data)
-
-
-def _io_reason(exc: OSError) -> str:
-    """What an I/O error means, for the log (``the disk is full: /path``)."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
-        exc.errno or 0, exc.strerror or str(exc)
-    )
-    return f"{reason}: {exc.filename}" if exc.filename else reason
-
-
-def backoff_delay(attempts: int, first: float, cap: float, rng: Callable[[], float]) -> float:
-    """Seconds before the next try after *attempts* tries: doubling from *first* up to
-    *cap*, with ±20 % jitter so that many waiting messages do not retry in lockstep."""
-    base = min(cap, first * (2 ** max(0, attempts - 1)))
-    return max(1.0, float(base * (0.8 + 0.4 * rng())))
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryOptions:
-    """Retry schedule and session counts of the delivery engine."""
-
-    #: seconds a message may wait for a relay before it bounces (5 days)
-    message_lifetime: float = 5 * 24 * 3600
-    #: seconds before the first retry; doubled each attempt, with jitter
-    retry_delay: float = 60
-    #: the longest wait between two attempts
-    retry_max_delay: float = 3600
-    #: parallel sessions per relay (reused for consecutive messages)
-    connections_per_relay: int = 4
-    #: send with the relay account (its Username, when an address) as envelope sender,
-    #: for relays that refuse other senders (row C7); bounces still come from <>
-    rewrite_sender: bool = False
-    #: also replace the From: header with the relay account (the original From
-    #: becomes Reply-To unless the message has one)
-    rewrite_from: bool = False
-    #: 8-bit content for a relay without 8BITMIME: "Convert" (a 7bit copy) or "Bounce"
-    eight_bit_downgrade: str = "Convert"
-
-    @classmethod
-    def from_settings(cls, delivery: DeliverySettings) -> DeliveryOptions:
-        """The options the config's ``Delivery`` section asks for."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in delivery.model_dump().items() if k in names})
-
-
-@dataclass(slots=True)
-class CircuitBreaker:
-    """Skips a relay that keeps failing, for a cool-down that grows while it fails."""
-
-    name: str
-    threshold: int = 3
-    cooldown: float = 30.0
-    max_cooldown: float = 600.0
-    failures: int = 0
-    open_until: float = 0.0
-    #: the last failure's text and when the relay last failed / worked (for the console)
-    last_reply: str = ""
-    last_failure_at: float = 0.0
-    last_success_at: float = 0.0
-
-    def allows(self, now: float) -> bool:
-        """True when the relay may be tried (closed, or the cool-down is over)."""
-        return now >= self.open_until
-
-    def success(self, now: float = 0.0) -> None:
-        """The relay worked (at *now*): close the breaker."""
-        if self.failures >= self.threshold:
-            relay_log.info("relay %s works again; no longer skipped", self.name)
-        self.failures = 0
-        self.open_until = 0.0
-        self.last_success_at = now
-
-    def refused(self, now: float, reply: str) -> None:
-        """The relay answered but did not take the message (*reply*): it works, so the
-        breaker closes as on success; the console shows the reply."""
-        self.success()
-        self.last_reply = reply
-        self.last_failure_at = now
-
-    def failure(self, now: float, reply: str = "") -> None:
-        """The relay failed (*reply*: what it said or what went wrong); open the breaker
-        after *threshold* failures in a row."""
-        self.failures += 1
-        self.last_reply = reply
-        self.last_failure_at = now
-        if self.failures >= self.threshold:
-            wait = min(self.max_cooldown, self.cooldown * 2 ** (self.failures - self.threshold))
-            self.open_until = now + wait
-            relay_log.warning(
-                "relay %s failed %d times in a row; skipping it for %.0f s",
-                self.name,
-                self.failures,
-                wait,
-            )
-
-
-#: the state a recipient is left in after an attempt's outcome
-_STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
-
-
-def _discard_loaded(result: object) -> None:
-    """Close the descriptor of a claimed message nobody waits for any more."""
-    if isinstance(result, _Loaded) and result.fd >= 0:
-        os.close(result.fd)
-        result.fd = -1
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """A claimed message with its state, or the reason it could not be read."""
-
-    fd: int
-    message: QueuedMessage | None = None
-    state: DeliveryState | None = None
-    corrupt: str = ""
-    notes: list[str] = field(default_factory=list)
-    had_state: bool = False
-    #: the queue file's size
-    size: int = 0
 
 
 class DeliveryEngine:
@@ -240,49 +58,49 @@ class DeliveryEngine:
         self.counters = counters if counters is not None else Counters()
         self.spool = spool
         self.clock = clock
-        self.rng = rng
         delivery = options or DeliveryOptions.from_settings(settings.delivery)
-        self.options = delivery
-        self.lifetime = float(delivery.message_lifetime)
-        self.retry_delay = float(delivery.retry_delay)
-        self.retry_max_delay = float(delivery.retry_max_delay)
-        server = settings.smtp_server
-        self.host_name = server.effective_host_name
-        self.local_domains = {d.lower() for d in server.effective_local_domains}
-        self.pools = [
-            RelayPool(
-                relay,
-                local_hostname=self.host_name,
-                step_timeout=float(relay.time_out or server.time_out),
-                size=delivery.connections_per_relay,
-            )
-            for relay in settings.relays
-        ]
-        self.breakers = {p.name: CircuitBreaker(p.name) for p in self.pools}
-        self._relay_hosts = {p.name: p.relay.host for p in self.pools}
-        #: delivered messages whose files are being removed (by the janitor thread)
-        self._removing: set[str] = set()
-        self._crashes: dict[str, int] = {}
-        #: claims, reads and removals of spool files, batched (None when stopped)
-        self._files: CallThread | None = None
-        self.quota = QuotaBook(spool.spool_dir)
-        self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, float] = {}
-        self._seq = 0
-        self._in_flight: set[str] = set()
-        self._work: asyncio.Queue[str] = asyncio.Queue()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
+        self.relays = RelayChoice(settings, delivery)
+        #: delivered messages whose files are being removed (not to be picked up again)
+        removing: set[str] = set()
+        self.scheduler = Scheduler(spool, clock, being_removed=removing, on_flush=self.flush)
+        self.delivery = MessageDelivery(
+            settings,
+            spool,
+            options=delivery,
+            relays=self.relays,
+            scheduler=self.scheduler,
+            removing=removing,
+            clock=clock,
+            rng=rng,
+            counters=self.counters,
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        #: closing the sessions of relays a reload removed
-        self._retiring: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._flush_mtime = 0.0
-        self._last_rescan = 0.0
-        self._last_flush_check = 0.0
-        #: seconds between scans of queue/ for messages nobody announced (other
-        #: processes, the queue CLI); 1 s in a delivery process without inotify
-        self.rescan_interval = _RESCAN_SECONDS
+
+    @property
+    def pools(self) -> list[RelayPool]:
+        """The relays' session pools, in the order they are tried."""
+        return self.relays.pools
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Each relay's circuit breaker by name."""
+        return self.relays.breakers
+
+    @property
+    def options(self) -> DeliveryOptions:
+        """The ``Delivery`` section's options in use."""
+        return self.delivery.options
+
+    @property
+    def lifetime(self) -> float:
+        """Seconds a message may wait for a relay before it bounces."""
+        return self.delivery.lifetime
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds before the first retry."""
+        return self.delivery.retry_delay
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -293,19 +111,8 @@ class DeliveryEngine:
         relay uses, before any message is tried.
         """
         check_aiosmtplib()
-        for pool in self.pools:
-            if not pool.relay.verify_certificate:
-                relay_log.warning(
-                    "relay %s: VerifyCertificate is false; its certificate is not checked "
-                    "(anyone on the path can read the mail and the password)",
-                    pool.name,
-                )
-            if not pool.relay.use_tls and pool.relay.username:
-                relay_log.warning(
-                    "relay %s: UseTls is false; the password crosses the network in clear",
-                    pool.name,
-                )
-        counts = await asyncio.to_thread(self._recover)
+        self.relays.warn_insecure()
+        counts = await self.scheduler.recover()
         logger.info(
             "delivery engine: %d queued (%d being retried, %d due now), %d failed kept; relays: %s",
             counts["queued"],
@@ -315,15 +122,11 @@ class DeliveryEngine:
             ", ".join(p.name for p in self.pools) or "none",
         )
         self.spool.on_queued = self.enqueue
-        self._files = CallThread(
-            asyncio.get_running_loop(), "jdxmail-delivery-files", _discard_loaded
-        )
-        self.spool.files.offload = self._files.submit
-        self._last_rescan = self.clock()
+        self.delivery.start()
         # Twice as many workers as sessions: a message waiting for a busy session has
         # its commands sent right after the data of the message before (RelayPool.line_up)
-        workers = max(1, 2 * sum(p.size for p in self.pools))
-        self._tasks = [asyncio.create_task(self._scheduler(), name="jdxmail-scheduler")]
+        workers = max(1, 2 * self.relays.sessions())
+        self._tasks = [asyncio.create_task(self.scheduler.run(), name="jdxmail-scheduler")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
             for n in range(workers)
@@ -338,62 +141,19 @@ class DeliveryEngine:
         (``queue flush`` makes that now).
         """
         delivery = DeliveryOptions.from_settings(settings.delivery)
-        server = settings.smtp_server
-        kept = list(self.pools)
-        before = {id(p) for p in kept}
-        pools: list[RelayPool] = []
-        for relay in settings.relays:
-            step_timeout = float(relay.time_out or server.time_out)
-            same = (
-                (relay, delivery.connections_per_relay, step_timeout, server.effective_host_name)
-                == (p.relay, p.size, p.step_timeout, p.local_hostname)
-                for p in kept
-            )
-            index = next((n for n, match in enumerate(same) if match), None)
-            if index is not None:
-                pools.append(kept.pop(index))
-                continue
-            pools.append(
-                RelayPool(
-                    relay,
-                    local_hostname=server.effective_host_name,
-                    step_timeout=step_timeout,
-                    size=delivery.connections_per_relay,
-                )
-            )
-        for retired in kept:
-            retired.retire()
-            task = asyncio.get_running_loop().create_task(retired.close())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+        retired = self.relays.reload(settings, delivery)
         self.settings = settings
-        self.options = delivery
-        self.lifetime = float(delivery.message_lifetime)
-        self.retry_delay = float(delivery.retry_delay)
-        self.retry_max_delay = float(delivery.retry_max_delay)
-        self.host_name = server.effective_host_name
-        self.local_domains = {d.lower() for d in server.effective_local_domains}
-        self.pools = pools
-        # a relay that changed starts with a closed breaker; an attempt in progress at
-        # a relay that is gone still finds its own
-        self.breakers = {
-            **self.breakers,
-            **{
-                p.name: self.breakers[p.name] if id(p) in before else CircuitBreaker(p.name)
-                for p in pools
-            },
-        }
-        self._relay_hosts.update({p.name: p.relay.host for p in pools})
+        self.delivery.configure(settings, delivery)
         if self._tasks and not self._stopping:
-            workers = max(1, 2 * sum(p.size for p in pools))
+            workers = max(1, 2 * self.relays.sessions())
             self._tasks += [
                 asyncio.create_task(self._worker(), name=f"jdxmail-delivery-{n}")
                 for n in range(len(self._tasks) - 1, workers)
             ]
         relay_log.info(
             "relays reloaded: %s (%d retired)",
-            ", ".join(f"{p.name} ({p.relay.host}:{p.relay.port})" for p in pools) or "none",
-            len(kept),
+            ", ".join(f"{p.name} ({p.relay.host}:{p.relay.port})" for p in self.pools) or "none",
+            retired,
         )
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -401,777 +161,59 @@ class DeliveryEngine:
         self._stopping = True
         if self.spool.on_queued == self.enqueue:
             self.spool.on_queued = None
-        self._wake.set()
+        self.scheduler.stop()
         tasks, self._tasks = self._tasks, []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                while self._in_flight:
-                    self._idle.clear()
-                    await self._idle.wait()
-        if self._in_flight:
+        running = await self.scheduler.drain(grace)
+        if running:
             logger.warning(
                 "%d deliveries still running after %.0f s; they will be retried at the next start",
-                len(self._in_flight),
+                running,
                 grace,
             )
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(
-            *self._retiring, *(p.close() for p in self.pools), return_exceptions=True
-        )
-        if self._files is not None:
-            files, self._files = self._files, None
-            self.spool.files.offload = None
-            await asyncio.to_thread(files.close)
+        await self.relays.close()
+        await self.delivery.close()
 
     def relay_health(self) -> list[RelayHealth]:
         """Each relay's breaker and last outcome, for the stats file."""
-        return [
-            RelayHealth(
-                b.name, b.failures, b.open_until, b.last_reply, b.last_failure_at, b.last_success_at
-            )
-            for b in self.breakers.values()
-        ]
+        return self.relays.health()
 
     def enqueue(self, queue_id: str) -> None:
         """A new message is in the spool: deliver it as soon as a worker is free.
 
         Announcing a message twice, or one being delivered, is harmless.
         """
-        if queue_id in self._in_flight or queue_id in self._removing:
-            return
-        # Due now: straight to the workers, without a round through the scheduler
-        # (its heap, and a wake-up of its task, for every new message). A later
-        # entry of this id still in the heap no longer matches _due and is skipped.
-        self._due.pop(queue_id, None)
-        self._in_flight.add(queue_id)
-        self._work.put_nowait(queue_id)
+        self.scheduler.enqueue(queue_id)
 
     def rescan(self) -> None:
         """Look for queued messages this engine was not told about, now."""
-        self._last_rescan = 0.0
-        self._wake.set()
+        self.scheduler.rescan_now()
 
     def flush(self) -> None:
         """Make every queued message due now (``queue flush``), skipping breaker waits."""
-        for breaker in self.breakers.values():
-            breaker.open_until = 0.0
-        for queue_id in list(self._due):
-            self._schedule(queue_id, 0.0)
-        self._last_rescan = 0.0
-        self._wake.set()
+        self.relays.reset_breakers()
+        self.scheduler.all_due_now()
 
     async def wait_idle(self) -> None:
         """Return once nothing is being delivered and nothing is due now (for tests)."""
-        while True:
-            now = self.clock()
-            due = any(when <= now for when in self._due.values())
-            if not self._in_flight and not due and self._work.empty() and not self._removing:
-                return
-            self._idle.clear()
-            await self._idle.wait()
+        await self.scheduler.wait_idle()
 
-    # -- scheduling ------------------------------------------------------------------
+    @property
+    def rescan_interval(self) -> float:
+        """Seconds between scans of queue/ for messages nobody announced."""
+        return self.scheduler.rescan_interval
 
-    def _schedule(self, queue_id: str, when: float) -> None:
-        self._due[queue_id] = when
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, queue_id))
-
-    def _recover(self) -> dict[str, int]:
-        """Startup scan: every queued message is scheduled; leftovers are cleaned."""
-        for leftover in self.spool.state_dir.glob(".*.tmp"):
-            # another process (serve --workers, the queue CLI) may be writing it now
-            if tmp_writer_alive(leftover.name):
-                continue
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        now = self.clock()
-        retrying = due = 0
-        ids = self.spool.queued_ids()
-        for queue_id in ids:
-            when = self._next_try_on_disk(queue_id)
-            if when > 0:
-                retrying += 1
-            if when <= now:
-                due += 1
-            self._schedule(queue_id, when)
-        failed = sum(1 for p in self.spool.failed_dir.glob("*.msg"))
-        return {"queued": len(ids), "retrying": retrying, "due": due, "failed": failed}
-
-    def _next_try_on_disk(self, queue_id: str) -> float:
-        try:
-            data = read_json(self.spool.state_path(queue_id))
-        except (StateError, OSError):
-            return 0.0
-        if isinstance(data, dict):
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                return float(data["next_try"])
-        return 0.0
-
-    def _rescan(self, known: frozenset[str]) -> list[tuple[str, float]]:
-        """Messages on disk this engine does not know (other processes, the CLI)."""
-        found = []
-        for queue_id in self.spool.queued_ids():
-            if queue_id not in known:
-                found.append((queue_id, self._next_try_on_disk(queue_id)))
-        return found
-
-    def _flush_requested(self) -> bool:
-        try:
-            mtime = (self.spool.spool_dir / FLUSH_FILE).stat().st_mtime
-        except OSError:
-            return False
-        if mtime > self._flush_mtime:
-            first = self._flush_mtime == 0.0
-            self._flush_mtime = mtime
-            return not first or mtime > self.clock() - _RESCAN_SECONDS
-        return False
-
-    async def _scheduler(self) -> None:
-        while not self._stopping:
-            now = self.clock()
-            if now - self._last_flush_check >= _POLL_SECONDS:
-                self._last_flush_check = now
-                if await asyncio.to_thread(self._flush_requested):
-                    self.flush()
-                    now = self.clock()
-            if now - self._last_rescan >= self.rescan_interval:
-                self._last_rescan = now
-                known = frozenset((*self._due, *self._in_flight, *self._removing))
-                for queue_id, when in await asyncio.to_thread(self._rescan, known):
-                    if queue_id not in self._due:
-                        self._schedule(queue_id, when)
-            while self._heap and self._heap[0][0] <= now:
-                when, _, queue_id = heapq.heappop(self._heap)
-                if self._due.get(queue_id) != when or queue_id in self._in_flight:
-                    continue
-                del self._due[queue_id]
-                self._in_flight.add(queue_id)
-                self._work.put_nowait(queue_id)
-            self._signal_idle()
-            timeout = _POLL_SECONDS
-            if self._heap:
-                timeout = max(0.0, min(timeout, self._heap[0][0] - self.clock()))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-
-    def _signal_idle(self) -> None:
-        self._idle.set()
+    @rescan_interval.setter
+    def rescan_interval(self, seconds: float) -> None:
+        self.scheduler.rescan_interval = seconds
 
     async def _worker(self) -> None:
         while True:
-            queue_id = await self._work.get()
+            queue_id = await self.scheduler.next_message()
             try:
                 if not self._stopping:
-                    resting = self._relays_resting(self.clock())
-                    if resting is None:
-                        await self._deliver(queue_id)
-                    else:
-                        # Every relay is being skipped after repeated failures: the
-                        # message waits in memory, its file untouched (with a big
-                        # queue, claiming, reading and rescheduling each one per
-                        # cool-down was thousands of file operations and log lines).
-                        self._schedule(queue_id, resting)
-            except asyncio.CancelledError:
-                raise
-            except OSError as exc:
-                # The disk is full, a write failed: the message and what it was told
-                # so far stay as they were on disk (at worst a recipient is sent to
-                # twice), and it is tried again later — not a crash to quarantine for.
-                logger.error(
-                    "%s: could not write the delivery state (%s); trying again in %.0f s",
-                    queue_id,
-                    _io_reason(exc),
-                    self.retry_delay,
-                )
-                self._schedule(queue_id, self.clock() + self.retry_delay)
-            except Exception:
-                crashes = self._crashes.get(queue_id, 0) + 1
-                self._crashes[queue_id] = crashes
-                if crashes < _MAX_CRASHES:
-                    logger.exception("%s: delivery failed unexpectedly; retrying later", queue_id)
-                    self._schedule(queue_id, self.clock() + self.retry_delay)
-                else:
-                    logger.exception(
-                        "%s: delivery failed unexpectedly %d times; moving it to %s",
-                        queue_id,
-                        crashes,
-                        self.spool.corrupt_dir,
-                    )
-                    del self._crashes[queue_id]
-                    await asyncio.to_thread(self._quarantine, queue_id)
+                    await self.delivery.deliver(queue_id)
             finally:
-                self._in_flight.discard(queue_id)
-                if queue_id in self._due:  # rescheduled, or announced while in flight
-                    self._schedule(queue_id, self._due[queue_id])
-                    self._wake.set()
-                self._work.task_done()
-                self._signal_idle()
-
-    def _relays_resting(self, now: float) -> float | None:
-        """When the first breaker reopens, if every relay's breaker is open; else None."""
-        breakers = [self.breakers[p.name] for p in self.pools]
-        if not breakers or any(b.allows(now) for b in breakers):
-            return None
-        return min(b.open_until for b in breakers)
-
-    # -- one message -----------------------------------------------------------------
-
-    def _load(self, queue_id: str) -> _Loaded | None:
-        """Claim *queue_id* and read it with its state; None if gone or taken.
-
-        A file over the in-memory limit is only claimed (its ``message`` stays None)
-        for :meth:`_read` to finish off the event loop.
-        """
-        claimed = claim_sized(self.spool.queue_file(queue_id))
-        if claimed is None:
-            return None
-        fd, size = claimed
-        loaded = _Loaded(fd, size=size)
-        if size > _KEEP_IN_FILE_OVER:
-            return loaded
-        self._read(loaded, queue_id)
-        return loaded
-
-    def _read(self, loaded: _Loaded, queue_id: str) -> None:
-        """Read the claimed queue file and its state into *loaded*."""
-        fd = loaded.fd
-        try:
-            loaded.message = read_queued_fd(fd, queue_id, keep_over=_KEEP_IN_FILE_OVER)
-        except CorruptSpoolFile as exc:
-            loaded.corrupt = str(exc)
-            return
-        except BaseException:
-            os.close(fd)
-            loaded.fd = -1
-            raise
-        state_file = self.spool.state_file(queue_id)
-        if not os.access(state_file, os.F_OK):
-            # the usual case: a state file is only written after a try that failed
-            # (under the lock this engine now holds, so none can appear meanwhile)
-            loaded.state = DeliveryState.fresh(loaded.message.recipients)
-            return
-        state_path = self.spool.state_path(queue_id)
-        try:
-            data = read_json(state_path)
-            loaded.had_state = data is not None
-            if data is not None:
-                loaded.state = DeliveryState.from_json(data, loaded.message.recipients)
-        except StateError as exc:
-            loaded.notes.append(f"state file unreadable ({exc}); starting over")
-            with contextlib.suppress(OSError):
-                os.replace(state_path, self.spool.corrupt_dir / f"{queue_id}.json")
-        if loaded.state is None:
-            loaded.state = DeliveryState.fresh(loaded.message.recipients)
-
-    def _quarantine(self, queue_id: str) -> None:
-        """Move a message that keeps crashing the worker aside (under its lock)."""
-        fd = claim(self.spool.queue_path(queue_id))
-        if fd is None:
-            return
-        try:
-            self._move_corrupt(queue_id)
-        except OSError as exc:
-            logger.error("%s: could not move it aside: %s", queue_id, exc)
-        finally:
-            os.close(fd)
-
-    def _move_corrupt(self, queue_id: str) -> None:
-        os.replace(self.spool.queue_path(queue_id), self.spool.corrupt_dir / f"{queue_id}.msg")
-        state = self.spool.state_path(queue_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(state, self.spool.corrupt_dir / f"{queue_id}.json")
-
-    async def _deliver(self, queue_id: str) -> None:
-        # Claiming and reading a small file takes a few system calls of microseconds:
-        # done here, they cost less than a thread that must win the interpreter lock
-        # back after each one (delivery alone: ~20 % less CPU per message). A big
-        # message is checked off the event loop.
-        loaded = self._load(queue_id)
-        if loaded is None:
-            if os.access(self.spool.queue_file(queue_id), os.F_OK):
-                # Locked by another for now (a delivery process sharing the spool,
-                # the queue command): look again soon rather than at the next rescan.
-                self._schedule(queue_id, self.clock() + _LOCKED_RETRY)
-            return
-        if loaded.message is None and not loaded.corrupt:
-            claimed, files = loaded, self._files
-            if files is None:
-                await asyncio.to_thread(self._read, claimed, queue_id)
-            else:
-                await files.submit(lambda: self._read(claimed, queue_id))
-        try:
-            if loaded.corrupt:
-                await asyncio.to_thread(self._move_corrupt, queue_id)
-                logger.error(
-                    "%s: spool file is corrupt (%s); moved to %s",
-                    queue_id,
-                    loaded.corrupt,
-                    self.spool.corrupt_dir,
-                )
-                return
-            assert loaded.message is not None
-            assert loaded.state is not None
-            for note in loaded.notes:
-                logger.warning("%s: %s", queue_id, note)
-            await self._attempt_message(loaded.message, loaded.state, loaded)
-        finally:
-            if loaded.fd >= 0:
-                os.close(loaded.fd)
-
-    async def _attempt_message(
-        self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded
-    ) -> None:
-        queue_id = message.queue_id
-        now = self.clock()
-        if not state.first_try:
-            state.first_try = now
-        waits: list[tuple[float, str]] = []
-        tried = False
-        #: relays that lack what the message needs (SMTPUTF8, or 8BITMIME when a
-        #: 7bit copy is not made), by the status of their failure
-        lacking: list[str] = []
-        eight_bit = await self._has_8bit(message)
-        for pool in self.pools:
-            pending = state.pending()
-            if not pending:
-                break
-            breaker = self.breakers[pool.name]
-            if not breaker.allows(now):
-                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
-                continue
-            quota = pool.relay.daily_quota
-            if quota is not None and not await asyncio.to_thread(
-                self.quota.take, pool.name, quota, now
-            ):
-                waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
-                relay_log.info(
-                    "%s: %s daily quota of %d spent; next relay",
-                    queue_id,
-                    pool.name,
-                    quota,
-                    extra={"session": message.session_id},
-                )
-                continue
-            result = await self._attempt(pool, message, pending, eight_bit)
-            if self._convert_now(result, pool, eight_bit):
-                # the relay's EHLO said no 8BITMIME on this first session: a 7bit copy
-                result = await self._attempt(pool, message, pending, eight_bit)
-            if result is None:  # the breaker opened while it waited for a turn
-                if quota is not None:
-                    await asyncio.to_thread(self.quota.give_back, pool.name, now)
-                waits.append((breaker.open_until, f"{pool.name} skipped after repeated failures"))
-                continue
-            tried = True
-            delivered = self._apply(message, state, result, self.clock())
-            if quota is not None and not delivered:
-                await asyncio.to_thread(self.quota.give_back, pool.name, now)
-            failure = result.failure
-            outcome = (
-                "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
-            )
-            self.counters.count(
-                "jdxmail_delivery_attempts_total", (("relay", pool.name), ("outcome", outcome))
-            )
-            if failure is not None and failure.status in _LACKING:
-                lacking.append(failure.status)
-            if failure is not None and failure.trips_breaker:
-                breaker.failure(self.clock(), failure.text)
-            elif failure is not None:
-                breaker.refused(self.clock(), failure.text)
-            else:
-                breaker.success(self.clock())
-            if failure is None or not failure.failover:
-                break
-        now = self.clock()
-        if not tried and (resting := self._relays_resting(now)) is not None:
-            # Every relay's breaker opened while this one waited for a turn: it waits in
-            # memory like the messages behind it (see _worker), its files untouched.
-            self._schedule(queue_id, resting)
-            return
-        if tried:
-            state.attempts += 1
-            state.last_try = now
-        pending = state.pending()
-        if pending and lacking and len(lacking) == len(self.pools):
-            # RFC 6531 §3.2 / RFC 6152: no relay can carry it, so it bounces now rather
-            # than in 5 days
-            code, reply = _LACKING["4.6.7" if "4.6.7" in lacking else "4.6.3"]
-            for recipient in pending:
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED, code=code, reply=reply, relay=state.last_relay, at=now
-                )
-            pending = []
-        if pending and now - message.received_at >= self.lifetime:
-            lifetime = human_duration(self.lifetime)
-            for recipient in pending:
-                last = state.recipients[recipient]
-                reply = last.reply or state.last_reply or "no relay could be reached"
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED,
-                    code=EXPIRED_STATUS,
-                    reply=f"message expired after {lifetime} in the queue; last reply: {reply}",
-                    relay=last.relay,
-                    at=now,
-                )
-            pending = []
-        if pending:
-            await self._reschedule(message, state, tried, waits, now)
-            return
-        await self._finish(message, state, loaded)
-
-    async def _reschedule(
-        self,
-        message: QueuedMessage,
-        state: DeliveryState,
-        tried: bool,
-        waits: list[tuple[float, str]],
-        now: float,
-    ) -> None:
-        if tried:
-            self.counters.deferred += 1
-            delay = backoff_delay(state.attempts, self.retry_delay, self.retry_max_delay, self.rng)
-            state.next_try = now + delay
-            state.waiting_for = ""
-        elif waits:
-            until = min(waits)[0]
-            state.next_try = max(until, now + 1.0)
-            state.waiting_for = "; ".join(w for _, w in waits)
-        else:
-            state.next_try = now + self.retry_delay
-            state.waiting_for = "no relay available" if state.pending() else "storing the bounce"
-        path = self.spool.state_path(message.queue_id)
-        await asyncio.to_thread(write_json_atomic, path, state.to_json())
-        self._schedule(message.queue_id, state.next_try)
-        logger.info(
-            "%s: %d recipient(s) still pending after %d attempt(s); next try in %.0f s%s",
-            message.queue_id,
-            len(state.pending()),
-            state.attempts,
-            state.next_try - now,
-            f" ({state.waiting_for})" if state.waiting_for else "",
-            extra={"session": message.session_id},
-        )
-
-    async def _has_8bit(self, message: QueuedMessage) -> bool:
-        """Whether the message's data has bytes above 127 (big ones read in a thread)."""
-        if message.spooled is None:
-            return has_8bit(message.data)
-        spooled = message.spooled
-        return await asyncio.to_thread(lambda: has_8bit(spooled.read()))
-
-    def _convert_now(self, result: AttemptResult | None, pool: RelayPool, eight_bit: bool) -> bool:
-        """Whether *result* failed only for want of 8BITMIME, which a 7bit copy solves."""
-        return (
-            eight_bit
-            and self.options.eight_bit_downgrade == "Convert"
-            and result is not None
-            and result.failure is not None
-            and result.failure.status == "4.6.3"
-            and pool.offers_8bitmime is False
-        )
-
-    async def _attempt(
-        self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
-    ) -> AttemptResult | None:
-        """One attempt at *pool*'s relay, within the total deadline of an attempt.
-
-        Waits for a turn at the relay first (not counted in the deadline); None when
-        the relay's breaker opened meanwhile. A reused session that the relay closed
-        while idle is replaced once, silently. 8-bit data for a relay known to lack
-        8BITMIME is sent as a 7bit copy when ``EightBitDowngrade`` is ``Convert``.
-        """
-        try:
-            mail_from, data = self._as_sent(pool, message)
-        except Exception as exc:  # (a big message's file could not be read for rewriting)
-            return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
-        convert = (
-            eight_bit
-            and pool.offers_8bitmime is False
-            and self.options.eight_bit_downgrade == "Convert"
-        )
-        if convert:
-            try:
-                data = await asyncio.to_thread(_seven_bit_copy, data)
-            except Exception as exc:  # (a message the MIME parser cannot take apart)
-                reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
-                return AttemptResult(
-                    pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason))
-                )
-            relay_log.info(
-                "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
-                message.queue_id,
-                pool.name,
-                extra={"session": message.session_id},
-            )
-        tx = Transaction(mail_from, recipients, data, message.mail_options)
-        tx.eight_bit = eight_bit and not convert
-        handed = await pool.turn(tx)
-        if handed is None and not self.breakers[pool.name].allows(self.clock()):
-            pool.end_turn()
-            return None
-        deadline = pool.step_timeout * 10
-        retried = False
-        while True:
-            connection, handed = handed, None
-            reused = False
-            try:
-                async with asyncio.timeout(deadline):
-                    if connection is None:
-                        connection = await pool.acquire()
-                    reused = connection.messages > 0
-                    result = await connection.send(tx, pool)
-            except StageError as exc:
-                pool.release(connection, healthy=False, tx=tx)
-                return AttemptResult(pool.name, failure=classify(exc.stage, exc.cause))
-            except aiosmtplib.SMTPNotSupported as exc:  # (found before a command was sent)
-                pool.release(connection, healthy=True, tx=tx)
-                return AttemptResult(pool.name, failure=classify(Stage.MAIL, exc))
-            except Exception as exc:  # the session broke or the deadline passed
-                stage = Stage.CONNECT
-                if connection is not None:
-                    stage = tx.stage
-                    dropped = isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected)
-                    if reused and dropped and stage is Stage.MAIL and not retried:
-                        connection.client.close()  # (keeping the turn for a new session)
-                        retried = True
-                        continue
-                pool.release(connection, healthy=False, tx=tx)
-                if isinstance(exc, TimeoutError) and not str(exc):
-                    exc = TimeoutError(f"no answer within {deadline:g} s")
-                return AttemptResult(pool.name, failure=classify(stage, exc))
-            except BaseException:  # cancelled (stop): the turn passes on
-                pool.release(connection, healthy=False, tx=tx)
-                raise
-            pool.release(connection, healthy=True, tx=tx)
-            return result
-
-    def _as_sent(self, pool: RelayPool, message: QueuedMessage) -> tuple[str, Payload]:
-        """The envelope sender and data for *pool*'s relay, rewritten if configured."""
-        data: Payload = message.spooled if message.spooled is not None else message.data
-        account = pool.relay.username or ""
-        if "@" not in account or not message.mail_from:
-            return message.mail_from, data
-        mail_from = account if self.options.rewrite_sender else message.mail_from
-        if self.options.rewrite_from:
-            whole = data.read() if isinstance(data, SpooledBody) else data
-            data = rewrite_from_header(whole, account)
-        return mail_from, data
-
-    def _apply(
-        self, message: QueuedMessage, state: DeliveryState, result: AttemptResult, now: float
-    ) -> bool:
-        """Record *result* in *state*; log it under Relay; True if anything was delivered."""
-        queue_id = message.queue_id
-        extra = {"session": message.session_id}
-        state.last_relay = result.relay
-        failure = result.failure
-        if failure is not None:
-            state.last_reply = failure.text
-            bounce = failure.outcome is Outcome.BOUNCE
-            for recipient in state.pending():
-                state.recipients[recipient] = RecipientState(
-                    status=FAILED if bounce else PENDING,
-                    code=failure.status,
-                    reply=failure.text,
-                    relay=result.relay,
-                    at=now,
-                )
-            level = logging.WARNING
-            what = "refused the message" if bounce else "failed"
-            relay_log.log(
-                level,
-                "%s: relay %s %s: %s [%s]%s",
-                queue_id,
-                result.relay,
-                what,
-                failure.text,
-                failure.row,
-                "; trying the next relay" if failure.failover and len(self.pools) > 1 else "",
-                extra=extra,
-            )
-            return False
-        delivered: list[str] = []
-        for item in result.recipients:
-            status = _STATUS_OF[item.outcome]
-            state.recipients[item.recipient] = RecipientState(
-                status=status, code=item.status, reply=item.reply, relay=result.relay, at=now
-            )
-            if item.outcome is Outcome.DELIVERED:
-                delivered.append(item.recipient)
-            else:
-                relay_log.warning(
-                    "%s: relay %s refused <%s>%s: %s",
-                    queue_id,
-                    result.relay,
-                    item.recipient,
-                    " for now" if item.outcome is Outcome.RETRY else "",
-                    item.reply,
-                    extra=extra,
-                )
-        state.last_reply = result.final_reply or (
-            result.recipients[-1].reply if result.recipients else ""
-        )
-        if delivered:
-            relay_log.info(
-                "%s: delivered to %s via %s: %s",
-                queue_id,
-                ", ".join(f"<{r}>" for r in delivered),
-                result.relay,
-                result.final_reply,
-                extra=extra,
-            )
-        return bool(delivered)
-
-    async def _finish(self, message: QueuedMessage, state: DeliveryState, loaded: _Loaded) -> None:
-        """Every recipient is resolved: bounce what failed, then remove the message."""
-        failed = state.failed()
-        queue_id = message.queue_id
-        if failed:
-            unbounced = state.unbounced()
-            if message.mail_from and unbounced:
-                try:
-                    await self._bounce(message, unbounced)
-                except SpoolError as exc:
-                    logger.error(
-                        "%s: could not store the bounce (%s); trying again later",
-                        queue_id,
-                        exc,
-                        extra={"session": message.session_id},
-                    )
-                    await self._reschedule(message, state, False, [], self.clock())
-                    return
-            elif not message.mail_from:
-                logger.warning(
-                    "%s: %d recipient(s) failed; no bounce for a message from <>",
-                    queue_id,
-                    len(failed),
-                    extra={"session": message.session_id},
-                )
-            else:
-                logger.warning(
-                    "%s: %d recipient(s) failed again; the sender had a bounce for them already",
-                    queue_id,
-                    len(failed),
-                    extra={"session": message.session_id},
-                )
-            state.bounced = sorted(set(state.bounced) | set(failed))
-            await asyncio.to_thread(self._move_failed, message, state)
-            self.counters.bounced += 1
-            logger.warning(
-                "%s: kept in %s (%d failed, %d delivered)",
-                queue_id,
-                self.spool.failed_dir,
-                len(failed),
-                len(state.delivered()),
-                extra={"session": message.session_id},
-            )
-        else:
-            self.counters.relayed += 1
-            self.counters.observe(
-                "jdxmail_delivery_latency_seconds",
-                max(0.0, self.clock() - message.received_at),
-                LATENCY_BUCKETS,
-            )
-            self._remove_later(queue_id, loaded)
-
-    async def _bounce(self, message: QueuedMessage, recipients: dict[str, RecipientState]) -> None:
-        failed = [
-            FailedRecipient(
-                r, s.code or "5.0.0", s.reply, s.relay, s.at, self._relay_hosts.get(s.relay, "")
-            )
-            for r, s in recipients.items()
-        ]
-        data, message_id = build_dsn(
-            reporting_host=self.host_name,
-            original_sender=message.mail_from,
-            original_data=message.data,
-            queue_id=message.queue_id,
-            received_at=message.received_at,
-            failed=failed,
-            now=self.clock(),
-        )
-        sender = message.mail_from
-        local = sender.rsplit("@", 1)[-1].lower() in self.local_domains
-        bounce = AcceptedMessage(
-            mail_from="",
-            relay_recipients=() if local else (sender,),
-            local_recipients=(sender,) if local else (),
-            data=data,
-            message_id=message_id,
-            auth_user=None,
-            client_address="",
-            session_id=f"bounce-{message.queue_id}",
-            received_at=self.clock(),
-        )
-        bounce_id = await self.spool.store(bounce)
-        logger.info(
-            "%s: bounce %s to <%s> for %d recipient(s)",
-            message.queue_id,
-            bounce_id,
-            sender,
-            len(failed),
-            extra={"session": message.session_id},
-        )
-
-    def _move_failed(self, message: QueuedMessage, state: DeliveryState) -> None:
-        record = {
-            "queue_id": message.queue_id,
-            "mail_from": message.mail_from,
-            "message_id": message.message_id,
-            "received_at": message.received_at,
-            "failed_at": self.clock(),
-            "state": state.to_json(),
-        }
-        failed_dir = self.spool.failed_dir
-        write_json_atomic(failed_dir / f"{message.queue_id}.json", record, sync=True)
-        os.replace(self.spool.queue_path(message.queue_id), failed_dir / f"{message.queue_id}.msg")
-        with contextlib.suppress(FileNotFoundError):
-            self.spool.state_path(message.queue_id).unlink()
-
-    def _remove_later(self, queue_id: str, loaded: _Loaded) -> None:
-        """Hand the delivered message's queue file back to the spool's recycler, or have
-        the file thread remove it (the worker does not wait for that).
-
-        A file the recycler keeps is renamed right here (microseconds), so its lock is
-        gone before the server can reuse it for a new message that this engine would
-        then find locked. Removing a file frees its blocks, which waits for the disk:
-        a pause of the whole event loop, so that goes to the file thread. The queue
-        file stays locked until it is moved or gone, so no other process picks it up,
-        and a crash before that only means the message is sent again (at least once).
-        """
-        files = self._files
-        fd, loaded.fd = loaded.fd, -1
-        had_state, size = loaded.had_state, loaded.size
-        if files is None or self.spool.files.keeps(size):
-            self._remove(queue_id, fd, had_state=had_state, size=size)
-            return
-        self._removing.add(queue_id)
-        future = files.submit(lambda: self._remove(queue_id, fd, had_state=had_state, size=size))
-        future.add_done_callback(lambda _: self._removed(queue_id))
-
-    def _removed(self, queue_id: str) -> None:
-        self._removing.discard(queue_id)
-        self._signal_idle()
-
-    def _remove(self, queue_id: str, fd: int, *, had_state: bool, size: int) -> None:
-        """Remove a delivered message's files, its queue file through the recycler."""
-        try:
-            self.spool.files.give(self.spool.queue_file(queue_id), size)
-            if had_state:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.spool.state_file(queue_id))
-        except OSError as exc:
-            logger.warning(
-                "%s: delivered, but its spool file could not be removed (%s); it will be "
-                "sent again after a restart",
-                queue_id,
-                exc,
-            )
-        finally:
-            # (for an unlinked file this close frees its blocks: the caller runs
-            # those on the file thread)
-            os.close(fd)
+                self.scheduler.done(queue_id)
