@@ -1330,7 +1330,8 @@ def run_profile(
         wrapper += ["-f", "raw", "-o", str(raw), "--"]
         probe = outdir / f"{workload.key}-probe.json"
         peer = JdxmailServe(bench.workdir / f"profile-{workload.key}", _upstream_port(bench),
-                            wrapper=wrapper, probe=probe)  # fmt: skip
+                            wrapper=wrapper, probe=probe,
+                            inbox=workload.to != load.RECIPIENT)  # fmt: skip
         (bench.workdir / f"profile-{workload.key}").mkdir()
         try:
             peer.start()
