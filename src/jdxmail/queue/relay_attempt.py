@@ -40,11 +40,12 @@ _STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETR
 
 
 async def message_has_8bit(message: QueuedMessage) -> bool:
-    """Whether the message's data has bytes above 127 (big ones read in a thread)."""
+    """Whether the message's data has bytes above 127 (big ones read in a thread, a
+    piece at a time: never the whole message in memory)."""
     if message.spooled is None:
         return has_8bit(message.data)
     spooled = message.spooled
-    return await asyncio.to_thread(lambda: has_8bit(spooled.read()))
+    return await asyncio.to_thread(lambda: any(map(has_8bit, spooled.pieces())))
 
 
 def needs_7bit_copy(
