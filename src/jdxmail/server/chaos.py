@@ -26,15 +26,16 @@ from typing import Literal, get_args
 from jdxmail import replies
 from jdxmail.replies import Reply
 
-__all__ = ["CHAOS_CODES", "STAGES", "Chaos", "ChaosRule", "Stage"]
+__all__ = ["CHAOS_CODES", "STAGES", "Chaos", "ChaosCommand", "ChaosRule"]
 
 logger = logging.getLogger("jdxmail.smtp")
 
 #: seconds between two looks at the shared rules file
 POLL_INTERVAL = 1.0
 
-Stage = Literal["MAIL", "RCPT", "DATA", "AUTH"]
-STAGES: tuple[Stage, ...] = get_args(Stage)
+#: the commands a chaos rule can answer with a failure (called stages in the console)
+ChaosCommand = Literal["MAIL", "RCPT", "DATA", "AUTH"]
+STAGES: tuple[ChaosCommand, ...] = get_args(ChaosCommand)
 CHAOS_CODES: dict[int, Reply] = {
     451: replies.CHAOS_451,
     452: replies.CHAOS_452,
