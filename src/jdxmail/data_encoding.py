@@ -26,9 +26,14 @@ LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 def has_bare_line_ending(data: bytes | bytearray) -> bool:
     """True when *data* has a CR or LF that is not part of a CRLF (``\\n\\r`` too)."""
-    # Three C-speed counts instead of a pass in Python.
-    crlf = data.count(b"\r\n")
-    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+    # C-speed passes instead of one in Python: as many CR as LF, and as many CRLF
+    # pairs as either. A one-byte replace finds its matches with memchr and is faster
+    # than a one-byte count here, so the first two counts are lengths.
+    size = len(data)
+    line_feeds = size - len(data.replace(b"\n", b""))
+    if line_feeds != size - len(data.replace(b"\r", b"")):
+        return True
+    return data.count(b"\r\n") != line_feeds
 
 
 def to_crlf(data: bytes | bytearray) -> bytes:

@@ -7,6 +7,8 @@ import email.policy
 import ssl
 
 import aiosmtplib
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from jdxmail.queue.bounce import FailedRecipient, build_dsn, human_duration
@@ -21,6 +23,9 @@ from jdxmail.queue.outcomes import (
     enhanced_status,
 )
 from jdxmail.queue.worker import CircuitBreaker, backoff_delay
+
+#: every byte mapped to one of CR, LF, '.', 'a' (messages made of line endings and dots)
+_CRLF_DOT = bytes(b"\r\n.a"[i % 4] for i in range(256))
 
 # (stage, error, expected row, outcome, scope, failover, trips breaker, status)
 CASES: list[tuple[Stage, BaseException, str, Outcome, Scope, bool, bool, str]] = [
@@ -264,6 +269,18 @@ def test_dsn_is_rfc3464_multipart_report() -> None:
 )
 def test_dot_stuffing_matches_aiosmtplib(data: bytes) -> None:
     """The fast DATA payload is byte for byte what aiosmtplib's own DATA would send."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from jdxmail.data_encoding import dot_stuffed
+
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    assert dot_stuffed(data) == expected
+
+
+@hypothesis.given(hypothesis.strategies.binary(max_size=40).map(lambda b: b.translate(_CRLF_DOT)))
+def test_dot_stuffing_matches_aiosmtplib_for_any_line_endings(data: bytes) -> None:
+    """Whatever mix of CR, LF and dots a message has, the DATA payload is what
+    aiosmtplib's own DATA would send (line endings made CRLF, leading dots doubled)."""
     from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
     from jdxmail.data_encoding import dot_stuffed
