@@ -84,6 +84,29 @@ async def test_queue_shows_the_waiting_message_and_retry_delivers_it(
         assert status["relays"][0]["state"] == "ok"
 
 
+async def test_retry_of_one_message_leaves_the_others_waiting(
+    relaying: Console, upstream: Upstream
+) -> None:
+    """Retrying one of two waiting messages delivers that one only: the other keeps
+    its attempt count and its next try (it is not made due with it)."""
+    first = await asyncio.to_thread(send, relaying.smtp_port)
+    second = await asyncio.to_thread(send, relaying.smtp_port)
+    await engine_of(relaying).wait_idle()
+    async with httpx.AsyncClient(base_url=relaying.url) as http:
+        before = (await http.get(f"/api/v1/queue/{second}")).json()
+        upstream.mail_reply = None
+        retried = await http.post(f"/api/v1/queue/{first}/retry")
+        assert retried.json() == {"id": first, "retrying": True, "requeued": False}
+        await upstream.wait_for(1)
+        await engine_of(relaying).wait_idle()
+        listing = (await http.get("/api/v1/queue")).json()
+        (entry,) = listing["queued"]["entries"]
+        assert entry["id"] == second
+        assert entry["attempts"] == before["attempts"] == 1
+        assert entry["next_try"] == before["next_try"] > listing["now"]
+    assert len(upstream.received) == 1
+
+
 async def test_delete_removes_a_queued_message(relaying: Console) -> None:
     """DELETE removes the message for good; a second DELETE is a clear 404."""
     queue_id = await asyncio.to_thread(send, relaying.smtp_port)
@@ -125,8 +148,8 @@ async def test_failed_message_goes_back_into_the_queue(
 async def test_queue_page_lists_the_message_and_its_reply(
     relaying: Console, upstream: Upstream, page: Any
 ) -> None:
-    """The page shows the waiting message with the upstream's reply; Retry now delivers it
-    (and, as `jdxmail queue retry` does, has the engine look at the whole queue again)."""
+    """The page shows the waiting message with the upstream's reply; Retry now delivers
+    that message, and the other one keeps waiting for its own time."""
     queue_id = await asyncio.to_thread(send, relaying.smtp_port)
     await asyncio.to_thread(send, relaying.smtp_port, "dave@example.org")
     await engine_of(relaying).wait_idle()
@@ -147,7 +170,8 @@ async def test_queue_page_lists_the_message_and_its_reply(
     await row.get_by_role("button", name="Retry now").click()
     await upstream.wait_for(1)
     await row.wait_for(state="detached", timeout=10000)
-    await expect(page.locator("#count-queued")).to_have_text("0", timeout=10000)
+    await expect(page.locator("#count-queued")).to_have_text("1", timeout=10000)
+    assert upstream.received == [["carol@example.net"]]
 
 
 async def test_delivery_process_figures_reach_the_dashboard(

@@ -2,8 +2,9 @@
 
 The spool is the interface: every change takes the same exclusive ``flock`` on the
 queue file that the delivery engine holds while it delivers, so a message is never
-deleted or rescheduled in the middle of a hand-off. ``flush`` and ``retry`` also
-touch ``<spool>/flush``, which a running engine notices within a second.
+deleted or rescheduled in the middle of a hand-off. ``flush`` also touches
+``<spool>/flush`` and ``retry ID`` leaves ``<spool>/retry/ID``, which a running engine
+notices within a second (a retry makes that one message due, not the whole queue).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jdxmail.queue.durable import claim
-from jdxmail.queue.layout import FLUSH_FILE, STATE_SUFFIX, queue_id_time
+from jdxmail.queue.layout import FLUSH_FILE, RETRY_DIR, STATE_SUFFIX, queue_id_time
 from jdxmail.queue.queuefile import MAGIC, QUEUE_SUFFIX
 from jdxmail.queue.state import (
     FAILED,
@@ -217,6 +218,13 @@ def show_message(spool_dir: Path, queue_id: str) -> tuple[QueueEntry, str, bool]
     return entry, header.replace("\r\n", "\n"), failed
 
 
+def _ask_retry(spool_dir: Path, queue_id: str) -> None:
+    """Ask a running engine to deliver *queue_id* now (and nothing else)."""
+    requests = Path(spool_dir) / RETRY_DIR
+    requests.mkdir(exist_ok=True)
+    (requests / queue_id).touch()
+
+
 def _touch_flush(spool_dir: Path) -> None:
     flag = Path(spool_dir) / FLUSH_FILE
     flag.touch()
@@ -289,7 +297,7 @@ def retry_message(spool_dir: Path, queue_id: str) -> bool:
             _due_now(spool_dir, queue_id, entry.recipients)
     finally:
         os.close(fd)
-    _touch_flush(spool_dir)
+    _ask_retry(spool_dir, queue_id)
     return failed
 
 

@@ -18,6 +18,7 @@ from jdxmail.queue.queuefile import QUEUE_SUFFIX
 
 __all__ = [
     "FLUSH_FILE",
+    "RETRY_DIR",
     "STATE_SUFFIX",
     "SpoolStats",
     "ids_in",
@@ -28,8 +29,11 @@ __all__ = [
 
 STATE_SUFFIX = ".json"
 
-#: touched by ``jdxmail queue flush`` / ``retry``: a running engine rescans at once
+#: touched by ``jdxmail queue flush``: a running engine makes every message due at once
 FLUSH_FILE = "flush"
+#: ``jdxmail queue retry ID`` leaves an empty file named ID here: a running engine
+#: makes that one message due at once and removes the file
+RETRY_DIR = "retry"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 from collections.abc import Callable, Collection
 
 from jdxmail.process import tmp_writer_alive
+from jdxmail.queue.layout import RETRY_DIR
 from jdxmail.queue.spool import FLUSH_FILE, Spool
 from jdxmail.queue.state import StateError, read_json
 
@@ -40,6 +42,7 @@ class Scheduler:
         *,
         being_removed: Collection[str],
         on_flush: Callable[[], None],
+        on_retry: Callable[[list[str]], None],
     ) -> None:
         self.spool = spool
         self.clock = clock
@@ -47,6 +50,8 @@ class Scheduler:
         self._being_removed = being_removed
         #: called when the flush file says ``queue flush`` was run
         self._on_flush = on_flush
+        #: called with the ids ``queue retry`` asked for
+        self._on_retry = on_retry
         #: when each waiting message is next due (the heap may hold stale entries)
         self.due: dict[str, float] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -195,6 +200,9 @@ class Scheduler:
             if await asyncio.to_thread(self._flush_requested):
                 self._on_flush()
                 now = self.clock()
+            retries = await asyncio.to_thread(self._retries_requested)
+            if retries:
+                self._on_retry(retries)
         if now - self._last_rescan >= self.rescan_interval:
             self._last_rescan = now
             known = frozenset((*self.due, *self._in_flight, *self._being_removed))
@@ -220,6 +228,22 @@ class Scheduler:
             if queue_id not in known:
                 found.append((queue_id, self._next_try_on_disk(queue_id)))
         return found
+
+    def _retries_requested(self) -> list[str]:
+        """The ids ``queue retry`` left in retry/ since the last look (taken away),
+        those still queued."""
+        requests = self.spool.spool_dir / RETRY_DIR
+        try:
+            names = os.listdir(requests)
+        except OSError:  # (no retry asked yet)
+            return []
+        taken = []
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(requests / name)
+                if self.spool.queue_path(name).exists():
+                    taken.append(name)
+        return taken
 
     def _flush_requested(self) -> bool:
         try:

@@ -12,8 +12,10 @@ Layout under the spool directory::
     corrupt/        spool files that could not be read, moved aside
     spare/ID.N      queue files of delivered messages (N blocks of 4 KiB), kept to be
                     written over by the next stores (recycling.py)
-    flush           touched by ``jdxmail queue flush`` / ``retry``: a running engine
-                    rescans queue/ at once
+    flush           touched by ``jdxmail queue flush``: a running engine makes every
+                    queued message due at once
+    retry/ID        left by ``jdxmail queue retry ID``: a running engine makes that
+                    message due at once and removes the file
     quota.json      per-relay daily counters
 
 and under the mailbox directory, ``.tmp/`` for mailbox files being written.

@@ -62,7 +62,9 @@ class DeliveryEngine:
         self.relays = RelayChoice(settings, delivery)
         #: delivered messages whose files are being removed (not to be picked up again)
         removing: set[str] = set()
-        self.scheduler = Scheduler(spool, clock, being_removed=removing, on_flush=self.flush)
+        self.scheduler = Scheduler(
+            spool, clock, being_removed=removing, on_flush=self.flush, on_retry=self.retry
+        )
         self.delivery = MessageDelivery(
             settings,
             spool,
@@ -190,6 +192,12 @@ class DeliveryEngine:
     def rescan(self) -> None:
         """Look for queued messages this engine was not told about, now."""
         self.scheduler.rescan_now()
+
+    def retry(self, queue_ids: list[str]) -> None:
+        """Deliver these messages now (``queue retry``), skipping breaker waits."""
+        self.relays.reset_breakers()
+        for queue_id in queue_ids:
+            self.scheduler.enqueue(queue_id)
 
     def flush(self) -> None:
         """Make every queued message due now (``queue flush``), skipping breaker waits."""
