@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,9 +50,21 @@ class SmallFs:
         self.filler.unlink()
 
     def read_only(self, on: bool) -> None:
-        """Remount read-only (every write then fails with EROFS) or writable again."""
+        """Remount read-only (every write then fails with EROFS) or writable again.
+
+        Remounting read-only is refused ("busy") while a file is open for writing: a
+        server just started may still be making its empty files ahead, for a moment.
+        """
         mode = "ro" if on else "rw"
-        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True)
+        command = ["mount", "-o", f"remount,{mode}", str(self.path)]
+        deadline = time.monotonic() + 10
+        while True:
+            done = subprocess.run(command, check=False, capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            if "busy" not in done.stderr or time.monotonic() > deadline:
+                raise AssertionError(f"{' '.join(command)}: {done.stderr.strip()}")
+            time.sleep(0.01)
 
 
 @pytest.fixture
