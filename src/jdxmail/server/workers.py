@@ -283,4 +283,8 @@ async def _worker(
         return 1
     settle_heap()
     await app.serve()
+    # Stopped, as serve's own process: a second SIGTERM (forwarded by the parent) or
+    # Ctrl-C during the loop's teardown must not turn a clean stop into exit 143.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return 0 if app.failure is None else 1
