@@ -8,13 +8,14 @@ preallocated buffer instead and hands on a view of just what arrived.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from typing import ClassVar
 
 __all__ = ["SharedReadBuffer"]
 
 
-class SharedReadBuffer(asyncio.BufferedProtocol):
+class SharedReadBuffer(asyncio.BufferedProtocol, abc.ABC):
     """A buffered protocol whose reads land in ``read_buffer``, one per class.
 
     A subclass sets ``read_buffer`` and takes each read in ``data_received``, which
@@ -36,6 +37,6 @@ class SharedReadBuffer(asyncio.BufferedProtocol):
         """Hand what arrived to ``data_received``."""
         self.data_received(self.read_buffer[:nbytes])
 
+    @abc.abstractmethod
     def data_received(self, data: memoryview) -> None:
         """Take one read (*data* is only valid during this call)."""
-        raise NotImplementedError
