@@ -22,9 +22,8 @@ from jdxmail.queue.watch import (
     IN_IGNORED,
     IN_ISDIR,
     IN_MOVED_TO,
-    READ_SIZE,
-    inotify_events,
     load_inotify,
+    read_inotify,
 )
 from jdxmail.queue.watch import IN_Q_OVERFLOW as IN_OVERFLOW
 
@@ -126,16 +125,12 @@ class MailboxWatcher:
     def _read(self) -> None:
         if self._fd is None:
             return
-        try:
-            buffer = os.read(self._fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as error:
-            logger.warning("reading inotify events for %s failed: %s", self.root, error)
+        events = read_inotify(self._fd, self.root)
+        if events is None:
             self.close()
             self.on_overflow()
             return
-        for wd, mask, raw in inotify_events(buffer):
+        for wd, mask, raw in events:
             if self._fd is None:
                 break
             try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from jdxmail.process import libc
 
-__all__ = ["Inotify", "QueueWatcher", "inotify_events", "load_inotify"]
+__all__ = ["Inotify", "QueueWatcher", "inotify_events", "load_inotify", "read_inotify"]
 
 logger = logging.getLogger("jdxmail.queue")
 
@@ -50,6 +50,19 @@ GONE_MASK = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 EVENT_HEADER = struct.Struct("iIII")
 #: one read takes whole events only; this holds thousands of them
 READ_SIZE = 64 * 1024
+
+
+def read_inotify(fd: int, watched: object) -> list[tuple[int, int, bytes]] | None:
+    """The events waiting on inotify descriptor *fd* (none when nothing waits), or
+    None when reading failed (logged, naming *watched*): the watch is then lost."""
+    try:
+        buffer = os.read(fd, READ_SIZE)
+    except BlockingIOError:
+        return []
+    except OSError as error:
+        logger.warning("reading inotify events for %s failed: %s", watched, error)
+        return None
+    return list(inotify_events(buffer))
 
 
 def inotify_events(buffer: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -172,16 +185,12 @@ class QueueWatcher:
     def _read(self) -> None:
         if self._fd is None:
             return
-        try:
-            buffer = os.read(self._fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as error:
-            logger.warning("reading inotify events for %s failed: %s", self.directory, error)
+        events = read_inotify(self._fd, self.directory)
+        if events is None:
             self.close()
             self._overflow()
             return
-        for wd, mask, raw in inotify_events(buffer):
+        for wd, mask, raw in events:
             if self._fd is None:
                 break
             if mask & IN_Q_OVERFLOW:
