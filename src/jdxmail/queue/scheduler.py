@@ -197,10 +197,10 @@ class Scheduler:
         has come; returns the time now."""
         if now - self._last_flush_check >= _POLL_SECONDS:
             self._last_flush_check = now
-            if await asyncio.to_thread(self._flush_requested):
+            flush, retries = await asyncio.to_thread(self._requests)
+            if flush:
                 self._on_flush()
                 now = self.clock()
-            retries = await asyncio.to_thread(self._retries_requested)
             if retries:
                 self._on_retry(retries)
         if now - self._last_rescan >= self.rescan_interval:
@@ -228,6 +228,11 @@ class Scheduler:
             if queue_id not in known:
                 found.append((queue_id, self._next_try_on_disk(queue_id)))
         return found
+
+    def _requests(self) -> tuple[bool, list[str]]:
+        """What ``queue flush`` and ``queue retry`` asked for since the last look (one
+        trip to a thread for both)."""
+        return self._flush_requested(), self._retries_requested()
 
     def _retries_requested(self) -> list[str]:
         """The ids ``queue retry`` left in retry/ since the last look (taken away),
