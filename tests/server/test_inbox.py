@@ -6,12 +6,14 @@ import asyncio
 import os
 import shutil
 import smtplib
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from jdxmail.inbox import index as index_module
 from jdxmail.inbox.checks import check_message
 from jdxmail.inbox.index import MailboxIndex, MessageEntry
 from jdxmail.inbox.message import parse_message, parse_summary
@@ -365,6 +367,47 @@ async def test_a_removed_mailbox_folder_leaves_and_comes_back(
     (entry,) = await waiting
     assert entry.summary.subject == "after"
     assert [m.summary.subject for m in app.inbox.newest()] == ["after"]
+
+
+async def test_mail_that_arrives_during_a_rescan_stays_listed_and_is_announced_once(
+    tmp_path: Path, start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rescan lists the folders, then drops what its listing lacks. Mail that arrived
+    while it was listing is newer than the listing: it stays in the inbox, and the
+    browser hears of it once."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    await send(app, html_mail("before"))
+    await waiting
+
+    listed, release, returned = threading.Event(), threading.Event(), threading.Event()
+    real_all_files = index_module._all_files
+
+    def slow_listing(root: Path) -> set[tuple[str, str]]:
+        keys = real_all_files(root)
+        listed.set()
+        release.wait(10)
+        returned.set()
+        return keys
+
+    monkeypatch.setattr(index_module, "_all_files", slow_listing)
+    # removing a folder by hand makes the index rescan (its watch is gone)
+    await asyncio.to_thread(shutil.rmtree, tmp_path / "mailbox" / "dev@localhost")
+    assert await asyncio.to_thread(listed.wait, 10)
+
+    announced: list[str] = []
+    app.inbox.subscribe(lambda entry: announced.append(entry.summary.subject))
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    await send(app, html_mail("after"))
+    await waiting
+    release.set()
+    assert await asyncio.to_thread(returned.wait, 10)
+    for _ in range(100):  # let the rescan finish with its (older) listing
+        await asyncio.sleep(0.01)
+    assert [m.summary.subject for m in app.inbox.newest()] == ["after"]
+    assert announced == ["after"]
 
 
 async def test_chaos_at_auth_answers_535(start_server: StartServer) -> None:

@@ -343,9 +343,14 @@ class MailboxIndex:
 
     async def _rescan(self, *, first: bool = False) -> None:
         try:
+            # Entries added while the folders are listed (by a watcher event) are newer
+            # than the listing: only entries older than it may be dropped for missing.
+            listed_after = next(self._arrivals)
             keys = await asyncio.to_thread(_all_files, self.root)
             for key in [k for k in self._by_key if k not in keys]:
-                self._remove(self._by_key[key])
+                message_id = self._by_key[key]
+                if self._order_key[message_id][1] < listed_after:
+                    self._remove(message_id)
             self._pending.update(dict.fromkeys(k for k in sorted(keys) if k not in self._by_key))
             if self._loader is not None and not self._loader.done():
                 with contextlib.suppress(Exception):  # (it logged its own failures)
