@@ -102,15 +102,27 @@ class MailboxDelivery:
             self.directory.mkdir(exist_ok=True)
         return {self.directory.parent}
 
-    def link_into_place(self, tmp: str | Path) -> Path:
+    def place(self, tmp: str) -> tuple[str, set[Path]]:
+        """Link *tmp* into the mailbox, making its folder first if it has none (a new
+        recipient, or a folder removed by hand): the path it took, and the folders
+        whose entries changed (for a caller that syncs them one by one)."""
+        try:
+            return self.link_into_place(tmp), set()
+        except FileNotFoundError:
+            if not os.path.exists(tmp):
+                raise
+        made = self.ensure_directory()
+        return self.link_into_place(tmp), made
+
+    def link_into_place(self, tmp: str | Path) -> str:
         """Link the file *tmp* under a free name (suffix on collision), drop the tmp name.
 
         Uses ``link`` so an existing message is never replaced, even by another
         process delivering the same Message-ID at the same moment.
         """
+        prefix = os.path.join(self.directory, self.name)
         for attempt in range(_MAX_COLLISIONS):
-            suffix = "" if attempt == 0 else f"-{attempt}"
-            final = self.directory / f"{self.name}{suffix}.eml"
+            final = f"{prefix}-{attempt}.eml" if attempt else f"{prefix}.eml"
             try:
                 os.link(tmp, final)
             except FileExistsError:

@@ -544,9 +544,10 @@ class Spool:
         dirs: set[Path] = set()
         for output in plan.outputs:
             if isinstance(output.final, MailboxDelivery):
-                dirs.update(output.final.ensure_directory())
-                placed: str | Path = output.final.link_into_place(output.tmp)
-                dirs.add(Path(placed).parent)
+                placed: str | Path
+                placed, made = output.final.place(output.tmp)
+                dirs.update(made)
+                dirs.add(output.final.directory)
             else:
                 placed = output.final
                 try:
