@@ -332,7 +332,10 @@ class MailboxIndex:
     async def _load_pending(self) -> None:
         while self._pending:
             batch, self._pending = list(self._pending), {}
-            loaded = await asyncio.to_thread(_load_entries, self.root, batch)
+            if len(batch) <= 8:
+                loaded = _load_entries(self.root, batch)
+            else:
+                loaded = await asyncio.to_thread(_load_entries, self.root, batch)
             for key in batch:
                 if key not in loaded and (gone := self._by_key.get(key)) is not None:
                     self._remove(gone)
@@ -494,7 +497,7 @@ def _load_entries(root: Path, keys: list[tuple[str, str]]) -> dict[tuple[str, st
 def _load_entry(root: Path, folder: str, name: str) -> MessageEntry | None:
     """Read one file's header section and count its attachments; None if unusable."""
     try:
-        fd = os.open(root / folder / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(os.path.join(root, folder, name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:

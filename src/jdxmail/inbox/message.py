@@ -121,9 +121,42 @@ def _decoded(value: str) -> str:
     return " ".join(value.split())
 
 
+# One mailbox in its two common shapes, ``local@domain`` and ``Name <local@domain>``
+# (the name plain words or one quoted string): the forms nearly every application
+# sends. For these the email package's address parser gives exactly the pieces the
+# pattern captures, in a tenth of the time; anything else still goes through it.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_SIMPLE_MAILBOX = re.compile(
+    rf"[ \t]*(?:(?P<bare>{_DOT_ATOM}@{_DOT_ATOM})"
+    rf"|(?:(?P<words>{_ATEXT}+(?:[ \t]+{_ATEXT}+)*)|\"(?P<quoted>[^\"\\\r\n]*)\")?"
+    rf"[ \t]*<(?P<angle>{_DOT_ATOM}@{_DOT_ATOM})>)[ \t]*"
+)
+
+
+def _simple_addresses(values: list[str]) -> list[tuple[str, str]] | None:
+    """(name, address) of each value when every one is a single simple mailbox."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        match = _SIMPLE_MAILBOX.fullmatch(value)
+        if match is None:
+            if value.strip(" \t"):
+                return None
+            continue
+        bare, words, quoted, angle = match.group("bare", "words", "quoted", "angle")
+        if bare is not None:
+            pairs.append(("", bare))
+        elif words is not None:
+            pairs.append((" ".join(words.split()), angle))
+        else:
+            pairs.append((quoted or "", angle))
+    return pairs
+
+
 def _addresses(values: list[str]) -> tuple[str, ...]:
     out: list[str] = []
-    for raw_name, address in getaddresses(values):
+    pairs = _simple_addresses(values)
+    for raw_name, address in getaddresses(values) if pairs is None else pairs:
         name = _decoded(raw_name)
         if not address and not name:
             continue
@@ -159,19 +192,25 @@ def _envelope(lines: list[tuple[str, str]]) -> Envelope:
     return Envelope(mail_from, rcpt_to)
 
 
+_SUMMARY_HEADERS = frozenset(("from", "to", "cc", "subject", "date", "message-id"))
+
+
 def _summary(lines: list[tuple[str, str]], attachments: int) -> Summary:
-    def all_of(name: str) -> list[str]:
-        return [value for key, value in lines if key.lower() == name]
+    by_name: dict[str, list[str]] = {}
+    for key, value in lines:
+        name = key.lower()
+        if name in _SUMMARY_HEADERS:
+            by_name.setdefault(name, []).append(value)
 
     def first(name: str) -> str:
-        values = all_of(name)
+        values = by_name.get(name)
         return _decoded(values[0]) if values else ""
 
-    senders = _addresses(all_of("from"))
+    senders = _addresses(by_name.get("from", []))
     return Summary(
         sender=senders[0] if senders else first("from"),
-        to=_addresses(all_of("to")),
-        cc=_addresses(all_of("cc")),
+        to=_addresses(by_name.get("to", [])),
+        cc=_addresses(by_name.get("cc", [])),
         subject=first("subject"),
         date=first("date"),
         message_id=first("message-id").strip("<>"),
