@@ -206,6 +206,9 @@ class Spool:
         self._drained: asyncio.Event | None = None
         #: called on the loop when a message enters queue/ (its queue id)
         self.on_queued: Callable[[str], None] | None = None
+        #: called on the loop for each mailbox file a store made durable: its path,
+        #: the lines written before the data, the data (not for big messages)
+        self.on_filed: Callable[[str, bytes, bytes | bytearray], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -381,6 +384,8 @@ class Spool:
             job.message.tail.close()  # every thread is done with it
         if error is None:
             self._queued(job.plan)
+            if job.plan.mailboxes and self.on_filed is not None and job.message.tail is None:
+                self._filed(job.plan, job.message.data)
         if not job.future.done():
             if error is None:
                 job.future.set_result(job.plan.queue_id)
@@ -389,6 +394,15 @@ class Spool:
         self._in_flight -= 1
         if self._in_flight == 0 and self._drained is not None:
             self._drained.set()
+
+    def _filed(self, plan: _Plan, data: bytes | bytearray) -> None:
+        assert self.on_filed is not None
+        for output, placed in zip(plan.outputs, plan.placed, strict=True):
+            if isinstance(output.final, MailboxDelivery):
+                try:
+                    self.on_filed(os.fspath(placed), output.head, data)
+                except Exception:  # (the mail is stored; only a listing is late)
+                    logger.exception("spool: telling the inbox of %s failed", placed)
 
     def _queued(self, plan: _Plan) -> None:
         if plan.queued and self.on_queued is not None:
