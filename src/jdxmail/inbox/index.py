@@ -168,6 +168,9 @@ class MailboxIndex:
         #: files handed over by filed() before their inotify event came (then ignored)
         self._filed_first: set[tuple[str, str]] = set()
         self._load_timer: asyncio.TimerHandle | None = None
+        #: new files waiting out FILED_GRACE before they are read: when each may be
+        #: (the loop's clock), in order of arrival
+        self._waiting: dict[tuple[str, str], float] = {}
         self._limits = limits
         self._entries: dict[str, MessageEntry] = {}
         self._by_key: dict[tuple[str, str], str] = {}
@@ -333,7 +336,9 @@ class MailboxIndex:
         if root != self._root_text or not name.endswith(".eml"):
             return  # (not under this index's root: its inotify event will tell)
         key = (folder, name)
-        if key in self._pending:
+        if key in self._waiting:
+            del self._waiting[key]
+        elif key in self._pending:
             del self._pending[key]
         elif self._watcher is not None and self._watcher.active:
             if len(self._filed_first) >= _FILED_FIRST_MAX:
@@ -350,10 +355,10 @@ class MailboxIndex:
             if key in self._filed_first:  # listed already, from the spool's own hand-over
                 self._filed_first.discard(key)
                 return
-            self._pending[key] = None
             if self._filed_here:
-                self._kick_later()
+                self._kick_later(key)
             else:
+                self._pending[key] = None
                 self._kick()
             return
         message_id = self._by_key.get((folder, name))
@@ -372,18 +377,33 @@ class MailboxIndex:
 
     async def _scan_folder(self, folder: str) -> None:
         names = await asyncio.to_thread(_files_in, self.root / folder)
-        self._pending.update(dict.fromkeys((folder, n) for n in names))
-        self._kick()
+        keys = [(folder, n) for n in names if (folder, n) not in self._by_key]
+        if self._filed_here:  # (the spool may be about to hand them over)
+            for key in keys:
+                self._kick_later(key)
+        else:
+            self._pending.update(dict.fromkeys(keys))
+            self._kick()
 
-    def _kick_later(self) -> None:
-        """Read the pending files after FILED_GRACE (the spool may hand them over first)."""
+    def _kick_later(self, key: tuple[str, str]) -> None:
+        """Read file *key* FILED_GRACE from now, unless the spool hands it over first."""
+        loop = asyncio.get_running_loop()
+        self._waiting.pop(key, None)  # (again: its wait starts over, at the end)
+        self._waiting[key] = loop.time() + FILED_GRACE
         if self._load_timer is None:
-            loop = asyncio.get_running_loop()
             self._load_timer = loop.call_later(FILED_GRACE, self._grace_over)
 
     def _grace_over(self) -> None:
         self._load_timer = None
-        self._kick()
+        now = asyncio.get_running_loop().time()
+        for key, due in list(self._waiting.items()):
+            if due > now:
+                self._load_timer = asyncio.get_running_loop().call_at(due, self._grace_over)
+                break
+            del self._waiting[key]
+            self._pending[key] = None
+        if self._pending:
+            self._kick()
 
     def _kick(self) -> None:
         if self._loader is None or self._loader.done():
