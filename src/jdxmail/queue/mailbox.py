@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from jdxmail.queue.durable import move_no_replace
+
 __all__ = [
     "MailboxDelivery",
     "delivery_head",
@@ -115,18 +117,18 @@ class MailboxDelivery:
         return self.link_into_place(tmp), made
 
     def link_into_place(self, tmp: str | Path) -> str:
-        """Link the file *tmp* under a free name (suffix on collision), drop the tmp name.
+        """Move the file *tmp* to a free name (suffix on collision).
 
-        Uses ``link`` so an existing message is never replaced, even by another
-        process delivering the same Message-ID at the same moment.
+        The move never replaces an existing message, even one another process
+        delivers with the same Message-ID at the same moment.
         """
+        source = os.fspath(tmp)
         prefix = os.path.join(self.directory, self.name)
         for attempt in range(_MAX_COLLISIONS):
             final = f"{prefix}-{attempt}.eml" if attempt else f"{prefix}.eml"
             try:
-                os.link(tmp, final)
+                move_no_replace(source, final)
             except FileExistsError:
                 continue
-            os.unlink(tmp)
             return final
         raise FileExistsError(f"{self.directory}: too many messages named {self.name}")
