@@ -28,7 +28,7 @@ has gathered. A message for relays only is renamed into ``queue/`` at once and t
 next flush makes its data and its name durable; only then does the caller get its
 queue id. Its file carries its size and checksum, so a file that a crash cut short
 (never acknowledged) is recognised as such. Mailbox files have no checksum: they go
-through two flushes, the data first, then (after the sync thread linked them into
+through two flushes, the data first, then (after the sync thread moved them into
 place) the names, so a crash leaves no half-written mail in a mailbox. Every file,
 whatever its destination, is written the same way: into a tmp file its folder's
 recycler gives (a spare, or an empty file made ahead: no create on the event loop).
@@ -554,7 +554,7 @@ class Spool:
             raise
 
     def _place(self, plan: _Plan) -> set[Path]:
-        """Rename/link the tmp files into place; return the directories to fsync."""
+        """Move the tmp files into place; return the directories to fsync."""
         dirs: set[Path] = set()
         for output in plan.outputs:
             if isinstance(output.final, MailboxDelivery):
