@@ -87,7 +87,7 @@ _LINE_BREAKS = re.compile(r"[\r\n\0]")
 
 @dataclass(slots=True)
 class MailboxDelivery:
-    """One message file for one local mailbox: written to a tmp file, then linked in place."""
+    """One message file for one local mailbox: written to a tmp file, then moved into place."""
 
     recipient: str
     directory: Path
@@ -105,18 +105,18 @@ class MailboxDelivery:
         return {self.directory.parent}
 
     def place(self, tmp: str) -> tuple[str, set[Path]]:
-        """Link *tmp* into the mailbox, making its folder first if it has none (a new
+        """Move *tmp* into the mailbox, making its folder first if it has none (a new
         recipient, or a folder removed by hand): the path it took, and the folders
         whose entries changed (for a caller that syncs them one by one)."""
         try:
-            return self.link_into_place(tmp), set()
+            return self.move_into_place(tmp), set()
         except FileNotFoundError:
             if not os.path.exists(tmp):
                 raise
         made = self.ensure_directory()
-        return self.link_into_place(tmp), made
+        return self.move_into_place(tmp), made
 
-    def link_into_place(self, tmp: str | Path) -> str:
+    def move_into_place(self, tmp: str | Path) -> str:
         """Move the file *tmp* to a free name (suffix on collision).
 
         The move never replaces an existing message, even one another process
