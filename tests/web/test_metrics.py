@@ -306,5 +306,6 @@ def test_a_taken_metrics_port_stops_serve_with_the_reason(tmp_path: Path) -> Non
         )  # fmt: skip
     assert done.returncode != 0
     assert f"127.0.0.1:{taken}" in done.stderr
+    assert "--metrics-port" in done.stderr
     assert "Metrics.Port" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout

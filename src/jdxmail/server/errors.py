@@ -67,9 +67,20 @@ def port_owner(port: int) -> str | None:
     return None
 
 
+#: the serve flag that overrides each port key, with a port to suggest
+_PORT_FLAGS = {
+    "SmtpServer.Port": "--port 2525",
+    "SmtpServer.Tls.ImplicitTlsPort": "--tls-port 4465",
+    "WebUI.Port": "--web-port 5002",
+    "Metrics.Port": "--metrics-port 9465",
+}
+
+
 def bind_error(exc: OSError, host: str, port: int, key: str = "SmtpServer.Port") -> BindError:
     """Turn an OSError from binding *host*:*port* into a BindError with the fix."""
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    flag = _PORT_FLAGS.get(key)
+    other = f"`jdxmail serve {flag}` or set {key}" if flag else f"set {key}"
     if exc.errno == errno.EADDRINUSE:
         owner = port_owner(port)
         by = f" by {owner}" if owner else ""
@@ -78,7 +89,7 @@ def bind_error(exc: OSError, host: str, port: int, key: str = "SmtpServer.Port")
             stop = "stop it (`sudo systemctl stop postfix`) or "
         return PortInUseError(
             f"cannot listen on {where}: the port is already in use{by}",
-            f"{stop}choose another port: `jdxmail serve --port 2525` or set {key}",
+            f"{stop}choose another port: {other}",
             row="A1",
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -86,7 +97,7 @@ def bind_error(exc: OSError, host: str, port: int, key: str = "SmtpServer.Port")
             exe = os.path.realpath(sys.executable)
             return PortPermissionError(
                 f"cannot listen on {where}: ports below 1024 need privileges",
-                f"use a port above 1023 (`jdxmail serve --port 2525` or set {key}), or grant "
+                f"use a port above 1023 ({other}), or grant "
                 f"the capability: `sudo setcap 'cap_net_bind_service=+ep' {exe}`, or run it "
                 "from a systemd unit with AmbientCapabilities=CAP_NET_BIND_SERVICE",
                 row="A2",
