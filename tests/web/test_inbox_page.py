@@ -100,6 +100,35 @@ async def test_live_mail_sandboxed_html_remote_content_delete(
         server.close()
 
 
+async def test_mail_deleted_elsewhere_leaves_the_open_list(
+    console: Console, page: Any, http: httpx.AsyncClient
+) -> None:
+    """With the inbox open, a message deleted by another client (the API) and one whose
+    file is removed by hand leave the list without a reload, and the total follows."""
+    for subject in ("Order 1", "Order 2", "Order 3"):
+        await send(console, mail(subject))
+    found = [await wait_for(http, f"Order {n}") for n in (1, 2, 3)]
+    await page.goto(console.url + "/inbox")
+    await page.wait_for_selector("#jdx-live.on")
+    rows = page.locator("#messages tbody tr")
+    assert await rows.count() == 3
+    deleted = await http.request("DELETE", "/api/v1/messages", json={"ids": [found[0]["id"]]})
+    assert deleted.status_code == 200
+    await page.locator("#messages tbody tr", has_text="Order 1").wait_for(
+        state="detached", timeout=10_000
+    )
+    assert await page.locator("#inbox-total").inner_text() == "2 messages"
+    assert console.app.inbox is not None
+    entry = console.app.inbox.get(found[1]["id"])
+    assert entry is not None
+    await asyncio.to_thread(console.app.inbox.path_of(entry).unlink)
+    await page.locator("#messages tbody tr", has_text="Order 2").wait_for(
+        state="detached", timeout=10_000
+    )
+    assert await page.locator("#inbox-total").inner_text() == "1 message"
+    assert await rows.count() == 1
+
+
 async def test_screenshots_of_inbox_and_message(
     console: Console, http: httpx.AsyncClient, page: Any, tmp_path: Path
 ) -> None:

@@ -180,6 +180,7 @@ class MailboxIndex:
         self._order_key: dict[str, tuple[float, int, str]] = {}
         self._arrivals = itertools.count()
         self._listeners: list[Callable[[MessageEntry], None]] = []
+        self._removal_listeners: list[Callable[[str], None]] = []
         self._waiters: list[tuple[Callable[[MessageEntry], bool], asyncio.Future[MessageEntry]]]
         self._waiters = []
         self._pending: dict[tuple[str, str], None] = {}
@@ -227,6 +228,11 @@ class MailboxIndex:
     def subscribe(self, listener: Callable[[MessageEntry], None]) -> None:
         """Call *listener* on the loop for each message that arrives after the first scan."""
         self._listeners.append(listener)
+
+    def subscribe_removals(self, listener: Callable[[str], None]) -> None:
+        """Call *listener* on the loop with the id of each message that leaves the list
+        (deleted here or by hand, removed by retention); not for a file written again."""
+        self._removal_listeners.append(listener)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -453,7 +459,7 @@ class MailboxIndex:
     def _add(self, entry: MessageEntry, *, announce: bool) -> None:
         old = self._entries.get(entry.id)
         if old is not None:
-            self._remove(old.id)
+            self._remove(old.id, replaced=True)
             announce = False  # a file written again (copied in): not new mail
         self._entries[entry.id] = entry
         self._by_key[(entry.folder, entry.name)] = entry.id
@@ -472,7 +478,7 @@ class MailboxIndex:
             if not future.done() and match(entry):
                 future.set_result(entry)
 
-    def _remove(self, message_id: str) -> None:
+    def _remove(self, message_id: str, *, replaced: bool = False) -> None:
         entry = self._entries.pop(message_id, None)
         if entry is None:
             return
@@ -482,6 +488,13 @@ class MailboxIndex:
         if index < len(self._order) and self._order[index] == key:
             del self._order[index]
         self._generation += 1
+        if replaced:
+            return
+        for listener in self._removal_listeners:
+            try:
+                listener(message_id)
+            except Exception:
+                logger.exception("an inbox listener failed")
 
     # -- retention ----------------------------------------------------------------------
 

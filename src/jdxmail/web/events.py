@@ -20,7 +20,7 @@ __all__ = ["EVENT_KINDS", "EventHub", "event_stream"]
 logger = logging.getLogger("jdxmail.web")
 
 #: the kinds of event the console publishes (see docs/web.md)
-EVENT_KINDS = ("message", "stats", "queue", "log", "listeners")
+EVENT_KINDS = ("message", "removed", "stats", "queue", "log", "listeners")
 
 #: events a slow stream may have waiting before newer ones are dropped
 _BACKLOG = 256

@@ -74,7 +74,23 @@ def setup(ctx: ConsoleContext) -> None:
         if ctx.events.listeners:  # no open page: not even the JSON is built
             ctx.events.publish("message", summary_json(entry))
 
+    # removals in one turn of the loop (Delete all, retention) go out as one event
+    removed: list[str] = []
+
+    def publish_removals() -> None:
+        ids = removed[:]
+        removed.clear()
+        ctx.events.publish("removed", {"ids": ids})
+
+    def on_removed(message_id: str) -> None:
+        if not ctx.events.listeners:
+            return
+        if not removed:
+            asyncio.get_running_loop().call_soon(publish_removals)
+        removed.append(message_id)
+
     index.subscribe(publish)
+    index.subscribe_removals(on_removed)
 
 
 # -- JSON shapes ---------------------------------------------------------------------------

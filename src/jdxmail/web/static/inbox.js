@@ -154,6 +154,19 @@
       const delAllButton = document.getElementById("delete-all");
       if (delAllButton) { delAllButton.disabled = false; }
     });
+    JDX.on("removed", function (data) {
+      let gone = 0;
+      (data.ids || []).forEach(function (id) {
+        const row = body.querySelector('tr[data-id="' + CSS.escape(id) + '"]');
+        if (row) { row.remove(); gone += 1; }
+      });
+      const totalEl = document.getElementById("inbox-total");
+      // the whole list: its total drops by every removal; a search or a later page only
+      // loses the rows it shows (its total is that of the search)
+      const drop = live ? (data.ids || []).length : gone;
+      if (totalEl && drop) { setTotal(Math.max(0, Number(totalEl.dataset.total || "0") - drop)); }
+      if (gone) { updateSelection(); }
+    });
   }
 
   function initChaos() {
