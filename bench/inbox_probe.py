@@ -5,10 +5,10 @@ Usage::
     python bench/inbox_probe.py [--seconds 3] [--sessions 20] [--rounds 3] [--no-index]
 
 Opens a spool and the inbox index (``MailboxIndex``, as ``serve`` runs it: inotify,
-the spool's hand-over, one listener subscribed) on a temporary directory, and has *sessions* tasks store
-1 KB messages for ``bob@localhost`` back to back for *seconds*: each store writes
-the mailbox file and waits for it to be durable, and the index learns of it and
-reads its summary. No SMTP, no client: what is left is the spool's and the index's
+the spool's hand-over, one listener subscribed) on a temporary directory, and has
+*sessions* tasks store 1 KB messages for ``bob@localhost`` back to back for
+*seconds*: each store writes the mailbox file and waits for it to be durable, and
+the index lists it. No SMTP, no client: what is left is the spool's and the index's
 own cost, steady enough to compare two versions of them (``PYTHONPATH=<other
 checkout>/src``). ``--no-index`` leaves the index out, to see its share. The full
 benchmark measures the whole path in its ``1k-s20-inbox`` workload.
@@ -45,9 +45,18 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float]:
             index = MailboxIndex(root / "mailbox")
         await index.start()
         await index.ready()
-        index.subscribe(lambda entry: None)
-    stored = 0
+    stored = listed = 0
     stop = time.monotonic() + args.seconds
+    caught_up = asyncio.Event()
+
+    def on_listed(entry: object) -> None:
+        nonlocal listed
+        listed += 1
+        if listed >= stored and time.monotonic() >= stop:
+            caught_up.set()
+
+    if index is not None:
+        index.subscribe(on_listed)
 
     async def session(number: int) -> None:
         nonlocal stored
@@ -61,9 +70,8 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float]:
 
     started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(session(n) for n in range(args.sessions)))
-    if index is not None:  # the index catches up before the clock stops
-        while len(index) < stored:
-            await asyncio.sleep(0.001)
+    if index is not None and listed < stored:  # the index catches up before the clock stops
+        await caught_up.wait()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     if index is not None:
         await index.stop()

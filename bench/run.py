@@ -344,6 +344,8 @@ def main_thread_cpu(peer: Peer) -> float | None:
     root = peer.root_process()
     if root is None or not isinstance(peer, (JdxmailServe, AiosmtpdSink)):
         return None
+    if isinstance(peer, JdxmailServe) and (peer.workers or 1) > 1:
+        return None  # (several loops, one per worker: the supervisor's is idle)
     with contextlib.suppress(psutil.Error):
         for thread in root.threads():
             if thread.id == root.pid:
@@ -1194,8 +1196,9 @@ def report(run: Run, workloads: list[Workload]) -> str:
     lines.append(
         "cores: CPU seconds of the server's processes per wall second of the run (e2e rows:"
         " until delivered); loop: the same for its main thread (the event loop), whose"
-        " ceiling is 1.00; ms/msg: CPU milliseconds of all the server's processes per"
-        " message (relays: end to end, so ingest and delivery)"
+        " ceiling is 1.00 (blank with --workers: one loop per worker); ms/msg: CPU"
+        " milliseconds of all the server's processes per message (relays: end to end,"
+        " so ingest and delivery)"
     )
     lines.append("")
     if run.memory:
