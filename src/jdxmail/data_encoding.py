@@ -6,8 +6,10 @@ The relay client (queue/relay.py), the server (server/smtp.py) and ``diag relay`
 
 from __future__ import annotations
 
+import ctypes
 import re
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = [
     "CHUNK",
@@ -103,8 +105,39 @@ def stuffed_pieces(pieces: Iterable[bytes]) -> Iterator[bytes]:
 
 def _stuffed(text: bytes, line_start: bool) -> bytes:
     """*text* with a dot doubled at each line start (*text* itself when it has none)."""
-    if b"\r\n." in text:
+    if _has_dot_line(text):
         text = text.replace(b"\r\n.", b"\r\n..")
     if line_start and text.startswith(b"."):
         text = b"." + text
     return text
+
+
+def _load_memmem() -> Callable[[bytes, int, bytes, int], int | None] | None:
+    # Through PyDLL, which keeps the interpreter lock over the call (as ``in`` does):
+    # handing it to another thread and waiting to get it back costs more than the
+    # search, and it would pause the event loop.
+    if sys.platform != "linux":
+        return None
+    try:
+        function = ctypes.PyDLL(None).memmem
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)
+    function.restype = ctypes.c_void_p
+    return function
+
+
+_MEMMEM = _load_memmem()
+
+#: from this size on, glibc's memmem looks for CRLF-dot in a message about three
+#: times as fast as ``bytes.__contains__`` (~20 against ~60 µs per 100 KB here);
+#: below it the call's own cost eats the difference
+_MEMMEM_FROM = 4096
+
+
+def _has_dot_line(text: bytes) -> bool:
+    """Whether *text* has CRLF followed by a dot (a line after the first starts
+    with a dot)."""
+    if _MEMMEM is not None and len(text) >= _MEMMEM_FROM and type(text) is bytes:
+        return _MEMMEM(text, len(text), b"\r\n.", 3) is not None
+    return b"\r\n." in text

@@ -289,6 +289,31 @@ def test_dot_stuffing_matches_aiosmtplib_for_any_line_endings(data: bytes) -> No
     assert dot_stuffed(data) == expected
 
 
+_LINE = b"x" * 76 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _LINE * 1300,
+        b".first\r\n" + _LINE * 1300,
+        _LINE * 1300 + b".last",
+        _LINE * 700 + b".middle\r\n" + _LINE * 600 + b"..\r\n.\r\n",
+        (_LINE * 60)[:4094] + b"\r\n.",
+        b"\x00" * 5000 + b"\r\n.\x00\r\n",
+    ],
+)
+def test_big_spooled_data_is_stuffed_as_aiosmtplib_would(data: bytes) -> None:
+    """A message of many kilobytes (searched for dot lines another way than a small
+    one) goes out with exactly the dots aiosmtplib's own DATA would send."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from jdxmail.data_encoding import dot_stuffed
+
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    assert dot_stuffed(data, crlf=True) == expected
+
+
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 10_000])
 @pytest.mark.parametrize(
     "data",
