@@ -5,7 +5,7 @@ Usage::
     python bench/inbox_probe.py [--seconds 3] [--sessions 20] [--rounds 3] [--no-index]
 
 Opens a spool and the inbox index (``MailboxIndex``, as ``serve`` runs it: inotify,
-one listener subscribed) on a temporary directory, and has *sessions* tasks store
+the spool's hand-over, one listener subscribed) on a temporary directory, and has *sessions* tasks store
 1 KB messages for ``bob@localhost`` back to back for *seconds*: each store writes
 the mailbox file and waits for it to be durable, and the index learns of it and
 reads its summary. No SMTP, no client: what is left is the spool's and the index's
@@ -38,7 +38,11 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float]:
     await spool.open(announce=False, make_ahead=True)
     index = None
     if args.index:
-        index = MailboxIndex(root / "mailbox")
+        if hasattr(MailboxIndex, "filed"):  # the spool hands over what it stores
+            index = MailboxIndex(root / "mailbox", filed_here=True)
+            spool.on_filed = index.filed
+        else:  # (older versions read every new file)
+            index = MailboxIndex(root / "mailbox")
         await index.start()
         await index.ready()
         index.subscribe(lambda entry: None)

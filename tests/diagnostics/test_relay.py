@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trustme
 from typer.testing import CliRunner
 
@@ -681,3 +683,21 @@ async def test_sent_message_arrives_with_its_dot_lines_and_line_endings(
     assert received.content == (
         b"Subject: dots\r\n\r\n.one dot\r\n..two dots\r\n.\r\nlast line\r\n"
     )
+
+
+_BAD = "a@example.com\r\nDATA"
+
+
+@pytest.mark.parametrize(
+    ("field", "make"),
+    [
+        ("mail_from", lambda: ProbeOptions(mail_from=_BAD)),
+        ("rcpt_to", lambda: ProbeOptions(rcpt_to=_BAD)),
+        ("ehlo_name", lambda: ProbeOptions(ehlo_name=_BAD)),
+    ],
+)
+def test_probe_options_refuse_control_characters(field: str, make: Callable[[], object]) -> None:
+    """The relay probe itself refuses an address or name holding CR, LF or NUL, whoever
+    calls it (the CLI and the console check first, with their own messages)."""
+    with pytest.raises(ValueError, match=field):
+        make()

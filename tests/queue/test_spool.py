@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 
+from jdxmail.queue import durable
 from jdxmail.queue.spool import (
     AcceptedMessage,
     CorruptSpoolFile,
@@ -139,6 +140,48 @@ async def test_same_message_id_gets_suffix(spool: Spool, tmp_path: Path) -> None
     box = tmp_path / "mailbox" / "carol@localhost"
     assert (box / "same@x.eml").read_bytes().endswith(first.data)
     assert (box / "same@x-1.eml").read_bytes().endswith(second.data)
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-unlink"])
+async def test_same_message_id_many_at_once_none_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    """Twenty messages with one Message-ID stored at once each get a file of their own
+    (``x.eml``, ``x-1.eml``…), whether the system moves files with renameat2 or with
+    link and unlink; nothing is left in the mailboxes' .tmp/."""
+    if not renameat2:
+        monkeypatch.setattr(durable, "_renameat2", None)
+    elif durable._renameat2 is None:
+        pytest.skip("renameat2 is not available here")
+    messages = [
+        make_message(n, relay=(), local=("carol@localhost",), message_id="same@x")
+        for n in range(20)
+    ]
+    async with Spool(tmp_path / "spool", tmp_path / "mailbox") as spool:
+        await asyncio.gather(*(spool.store(m) for m in messages))
+    box = tmp_path / "mailbox" / "carol@localhost"
+    names = {"same@x.eml", *(f"same@x-{n}.eml" for n in range(1, 20))}
+    assert {p.name for p in box.iterdir()} == names
+    bodies = sorted(p.read_bytes().split(b"\r\n", 2)[2] for p in box.iterdir())
+    assert bodies == sorted(m.data for m in messages)
+    assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
+
+
+def test_move_no_replace_never_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving a file onto an existing name fails and leaves both files as they were,
+    with renameat2 and with the link-and-unlink fallback."""
+    for fallback in (False, True):
+        if fallback:
+            monkeypatch.setattr(durable, "_renameat2", None)
+        source, target = tmp_path / f"new{fallback}", tmp_path / f"old{fallback}"
+        source.write_bytes(b"new")
+        target.write_bytes(b"old")
+        with pytest.raises(FileExistsError):
+            durable.move_no_replace(str(source), str(target))
+        assert (source.read_bytes(), target.read_bytes()) == (b"new", b"old")
+        durable.move_no_replace(str(source), str(tmp_path / f"free{fallback}"))
+        assert not source.exists()
+        assert (tmp_path / f"free{fallback}").read_bytes() == b"new"
 
 
 @pytest.mark.parametrize(

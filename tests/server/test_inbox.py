@@ -95,6 +95,38 @@ async def test_sent_mail_is_listed_with_envelope_and_session(start_server: Start
     ]
 
 
+async def test_mail_the_server_stores_is_listed_without_reading_its_file(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's own spool hands each stored message to the inbox, which lists it
+    (summary, size, attachment count) without opening the file it just wrote, and
+    announces it once."""
+    reads: list[str] = []
+    real_load_entry = index_module._load_entry
+
+    def counted(root: Path, folder: str, name: str) -> MessageEntry | None:
+        reads.append(name)
+        return real_load_entry(root, folder, name)
+
+    monkeypatch.setattr(index_module, "_load_entry", counted)
+    # a file is read only if nothing was handed over for it this long after its event
+    monkeypatch.setattr(index_module, "FILED_GRACE", 60.0)
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    announced: list[str] = []
+    app.inbox.subscribe(lambda entry: announced.append(entry.summary.subject))
+    waiting = asyncio.ensure_future(arrival(app.inbox, 3))
+    for subject in ("one", "two", "three"):
+        await send(app, html_mail(subject))
+    await waiting
+    assert announced == ["one", "two", "three"]
+    assert reads == []
+    entry = next(iter(app.inbox.newest()))
+    assert entry.summary.attachments == 1
+    assert entry.size == app.inbox.path_of(entry).stat().st_size
+
+
 async def test_search_finds_body_text_of_an_encoded_part(start_server: StartServer) -> None:
     """A search for a word only in the base64 HTML part or in To finds the message."""
     app = await start_server()

@@ -83,6 +83,25 @@ async def test_diagnostics_page_shows_staged_results(console: Console, page: Any
     await screenshot(page, "diagnostics", console.tmp)
 
 
+async def test_test_relay_refuses_an_address_with_a_line_break(make_console: MakeConsole) -> None:
+    """An address with CR/LF (which would smuggle a second SMTP command to the relay)
+    is refused with 400 and a fix, before any connection to the relay."""
+    upstream = await Upstream(mail_reply=None).start()
+    try:
+        console = await make_console(relay_config(upstream.port))
+        async with httpx.AsyncClient(base_url=console.url, timeout=30) as http:
+            for key in ("mail_from", "rcpt_to"):
+                body = {"mail_from": "a@example.com", "rcpt_to": "b@example.net"}
+                body[key] = "a@example.com>\r\nRCPT TO:<victim@example.org"
+                answer = await http.post("/api/v1/diagnostics/test-relay", json=body)
+                assert answer.status_code == 400
+                assert key in answer.json()["error"]
+                assert "control character" in answer.json()["error"]
+        assert upstream.connections == 0
+    finally:
+        await upstream.close()
+
+
 async def test_relay_password_never_reaches_the_answer(make_console: MakeConsole) -> None:
     """test-relay and doctor with a relay account answer without its password."""
     upstream = await Upstream(mail_reply=None).start()

@@ -8,7 +8,10 @@ import json
 import re
 import signal
 import smtplib
+import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -286,3 +289,22 @@ def test_metrics_listener_without_the_console(tmp_path: Path, serve: list[ServeP
     assert value(series, "jdxmail_messages_accepted_total") == 1
     assert value(series, "jdxmail_received_bytes_total") == len(MESSAGE)
     assert server.stop()[0] == 0
+
+
+def test_a_taken_metrics_port_stops_serve_with_the_reason(tmp_path: Path) -> None:
+    """Metrics asked for on a port another program holds: serve does not start, says
+    which key to change, and leaves no traceback (the console on a taken port only
+    warns: it is on by default, metrics are asked for)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "jdxmail", "serve", "--port", "0", "--no-web",
+             "--metrics-port", str(taken)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert f"127.0.0.1:{taken}" in done.stderr
+    assert "Metrics.Port" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

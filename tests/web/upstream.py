@@ -20,6 +20,8 @@ class Upstream:
     mail_reply: str | None = "451 4.3.0 upstream busy, try later"
     port: int = 0
     received: list[list[str]] = field(default_factory=list)
+    #: every connection it took
+    connections: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     server: asyncio.Server | None = None
 
@@ -46,6 +48,7 @@ class Upstream:
             writer.write(line.encode() + b"\r\n")
 
         recipients: list[str] = []
+        self.connections += 1
         send("220 upstream.test ESMTP")
         try:
             while True:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
-from typing import TYPE_CHECKING
 
+# (not typing.TYPE_CHECKING: importing typing is a third of `jdxmail --version`'s time;
+# type checkers treat any constant of this name as true)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import click
 
 __all__ = ["main"]

@@ -88,6 +88,8 @@ class ProbeSession:
 
     async def command(self, line: str, shown: str | None = None) -> ServerReply:
         """Send *line* (recorded as *shown* when it holds a secret) and read the reply."""
+        if "\r" in line or "\n" in line or "\0" in line:  # (one command per line, always)
+            raise ValueError("an SMTP command may not hold CR, LF or NUL")
         self.transcript.append(("C", line if shown is None else shown))
         self.writer.write(line.encode("utf-8") + b"\r\n")
         async with asyncio.timeout(self.timeout):

@@ -8,6 +8,7 @@ the :class:`ProbeOptions`, the stages in order (:class:`ProbeStage`) and the
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -101,6 +102,17 @@ class ProbeOptions:
     ehlo_name: str = "jdxmail-test"
     message: bytes | None = None
     slow_ms: float = SLOW_STAGE_MS
+
+    def __post_init__(self) -> None:
+        for name in ("mail_from", "rcpt_to", "ehlo_name"):
+            _refuse_control_characters(name, getattr(self, name))
+
+
+def _refuse_control_characters(name: str, value: str | None) -> None:
+    """ValueError when *value* holds CR, LF, NUL or another control character: it would
+    end the SMTP command early and smuggle another one onto the wire."""
+    if value is not None and any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError(f"{name} contains a control character (line break, tab or NUL)")
 
 
 @dataclass(slots=True)

@@ -48,6 +48,13 @@ RESCAN_INTERVAL = 2.0
 PRUNE_INTERVAL = 60.0
 #: files up to this size are read whole for the attachment count; bigger ones mapped
 _READ_WHOLE = 1 << 20
+#: seconds a new file's inotify event waits before the file is read, when this
+#: process's spool hands over what it stores (``filed``): by then the spool has said
+#: what it wrote and the file is not read at all; mail other processes store shows
+#: up this much later
+FILED_GRACE = 0.25
+#: at most this many hand-overs whose inotify event is still to come are remembered
+_FILED_FIRST_MAX = 4096
 _ENCODED = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(base64|quoted-printable)")
 
 
@@ -144,10 +151,26 @@ class MailboxIndex:
     """Every message of the mailboxes under *root*, kept current; see the module."""
 
     def __init__(
-        self, root: Path, *, limits: Callable[[], RetentionLimits] = RetentionLimits
+        self,
+        root: Path,
+        *,
+        limits: Callable[[], RetentionLimits] = RetentionLimits,
+        filed_here: bool = False,
     ) -> None:
-        """*limits* is called for the current retention limits (they change on reload)."""
+        """*limits* is called for the current retention limits (they change on reload).
+
+        With *filed_here*, this process's spool calls :meth:`filed` for each mailbox
+        file it stores, and new files are read only if it did not.
+        """
         self.root = Path(root)
+        self._root_text = os.fspath(self.root)
+        self._filed_here = filed_here
+        #: files handed over by filed() before their inotify event came (then ignored)
+        self._filed_first: set[tuple[str, str]] = set()
+        self._load_timer: asyncio.TimerHandle | None = None
+        #: new files waiting out FILED_GRACE before they are read: when each may be
+        #: (the loop's clock), in order of arrival
+        self._waiting: dict[tuple[str, str], float] = {}
         self._limits = limits
         self._entries: dict[str, MessageEntry] = {}
         self._by_key: dict[tuple[str, str], str] = {}
@@ -185,6 +208,9 @@ class MailboxIndex:
         """Stop watching and cancel background work."""
         if self._watcher is not None:
             self._watcher.close()
+        if self._load_timer is not None:
+            self._load_timer.cancel()
+            self._load_timer = None
         for task in (self._poller, self._pruner, self._loader, *self._tasks):
             if task is not None:
                 task.cancel()
@@ -302,10 +328,38 @@ class MailboxIndex:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def filed(self, path: str, head: bytes, data: bytes | bytearray) -> None:
+        """This process's spool stored *head* + *data* as the mailbox file *path*
+        (durable, under its final name): list it without reading the file."""
+        directory, name = os.path.split(path)
+        root, folder = os.path.split(directory)
+        if root != self._root_text or not name.endswith(".eml"):
+            return  # (not under this index's root: its inotify event will tell)
+        key = (folder, name)
+        if key in self._waiting:
+            del self._waiting[key]
+        elif key in self._pending:
+            del self._pending[key]
+        elif self._watcher is not None and self._watcher.active:
+            if len(self._filed_first) >= _FILED_FIRST_MAX:
+                self._filed_first.clear()  # (events were lost: at worst a file read twice)
+            self._filed_first.add(key)
+        whole = head + data
+        entry = _entry(folder, name, len(whole), time.time(), parse_summary(whole, whole))
+        self._add(entry, announce=self._ready.is_set())
+        self._enforce_count()
+
     def _on_file(self, folder: str, name: str, present: bool) -> None:
         if present:
-            self._pending[(folder, name)] = None
-            self._kick()
+            key = (folder, name)
+            if key in self._filed_first:  # listed already, from the spool's own hand-over
+                self._filed_first.discard(key)
+                return
+            if self._filed_here:
+                self._kick_later(key)
+            else:
+                self._pending[key] = None
+                self._kick()
             return
         message_id = self._by_key.get((folder, name))
         if message_id is not None:
@@ -315,6 +369,7 @@ class MailboxIndex:
         self._spawn(self._scan_folder(folder))
 
     def _on_overflow(self) -> None:
+        self._filed_first.clear()
         self._spawn(self._rescan())
         if self._watcher is not None and not self._watcher.active and self._poller is None:
             logger.warning("inbox: no longer watching %s; rescanning it instead", self.root)
@@ -322,8 +377,33 @@ class MailboxIndex:
 
     async def _scan_folder(self, folder: str) -> None:
         names = await asyncio.to_thread(_files_in, self.root / folder)
-        self._pending.update(dict.fromkeys((folder, n) for n in names))
-        self._kick()
+        keys = [(folder, n) for n in names if (folder, n) not in self._by_key]
+        if self._filed_here:  # (the spool may be about to hand them over)
+            for key in keys:
+                self._kick_later(key)
+        else:
+            self._pending.update(dict.fromkeys(keys))
+            self._kick()
+
+    def _kick_later(self, key: tuple[str, str]) -> None:
+        """Read file *key* FILED_GRACE from now, unless the spool hands it over first."""
+        loop = asyncio.get_running_loop()
+        self._waiting.pop(key, None)  # (again: its wait starts over, at the end)
+        self._waiting[key] = loop.time() + FILED_GRACE
+        if self._load_timer is None:
+            self._load_timer = loop.call_later(FILED_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._load_timer = None
+        now = asyncio.get_running_loop().time()
+        for key, due in list(self._waiting.items()):
+            if due > now:
+                self._load_timer = asyncio.get_running_loop().call_at(due, self._grace_over)
+                break
+            del self._waiting[key]
+            self._pending[key] = None
+        if self._pending:
+            self._kick()
 
     def _kick(self) -> None:
         if self._loader is None or self._loader.done():
@@ -515,6 +595,10 @@ def _load_entry(root: Path, folder: str, name: str) -> MessageEntry | None:
         return None
     finally:
         os.close(fd)
+    return _entry(folder, name, info.st_size, info.st_mtime, summary)
+
+
+def _entry(folder: str, name: str, size: int, when: float, summary: Summary) -> MessageEntry:
     search = " ".join(
         (
             summary.sender,
@@ -530,8 +614,8 @@ def _load_entry(root: Path, folder: str, name: str) -> MessageEntry | None:
         id=message_id_for(folder, name),
         folder=folder,
         name=name,
-        size=info.st_size,
-        time=info.st_mtime,
+        size=size,
+        time=when,
         summary=summary,
         search=search,
     )

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from jdxmail.queue.durable import move_no_replace
+
 __all__ = [
     "MailboxDelivery",
     "delivery_head",
@@ -85,7 +87,7 @@ _LINE_BREAKS = re.compile(r"[\r\n\0]")
 
 @dataclass(slots=True)
 class MailboxDelivery:
-    """One message file for one local mailbox: written to a tmp file, then linked in place."""
+    """One message file for one local mailbox: written to a tmp file, then moved into place."""
 
     recipient: str
     directory: Path
@@ -103,30 +105,30 @@ class MailboxDelivery:
         return {self.directory.parent}
 
     def place(self, tmp: str) -> tuple[str, set[Path]]:
-        """Link *tmp* into the mailbox, making its folder first if it has none (a new
+        """Move *tmp* into the mailbox, making its folder first if it has none (a new
         recipient, or a folder removed by hand): the path it took, and the folders
         whose entries changed (for a caller that syncs them one by one)."""
         try:
-            return self.link_into_place(tmp), set()
+            return self.move_into_place(tmp), set()
         except FileNotFoundError:
             if not os.path.exists(tmp):
                 raise
         made = self.ensure_directory()
-        return self.link_into_place(tmp), made
+        return self.move_into_place(tmp), made
 
-    def link_into_place(self, tmp: str | Path) -> str:
-        """Link the file *tmp* under a free name (suffix on collision), drop the tmp name.
+    def move_into_place(self, tmp: str | Path) -> str:
+        """Move the file *tmp* to a free name (suffix on collision).
 
-        Uses ``link`` so an existing message is never replaced, even by another
-        process delivering the same Message-ID at the same moment.
+        The move never replaces an existing message, even one another process
+        delivers with the same Message-ID at the same moment.
         """
+        source = os.fspath(tmp)
         prefix = os.path.join(self.directory, self.name)
         for attempt in range(_MAX_COLLISIONS):
             final = f"{prefix}-{attempt}.eml" if attempt else f"{prefix}.eml"
             try:
-                os.link(tmp, final)
+                move_no_replace(source, final)
             except FileExistsError:
                 continue
-            os.unlink(tmp)
             return final
         raise FileExistsError(f"{self.directory}: too many messages named {self.name}")

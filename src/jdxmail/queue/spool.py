@@ -28,7 +28,7 @@ has gathered. A message for relays only is renamed into ``queue/`` at once and t
 next flush makes its data and its name durable; only then does the caller get its
 queue id. Its file carries its size and checksum, so a file that a crash cut short
 (never acknowledged) is recognised as such. Mailbox files have no checksum: they go
-through two flushes, the data first, then (after the sync thread linked them into
+through two flushes, the data first, then (after the sync thread moved them into
 place) the names, so a crash leaves no half-written mail in a mailbox. Every file,
 whatever its destination, is written the same way: into a tmp file its folder's
 recycler gives (a spare, or an empty file made ahead: no create on the event loop).
@@ -206,6 +206,9 @@ class Spool:
         self._drained: asyncio.Event | None = None
         #: called on the loop when a message enters queue/ (its queue id)
         self.on_queued: Callable[[str], None] | None = None
+        #: called on the loop for each mailbox file a store made durable: its path,
+        #: the lines written before the data, the data (not for big messages)
+        self.on_filed: Callable[[str, bytes, bytes | bytearray], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -381,6 +384,8 @@ class Spool:
             job.message.tail.close()  # every thread is done with it
         if error is None:
             self._queued(job.plan)
+            if job.plan.mailboxes and self.on_filed is not None and job.message.tail is None:
+                self._filed(job.plan, job.message.data)
         if not job.future.done():
             if error is None:
                 job.future.set_result(job.plan.queue_id)
@@ -389,6 +394,15 @@ class Spool:
         self._in_flight -= 1
         if self._in_flight == 0 and self._drained is not None:
             self._drained.set()
+
+    def _filed(self, plan: _Plan, data: bytes | bytearray) -> None:
+        assert self.on_filed is not None
+        for output, placed in zip(plan.outputs, plan.placed, strict=True):
+            if isinstance(output.final, MailboxDelivery):
+                try:
+                    self.on_filed(os.fspath(placed), output.head, data)
+                except Exception:  # (the mail is stored; only a listing is late)
+                    logger.exception("spool: telling the inbox of %s failed", placed)
 
     def _queued(self, plan: _Plan) -> None:
         if plan.queued and self.on_queued is not None:
@@ -540,7 +554,7 @@ class Spool:
             raise
 
     def _place(self, plan: _Plan) -> set[Path]:
-        """Rename/link the tmp files into place; return the directories to fsync."""
+        """Move the tmp files into place; return the directories to fsync."""
         dirs: set[Path] = set()
         for output in plan.outputs:
             if isinstance(output.final, MailboxDelivery):

@@ -355,7 +355,10 @@ class SmtpServerApp:
         self.stats_recorder = recorder
         components: list[Component] = [recorder]
         if self.delivery != "none":  # one inbox per serve (the worker that relays)
-            self.inbox = MailboxIndex(self.settings.paths.mailbox, limits=self._mailbox_limits)
+            self.inbox = MailboxIndex(
+                self.settings.paths.mailbox, limits=self._mailbox_limits, filed_here=True
+            )
+            self._own_spool.on_filed = self.inbox.filed
             components.append(self.inbox)
         if not self.settings.relays or self.delivery == "none":
             return components

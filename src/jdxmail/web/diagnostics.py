@@ -113,7 +113,12 @@ async def test_relay(request: Request) -> Response:
             raise ApiError(404, f"no relay named {name!r}", f"use one of: {names}")
     if timeout is not None:
         targets = [replace(t, timeout=timeout) for t in targets]
-    options = ProbeOptions(mail_from=mail_from, rcpt_to=rcpt_to, send=send)
+    try:
+        options = ProbeOptions(mail_from=mail_from, rcpt_to=rcpt_to, send=send)
+    except ValueError as exc:
+        raise ApiError(
+            400, str(exc), "give the address on one line, without control characters"
+        ) from exc
     reports = [await probe_relay(t, options) for t in targets]
     return JSONResponse(
         {"ok": all(r.ok for r in reports), "relays": [r.to_json() for r in reports]}
