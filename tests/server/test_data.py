@@ -97,6 +97,17 @@ async def test_clean_crlf_message_passes_in_both_modes(
     assert store.messages[0].data.endswith(b"Subject: dots\r\n\r\n.leading dot\r\n..\r\nend\r\n")
 
 
+async def test_normalized_line_ending_before_a_dot_is_unstuffed(start_server: StartServer) -> None:
+    """With Normalize, a dot-stuffed line after a bare LF or CR loses its extra dot too."""
+    store = RecordingStore()
+    app = await start_server(BareLineEndings="Normalize", store=store)
+    client = await Client.connect(port_of(app))
+    await open_data(client)
+    client.send("Subject: dots\r\n\r\nfirst\n..after LF\r..after CR\r\n.\r\n")
+    assert (await client.line()).startswith("250 2.0.0 OK: queued as Q1")
+    assert store.messages[0].data.endswith(b"\r\n\r\nfirst\r\n.after LF\r\n.after CR\r\n")
+
+
 async def test_oversized_message_is_refused_while_streaming(start_server: StartServer) -> None:
     """Data past MaxMessageSize gets 552 5.3.4 after the end; nothing stored; session lives."""
     store = RecordingStore()

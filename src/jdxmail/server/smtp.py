@@ -71,6 +71,8 @@ BAD_COMMAND_LIMIT = 10
 #: bytes per second DATA must average: its deadline is TimeOut plus size / this rate
 DATA_MIN_RATE = 1024
 _END_OF_DATA = b"\r\n.\r\n"
+#: the start of the end of data, or of a line that was dot-stuffed
+_DOT_LINE = b"\r\n."
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 _DATE = re.compile(rb"(?im)^date[ \t]*:")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
@@ -1067,7 +1069,7 @@ class SmtpSession(SharedReadBuffer):
             return
         self.send(replies.START_DATA)
         limit = self.host.runtime.server.max_message_size
-        content = await self._read_data(limit)
+        content, dot_lines = await self._read_data(limit)
         self.transaction = None
         if content is None:
             self._log.warning(
@@ -1078,12 +1080,21 @@ class SmtpSession(SharedReadBuffer):
             self.host.counters.reject("size")
             self.send(replies.TOO_BIG.format(limit=limit))
             return
-        await self._accept(transaction, content, unstuff=True)
+        await self._accept(transaction, content, unstuff=True, dot_lines=dot_lines)
 
     async def _accept(
-        self, transaction: _Transaction, content: bytearray | DataSpill, *, unstuff: bool
+        self,
+        transaction: _Transaction,
+        content: bytearray | DataSpill,
+        *,
+        unstuff: bool,
+        dot_lines: bool = True,
     ) -> None:
-        """Check, clean and store a complete message; send the reply."""
+        """Check, clean and store a complete message; send the reply.
+
+        *dot_lines* False: the DATA reader found no line after the first that starts
+        with a dot (see clean_data).
+        """
         runtime = self.host.runtime
         normalize = runtime.server.bare_line_endings == "Normalize"
         strip_nul = runtime.server.nul_bytes == "Strip"
@@ -1102,11 +1113,20 @@ class SmtpSession(SharedReadBuffer):
         elif len(content) > _INLINE_CLEAN_LIMIT:
             # Scanning megabytes takes milliseconds; keep other sessions responsive.
             body, problem = await asyncio.to_thread(
-                clean_data, content, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff
+                clean_data,
+                content,
+                normalize=normalize,
+                strip_nul=strip_nul,
+                unstuff=unstuff,
+                dot_lines=dot_lines,
             )
         else:
             body, problem = clean_data(
-                content, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff
+                content,
+                normalize=normalize,
+                strip_nul=strip_nul,
+                unstuff=unstuff,
+                dot_lines=dot_lines,
             )
         if problem is not None:
             self._log.warning("message from <%s> refused: %s", transaction.mail_from, problem)
@@ -1252,18 +1272,20 @@ class SmtpSession(SharedReadBuffer):
             name += "A"
         return name
 
-    async def _read_data(self, limit: int) -> bytearray | DataSpill | None:
+    async def _read_data(self, limit: int) -> tuple[bytearray | DataSpill | None, bool]:
         """Read message data up to CRLF.CRLF; None when it was larger than *limit*.
 
         Input is read in chunks; past the limit only the last four bytes are kept (to
-        find the terminator), so memory stays bounded by the limit.
+        find the terminator), so memory stays bounded by the limit. The flag is False
+        when no CRLF in the data is followed by a dot (nothing to un-stuff after the
+        first line).
         """
         self._reading_data = True  # left set when it raises: _run picks the 421 by it
         data = await self._read_data_until_end(limit)
         self._reading_data = False
         return data
 
-    async def _read_data_until_end(self, limit: int) -> bytearray | DataSpill | None:
+    async def _read_data_until_end(self, limit: int) -> tuple[bytearray | DataSpill | None, bool]:
         # The deadline grows with what arrived: TimeOut + received / DATA_MIN_RATE.
         start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
         received = 0
@@ -1275,28 +1297,39 @@ class SmtpSession(SharedReadBuffer):
         fed = 0  # bytes handed to the spill
         scan_from = 0
         too_big = False
+        dot_lines = False  # a CRLF followed by a dot was seen (not the end)
         try:
             while True:
+                index = -1
                 if fed == 0 and not too_big and data.startswith(_END_OF_DATA[2:]):
                     index = -2  # ".\r\n" right after the DATA line's CRLF: no content
                 else:
-                    index = data.find(_END_OF_DATA, scan_from)
+                    # CRLF and a dot: the end when CRLF follows, else a line to un-stuff.
+                    # One search finds both (clean_data then need not look for dots).
+                    while (found := _find_dot_line(data, scan_from)) >= 0:
+                        if len(data) < found + len(_END_OF_DATA):
+                            break  # undecided: searched again with what comes next
+                        if data.startswith(b"\r\n", found + len(_DOT_LINE)):
+                            index = found
+                            break
+                        dot_lines = True
+                        scan_from = found + len(_DOT_LINE)
                 if index != -1:
                     rest = data[index + len(_END_OF_DATA) :]
                     if rest:
                         self._buffer[0:0] = rest
                     if too_big or fed + index + 2 > limit:
-                        return None
+                        return None, dot_lines
                     if spill is not None:
                         spill.feed(data[: index + 2])
                         spill.finish()
                         handed, spill = spill, None
-                        return handed
+                        return handed, True
                     # Trim the tail in place: no copy. (The head is never trimmed: a
                     # bytearray with a trimmed head is copied whole when it grows, as it
                     # does when the trace headers are put in front.)
                     del data[index + 2 :]
-                    return data
+                    return data, dot_lines
                 if not too_big and fed + len(data) > limit + 3:
                     too_big = True
                     if spill is not None:  # free its file now, not at the end of the data
@@ -1340,8 +1373,37 @@ class SmtpSession(SharedReadBuffer):
         )
 
 
+#: dots _find_dot_line looks at one by one before it searches for CRLF-dot instead,
+#: plus one for every KiB it passed (base64 has no dots; text has one every few words)
+_DOT_HOPS = 16
+
+
+def _find_dot_line(data: bytearray, start: int) -> int:
+    """``data.find(b"\\r\\n.", start)``, faster where dots are few.
+
+    A one-byte search (memchr) from dot to dot is ~20 times faster than the three-byte
+    search over data with few dots, as big messages mostly are (base64 attachments);
+    once the dots come thicker than the budget, the three-byte search does the rest.
+    """
+    position = start + 2
+    hops = 0
+    while (dot := data.find(b".", position)) >= 0:
+        if data.startswith(b"\r\n", dot - 2):
+            return dot - 2
+        position = dot + 1
+        hops += 1
+        if hops > _DOT_HOPS + ((dot - start) >> 10):
+            return data.find(_DOT_LINE, dot - 1)
+    return -1
+
+
 def clean_data(
-    content: bytes | bytearray, *, normalize: bool, strip_nul: bool = False, unstuff: bool = True
+    content: bytes | bytearray,
+    *,
+    normalize: bool,
+    strip_nul: bool = False,
+    unstuff: bool = True,
+    dot_lines: bool = True,
 ) -> tuple[bytes | bytearray, Reply | None]:
     """Check line endings, NUL bytes and line lengths and undo dot-stuffing (RFC 5321 4.5.2).
 
@@ -1350,13 +1412,15 @@ def clean_data(
     byte (not allowed in mail: RFC 5321 2.3.8, RFC 2045 2.7) is refused unless
     *strip_nul*, which removes them. The result is *content* itself when there is
     nothing to change (no copy). BDAT data is not dot-stuffed: *unstuff* False.
+    *dot_lines* False: the caller found no CRLF followed by a dot in *content*, so
+    only its first line can start with one (unless bare line endings are normalised).
     """
     # A receiver that drops NUL bytes would see "\r\n\0.\r\n" as the end of data and
     # read the rest as a second message: never store or relay one.
     has_nul = content.find(b"\x00") >= 0
     if has_nul and not strip_nul:
         return b"", replies.NUL_BYTE
-    content, problem = _unstuff(content, normalize=normalize, unstuff=unstuff)
+    content, problem = _unstuff(content, normalize=normalize, unstuff=unstuff, dot_lines=dot_lines)
     if has_nul and problem is None:
         # After un-stuffing: the line "\0." was not stuffed and stays the line "."
         # (which the relay client stuffs again on the way out).
@@ -1365,16 +1429,19 @@ def clean_data(
 
 
 def _unstuff(
-    content: bytes | bytearray, *, normalize: bool, unstuff: bool = True
+    content: bytes | bytearray, *, normalize: bool, unstuff: bool = True, dot_lines: bool = True
 ) -> tuple[bytes | bytearray, Reply | None]:
     if has_bare_line_ending(content):
         if not normalize:
             return b"", replies.BARE_LINE_ENDING
         content = to_crlf(content)
+        dot_lines = True  # a bare LF or CR before a dot is a CRLF before it now
     if _has_long_line(content):
         return b"", replies.DATA_LINE_TOO_LONG
     if not unstuff:
         return content, None
+    if not dot_lines:
+        return (content[1:] if content.startswith(b".") else content), None
     return unstuffed(content), None
 
 
