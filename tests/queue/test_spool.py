@@ -142,17 +142,9 @@ async def test_same_message_id_gets_suffix(spool: Spool, tmp_path: Path) -> None
     assert (box / "same@x-1.eml").read_bytes().endswith(second.data)
 
 
-@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-unlink"])
-async def test_same_message_id_many_at_once_none_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
-) -> None:
+async def test_same_message_id_many_at_once_none_lost(tmp_path: Path) -> None:
     """Twenty messages with one Message-ID stored at once each get a file of their own
-    (``x.eml``, ``x-1.eml``…), whether the system moves files with renameat2 or with
-    link and unlink; nothing is left in the mailboxes' .tmp/."""
-    if not renameat2:
-        monkeypatch.setattr(durable, "_renameat2", None)
-    elif durable._renameat2 is None:
-        pytest.skip("renameat2 is not available here")
+    (``x.eml``, ``x-1.eml``…); nothing is left in the mailboxes' .tmp/."""
     messages = [
         make_message(n, relay=(), local=("carol@localhost",), message_id="same@x")
         for n in range(20)
@@ -167,21 +159,17 @@ async def test_same_message_id_many_at_once_none_lost(
     assert list((tmp_path / "mailbox" / ".tmp").iterdir()) == []
 
 
-def test_move_no_replace_never_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Moving a file onto an existing name fails and leaves both files as they were,
-    with renameat2 and with the link-and-unlink fallback."""
-    for fallback in (False, True):
-        if fallback:
-            monkeypatch.setattr(durable, "_renameat2", None)
-        source, target = tmp_path / f"new{fallback}", tmp_path / f"old{fallback}"
-        source.write_bytes(b"new")
-        target.write_bytes(b"old")
-        with pytest.raises(FileExistsError):
-            durable.move_no_replace(str(source), str(target))
-        assert (source.read_bytes(), target.read_bytes()) == (b"new", b"old")
-        durable.move_no_replace(str(source), str(tmp_path / f"free{fallback}"))
-        assert not source.exists()
-        assert (tmp_path / f"free{fallback}").read_bytes() == b"new"
+def test_move_no_replace_never_replaces(tmp_path: Path) -> None:
+    """Moving a file onto an existing name fails and leaves both files as they were."""
+    source, target = tmp_path / "new", tmp_path / "old"
+    source.write_bytes(b"new")
+    target.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        durable.move_no_replace(str(source), str(target))
+    assert (source.read_bytes(), target.read_bytes()) == (b"new", b"old")
+    durable.move_no_replace(str(source), str(tmp_path / "free"))
+    assert not source.exists()
+    assert (tmp_path / "free").read_bytes() == b"new"
 
 
 @pytest.mark.parametrize(

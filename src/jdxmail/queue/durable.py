@@ -146,49 +146,14 @@ def _syncfs_fd(fd: int, shown: str) -> None:
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    c = libc()
-    if c is None or not hasattr(c, "renameat2"):
-        return None
-    function = c.renameat2
-    function.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    function.restype = ctypes.c_int
-    return function
-
-
-#: renameat2, until a file system answers that it cannot do RENAME_NOREPLACE
-_renameat2 = _load_renameat2()
-
 
 def move_no_replace(source: str, target: str) -> None:
     """Give file *source* the name *target*, which must not exist (FileExistsError).
 
-    One ``renameat2(RENAME_NOREPLACE)`` where the system and file system have it;
-    elsewhere ``link`` then ``unlink``, which never replaces either.
+    ``link`` then ``unlink``: never replaces *target*, even one another process
+    creates at the same moment. (``renameat2(RENAME_NOREPLACE)`` would do it in one
+    call; it was measured no faster here, see docs/performance.md.)
     """
-    global _renameat2  # noqa: PLW0603 - learnt once per process
-    if _renameat2 is not None:
-        if (
-            _renameat2(
-                _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
-            )
-            == 0
-        ):
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(code, os.strerror(code), target)
-        _renameat2 = None
     os.link(source, target)
     os.unlink(source)
 
