@@ -64,6 +64,17 @@ async def arrival(index: MailboxIndex, count: int = 1) -> list[MessageEntry]:
     return seen
 
 
+async def serving_one_mail(start_server: StartServer, subject: str) -> SmtpServerApp:
+    """A started server whose inbox lists one message, *subject*, sent to dev@localhost."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    await send(app, html_mail(subject))
+    await waiting
+    return app
+
+
 async def test_sent_mail_is_listed_with_envelope_and_session(start_server: StartServer) -> None:
     """A message sent with smtplib is listed newest first with its headers, envelope,
     attachment count and the SMTP session it came in on."""
@@ -382,12 +393,8 @@ async def test_a_removed_mailbox_folder_leaves_and_comes_back(
 ) -> None:
     """Removing a recipient's folder by hand empties it from the list; the next mail to
     that recipient (a new folder) shows up again."""
-    app = await start_server()
+    app = await serving_one_mail(start_server, "before")
     assert app.inbox is not None
-    await app.inbox.ready()
-    waiting = asyncio.ensure_future(arrival(app.inbox))
-    await send(app, html_mail("before"))
-    await waiting
     await asyncio.to_thread(shutil.rmtree, tmp_path / "mailbox" / "dev@localhost")
     for _ in range(200):
         if len(app.inbox) == 0:
@@ -407,12 +414,8 @@ async def test_mail_that_arrives_during_a_rescan_stays_listed_and_is_announced_o
     """A rescan lists the folders, then drops what its listing lacks. Mail that arrived
     while it was listing is newer than the listing: it stays in the inbox, and the
     browser hears of it once."""
-    app = await start_server()
+    app = await serving_one_mail(start_server, "before")
     assert app.inbox is not None
-    await app.inbox.ready()
-    waiting = asyncio.ensure_future(arrival(app.inbox))
-    await send(app, html_mail("before"))
-    await waiting
 
     listed, release, returned = threading.Event(), threading.Event(), threading.Event()
     real_all_files = index_module._all_files
