@@ -1,12 +1,13 @@
 """The dev inbox: every message of every local mailbox, newest first, in memory.
 
 :class:`MailboxIndex` reads the header section of each ``<root>/<recipient>/*.eml``
-once (at start, in a thread) and then keeps itself current from inotify events
-(:class:`jdxmail.inbox.watch.MailboxWatcher`), so mail stored by any process sharing
-the mailbox folder shows up, or by rescanning every few seconds where inotify is not
-available. Listing a page is a slice of a sorted list (no file is opened); a search
-over subjects and addresses runs in memory, one over body text reads the files in a
-thread. Ids are the first 16 hex digits of a SHA-256 of ``folder/file``: stable
+once (at start, in a thread) and then keeps itself current: mail this process's spool
+stores is handed over as it is stored (:meth:`MailboxIndex.filed`, nothing read back),
+and inotify events (:class:`jdxmail.inbox.watch.MailboxWatcher`) bring what any other
+process sharing the mailbox folder writes or removes, or a rescan every few seconds
+where inotify is not available. Listing a page is a slice of a sorted list (no file
+is opened); a search over subjects and addresses runs in memory, one over body text
+reads the files in a thread. Ids are the first 16 hex digits of a SHA-256 of ``folder/file``: stable
 across restarts, and never used as a path — a file is only reached through a lookup
 of its id here.
 
@@ -55,6 +56,9 @@ _READ_WHOLE = 1 << 20
 FILED_GRACE = 0.25
 #: at most this many hand-overs whose inotify event is still to come are remembered
 _FILED_FIRST_MAX = 4096
+#: batches of new files up to this many are read on the loop (tens of µs each); a
+#: thread hop per handful of files cost more than the reading, in lock hand-overs
+_READ_ON_LOOP = 8
 _ENCODED = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(base64|quoted-printable)")
 
 
@@ -418,7 +422,7 @@ class MailboxIndex:
     async def _load_pending(self) -> None:
         while self._pending:
             batch, self._pending = list(self._pending), {}
-            if len(batch) <= 8:
+            if len(batch) <= _READ_ON_LOOP:
                 loaded = _load_entries(self.root, batch)
             else:
                 loaded = await asyncio.to_thread(_load_entries, self.root, batch)
