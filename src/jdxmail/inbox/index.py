@@ -7,9 +7,9 @@ and inotify events (:class:`jdxmail.inbox.watch.MailboxWatcher`) bring what any 
 process sharing the mailbox folder writes or removes, or a rescan every few seconds
 where inotify is not available. Listing a page is a slice of a sorted list (no file
 is opened); a search over subjects and addresses runs in memory, one over body text
-reads the files in a thread. Ids are the first 16 hex digits of a SHA-256 of ``folder/file``: stable
-across restarts, and never used as a path — a file is only reached through a lookup
-of its id here.
+reads the files in a thread. Ids are the first 16 hex digits of a SHA-256 of
+``folder/file``: stable across restarts, and never used as a path — a file is only
+reached through a lookup of its id here.
 
 Retention (``Mailbox.MaxMessages``, ``Mailbox.MaxAge``) removes the oldest messages
 in the background.
