@@ -138,7 +138,7 @@ def _histogram_keys(metric: str, buckets: tuple[float, ...]) -> tuple[str, ...]:
     )
 
 
-@functools.lru_cache(maxsize=4096)  # (relays × outcomes: a handful, made per message)
+@functools.lru_cache(maxsize=4096)  # (relays by outcomes: a handful, made per message)
 def series_key(metric: str, labels: tuple[tuple[str, str], ...]) -> str:
     """``metric{name="value",...}`` with the values JSON-quoted (a relay's name may hold
     anything); parsed back by parse_series_key."""
