@@ -77,6 +77,7 @@ async def test_live_mail_sandboxed_html_remote_content_delete(
         row = page.locator("#messages tbody tr", has_text="Welcome to the shop")
         await row.wait_for(timeout=10_000)
         assert await page.locator("#inbox-total").inner_text() == "1 message"
+        assert await page.locator("#page-range").inner_text() == "1\u20131 of 1"
         await row.locator("td.subject a").click()
         await page.wait_for_selector("#html-frame")
         frame = await (await page.query_selector("#html-frame")).content_frame()
@@ -101,7 +102,7 @@ async def test_live_mail_sandboxed_html_remote_content_delete(
 
 
 async def test_mail_deleted_elsewhere_leaves_the_open_list(
-    console: Console, page: Any, http: httpx.AsyncClient
+    console: Console, page: Any, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     """With the inbox open, a message deleted by another client (the API) and one whose
     file is removed by hand leave the list without a reload, and the total follows."""
@@ -127,6 +128,8 @@ async def test_mail_deleted_elsewhere_leaves_the_open_list(
     )
     assert await page.locator("#inbox-total").inner_text() == "1 message"
     assert await rows.count() == 1
+    assert await page.locator("#page-range").inner_text() == "1\u20131 of 1"
+    await shot(page, "inbox-after-removals.png", tmp_path)
 
 
 async def test_screenshots_of_inbox_and_message(

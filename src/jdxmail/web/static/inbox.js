@@ -97,6 +97,12 @@
     if (!el) { return; }
     el.dataset.total = String(total);
     el.textContent = total + (total === 1 ? " message" : " messages");
+    const range = document.getElementById("page-range");
+    const rows = document.querySelectorAll("#messages tbody tr[data-id]").length;
+    if (range) {
+      const start = Number(range.dataset.start || "0");
+      range.textContent = rows ? (start + 1) + "\u2013" + (start + rows) + " of " + total : "";
+    }
   }
 
   function initList() {
