@@ -314,6 +314,29 @@ def test_big_spooled_data_is_stuffed_as_aiosmtplib_would(data: bytes) -> None:
     assert dot_stuffed(data, crlf=True) == expected
 
 
+# lines of text, base64-like runs, dots alone, line ends: sparse and dense dot lines
+_PARTS = hypothesis.strategies.sampled_from(
+    [b"\r\n", b".", b"\r\n.", b"word ", b"QUJD" * 30, b"a.b", b"\r", b"\n", b"\r\n.\r\n"]
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    hypothesis.strategies.lists(_PARTS, max_size=400).map(b"".join),
+    hypothesis.strategies.integers(min_value=0, max_value=6000),
+    hypothesis.strategies.booleans(),
+)
+def test_find_dot_line_finds_what_find_finds(data: bytes, start: int, mutable: bool) -> None:
+    """The one search for CRLF-dot (the server's DATA reader, un-stuffing, stuffing for
+    a relay) answers as ``find`` does, in bytes (glibc's memmem past 4 KiB) and in the
+    server's bytearray, from any start, with dots few or many."""
+    from jdxmail.data_encoding import find_dot_line
+
+    text = bytearray(data) if mutable else data
+    start = min(start, len(data))
+    assert find_dot_line(text, start) == data.find(b"\r\n.", start)
+
+
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 10_000])
 @pytest.mark.parametrize(
     "data",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
 from jdxmail import replies
-from jdxmail.data_encoding import has_bare_line_ending, to_crlf, unstuffed
+from jdxmail.data_encoding import find_dot_line, has_bare_line_ending, to_crlf, unstuffed
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.read_buffer import SharedReadBuffer
 from jdxmail.replies import Reply
@@ -1306,7 +1306,7 @@ class SmtpSession(SharedReadBuffer):
                 else:
                     # CRLF and a dot: the end when CRLF follows, else a line to un-stuff.
                     # One search finds both (clean_data then need not look for dots).
-                    while (found := _find_dot_line(data, scan_from)) >= 0:
+                    while (found := find_dot_line(data, scan_from)) >= 0:
                         if len(data) < found + len(_END_OF_DATA):
                             break  # undecided: searched again with what comes next
                         if data.startswith(b"\r\n", found + len(_DOT_LINE)):
@@ -1371,30 +1371,6 @@ class SmtpSession(SharedReadBuffer):
         return DataSpill(
             tail, normalize=normalize, strip_nul=strip_nul, unstuff=unstuff, refusal=refusal
         )
-
-
-#: dots _find_dot_line looks at one by one before it searches for CRLF-dot instead,
-#: plus one for every KiB it passed (base64 has no dots; text has one every few words)
-_DOT_HOPS = 16
-
-
-def _find_dot_line(data: bytearray, start: int) -> int:
-    """``data.find(b"\\r\\n.", start)``, faster where dots are few.
-
-    A one-byte search (memchr) from dot to dot is ~20 times faster than the three-byte
-    search over data with few dots, as big messages mostly are (base64 attachments);
-    once the dots come thicker than the budget, the three-byte search does the rest.
-    """
-    position = start + 2
-    hops = 0
-    while (dot := data.find(b".", position)) >= 0:
-        if data.startswith(b"\r\n", dot - 2):
-            return dot - 2
-        position = dot + 1
-        hops += 1
-        if hops > _DOT_HOPS + ((dot - start) >> 10):
-            return data.find(_DOT_LINE, dot - 1)
-    return -1
 
 
 def clean_data(
