@@ -105,7 +105,8 @@ async def test_mail_deleted_elsewhere_leaves_the_open_list(
     console: Console, page: Any, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     """With the inbox open, a message deleted by another client (the API) and one whose
-    file is removed by hand leave the list without a reload, and the total follows."""
+    file is removed by hand leave the list without a reload, and the total follows;
+    when the last one goes, the page shows the empty inbox as a fresh load does."""
     for subject in ("Order 1", "Order 2", "Order 3"):
         await send(console, mail(subject))
     found = [await wait_for(http, f"Order {n}") for n in (1, 2, 3)]
@@ -130,6 +131,13 @@ async def test_mail_deleted_elsewhere_leaves_the_open_list(
     assert await rows.count() == 1
     assert await page.locator("#page-range").inner_text() == "1\u20131 of 1"
     await shot(page, "inbox-after-removals.png", tmp_path)
+    last = await http.request("DELETE", "/api/v1/messages", json={"ids": [found[2]["id"]]})
+    assert last.status_code == 200
+    # the emptied page shows the server's empty state, not an empty table
+    await page.wait_for_selector("#empty", timeout=10_000)
+    assert "No mail yet" in await page.locator("#empty").inner_text()
+    assert await page.locator("#inbox-total").inner_text() == "0 messages"
+    assert await page.locator("#delete-all").is_disabled()
 
 
 async def test_screenshots_of_inbox_and_message(

@@ -166,6 +166,11 @@
         const row = body.querySelector('tr[data-id="' + CSS.escape(id) + '"]');
         if (row) { row.remove(); gone += 1; }
       });
+      if (gone && !body.querySelector("tr[data-id]")) {
+        // the page emptied: show what the server has now (older mail, or "No mail yet")
+        window.location.reload();
+        return;
+      }
       const totalEl = document.getElementById("inbox-total");
       // the whole list: its total drops by every removal; a search or a later page only
       // loses the rows it shows (its total is that of the search)
