@@ -3,6 +3,7 @@
 Usage::
 
     python bench/ingest_probe.py [--count 6000] [--size 1024] [--sessions 20] [--rounds 3]
+                                 [--loop asyncio|uvloop] [--spare] [--console]
 
 Runs the server (``SmtpServerApp``, durable spool, delivery left to another process
 that is not started) in this process on 127.0.0.1 and sends it *count* messages
@@ -29,7 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_figures import CpuFigures
 
+from jdxmail.eventloop import LoopChoice
+from jdxmail.eventloop import run as run_loop
 from jdxmail.logs import configure_logging
+from jdxmail.queue.layout import new_queue_id
+from jdxmail.queue.recycling import SPARE_DIR
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.files import settings_from_source, source_from_text
 
@@ -54,7 +59,10 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
     }
     source = source_from_text(root / "c.json", json.dumps(config))
     settings = settings_from_source(source).settings
-    configure_logging(settings.paths.logs, console=None)  # as serve does
+    if args.spare:
+        _fill_spare(root / "spool" / SPARE_DIR, args.count, args.size)
+    echo = open(root / "console.log", "w", encoding="utf-8") if args.console else None  # noqa: ASYNC230, SIM115
+    configure_logging(settings.paths.logs, console=echo)  # as serve does
     app = SmtpServerApp(settings, port=0, delivery="none")
     (address,) = await app.start()
     argv = ["smtp-source", "-s", str(args.sessions), "-m", str(args.count), "-d"]
@@ -67,11 +75,25 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
         wall, times = time.perf_counter() - wall0, os.times()
     finally:
         await app.stop(5)
+        if echo is not None:
+            configure_logging(None, console=None)
+            echo.close()
     queued = sum(1 for e in os.scandir(root / "spool" / "queue") if e.name.endswith(".msg"))
     if queued != args.count:
         raise SystemExit(f"{queued} of {args.count} messages queued: see {root / 'logs'}")
     user, system = times.user - times0.user, times.system - times0.system
     return args.count / wall, user / args.count * 1e6, system / args.count * 1e6
+
+
+def _fill_spare(spare_dir: Path, count: int, size: int) -> None:
+    """Put *count* files of *size* bytes in *spare_dir*, named as the delivery process
+    names the queue files it gives back (``ID.N``, N blocks), and flush them."""
+    spare_dir.mkdir(parents=True)
+    blocks = max(1, -(-size // 4096))
+    data = b"x" * size
+    for _ in range(count):
+        (spare_dir / f"{new_queue_id()}.{blocks}").write_bytes(data)
+    os.sync()
 
 
 def main() -> int:
@@ -80,6 +102,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--spare", action="store_true", help="start with spare/ filled")
+    parser.add_argument("--console", action="store_true", help="echo the log to a file")
     args = parser.parse_args()
     if shutil.which("smtp-source") is None:
         print("smtp-source not found: apt-get install postfix", file=sys.stderr)
@@ -87,7 +112,8 @@ def main() -> int:
     figures = CpuFigures()
     with tempfile.TemporaryDirectory(prefix="jdx-ingest-") as tmp:
         for rnd in range(args.rounds):
-            figures.add(*asyncio.run(_round(Path(tmp) / f"r{rnd}", args)))
+            loop = LoopChoice(args.loop)
+            figures.add(*run_loop(_round(Path(tmp) / f"r{rnd}", args), loop))
     figures.print_median()
     return 0
 
