@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = [
     "LOG_FILE_NAME",
@@ -40,6 +40,7 @@ __all__ = [
     "JsonFormatter",
     "LogSetupError",
     "MaskingFilter",
+    "SessionLog",
     "category_of",
     "configure_logging",
     "register_secret",
@@ -51,6 +52,8 @@ _AUTH_LINE = re.compile(r"(?i)\b(AUTH\s+(?:PLAIN|LOGIN|CRAM-MD5|XOAUTH2)\s+)\S+"
 _MASK = "********"
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+#: the secrets as one tuple, replaced whole when one is added: read per line, no lock
+_secret_values: tuple[str, ...] = ()
 
 
 class LogSetupError(OSError):
@@ -72,34 +75,72 @@ _category_cache: dict[str, str] = {}
 
 def register_secret(value: str) -> None:
     """Never let *value* (a password, hash or relay secret) appear in a log line."""
+    global _secret_values  # noqa: PLW0603
     if len(value) >= 4:
         with _secrets_lock:
             _secrets.add(value)
+            _secret_values = tuple(_secrets)
 
 
 def _mask(text: str) -> str:
     if "auth" in text.lower():  # cheaper than the regular expression on every line
         text = _AUTH_LINE.sub(lambda m: m.group(1) + _MASK, text)
-    with _secrets_lock:
-        found = [s for s in _secrets if s in text]
-    for secret in found:
-        text = text.replace(secret, _MASK)
+    for secret in _secret_values:
+        if secret in text:
+            text = text.replace(secret, _MASK)
     return text
+
+
+class SessionLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger's lines for one SMTP session: each record gets ``session``.
+
+    What :class:`logging.LoggerAdapter` does, in two calls instead of six per line
+    (the server logs one or more per message): the level check, then the logger's
+    record. Every call of the adapter behaves as before.
+    """
+
+    def __init__(self, logger: logging.Logger, session: str) -> None:
+        super().__init__(logger, {"session": session})
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log *msg* % *args* at DEBUG with this session's id."""
+        if self.logger.isEnabledFor(logging.DEBUG):
+            kwargs["extra"] = self.extra
+            self.logger._log(logging.DEBUG, msg, args, **kwargs)
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log *msg* % *args* at INFO with this session's id."""
+        if self.logger.isEnabledFor(logging.INFO):
+            kwargs["extra"] = self.extra
+            self.logger._log(logging.INFO, msg, args, **kwargs)
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log *msg* % *args* at WARNING with this session's id."""
+        if self.logger.isEnabledFor(logging.WARNING):
+            kwargs["extra"] = self.extra
+            self.logger._log(logging.WARNING, msg, args, **kwargs)
 
 
 class MaskingFilter(logging.Filter):
     """Replace AUTH payloads and registered secrets in the message by ``********``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # Each handler (console, file) runs this filter: mask a record only once.
-        if getattr(record, "_jdxmail_masked", False):
+        # Each handler (console, file) runs this filter: mask a record only once. The
+        # masked text is kept on the record: the formatters need not build it again.
+        if "_jdxmail_text" in record.__dict__:
             return True
         message = record.getMessage()
         masked = _mask(message)
         if masked != message:
             record.msg, record.args = masked, None
-        record._jdxmail_masked = True
+        record._jdxmail_text = masked
         return True
+
+
+def _text(record: logging.LogRecord) -> str:
+    """The record's message, as MaskingFilter left it (made again if it did not run)."""
+    text: str | None = record.__dict__.get("_jdxmail_text")
+    return record.getMessage() if text is None else text
 
 
 class CategoryFormatter(logging.Formatter):
@@ -108,6 +149,8 @@ class CategoryFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
         self._stamp: tuple[int, str] = (-1, "")
+        #: "LEVEL CATEGORY [" by level name and logger name: a handful, made once each
+        self._heads: dict[tuple[str, str], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         # The console and the file share this formatter: format each record once.
@@ -124,12 +167,12 @@ class CategoryFormatter(logging.Formatter):
         if stamp[0] != second:
             # strftime once per second, not per line.
             stamp = self._stamp = (second, self.formatTime(record, self.datefmt))
-        when = f"{stamp[1]}.{int(record.msecs):03d}"
+        key = (record.levelname, record.name)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = f"{key[0]:<5} {category_of(key[1]):<5} ["
         session = getattr(record, "session", None) or "-"
-        line = (
-            f"{when} {record.levelname:<5} {category_of(record.name):<5} "
-            f"[{session}] {record.getMessage()}"
-        )
+        line = f"{stamp[1]}.{int(record.msecs):03d} {head}{session}] {_text(record)}"
         if record.exc_info:
             # One line per record keeps grep useful: the error type and text, no traceback.
             exc = record.exc_info[1]
@@ -167,7 +210,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "category": category_of(record.name),
             "session": getattr(record, "session", None) or None,
-            "message": record.getMessage(),
+            "message": _text(record),
             "fields": fields,
         }
         if record.exc_info and record.exc_info[1] is not None:
@@ -227,12 +270,13 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
     _checked = -1
 
     def _write_file(self, record: logging.LogRecord, line: str) -> None:
-        if self.shouldRollover(record):
-            self.doRollover()
         second = int(record.created)
         if second != self._checked:
-            # once a second: a log file deleted under it (with its folder) is made again
+            # Once a second: midnight's rollover (it falls on a new second), and a log
+            # file deleted under it (with its folder) is made again.
             self._checked = second
+            if self.shouldRollover(record):
+                self.doRollover()
             if self.stream is not None and not os.path.exists(self.baseFilename):
                 with contextlib.suppress(OSError):
                     self.stream.close()

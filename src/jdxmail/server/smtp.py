@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from jdxmail import replies
 from jdxmail.data_encoding import find_dot_line, has_bare_line_ending, to_crlf, unstuffed
+from jdxmail.logs import SessionLog
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.read_buffer import SharedReadBuffer
 from jdxmail.replies import Reply
@@ -289,8 +290,8 @@ class SmtpSession(SharedReadBuffer):
         self._messages = 0
         #: the BDAT chunks of the current transaction (RFC 3030), once one came
         self._chunks: _Chunks | None = None
-        self._log = logging.LoggerAdapter(logger, {"session": self.id})
-        self._auth_log = logging.LoggerAdapter(auth_logger, {"session": self.id})
+        self._log = SessionLog(logger, self.id)
+        self._auth_log = SessionLog(auth_logger, self.id)
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
