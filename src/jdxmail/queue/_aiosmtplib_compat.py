@@ -111,6 +111,10 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
     #: set while read_replies waits for more data (a class default: instances are
     #: switched to this class after aiosmtplib made them, so __init__ never runs)
     _more: asyncio.Future[None] | None = None
+    #: when the wait for data in progress expires (loop time), and its patience
+    _expiry: tuple[float, float] | None = None
+    #: the one timer that looks at _expiry (see _wait_for_data)
+    _expiry_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes | memoryview) -> None:
         waiter = self._response_waiter
@@ -166,16 +170,41 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
                 return replies
             if self.transport is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            # One timer per wait for data rather than an asyncio.timeout() scope
-            # (which costs several handles and a task uncancel per reply read).
             more = self._more = loop.create_future()
-            timer = None if deadline is None else loop.call_at(deadline, _expire, more, patience)
+            if deadline is not None:
+                assert patience is not None
+                self._set_expiry(deadline, patience)
             try:
                 await more
             finally:
-                self._more = None
-                if timer is not None:
-                    timer.cancel()
+                self._more = self._expiry = None
+
+    def _set_expiry(self, deadline: float, patience: float) -> None:
+        """Fail the wait for data in progress at *deadline* (loop time).
+
+        One timer serves every wait: it is set again only when it would go off too
+        late, and when it goes off early (the deadline moved on with each reply)
+        it sets itself for the deadline then, so a busy session makes one timer per
+        *patience* seconds rather than one per reply read (a handle made, pushed on
+        the loop's heap, cancelled and popped again).
+        """
+        self._expiry = (deadline, patience)
+        timer = self._expiry_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._expiry_timer = self._loop.call_at(deadline, self._expiry_due, deadline)
+
+    def _expiry_due(self, when: float) -> None:
+        self._expiry_timer = None
+        expiry, more = self._expiry, self._more
+        if expiry is None or more is None or more.done():
+            return  # nothing waits: the timer lapses until the next wait
+        deadline, patience = expiry
+        if deadline > when:
+            self._expiry_timer = self._loop.call_at(deadline, self._expiry_due, deadline)
+        else:
+            _expire(more, patience)
 
     async def read_response(
         self,
@@ -282,7 +311,7 @@ def _multi_line_reply(
             return None
 
 
-def _expire(waiter: asyncio.Future[None], patience: float | None) -> None:
+def _expire(waiter: asyncio.Future[None], patience: float) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError(f"no reply within {patience:g} s"))
 
