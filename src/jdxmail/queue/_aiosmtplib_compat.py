@@ -145,6 +145,9 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         more = self._more
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         super().connection_lost(exc)
         if more is not None and not more.done():
             more.set_exception(aiosmtplib.SMTPServerDisconnected("Connection lost"))
@@ -254,9 +257,10 @@ def take_replies(buffer: bytearray, count: int, into: list[aiosmtplib.SMTPRespon
                     continue
                 text = line[4:].strip(_BLANKS).decode("utf-8", "surrogateescape")
                 reply = aiosmtplib.SMTPResponse(code, text)
-                if len(seen) >= _SEEN_LINES:
-                    seen.clear()
-                seen[line] = reply
+                if len(line) <= _SEEN_LINE_LENGTH:
+                    if len(seen) >= _SEEN_LINES:
+                        seen.clear()
+                    seen[line] = reply
             into.append(reply)
             taken = end + 1
     finally:
@@ -267,8 +271,9 @@ def take_replies(buffer: bytearray, count: int, into: list[aiosmtplib.SMTPRespon
 #: one-line replies read lately, by their line: the same few lines come again and
 #: again (a relay's "250 2.1.0 Ok"), and a reply is an immutable value
 _SEEN: dict[bytes, aiosmtplib.SMTPResponse] = {}
-#: the most lines kept in _SEEN (it starts over when full)
+#: the most lines kept in _SEEN (it starts over when full), and the longest
 _SEEN_LINES = 64
+_SEEN_LINE_LENGTH = 200
 #: what a reply line's text is stripped of, and the byte that continues a reply
 _BLANKS = b" \t\r\n"
 _HYPHEN = ord("-")
