@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -192,22 +191,17 @@ def read_password(*, from_stdin: bool, confirm: bool, what: str = "Password") ->
 def refuse_control_characters(values: Mapping[str, str | None], code: int = ExitCode.USAGE) -> None:
     """Exit with *code* when a value given on the command line holds a control character.
 
-    *values* maps the flag or argument name (``--from``, ``NAME``) to what was given.
-    CR and LF would end an SMTP command early and smuggle another one onto the wire; no
-    address, host or name needs any character of Unicode category Cc.
+    *values* maps the flag or argument name (``--from``, ``NAME``) to what was given
+    (see :func:`~jdxmail.diagnostics.relay_target.control_character`).
     """
+    # (imported here: relay_target loads pydantic, which the --help path never needs)
+    from jdxmail.diagnostics.relay_target import control_character  # noqa: PLC0415
+
     for flag, value in values.items():
-        if value is None:
-            continue
-        bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+        bad = None if value is None else control_character(value)
         if bad is not None:
             fail(
-                f"{flag} {value!r} contains a control character ({_char_name(bad)})",
+                f"{flag} {value!r} contains a control character ({bad})",
                 "give it without line breaks, tabs or other control characters",
                 code,
             )
-
-
-def _char_name(char: str) -> str:
-    names = {"\r": "CR", "\n": "LF", "\t": "tab", "\x00": "NUL"}
-    return names.get(char, f"U+{ord(char):04X}")

@@ -31,6 +31,7 @@ __all__ = [
     "RelayTarget",
     "TlsMode",
     "config_targets",
+    "control_character",
     "provider_target",
     "sample_message",
     "target_from_relay",
@@ -111,8 +112,25 @@ class ProbeOptions:
 def _refuse_control_characters(name: str, value: str | None) -> None:
     """ValueError when *value* holds CR, LF, NUL or another control character: it would
     end the SMTP command early and smuggle another one onto the wire."""
-    if value is not None and any(unicodedata.category(char) == "Cc" for char in value):
-        raise ValueError(f"{name} contains a control character (line break, tab or NUL)")
+    bad = None if value is None else control_character(value)
+    if bad is not None:
+        raise ValueError(f"{name} contains a control character ({bad})")
+
+
+_CONTROL_NAMES = {"\r": "CR", "\n": "LF", "\t": "tab", "\x00": "NUL"}
+
+
+def control_character(value: str) -> str | None:
+    """The name of the first control character (Unicode category Cc) in *value*: ``CR``,
+    ``LF``, ``tab``, ``NUL`` or ``U+001B``; None when there is none.
+
+    No address, host or name needs one, and CR or LF in an SMTP command would end it
+    early and smuggle another one onto the wire.
+    """
+    bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+    if bad is None:
+        return None
+    return _CONTROL_NAMES.get(bad, f"U+{ord(bad):04X}")
 
 
 @dataclass(slots=True)

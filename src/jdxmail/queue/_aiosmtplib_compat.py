@@ -16,7 +16,8 @@ import asyncio
 from importlib.metadata import PackageNotFoundError, version
 
 import aiosmtplib
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.typing import SMTPStatus
 
 from jdxmail.read_buffer import SharedReadBuffer
 from jdxmail.sizes import RELAY_RECV_BUFFER_SIZE
@@ -31,6 +32,7 @@ __all__ = [
     "drain",
     "expect_reply",
     "pipelining_protocol",
+    "take_replies",
 ]
 
 #: the first aiosmtplib release with every member in PRIVATE_MEMBERS
@@ -109,6 +111,10 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
     #: set while read_replies waits for more data (a class default: instances are
     #: switched to this class after aiosmtplib made them, so __init__ never runs)
     _more: asyncio.Future[None] | None = None
+    #: when the wait for data in progress expires (loop time), and its patience
+    _expiry: tuple[float, float] | None = None
+    #: the one timer that looks at _expiry (see _wait_for_data)
+    _expiry_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes | memoryview) -> None:
         waiter = self._response_waiter
@@ -139,6 +145,9 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         more = self._more
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         super().connection_lost(exc)
         if more is not None and not more.done():
             more.set_exception(aiosmtplib.SMTPServerDisconnected("Connection lost"))
@@ -157,24 +166,48 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
             replies.append(waiter.result())
             self._response_waiter = loop.create_future()
         deadline = None if patience is None else loop.time() + patience
-        while len(replies) < count:
-            response = self._read_response_from_buffer() if self._buffer else None
-            if response is not None:
-                replies.append(response)
-                continue
+        while True:
+            if self._buffer:
+                take_replies(self._buffer, count, replies)
+            if len(replies) >= count:
+                return replies
             if self.transport is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            # One timer per wait for data rather than an asyncio.timeout() scope
-            # (which costs several handles and a task uncancel per reply read).
             more = self._more = loop.create_future()
-            timer = None if deadline is None else loop.call_at(deadline, _expire, more, patience)
+            if deadline is not None:
+                assert patience is not None
+                self._set_expiry(deadline, patience)
             try:
                 await more
             finally:
-                self._more = None
-                if timer is not None:
-                    timer.cancel()
-        return replies
+                self._more = self._expiry = None
+
+    def _set_expiry(self, deadline: float, patience: float) -> None:
+        """Fail the wait for data in progress at *deadline* (loop time).
+
+        One timer serves every wait: it is set again only when it would go off too
+        late, and when it goes off early (the deadline moved on with each reply)
+        it sets itself for the deadline then, so a busy session makes one timer per
+        *patience* seconds rather than one per reply read (a handle made, pushed on
+        the loop's heap, cancelled and popped again).
+        """
+        self._expiry = (deadline, patience)
+        timer = self._expiry_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._expiry_timer = self._loop.call_at(deadline, self._expiry_due, deadline)
+
+    def _expiry_due(self, when: float) -> None:
+        self._expiry_timer = None
+        expiry, more = self._expiry, self._more
+        if expiry is None or more is None or more.done():
+            return  # nothing waits: the timer lapses until the next wait
+        deadline, patience = expiry
+        if deadline > when:
+            self._expiry_timer = self._loop.call_at(deadline, self._expiry_due, deadline)
+        else:
+            _expire(more, patience)
 
     async def read_response(
         self,
@@ -188,7 +221,102 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
         return await super().read_response(timeout)
 
 
-def _expire(waiter: asyncio.Future[None], patience: float | None) -> None:
+def take_replies(buffer: bytearray, count: int, into: list[aiosmtplib.SMTPResponse]) -> None:
+    """Move the complete replies at the start of *buffer* into *into* until it holds
+    *count*; the rest (and a reply not complete yet) stays in *buffer*.
+
+    Each reply is what aiosmtplib's own parser (``_read_response_from_buffer``)
+    makes of the same bytes: lines end at LF; the code is the ``int()`` of a line's
+    first three bytes (the last line's, in a multi-line reply); the text is each
+    line's rest after the fourth byte stripped of " \t\r\n", joined with "\n"
+    once the text so far is not empty; a line whose fourth byte is "-" goes on to
+    the next. A line longer than aiosmtplib's limit, or whose code is not a number,
+    raises the SMTPResponseException aiosmtplib raises, the replies before it taken
+    from *buffer*. One pass over the buffer for every reply in it, where
+    aiosmtplib's parser copies each line and builds a bytearray per reply; a
+    one-line reply seen lately is not parsed again.
+    """
+    data = bytes(buffer)
+    taken = 0  # where the first reply not taken yet begins
+    seen = _SEEN
+    try:
+        while len(into) < count:
+            end = data.find(b"\n", taken)
+            if end < 0:
+                break
+            line = data[taken : end + 1]
+            reply = seen.get(line)
+            if reply is None:
+                code = _line_code(data, taken, end)
+                if end - taken >= 3 and data[taken + 3] == _HYPHEN:  # the reply goes on
+                    multi_line = _multi_line_reply(data, taken, end)
+                    if multi_line is None:
+                        break
+                    into.append(multi_line[0])
+                    taken = multi_line[1]
+                    continue
+                text = line[4:].strip(_BLANKS).decode("utf-8", "surrogateescape")
+                reply = aiosmtplib.SMTPResponse(code, text)
+                if len(line) <= _SEEN_LINE_LENGTH:
+                    if len(seen) >= _SEEN_LINES:
+                        seen.clear()
+                    seen[line] = reply
+            into.append(reply)
+            taken = end + 1
+    finally:
+        if taken:
+            del buffer[:taken]
+
+
+#: one-line replies read lately, by their line: the same few lines come again and
+#: again (a relay's "250 2.1.0 Ok"), and a reply is an immutable value
+_SEEN: dict[bytes, aiosmtplib.SMTPResponse] = {}
+#: the most lines kept in _SEEN (it starts over when full), and the longest
+_SEEN_LINES = 64
+_SEEN_LINE_LENGTH = 200
+#: what a reply line's text is stripped of, and the byte that continues a reply
+_BLANKS = b" \t\r\n"
+_HYPHEN = ord("-")
+
+
+def _line_code(data: bytes, start: int, end: int) -> int:
+    """The code of the line from *start* to its LF at *end*, as aiosmtplib reads it;
+    raises its SMTPResponseException for a line too long or without a number."""
+    if end - start >= MAX_LINE_LENGTH:
+        raise aiosmtplib.SMTPResponseException(
+            SMTPStatus.invalid_response.value, "Response too long"
+        )
+    try:
+        return int(data[start : min(start + 3, end + 1)])
+    except ValueError:
+        line = data[start : end + 1].decode("utf-8", errors="ignore")
+        raise aiosmtplib.SMTPResponseException(
+            SMTPStatus.invalid_response.value, f"Malformed SMTP response line: {line}"
+        ) from None
+
+
+def _multi_line_reply(
+    data: bytes, start: int, end: int
+) -> tuple[aiosmtplib.SMTPResponse, int] | None:
+    """The reply whose first line runs from *start* to its LF at *end*, and where the
+    next reply begins; None while its last line has not come."""
+    message = bytearray()
+    while True:
+        code = _line_code(data, start, end)
+        if message:
+            message += b"\n"
+        message += data[start + 4 : end + 1].strip(_BLANKS)
+        last = end - start < 3 or data[start + 3] != _HYPHEN
+        start = end + 1
+        if last:
+            text = bytes(message).decode("utf-8", "surrogateescape")
+            return aiosmtplib.SMTPResponse(code, text), start
+        end = data.find(b"\n", start)
+        if end < 0:
+            return None
+
+
+def _expire(waiter: asyncio.Future[None], patience: float) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError(f"no reply within {patience:g} s"))
 

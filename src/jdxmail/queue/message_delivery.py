@@ -18,7 +18,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 from jdxmail.queue.batching import CallThread
@@ -30,6 +30,7 @@ from jdxmail.queue.claimed import (
     quarantine,
     read_claimed,
 )
+from jdxmail.queue.eightbit import has_8bit
 from jdxmail.queue.pool import RelayPool
 from jdxmail.queue.quota import QuotaBook, next_utc_midnight
 from jdxmail.queue.relay import (
@@ -277,8 +278,10 @@ class MessageDelivery:
         self._expire(message, state, now)
         if state.pending():
             await self._reschedule(message, state, tries.tried, tries.waits, now)
-            return
-        await self._finish(message, state, loaded)
+        elif state.failed():
+            await self._bounce_and_keep(message, state)
+        else:
+            self._finish(message, loaded)
 
     async def _try_relays(
         self, message: QueuedMessage, state: DeliveryState, now: float
@@ -286,7 +289,10 @@ class MessageDelivery:
         """Try the relays in order until the pending recipients are resolved or a
         failure says not to go on; skip those resting or out of quota."""
         tries = _RelayTries()
-        eight_bit = await message_has_8bit(message)
+        # (a message in memory is looked at right here, without a coroutine)
+        eight_bit = (
+            has_8bit(message.data) if message.spooled is None else (await message_has_8bit(message))
+        )
         for pool in self.pools:
             pending = state.pending()
             if not pending:
@@ -297,7 +303,9 @@ class MessageDelivery:
                     (breaker.open_until, f"{pool.name} skipped after repeated failures")
                 )
                 continue
-            if not await self._take_quota(pool, message, now, tries):
+            if pool.relay.daily_quota is not None and not await self._take_quota(
+                pool, message, now, tries
+            ):
                 continue
             result = await self._attempt(pool, message, pending, eight_bit)
             if needs_7bit_copy(result, pool, eight_bit, self.options):
@@ -310,14 +318,19 @@ class MessageDelivery:
                 )
                 continue
             tries.tried = True
-            if not await self._take_result(pool, breaker, message, state, result, now, tries):
+            delivered = record_result(
+                message, state, result, self.clock(), more_relays=len(self.pools) > 1
+            )
+            if not delivered:
+                await self._give_quota_back(pool, now)
+            if not self._judge(pool, breaker, result, tries):
                 break
         return tries
 
-    async def _attempt(
+    def _attempt(
         self, pool: RelayPool, message: QueuedMessage, recipients: list[str], eight_bit: bool
-    ) -> AttemptResult | None:
-        return await attempt_at(
+    ) -> Coroutine[None, None, AttemptResult | None]:
+        return attempt_at(
             pool,
             message,
             recipients,
@@ -330,10 +343,11 @@ class MessageDelivery:
     async def _take_quota(
         self, pool: RelayPool, message: QueuedMessage, now: float, tries: _RelayTries
     ) -> bool:
-        """Count one message against *pool*'s daily quota; False (and a wait noted in
-        *tries*) when it is spent."""
+        """Count one message against *pool*'s daily quota (it has one); False (and a
+        wait noted in *tries*) when it is spent."""
         quota = pool.relay.daily_quota
-        if quota is None or await asyncio.to_thread(self.quota.take, pool.name, quota, now):
+        assert quota is not None
+        if await asyncio.to_thread(self.quota.take, pool.name, quota, now):
             return True
         tries.waits.append((next_utc_midnight(now), f"{pool.name} daily quota of {quota} spent"))
         relay_log.info(
@@ -350,23 +364,11 @@ class MessageDelivery:
         if pool.relay.daily_quota is not None:
             await asyncio.to_thread(self.quota.give_back, pool.name, now)
 
-    async def _take_result(
-        self,
-        pool: RelayPool,
-        breaker: CircuitBreaker,
-        message: QueuedMessage,
-        state: DeliveryState,
-        result: AttemptResult,
-        now: float,
-        tries: _RelayTries,
+    def _judge(
+        self, pool: RelayPool, breaker: CircuitBreaker, result: AttemptResult, tries: _RelayTries
     ) -> bool:
-        """Record *result* (state, quota, counters, the relay's breaker); True when the
-        next relay is to be tried."""
-        delivered = record_result(
-            message, state, result, self.clock(), more_relays=len(self.pools) > 1
-        )
-        if not delivered:
-            await self._give_quota_back(pool, now)
+        """Count *result* and tell the relay's breaker (its outcome was recorded with
+        record_result); True when the next relay is to be tried."""
         failure = result.failure
         outcome = (
             "delivered" if failure is None else "failed" if failure.trips_breaker else "refused"
@@ -450,13 +452,8 @@ class MessageDelivery:
             extra={"session": message.session_id},
         )
 
-    async def _finish(
-        self, message: QueuedMessage, state: DeliveryState, loaded: ClaimedMessage
-    ) -> None:
-        """Every recipient is resolved: bounce what failed, then remove the message."""
-        if state.failed():
-            await self._bounce_and_keep(message, state)
-            return
+    def _finish(self, message: QueuedMessage, loaded: ClaimedMessage) -> None:
+        """Every recipient is delivered: count it and remove the message."""
         self.counters.relayed += 1
         self.counters.observe(
             "jdxmail_delivery_latency_seconds",

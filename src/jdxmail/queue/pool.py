@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from jdxmail.client_tls import client_tls_context
+from jdxmail.queue.deadlines import DeadlineWatch
 from jdxmail.queue.outcomes import RelayUnusable, Stage
 from jdxmail.queue.relay import RelayConnection, StageError, Transaction
 from jdxmail.settings.model import RelaySettings
@@ -62,6 +63,8 @@ class RelayPool:
         self.offers_8bitmime: bool | None = None
         #: set when a reload removed this relay: sessions are closed, not kept
         self._retired = False
+        #: the deadlines of the attempts in progress here
+        self.deadlines = DeadlineWatch()
 
     @property
     def name(self) -> str:

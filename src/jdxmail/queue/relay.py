@@ -419,28 +419,30 @@ class RelayConnection:
         try:
             reply = await send_data(client, tx.data)
         except aiosmtplib.SMTPResponseException as exc:
-            return await self._after_data(tx, accepted, exc)
-        return await self._after_data(tx, accepted, reply)
+            return await self._refused_data(tx, accepted, exc)
+        return self._delivered(tx, accepted, reply)
 
-    async def _after_data(
-        self,
-        tx: Transaction,
-        accepted: list[str],
-        reply: aiosmtplib.SMTPResponse | aiosmtplib.SMTPResponseException,
+    async def _refused_data(
+        self, tx: Transaction, accepted: list[str], refusal: aiosmtplib.SMTPResponseException
     ) -> AttemptResult:
-        """The accepted recipients' outcome from the final reply, or the refusal of DATA.
+        """The accepted recipients' outcome from the refusal of DATA or of the data.
 
         A refusal that concerns the relay itself is raised for the caller.
         """
         result = tx.result
-        if isinstance(reply, aiosmtplib.SMTPResponseException):
-            verdict = classify(Stage.DATA, reply)
-            if verdict.scope is Scope.RELAY:
-                raise reply
-            if self._sent_ahead is None:  # (else the session is already in the next one)
-                await self._reset()
-            result.recipients.extend(RecipientResult.judged(r, verdict) for r in accepted)
-            return result
+        verdict = classify(Stage.DATA, refusal)
+        if verdict.scope is Scope.RELAY:
+            raise refusal
+        if self._sent_ahead is None:  # (else the session is already in the next one)
+            await self._reset()
+        result.recipients.extend(RecipientResult.judged(r, verdict) for r in accepted)
+        return result
+
+    def _delivered(
+        self, tx: Transaction, accepted: list[str], reply: aiosmtplib.SMTPResponse
+    ) -> AttemptResult:
+        """The accepted recipients' outcome from the relay's 250 to the data."""
+        result = tx.result
         if self._sent_ahead is None:
             self._transaction_open = False
         text = " ".join(f"{reply.code} {reply.message}".split())
@@ -468,24 +470,17 @@ class RelayConnection:
         exactly as in the one-command-at-a-time path.
         """
         result = tx.result
-        timeout = self.client.timeout
-        final: aiosmtplib.SMTPResponse | None = None
         lock = command_lock(protocol)
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        async with lock:
-            if commands:
-                protocol.write(commands)
-            # A session the relay dropped while idle fails here, still at stage MAIL:
-            # nothing was accepted, so the attempt is repeated on a new session.
-            replies = await protocol.read_replies(len(tx.sent) + 2, timeout)
-            mail_reply, data_reply = replies[0], replies[-1]
-            accepted, refusals = _rcpt_verdicts(tx.sent, replies[1:-1])
-            tx.stage = Stage.DATA
-            if data_reply.code == 354:
-                send_content = mail_reply.code == 250 and bool(accepted)
-                await self._write_content(protocol, tx, line, send_content)
-                final = (await protocol.read_replies(1, timeout))[0]
+        if lock.locked():  # (never so far: the pool gives a session to one message at a time)
+            async with lock:
+                exchange = await self._exchange(protocol, tx, line, commands)
+        else:
+            # Nothing else can send on this session meanwhile: aiosmtplib's commands
+            # take the lock, and the attempt holding the session runs them itself.
+            exchange = await self._exchange(protocol, tx, line, commands)
+        mail_reply, data_reply, final, accepted, refusals = exchange
         if mail_reply.code != 250:
             await self._reset()
             result.failure = classify(Stage.MAIL, _reply_error(mail_reply))
@@ -500,24 +495,50 @@ class RelayConnection:
             await self._reset()
             return result
         if data_reply.code != 354:
-            return await self._after_data(tx, accepted, _reply_error(data_reply))
+            return await self._refused_data(tx, accepted, _reply_error(data_reply))
         assert final is not None
         if final.code != 250:
-            return await self._after_data(tx, accepted, _reply_error(final))
-        return await self._after_data(tx, accepted, final)
+            return await self._refused_data(tx, accepted, _reply_error(final))
+        return self._delivered(tx, accepted, final)
 
-    async def _write_content(
-        self, protocol: PipeliningProtocol, tx: Transaction, line: WaitingLine | None, send: bool
-    ) -> None:
-        """After DATA's 354: *tx*'s data if *send* (with the next waiting message's
-        commands, when one can go ahead), else an empty content (nobody to send to)."""
-        data = tx.data
-        if not send:
-            protocol.write(b".\r\n")
-        elif line is not None and _is_small(data):
-            protocol.write(dot_stuffed(data, crlf=True) + line.line_up(self, tx))
-        else:
-            await _write_payload(protocol, data)
+    async def _exchange(
+        self,
+        protocol: PipeliningProtocol,
+        tx: Transaction,
+        line: WaitingLine | None,
+        commands: bytes,
+    ) -> tuple[
+        aiosmtplib.SMTPResponse,
+        aiosmtplib.SMTPResponse,
+        aiosmtplib.SMTPResponse | None,
+        list[str],
+        list[tuple[str, Verdict]],
+    ]:
+        """Write *commands*, read their replies, then the data (if DATA got its 354)
+        and its reply: the replies to MAIL, DATA and the data (None if not sent),
+        the recipients accepted and the refusals."""
+        timeout = self.client.timeout
+        final = None
+        if commands:
+            protocol.write(commands)
+        # A session the relay dropped while idle fails here, still at stage MAIL:
+        # nothing was accepted, so the attempt is repeated on a new session.
+        replies = await protocol.read_replies(len(tx.sent) + 2, timeout)
+        mail_reply, data_reply = replies[0], replies[-1]
+        accepted, refusals = _rcpt_verdicts(tx.sent, replies[1:-1])
+        tx.stage = Stage.DATA
+        if data_reply.code == 354:
+            data = tx.data
+            if mail_reply.code != 250 or not accepted:
+                protocol.write(b".\r\n")  # an empty content: nobody to send to
+            elif _is_small(data):
+                # with the next waiting message's commands, when one can go ahead
+                ahead = b"" if line is None else line.line_up(self, tx)
+                protocol.write(dot_stuffed(data, crlf=True) + ahead)
+            else:
+                await _write_payload(protocol, data)
+            final = (await protocol.read_replies(1, timeout))[0]
+        return mail_reply, data_reply, final, accepted, refusals
 
     async def _reset(self) -> None:
         with contextlib.suppress(Exception):

@@ -79,9 +79,13 @@ async def attempt_at(
     while idle is replaced once, silently. 8-bit data for a relay known to lack
     8BITMIME is sent as a 7bit copy when ``Delivery.EightBitDowngrade`` is ``Convert``.
     """
-    tx = await _transaction_for(pool, message, recipients, eight_bit, options)
+    tx = _transaction_for(pool, message, recipients, eight_bit, options)
     if isinstance(tx, AttemptResult):
         return tx
+    if eight_bit and pool.offers_8bitmime is False and options.eight_bit_downgrade == "Convert":
+        refused = await _convert_to_7bit(pool, message, tx)
+        if refused is not None:
+            return refused
     # a session whose previous message sent tx's commands after its data, or None
     sent_ahead_on = await pool.turn(tx)
     if sent_ahead_on is None and not relays.breakers[pool.name].allows(clock()):
@@ -90,7 +94,7 @@ async def attempt_at(
     return await _send(pool, tx, sent_ahead_on)
 
 
-async def _transaction_for(
+def _transaction_for(
     pool: RelayPool,
     message: QueuedMessage,
     recipients: list[str],
@@ -102,26 +106,29 @@ async def _transaction_for(
         mail_from, data = _as_sent(pool, message, options)
     except Exception as exc:  # (a big message's file could not be read for rewriting)
         return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
-    convert = (
-        eight_bit and pool.offers_8bitmime is False and options.eight_bit_downgrade == "Convert"
-    )
-    if convert:
-        try:
-            data = await asyncio.to_thread(_seven_bit_copy, data)
-        except Exception as exc:  # (a message the MIME parser cannot take apart)
-            reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
-            return AttemptResult(
-                pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason))
-            )
-        relay_log.info(
-            "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
-            message.queue_id,
-            pool.name,
-            extra={"session": message.session_id},
-        )
     tx = Transaction(mail_from, recipients, data, message.mail_options)
-    tx.eight_bit = eight_bit and not convert
+    tx.eight_bit = eight_bit
     return tx
+
+
+async def _convert_to_7bit(
+    pool: RelayPool, message: QueuedMessage, tx: Transaction
+) -> AttemptResult | None:
+    """Make *tx*'s data a 7bit copy for a relay without 8BITMIME; the failed result
+    when none can be made."""
+    try:
+        tx.data = await asyncio.to_thread(_seven_bit_copy, tx.data)
+    except Exception as exc:  # (a message the MIME parser cannot take apart)
+        reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
+        return AttemptResult(pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason)))
+    tx.eight_bit = False
+    relay_log.info(
+        "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
+        message.queue_id,
+        pool.name,
+        extra={"session": message.session_id},
+    )
+    return None
 
 
 async def _send(
@@ -136,7 +143,7 @@ async def _send(
         connection, sent_ahead_on = sent_ahead_on, None
         reused = False
         try:
-            async with asyncio.timeout(deadline):
+            with pool.deadlines.deadline(deadline):
                 if connection is None:
                     connection = await pool.acquire()
                 reused = connection.messages > 0

@@ -15,7 +15,7 @@ import contextlib
 import heapq
 import logging
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 
 from jdxmail.process import tmp_writer_alive
 from jdxmail.queue.layout import RETRY_DIR
@@ -127,9 +127,9 @@ class Scheduler:
 
     # -- asked by the workers ----------------------------------------------------------
 
-    async def next_message(self) -> str:
-        """The next message to deliver (waits for one)."""
-        return await self._work.get()
+    def next_message(self) -> Coroutine[None, None, str]:
+        """The next message to deliver (to await: waits for one)."""
+        return self._work.get()
 
     def done(self, queue_id: str) -> None:
         """The worker is done with *queue_id*: schedule it if it is due again."""
