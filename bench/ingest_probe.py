@@ -9,12 +9,7 @@ Runs the server (``SmtpServerApp``, durable spool, delivery left to another proc
 that is not started) in this process on 127.0.0.1 and sends it *count* messages
 with ``smtp-source`` (*sessions* persistent sessions). It prints messages per
 second and CPU microseconds per message of this process, user and system (the
-session loop, the spool's sync thread; the client is another process), and of the
-event loop's thread alone (steadier: without the flushes). With ``--spare`` each
-round starts with ``spare/`` holding a delivered-sized file per message, as a
-relaying server finds it (the delivery process gives its files back); else every
-store takes a new or made-ahead file. ``--console`` echoes the log lines to a file
-as ``serve`` does to its console (the benchmark sends that to a file). Profile it
+session loop, the spool's sync thread; the client is another process). Profile it
 with ``py-spy record -f raw -o out.txt -- python bench/ingest_probe.py``. The full
 benchmark measures the same path in its ``jdxmail held`` row, between its peers.
 """
@@ -26,7 +21,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -44,8 +38,6 @@ from jdxmail.queue.recycling import SPARE_DIR
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.files import settings_from_source, source_from_text
 
-#: CPU per message of the event loop's thread alone (no sync thread), per round
-_LOOP_CPU: list[float] = []
 _SENDER, _RECIPIENT, _HELO = "bench@example.com", "rcpt@example.net", "bench.example.com"
 
 
@@ -76,12 +68,11 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
     argv = ["smtp-source", "-s", str(args.sessions), "-m", str(args.count), "-d"]
     argv += ["-l", str(args.size), "-f", _SENDER, "-t", _RECIPIENT, "-M", _HELO]
     try:
-        wall0, times0, loop0 = time.perf_counter(), os.times(), time.thread_time()
+        wall0, times0 = time.perf_counter(), os.times()
         client = await asyncio.create_subprocess_exec(*argv, f"127.0.0.1:{address.port}")
         if await client.wait() != 0:
             raise SystemExit(f"smtp-source failed with status {client.returncode}")
         wall, times = time.perf_counter() - wall0, os.times()
-        loop_cpu = time.thread_time() - loop0
     finally:
         await app.stop(5)
         if echo is not None:
@@ -91,8 +82,6 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
     if queued != args.count:
         raise SystemExit(f"{queued} of {args.count} messages queued: see {root / 'logs'}")
     user, system = times.user - times0.user, times.system - times0.system
-    _LOOP_CPU.append(loop_cpu / args.count * 1e6)
-    print(f"  the event loop's thread alone: {_LOOP_CPU[-1]:,.0f} µs per message")
     return args.count / wall, user / args.count * 1e6, system / args.count * 1e6
 
 
@@ -126,7 +115,6 @@ def main() -> int:
             loop = LoopChoice(args.loop)
             figures.add(*run_loop(_round(Path(tmp) / f"r{rnd}", args), loop))
     figures.print_median()
-    print(f"median of the event loop's thread: {statistics.median(_LOOP_CPU):,.0f} µs per message")
     return 0
 
 
