@@ -290,3 +290,65 @@ def test_f1_read_only_folder(shared_dir: Path) -> None:
     assert code == 1, err
     assert f"the folder {folder} is not writable" in err
     assert path.read_text() == COMMENTED_JSON
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("appsettings.json", COMMENTED_JSON), ("jdxmail.toml", COMMENTED_TOML)]
+)
+def test_console_users_are_managed_apart_from_smtp_users(
+    runner: CliRunner, write_config: WriteConfig, name: str, text: str
+) -> None:
+    """`user … --console` adds, lists, checks, re-passwords and removes WebUI.Users only;
+    the SMTP users and the file's comments stay as they were."""
+    path = write_config(text, name=name)
+    code, _, err = invoke(
+        runner, "user", "add", "--console", "admin", "--password-stdin", input="console-pw\n"
+    )
+    assert code == 0, err
+    assert "added console user 'admin'" in err
+    assert "now ask for a login" in err
+    settings = load_settings(path).settings
+    assert [u.user_name for u in settings.web_ui.users] == ["admin"]
+    assert verify_password("console-pw", settings.web_ui.users[0].password.get_secret_value())
+    assert set(users_of(path)) == {"test@example.com"}
+
+    code, out, _ = invoke(runner, "user", "list", "--console", "--json")
+    listed = json.loads(out)
+    assert (code, listed["section"], [u["UserName"] for u in listed["users"]]) == (
+        0,
+        "WebUI",
+        ["admin"],
+    )
+    code, out, _ = invoke(runner, "user", "list")
+    assert "admin" not in out
+    assert "test@example.com" in out
+
+    code, out, _ = invoke(
+        runner, "user", "check", "--console", "admin", "--password-stdin", input="console-pw\n"
+    )
+    assert (code, out.split(":")[0]) == (0, "match")
+    code, _, err = invoke(
+        runner, "user", "check", "--console", "test@example.com", "--password-stdin", input="x\n"
+    )
+    assert code == 1
+    assert "no console user 'test@example.com'" in err
+    assert "jdxmail user list --console" in err
+
+    code, _, _ = invoke(
+        runner, "user", "passwd", "--console", "admin", "--password-stdin", input="other\n"
+    )
+    assert code == 0
+    assert verify_password(
+        "other", load_settings(path).settings.web_ui.users[0].password.get_secret_value()
+    )
+    code, _, err = invoke(
+        runner, "user", "add", "--console", "ADMIN", "--password-stdin", input="x\n"
+    )
+    assert code == 1
+    assert "console user 'ADMIN' already exists" in err
+
+    code, _, err = invoke(runner, "user", "remove", "--console", "admin", "--yes")
+    assert code == 0, err
+    assert load_settings(path).settings.web_ui.users == []
+    assert set(users_of(path)) == {"test@example.com"}
+    assert "keep this comment" in path.read_text()

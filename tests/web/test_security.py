@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from jdxmail.diagnostics.doctor import run_doctor
 from jdxmail.logs import MaskingFilter
 from jdxmail.passwords import HashType, hash_password
+from jdxmail.settings.files import load_settings
 from jdxmail.web.console import ConsoleSetupError
 from jdxmail.web.security import CSP, MAX_BODY
 from tests.conftest import BOTH_LOOPS, invoke
@@ -577,3 +578,31 @@ async def test_console_user_added_by_reload_is_masked_in_logs(make_console: Make
     record = logging.LogRecord("jdxmail.web", logging.INFO, __file__, 1, new_hash, None, None)
     MaskingFilter().filter(record)
     assert new_hash not in record.getMessage()
+
+
+async def test_a_console_user_added_with_the_cli_closes_an_open_console(
+    console: Console,
+) -> None:
+    """`jdxmail user add --console` on the running console's config: after the reload the
+    API wants that user's login, and the SMTP users are untouched."""
+    async with httpx.AsyncClient(base_url=console.url) as client:
+        assert (await client.get("/api/v1/status")).status_code == 200
+        code, _, err = invoke(
+            CliRunner(),
+            "user",
+            "add",
+            "--console",
+            ADMIN,
+            "--config",
+            str(console.config_path),
+            "--password-stdin",
+            input=f"{ADMIN_PASSWORD}\n",
+        )
+        assert code == 0, err
+        assert console.app.reload()
+        assert (await client.get("/api/v1/status")).status_code == 401
+        allowed = await client.get("/api/v1/status", auth=(ADMIN, ADMIN_PASSWORD))
+        assert allowed.status_code == 200
+    settings = load_settings(console.config_path).settings
+    assert [u.user_name for u in settings.web_ui.users] == [ADMIN]
+    assert settings.smtp_server.users == []

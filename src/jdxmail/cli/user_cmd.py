@@ -1,4 +1,5 @@
-"""``jdxmail user list|add|remove|passwd|check``: SMTP users in the config file."""
+"""``jdxmail user list|add|remove|passwd|check``: SMTP users (or, with ``--console``, the
+web console's users) in the config file."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="List, add, remove and re-password SMTP users in the config file (edited in place, "
-    "comments and layout kept).",
+    help="List, add, remove and re-password SMTP users (--console: the web console's users) in "
+    "the config file (edited in place, comments and layout kept).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -40,6 +41,14 @@ NameArg = Annotated[
 ]
 StdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from one line of stdin.")
+]
+ConsoleOption = Annotated[
+    bool,
+    typer.Option(
+        "--console",
+        help="The web console's users (WebUI.Users: who may log in to the console and the "
+        "HTTP API) instead of the SMTP users.",
+    ),
 ]
 TypeOption = Annotated[
     HashChoice,
@@ -69,8 +78,26 @@ def _target(config: Path | None, *, create: bool) -> Path:
     return Path("appsettings.json")
 
 
+def _section(console: bool) -> str:
+    return "WebUI" if console else "SmtpServer"
+
+
+def _kind(console: bool) -> str:
+    return "console user" if console else "user"
+
+
+def _names_hint(console: bool) -> str:
+    return f"see the names with `jdxmail user list{' --console' if console else ''}`"
+
+
 def _apply(
-    path: Path, action: str, name: str, password: str | None, kind: HashChoice | None
+    path: Path,
+    action: str,
+    name: str,
+    password: str | None,
+    kind: HashChoice | None,
+    *,
+    console: bool = False,
 ) -> ConfigSource:
     from jdxmail import passwords  # noqa: PLC0415
     from jdxmail.settings.edit import (  # noqa: PLC0415
@@ -85,15 +112,27 @@ def _apply(
     if password is not None and kind is not None:
         hash_type = passwords.HashType.parse(kind.value)
         stored = passwords.hash_password(password, hash_type)
-    edit = UserEdit(action, name, stored, hash_type.value if hash_type else None)
+    edit = UserEdit(
+        action, name, stored, hash_type.value if hash_type else None, section=_section(console)
+    )
     try:
         return edit_users(path, edit, create=action == "add")
     except ConfigWriteError as error:
         fail(f"{error} (JDX-F1)", error.fix)
     except UserNotFoundError as error:
-        fail(str(error), "see the names with `jdxmail user list`")
+        fail(str(error), _names_hint(console))
     except ConfigError as error:
         raise exit_for_config_error(error) from None
+
+
+def _console_users(source: ConfigSource) -> int:
+    """How many console users (WebUI.Users) *source* has; 0 if it does not load."""
+    from jdxmail.settings.files import ConfigError, settings_from_source  # noqa: PLC0415
+
+    try:
+        return len(settings_from_source(source).settings.web_ui.users)
+    except ConfigError:
+        return 0
 
 
 def _report_pickup(path: Path, source: ConfigSource) -> None:
@@ -137,10 +176,12 @@ def _report_pickup(path: Path, source: ConfigSource) -> None:
 
 
 @app.command("list")
-def list_users(config: ConfigOption = None, json_output: JsonOption = False) -> None:
+def list_users(
+    config: ConfigOption = None, json_output: JsonOption = False, console: ConsoleOption = False
+) -> None:
     """List the users (names and hash types; never a password or hash)."""
     loaded = load_or_exit(config)
-    users = loaded.settings.smtp_server.users
+    users = loaded.settings.web_ui.users if console else loaded.settings.smtp_server.users
     # the config's own key names (PascalCase), so a script can match a row to the file
     rows = [
         {
@@ -151,21 +192,22 @@ def list_users(config: ConfigOption = None, json_output: JsonOption = False) -> 
         for u in users
     ]
     if json_output:
-        print_json({"config": loaded.source.name, "users": rows})
+        print_json({"config": loaded.source.name, "section": _section(console), "users": rows})
         return
     if not users:
-        out_console.print(f"{loaded.source.name}: no users")
+        out_console.print(f"{loaded.source.name}: no {_kind(console)}s")
         return
-    table = Table(title=loaded.source.name, title_justify="left")
-    for column in ("UserName", "HashType", "AllowedSenders"):
+    title = f"{loaded.source.name}: {_section(console)}.Users"
+    table = Table(title=title, title_justify="left")
+    columns = ("UserName", "HashType") if console else ("UserName", "HashType", "AllowedSenders")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         senders = row["AllowedSenders"]
-        table.add_row(
-            str(row["UserName"]),
-            str(row["HashType"]),
-            "any" if senders is None else ", ".join(senders) or "only itself",
-        )
+        cells = [str(row["UserName"]), str(row["HashType"])]
+        if not console:
+            cells.append("any" if senders is None else ", ".join(senders) or "only itself")
+        table.add_row(*cells)
     out_console.print(table)
 
 
@@ -175,18 +217,24 @@ def add_user(
     config: ConfigOption = None,
     hash_type: TypeOption = HashChoice.scrypt,
     password_stdin: StdinOption = False,
+    console: ConsoleOption = False,
 ) -> None:
     """Add a user, asking for the password and storing only its hash.
 
-    With no config file yet, this creates ./appsettings.json from the defaults.
+    With no config file yet, this creates ./appsettings.json from the defaults. The
+    first console user (--console) closes the console to everyone who cannot log in.
     """
     refuse_control_characters({"NAME": name})
     if not name.strip():
         fail("the user name is empty", "give the name the client types at AUTH", ExitCode.USAGE)
     path = _target(config, create=True)
     password = read_password(from_stdin=password_stdin, confirm=True)
-    source = _apply(path, "add", name, password, hash_type)
-    err_console.print(f"added user {name!r} to {path}")
+    source = _apply(path, "add", name, password, hash_type, console=console)
+    err_console.print(f"added {_kind(console)} {name!r} to {path}")
+    if console and _console_users(source) == 1:
+        err_console.print(
+            "the web console and its API now ask for a login (a console user and password)"
+        )
     _report_pickup(path, source)
 
 
@@ -195,6 +243,7 @@ def remove_user(
     name: NameArg,
     config: ConfigOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    console: ConsoleOption = False,
 ) -> None:
     """Remove a user."""
     refuse_control_characters({"NAME": name})
@@ -207,10 +256,10 @@ def remove_user(
                 "pass --yes",
                 ExitCode.USAGE,
             )
-        if not typer.confirm(f"Remove user {name!r} from {path}?"):
+        if not typer.confirm(f"Remove {_kind(console)} {name!r} from {path}?"):
             raise typer.Exit(ExitCode.FAILED)
-    source = _apply(path, "remove", name, None, None)
-    err_console.print(f"removed user {name!r} from {path}")
+    source = _apply(path, "remove", name, None, None, console=console)
+    err_console.print(f"removed {_kind(console)} {name!r} from {path}")
     _report_pickup(path, source)
 
 
@@ -220,13 +269,14 @@ def change_password(
     config: ConfigOption = None,
     hash_type: TypeOption = HashChoice.scrypt,
     password_stdin: StdinOption = False,
+    console: ConsoleOption = False,
 ) -> None:
     """Set a user's password (stored as a hash; scrypt unless --type says otherwise)."""
     refuse_control_characters({"NAME": name})
     path = _target(config, create=False)
     password = read_password(from_stdin=password_stdin, confirm=True, what="New password")
-    source = _apply(path, "passwd", name, password, hash_type)
-    err_console.print(f"changed the password of {name!r} in {path}")
+    source = _apply(path, "passwd", name, password, hash_type, console=console)
+    err_console.print(f"changed the password of {_kind(console)} {name!r} in {path}")
     _report_pickup(path, source)
 
 
@@ -235,6 +285,7 @@ def check_user(
     name: NameArg,
     config: ConfigOption = None,
     password_stdin: StdinOption = False,
+    console: ConsoleOption = False,
 ) -> None:
     """Tell whether a password is the one stored for a user (exit 0 match, 1 no match).
 
@@ -247,9 +298,9 @@ def check_user(
     refuse_control_characters({"NAME": name})
     loaded = load_or_exit(config)
     try:
-        user = user_from(loaded.source, name)
+        user = user_from(loaded.source, name, _section(console))
     except UserNotFoundError as error:
-        fail(str(error), "see the names with `jdxmail user list`")
+        fail(str(error), _names_hint(console))
     password = read_password(from_stdin=password_stdin, confirm=False)
     stored = user.password.get_secret_value()
     try:
@@ -257,7 +308,8 @@ def check_user(
     except passwords.InvalidHashError:
         fail(
             f"user {name!r}: the stored Password is not a {user.hash_type.value} hash (JDX-B2)",
-            f"run `jdxmail validate-config`, or reset it with `jdxmail user passwd {name}`",
+            "run `jdxmail validate-config`, or reset it with "
+            f"`jdxmail user passwd{' --console' if console else ''} {name}`",
         )
     if matches:
         out_console.print(f"match: this is the password of {name!r}")

@@ -37,7 +37,7 @@ from jdxmail.settings.files import (
     read_source,
     source_from_text,
 )
-from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, UserSettings
+from jdxmail.settings.model import DEFAULT_CONFIG_TEXT, Settings, UserSettings
 
 __all__ = [
     "LOCK_WAIT",
@@ -72,8 +72,9 @@ class ConfigLockedError(ConfigWriteError):
 class UserNotFoundError(ConfigError, KeyError):
     """No user of that name is in the config."""
 
-    def __init__(self, name: str, source: ConfigSource) -> None:
-        super().__init__(f"no user {name!r} in {source.name}")
+    def __init__(self, name: str, source: ConfigSource, section: str = "SmtpServer") -> None:
+        kind = "console user" if section == "WebUI" else "user"
+        super().__init__(f"no {kind} {name!r} in {source.name}")
         self.name = name
 
     def __str__(self) -> str:
@@ -82,33 +83,42 @@ class UserNotFoundError(ConfigError, KeyError):
 
 @dataclass(frozen=True)
 class UserEdit:
-    """One change to SmtpServer.Users: add, remove, or replace a user's password."""
+    """One change to SmtpServer.Users (or WebUI.Users, the console's): add, remove, or
+    replace a user's password."""
 
     action: str  # "add", "remove" or "passwd"
     user_name: str
     password: str | None = None  # the stored form (already hashed)
     hash_type: str | None = None
+    #: the section whose Users list is edited: "SmtpServer" or "WebUI"
+    section: str = "SmtpServer"
 
 
-def _user_index(source: ConfigSource, name: str) -> int | None:
+def _users_in(settings: Settings | None, section: str) -> list[UserSettings]:
+    """The Users list of *section* ("SmtpServer" or "WebUI") in *settings*."""
+    if settings is None:
+        return []
+    return settings.web_ui.users if section == "WebUI" else settings.smtp_server.users
+
+
+def _user_index(source: ConfigSource, name: str, section: str) -> int | None:
     settings, _ = inspect_source(source)
-    users = settings.smtp_server.users if settings is not None else []
-    for index, user in enumerate(users):
+    for index, user in enumerate(_users_in(settings, section)):
         if user.user_name.casefold() == name.casefold():
             return index
     return None
 
 
 def _edit_json(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) -> str:
-    smtp_path = (*prefix, "SmtpServer")
-    users_path = (*smtp_path, "Users")
+    section_path = (*prefix, edit.section)
+    users_path = (*section_path, "Users")
     root = jsonc.parse(text)
     if edit.action == "add":
         entry = {"UserName": edit.user_name, "Password": edit.password, "HashType": edit.hash_type}
-        if jsonc.find(root, smtp_path)[0] is None:
-            return jsonc.set_member(text, prefix, "SmtpServer", {"Users": [entry]})
+        if jsonc.find(root, section_path)[0] is None:
+            return jsonc.set_member(text, prefix, edit.section, {"Users": [entry]})
         if jsonc.find(root, users_path)[0] is None:
-            return jsonc.set_member(text, smtp_path, "Users", [entry])
+            return jsonc.set_member(text, section_path, "Users", [entry])
         return jsonc.append_item(text, users_path, entry)
     assert index is not None
     if edit.action == "remove":
@@ -121,11 +131,11 @@ def _edit_toml(text: str, prefix: KeyPath, edit: UserEdit, index: int | None) ->
     document = tomlfile.parse(text)
     container: Any = tomlfile.lookup(document, prefix) if prefix else document
     try:
-        smtp = tomlfile.lookup(container, ("SmtpServer",))
+        smtp = tomlfile.lookup(container, (edit.section,))
     except KeyError:
         smtp = tomlkit.table()
-        container.add("SmtpServer", smtp)
-        smtp = tomlfile.lookup(container, ("SmtpServer",))
+        container.add(edit.section, smtp)
+        smtp = tomlfile.lookup(container, (edit.section,))
     try:
         users = tomlfile.lookup(smtp, ("Users",))
     except KeyError:
@@ -378,14 +388,14 @@ def edit_users(
 
 
 def _users_text(source: ConfigSource, edit: UserEdit) -> str:
-    index = _user_index(source, edit.user_name)
+    index = _user_index(source, edit.user_name, edit.section)
     if edit.action == "add" and index is not None:
         raise ConfigInvalidError(
             source,
-            [_duplicate_finding(source, edit.user_name, index)],
+            [_duplicate_finding(source, edit.user_name, index, edit.section)],
         )
     if edit.action != "add" and index is None:
-        raise UserNotFoundError(edit.user_name, source)
+        raise UserNotFoundError(edit.user_name, source, edit.section)
     editor = _edit_toml if source.format == "toml" else _edit_json
     return editor(source.text, source.prefix, edit, index)
 
@@ -401,22 +411,23 @@ def _default_toml() -> str:
     )
 
 
-def _duplicate_finding(source: ConfigSource, name: str, index: int) -> Finding:
-    path = ("SmtpServer", "Users", index, "UserName")
+def _duplicate_finding(source: ConfigSource, name: str, index: int, section: str) -> Finding:
+    path = (section, "Users", index, "UserName")
+    console = " --console" if section == "WebUI" else ""
     return Finding(
         Severity.ERROR,
         "users.duplicate",
-        f"user {name!r} already exists",
-        f"change its password with `jdxmail user passwd {name}`",
+        f"{'console ' if console else ''}user {name!r} already exists",
+        f"change its password with `jdxmail user passwd{console} {name}`",
         path,
         source.line_of(path),
     )
 
 
-def user_from(source: ConfigSource, name: str) -> UserSettings:
-    """The user *name* of *source*; raise UserNotFoundError."""
+def user_from(source: ConfigSource, name: str, section: str = "SmtpServer") -> UserSettings:
+    """The user *name* of *source* (of *section*'s Users); raise UserNotFoundError."""
     settings, _ = inspect_source(source)
-    for user in settings.smtp_server.users if settings else []:
+    for user in _users_in(settings, section):
         if user.user_name.casefold() == name.casefold():
             return user
-    raise UserNotFoundError(name, source)
+    raise UserNotFoundError(name, source, section)
