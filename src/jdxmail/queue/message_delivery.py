@@ -38,9 +38,9 @@ from jdxmail.queue.relay import (
 )
 from jdxmail.queue.relay_attempt import (
     attempt_at,
-    message_has_8bit,
     needs_7bit_copy,
     record_result,
+    spooled_has_8bit,
 )
 from jdxmail.queue.relay_choice import CircuitBreaker, DeliveryOptions, RelayChoice, backoff_delay
 from jdxmail.queue.scheduler import Scheduler
@@ -289,10 +289,8 @@ class MessageDelivery:
         """Try the relays in order until the pending recipients are resolved or a
         failure says not to go on; skip those resting or out of quota."""
         tries = _RelayTries()
-        # (a message in memory is looked at right here, without a coroutine)
-        eight_bit = (
-            has_8bit(message.data) if message.spooled is None else (await message_has_8bit(message))
-        )
+        spooled = message.spooled
+        eight_bit = has_8bit(message.data) if spooled is None else await spooled_has_8bit(spooled)
         for pool in self.pools:
             pending = state.pending()
             if not pending:

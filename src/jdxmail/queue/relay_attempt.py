@@ -31,7 +31,7 @@ from jdxmail.queue.relay_choice import DeliveryOptions, RelayChoice
 from jdxmail.queue.spool import QueuedMessage, SpooledBody
 from jdxmail.queue.state import DELIVERED, FAILED, PENDING, DeliveryState, RecipientState
 
-__all__ = ["attempt_at", "message_has_8bit", "needs_7bit_copy", "record_result"]
+__all__ = ["attempt_at", "needs_7bit_copy", "record_result", "spooled_has_8bit"]
 
 relay_log = logging.getLogger("jdxmail.relay")
 
@@ -39,12 +39,10 @@ relay_log = logging.getLogger("jdxmail.relay")
 _STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
 
 
-async def message_has_8bit(message: QueuedMessage) -> bool:
-    """Whether the message's data has bytes above 127 (big ones read in a thread, a
-    piece at a time: never the whole message in memory)."""
-    if message.spooled is None:
-        return has_8bit(message.data)
-    spooled = message.spooled
+async def spooled_has_8bit(spooled: SpooledBody) -> bool:
+    """Whether a big message left in its spool file has bytes above 127 (read in a
+    thread, a piece at a time: never the whole message in memory). A message in memory
+    is looked at with ``has_8bit`` directly, without a coroutine."""
     return await asyncio.to_thread(lambda: any(map(has_8bit, spooled.pieces())))
 
 
