@@ -48,6 +48,8 @@ class RelayPool:
         size: int,
     ) -> None:
         self.relay = relay
+        #: the relay's display name
+        self.name = relay.display_name
         self.local_hostname = local_hostname
         self.step_timeout = step_timeout
         self.size = size
@@ -65,11 +67,6 @@ class RelayPool:
         self._retired = False
         #: the deadlines of the attempts in progress here
         self.deadlines = DeadlineWatch()
-
-    @property
-    def name(self) -> str:
-        """The relay's display name."""
-        return self.relay.display_name
 
     async def connect(self) -> RelayConnection:
         """A new session: connect, TLS as configured, EHLO, AUTH. Raises StageError."""

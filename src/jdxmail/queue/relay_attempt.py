@@ -278,7 +278,7 @@ def _record_recipients(
         relay_log.info(
             "%s: delivered to %s via %s: %s",
             queue_id,
-            ", ".join(f"<{r}>" for r in delivered),
+            f"<{delivered[0]}>" if len(delivered) == 1 else ", ".join(f"<{r}>" for r in delivered),
             result.relay,
             result.final_reply,
             extra=extra,

@@ -73,6 +73,13 @@ class DeliveryState:
         """Recipients still to be delivered."""
         return [r for r, s in self.recipients.items() if s.status == PENDING]
 
+    def has_pending(self) -> bool:
+        """Whether any recipient is still to be delivered."""
+        for state in self.recipients.values():
+            if state.status == PENDING:
+                return True
+        return False
+
     def failed(self) -> dict[str, RecipientState]:
         """Recipients given up on."""
         return {r: s for r, s in self.recipients.items() if s.status == FAILED}
