@@ -279,7 +279,7 @@ class MessageDelivery:
             self._expire(message, state, now)
         if state.has_pending():
             await self._reschedule(message, state, tries.tried, tries.waits, now)
-        elif state.failed():
+        elif state.has_failed():
             await self._bounce_and_keep(message, state)
         else:
             self._finish(message, loaded)

@@ -35,9 +35,6 @@ __all__ = ["attempt_at", "needs_7bit_copy", "record_result", "spooled_has_8bit"]
 
 relay_log = logging.getLogger("jdxmail.relay")
 
-#: the state a recipient is left in after an attempt's outcome
-_STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
-
 
 async def spooled_has_8bit(spooled: SpooledBody) -> bool:
     """Whether a big message left in its spool file has bytes above 127 (read in a
@@ -255,11 +252,20 @@ def _record_recipients(
     extra = {"session": message.session_id}
     delivered: list[str] = []
     for item in result.recipients:
-        status = _STATUS_OF[item.outcome]
+        # the state a recipient is left in after the outcome (by identity: a dict keyed
+        # by the Enum would hash it with a Python call)
+        outcome = item.outcome
+        status = (
+            DELIVERED
+            if outcome is Outcome.DELIVERED
+            else FAILED
+            if outcome is Outcome.BOUNCE
+            else PENDING
+        )
         state.recipients[item.recipient] = RecipientState(
             status=status, code=item.status, reply=item.reply, relay=result.relay, at=now
         )
-        if item.outcome is Outcome.DELIVERED:
+        if outcome is Outcome.DELIVERED:
             delivered.append(item.recipient)
         else:
             relay_log.warning(

@@ -75,8 +75,15 @@ class DeliveryState:
 
     def has_pending(self) -> bool:
         """Whether any recipient is still to be delivered."""
-        for state in self.recipients.values():
+        for state in self.recipients.values():  # noqa: SIM110 (any() resumes a generator per item)
             if state.status == PENDING:
+                return True
+        return False
+
+    def has_failed(self) -> bool:
+        """Whether any recipient was given up on."""
+        for state in self.recipients.values():  # noqa: SIM110 (any() resumes a generator per item)
+            if state.status == FAILED:
                 return True
         return False
 
