@@ -26,10 +26,12 @@ __all__ = [
     "ParsedMessage",
     "Session",
     "Summary",
+    "count_attachments",
     "header_section",
     "parse_message",
     "parse_summary",
     "strip_envelope",
+    "summary_of",
 ]
 
 _ATTACHMENT = re.compile(rb"(?im)^content-disposition:[ \t]*attachment")
@@ -235,10 +237,19 @@ def parse_summary(head: bytes, whole: bytes | mmap.mmap | None = None) -> Summar
     Attachments are counted in *whole* (the full file) when given: one fast scan for
     ``Content-Disposition: attachment`` lines, without parsing the MIME tree.
     """
-    attachments = 0
-    if whole is not None and _may_attach(whole):
-        attachments = len(_ATTACHMENT.findall(whole))
-    return _summary(header_lines(header_section(head)), attachments)
+    attachments = 0 if whole is None else count_attachments(whole)
+    return summary_of(header_section(head), attachments)
+
+
+def summary_of(section: bytes, attachments: int) -> Summary:
+    """The summary of a message from its header section *section* (as
+    :func:`header_section` cuts it) and its count of attachments."""
+    return _summary(header_lines(section), attachments)
+
+
+def count_attachments(whole: bytes | bytearray | mmap.mmap) -> int:
+    """How many ``Content-Disposition: attachment`` lines the whole message has."""
+    return len(_ATTACHMENT.findall(whole)) if _may_attach(whole) else 0
 
 
 def _may_attach(whole: bytes | bytearray | mmap.mmap) -> bool:
