@@ -37,6 +37,7 @@ from cpu_figures import CpuFigures
 from jdxmail.eventloop import LoopChoice
 from jdxmail.eventloop import run as run_loop
 from jdxmail.logs import configure_logging
+from jdxmail.process import settle_heap
 from jdxmail.queue.layout import new_queue_id
 from jdxmail.queue.recycling import SPARE_DIR
 from jdxmail.server.app import SmtpServerApp
@@ -73,6 +74,7 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
     # (without relays "inline" starts no delivery engine, only the mailbox index)
     app = SmtpServerApp(settings, port=0, delivery="inline" if args.inbox else "none")
     (address,) = await app.start()
+    settle_heap()  # as serve does once started
     argv = ["smtp-source", "-s", str(args.sessions), "-m", str(args.count), "-d"]
     recipient = _LOCAL if args.inbox else _RECIPIENT
     argv += ["-l", str(args.size), "-f", _SENDER, "-t", recipient, "-M", _HELO]
