@@ -363,7 +363,12 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
         lock = self.lock
         assert lock is not None  # (Handler.createLock made it)
         with lock:
-            self._put(line, created, may_wait)
+            try:
+                self._put(line, created, may_wait)
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(self._record(line.rstrip("\n"), logging.INFO))
 
     def flush(self) -> None:
         """Write the lines waiting for the end of the loop's turn, then flush."""
@@ -431,11 +436,26 @@ class DailyFileHandler(logging.handlers.TimedRotatingFileHandler):
         if not lines:
             return
         self._waiting = []
-        text = "".join(lines)
+        try:
+            self._write_lines("".join(lines), len(lines))
+        except RecursionError:
+            raise
+        except Exception:
+            # (a line the file's encoding refuses): one at a time, so that only such a
+            # line is lost, reported as logging reports a line it cannot write
+            for line in lines:
+                try:
+                    self._write_lines(line, 1)
+                except RecursionError:
+                    raise
+                except Exception:
+                    self.handleError(self._record(line.rstrip("\n"), logging.INFO))
+
+    def _write_lines(self, text: str, count: int) -> None:
         try:
             self._write_file(text)
         except OSError as exc:
-            self._file_failed(exc, len(lines))
+            self._file_failed(exc, count)
         self._write_echo(text)
 
     def _write_echo(self, text: str) -> None:

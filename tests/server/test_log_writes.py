@@ -190,3 +190,19 @@ def test_serve_stopped_under_load_keeps_every_line(
     lines = (tmp_path / "logs" / "jdxmail.log").read_text().splitlines()
     assert sum(" accepted <" in line for line in lines) == 100
     assert lines[-1].endswith("stopped")
+
+
+async def test_a_line_the_file_cannot_take_loses_only_itself(
+    tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line UTF-8 cannot encode (a lone surrogate) is reported as logging reports it;
+    the other lines of its turn still reach the file."""
+    configure_logging(tmp_path, console=None)
+    log = logging.getLogger("jdxmail.smtp")
+    log.info("before", extra={"session": "s1"})
+    log.info("bad \udcff byte", extra={"session": "s1"})
+    log.info("after", extra={"session": "s1"})
+    await asyncio.sleep(0)
+    lines = (tmp_path / "jdxmail.log").read_text().splitlines()
+    assert [line.rsplit("] ", 1)[1] for line in lines] == ["before", "after"]
+    assert "Logging error" in capsys.readouterr().err
