@@ -16,6 +16,11 @@ value registered with :func:`register_secret` never reach a handler in clear.
 With ``Logging.Format: "json"`` each line is one JSON object instead, for log shippers
 (:class:`JsonFormatter`): ``time``, ``level``, ``category``, ``session``, ``message``
 and ``fields`` (what the call passed with ``extra=``), masked the same way.
+
+A session's lines logged on the event loop are written once per turn of the loop
+(:class:`DailyFileHandler`), and the plain calls of jdxmail's loggers skip the
+logging module's records (:class:`JdxmailLogger`): the server and the delivery
+process each log a line per message.
 """
 
 from __future__ import annotations
