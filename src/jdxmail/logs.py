@@ -103,30 +103,47 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
     """A logger's lines for one SMTP session: each record gets ``session``.
 
     What :class:`logging.LoggerAdapter` does, in two calls instead of six per line
-    (the server logs one or more per message): the level check, then the logger's
-    record. Every call of the adapter behaves as before.
+    (the server logs one or more per message): the level check, then the line on the
+    direct path (see _Direct) or the logger's record. Every call of the adapter
+    behaves as before.
     """
 
     def __init__(self, logger: logging.Logger, session: str) -> None:
         super().__init__(logger, {"session": session})
+        self.session = session
 
     def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
         """Log *msg* % *args* at DEBUG with this session's id."""
-        if self.logger.isEnabledFor(logging.DEBUG):
+        logger = self.logger
+        if logger.isEnabledFor(logging.DEBUG) and (
+            kwargs
+            or _direct is None
+            or not _direct.log(logger, logging.DEBUG, msg, args, self.session)
+        ):
             kwargs["extra"] = self.extra
-            self.logger._log(logging.DEBUG, msg, args, **kwargs)
+            logger._log(logging.DEBUG, msg, args, **kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         """Log *msg* % *args* at INFO with this session's id."""
-        if self.logger.isEnabledFor(logging.INFO):
+        logger = self.logger
+        if logger.isEnabledFor(logging.INFO) and (
+            kwargs
+            or _direct is None
+            or not _direct.log(logger, logging.INFO, msg, args, self.session)
+        ):
             kwargs["extra"] = self.extra
-            self.logger._log(logging.INFO, msg, args, **kwargs)
+            logger._log(logging.INFO, msg, args, **kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
         """Log *msg* % *args* at WARNING with this session's id."""
-        if self.logger.isEnabledFor(logging.WARNING):
+        logger = self.logger
+        if logger.isEnabledFor(logging.WARNING) and (
+            kwargs
+            or _direct is None
+            or not _direct.log(logger, logging.WARNING, msg, args, self.session)
+        ):
             kwargs["extra"] = self.extra
-            self.logger._log(logging.WARNING, msg, args, **kwargs)
+            logger._log(logging.WARNING, msg, args, **kwargs)
 
 
 class MaskingFilter(logging.Filter):
