@@ -33,6 +33,7 @@ from cpu_figures import CpuFigures
 from jdxmail.eventloop import LoopChoice
 from jdxmail.eventloop import run as run_loop
 from jdxmail.logs import configure_logging
+from jdxmail.process import settle_heap
 from jdxmail.queue.layout import new_queue_id
 from jdxmail.queue.recycling import SPARE_DIR
 from jdxmail.server.app import SmtpServerApp
@@ -65,6 +66,7 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
     configure_logging(settings.paths.logs, console=echo)  # as serve does
     app = SmtpServerApp(settings, port=0, delivery="none")
     (address,) = await app.start()
+    settle_heap()  # as serve does once started
     argv = ["smtp-source", "-s", str(args.sessions), "-m", str(args.count), "-d"]
     argv += ["-l", str(args.size), "-f", _SENDER, "-t", _RECIPIENT, "-M", _HELO]
     try:
