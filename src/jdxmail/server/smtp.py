@@ -270,6 +270,8 @@ class SmtpSession(SharedReadBuffer):
         self.phase = _Phase.IDLE
         self.task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
+        #: the loop the session runs on (see _event_loop)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
         self._out = bytearray()
         #: the future a session waiting for input awaits (None while it is busy)
@@ -302,7 +304,7 @@ class SmtpSession(SharedReadBuffer):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = self._event_loop().create_task(self._run())
 
     def data_received(self, data: memoryview) -> None:
         """Buffer client input; stop reading while the buffer is full (bounded memory)."""
@@ -371,12 +373,20 @@ class SmtpSession(SharedReadBuffer):
         deadline = self._deadline
         return due if deadline is None or deadline > due else deadline
 
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: CPython 3.11's get_running_loop() makes a
+        getpid system call on every call (to notice a fork), several per message."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _check_idle(self) -> None:
         """The TimeOut timer: end a wait past its due time, else re-arm."""
         self._idle_timer = None
         if self._closed or self._waiter is None:
             return  # not waiting for the client: the next wait arms a new timer
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop()
         due = self._due()
         if loop.time() >= due:
             self._timed_out = True
@@ -406,7 +416,7 @@ class SmtpSession(SharedReadBuffer):
             raise _Closed
         if self.host.stopping and self.phase is _Phase.READING and self.transaction is None:
             raise _Closed
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop()
         self._wait_since = loop.time()
         if self._deadline is None:
             self._deadline = self._wait_since + self.host.runtime.server.time_out
@@ -1250,7 +1260,7 @@ class SmtpSession(SharedReadBuffer):
 
     async def _read_chunk(self, size: int, sink: Callable[[bytes], None]) -> None:
         """Read exactly *size* bytes of BDAT data, handing them to *sink* as they come."""
-        start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
+        start = self._event_loop().time() + self.host.runtime.server.time_out
         received = 0
         self._reading_data = True
         while received < size:
@@ -1288,7 +1298,7 @@ class SmtpSession(SharedReadBuffer):
 
     async def _read_data_until_end(self, limit: int) -> tuple[bytearray | DataSpill | None, bool]:
         # The deadline grows with what arrived: TimeOut + received / DATA_MIN_RATE.
-        start = asyncio.get_running_loop().time() + self.host.runtime.server.time_out
+        start = self._event_loop().time() + self.host.runtime.server.time_out
         received = 0
         data = bytearray()
         # Past SPILL_THRESHOLD the data goes through a DataSpill to the spool as it
