@@ -64,6 +64,8 @@ _READ_WHOLE = 1 << 20
 FILED_GRACE = 0.25
 #: at most this many hand-overs whose inotify event is still to come are remembered
 _FILED_FIRST_MAX = 4096
+#: the longest header section a new entry keeps to read its summary from when first shown
+_HEAD_KEPT = 16 * 1024
 #: batches of new files up to this many are read on the loop (tens of µs each); a
 #: thread hop per handful of files cost more than the reading, in lock hand-overs
 _READ_ON_LOOP = 8
@@ -426,14 +428,22 @@ class MailboxIndex:
                 self._filed_first.clear()  # (events were lost: at worst a file read twice)
             self._filed_first.add(key)
         whole = head + data
+        section = header_section(whole)
+        attachments = count_attachments(whole)
+        summary = None
+        if len(section) > _HEAD_KEPT:
+            # (read now: kept until first shown, a long section, such as all of a
+            # message with no blank line, would hold that much memory per entry)
+            summary, section = summary_of(section, attachments), b""
         entry = MessageEntry(
             message_id_for(folder, name),
             folder,
             name,
             len(whole),
             time.time(),
-            head=header_section(whole),
-            attachments=count_attachments(whole),
+            summary,
+            head=section,
+            attachments=attachments,
         )
         self._add(entry, announce=self._ready.is_set())
         self._enforce_count()
