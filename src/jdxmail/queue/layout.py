@@ -23,6 +23,8 @@ __all__ = [
     "SpoolStats",
     "ids_in",
     "new_queue_id",
+    "process_tag",
+    "queue_id_tag",
     "queue_id_time",
     "spool_stats",
 ]
@@ -61,7 +63,7 @@ class _Ids:
             self._last_us = now_us
             self._counter = (self._counter + 1) & 0xFFFF
             counter = self._counter
-        return f"{now_us:013x}{os.getpid() & 0xFFFFF:05x}{counter:04x}"
+        return f"{now_us:013x}{process_tag()}{counter:04x}"
 
 
 _IDS = _Ids()
@@ -70,6 +72,16 @@ _IDS = _Ids()
 def new_queue_id() -> str:
     """A new queue id: sortable by time, unique across processes sharing one spool."""
     return _IDS.next()
+
+
+def process_tag() -> str:
+    """The part of this process's queue ids that names it: its pid's low 20 bits, hex."""
+    return f"{os.getpid() & 0xFFFFF:05x}"
+
+
+def queue_id_tag(queue_id: str) -> str:
+    """The :func:`process_tag` of the process that made *queue_id* ("" if it has none)."""
+    return queue_id[13:18] if len(queue_id) == 22 else ""
 
 
 def queue_id_time(queue_id: str) -> float | None:
