@@ -22,7 +22,7 @@ from tests.queue.conftest import StartUpstream, relay_for
 from tests.queue.test_fault import ADDRESS, Serve, _received_ids, _send
 from tests.queue.test_spool import make_message
 
-from jdxmail.queue.layout import process_tag
+from jdxmail.queue.layout import new_queue_id, process_tag, queue_id_tag
 from jdxmail.queue.recycling import home_dir
 from jdxmail.queue.spool import Spool, SpoolError, read_queued_message
 from jdxmail.settings.model import PathSettings, Settings, SmtpServerSettings
@@ -265,3 +265,18 @@ async def test_sigkill_while_spares_come_back_loses_nothing(
     assert not homes_then & homes_now
     log = "".join(p.read_text() for p in sorted(tmp_path.glob("serve-*.err")))  # noqa: ASYNC240
     assert "Traceback" not in log
+
+
+def test_a_forked_worker_names_itself_in_its_queue_ids() -> None:
+    """A worker forked by serve --workers makes queue ids carrying its own process's
+    tag, so what it stored is given back to its own folder, not its parent's."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one queue id and leave at once
+        os.write(write, new_queue_id().encode())
+        os._exit(0)
+    os.close(write)
+    queue_id = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert queue_id_tag(queue_id) == f"{pid & 0xFFFFF:05x}" != process_tag()

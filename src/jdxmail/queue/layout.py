@@ -55,6 +55,8 @@ class _Ids:
         self._lock = threading.Lock()
         self._counter = 0
         self._last_us = 0
+        self.tag = ""
+        self.name_process()
 
     def next(self) -> str:
         with self._lock:
@@ -63,10 +65,15 @@ class _Ids:
             self._last_us = now_us
             self._counter = (self._counter + 1) & 0xFFFF
             counter = self._counter
-        return f"{now_us:013x}{process_tag()}{counter:04x}"
+        return f"{now_us:013x}{self.tag}{counter:04x}"
+
+    def name_process(self) -> None:
+        """Take this process's tag (again in a forked child: ``serve --workers``)."""
+        self.tag = f"{os.getpid() & 0xFFFFF:05x}"
 
 
 _IDS = _Ids()
+os.register_at_fork(after_in_child=_IDS.name_process)
 
 
 def new_queue_id() -> str:
@@ -76,7 +83,7 @@ def new_queue_id() -> str:
 
 def process_tag() -> str:
     """The part of this process's queue ids that names it: its pid's low 20 bits, hex."""
-    return f"{os.getpid() & 0xFFFFF:05x}"
+    return _IDS.tag
 
 
 def queue_id_tag(queue_id: str) -> str:
