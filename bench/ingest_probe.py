@@ -3,7 +3,7 @@
 Usage::
 
     python bench/ingest_probe.py [--count 6000] [--size 1024] [--sessions 20] [--rounds 3]
-                                 [--loop asyncio|uvloop] [--spare] [--console]
+                                 [--loop asyncio|uvloop] [--spare] [--console] [--inbox]
 
 Runs the server (``SmtpServerApp``, durable spool, delivery left to another process
 that is not started) in this process on 127.0.0.1 and sends it *count* messages
@@ -12,6 +12,10 @@ second and CPU microseconds per message of this process, user and system (the
 session loop, the spool's sync thread; the client is another process). Profile it
 with ``py-spy record -f raw -o out.txt -- python bench/ingest_probe.py``. The full
 benchmark measures the same path in its ``jdxmail held`` row, between its peers.
+
+With ``--inbox`` it measures the dev inbox instead: no relay, every message for
+``bob@localhost`` stored in a mailbox, the mailbox index running as ``serve`` runs
+it (the benchmark's ``1k-s20-inbox`` workload).
 """
 
 from __future__ import annotations
@@ -33,16 +37,18 @@ from cpu_figures import CpuFigures
 from jdxmail.eventloop import LoopChoice
 from jdxmail.eventloop import run as run_loop
 from jdxmail.logs import configure_logging
+from jdxmail.process import settle_heap
 from jdxmail.queue.layout import new_queue_id, process_tag
 from jdxmail.queue.recycling import SPARE_DIR, home_dir
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.files import settings_from_source, source_from_text
 
 _SENDER, _RECIPIENT, _HELO = "bench@example.com", "rcpt@example.net", "bench.example.com"
+_LOCAL = "bob@localhost"
 
 
 async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, float]:
-    config = {
+    config: dict[str, object] = {
         "SmtpServer": {
             "BindAddress": "127.0.0.1",
             "HostName": "jdxmail.bench.invalid",
@@ -57,16 +63,21 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
             "Logs": str(root / "logs"),
         },
     }
+    if args.inbox:  # the dev inbox: no relay, local recipients, the index as serve runs it
+        del config["RelayServer"]
     source = source_from_text(root / "c.json", json.dumps(config))
     settings = settings_from_source(source).settings
     if args.spare:
         _fill_spare(root / "spool" / SPARE_DIR, args.count, args.size)
     echo = open(root / "console.log", "w", encoding="utf-8") if args.console else None  # noqa: ASYNC230, SIM115
     configure_logging(settings.paths.logs, console=echo)  # as serve does
-    app = SmtpServerApp(settings, port=0, delivery="none")
+    # (without relays "inline" starts no delivery engine, only the mailbox index)
+    app = SmtpServerApp(settings, port=0, delivery="inline" if args.inbox else "none")
     (address,) = await app.start()
+    settle_heap()  # as serve does once started
     argv = ["smtp-source", "-s", str(args.sessions), "-m", str(args.count), "-d"]
-    argv += ["-l", str(args.size), "-f", _SENDER, "-t", _RECIPIENT, "-M", _HELO]
+    recipient = _LOCAL if args.inbox else _RECIPIENT
+    argv += ["-l", str(args.size), "-f", _SENDER, "-t", recipient, "-M", _HELO]
     try:
         wall0, times0 = time.perf_counter(), os.times()
         client = await asyncio.create_subprocess_exec(*argv, f"127.0.0.1:{address.port}")
@@ -78,9 +89,14 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
         if echo is not None:
             configure_logging(None, console=None)
             echo.close()
-    queued = sum(1 for e in os.scandir(root / "spool" / "queue") if e.name.endswith(".msg"))
+    if args.inbox:
+        where = root / "mailbox" / _LOCAL
+        queued = sum(1 for e in os.scandir(where) if e.name.endswith(".eml"))
+    else:
+        where = root / "spool" / "queue"
+        queued = sum(1 for e in os.scandir(where) if e.name.endswith(".msg"))
     if queued != args.count:
-        raise SystemExit(f"{queued} of {args.count} messages queued: see {root / 'logs'}")
+        raise SystemExit(f"{queued} of {args.count} messages in {where}: see {root / 'logs'}")
     user, system = times.user - times0.user, times.system - times0.system
     return args.count / wall, user / args.count * 1e6, system / args.count * 1e6
 
@@ -107,6 +123,7 @@ def main() -> int:
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--spare", action="store_true", help="start with spare/ filled")
     parser.add_argument("--console", action="store_true", help="echo the log to a file")
+    parser.add_argument("--inbox", action="store_true", help="the dev inbox: local mail")
     args = parser.parse_args()
     if shutil.which("smtp-source") is None:
         print("smtp-source not found: apt-get install postfix", file=sys.stderr)

@@ -89,6 +89,34 @@ async def test_sent_message_shows_up_in_the_api(console: Console, http: httpx.As
     assert f'filename="{found["id"]}.eml"' in download.headers["content-disposition"]
 
 
+async def test_a_served_mail_is_listed_as_its_file_copied_in(
+    console: Console, http: httpx.AsyncClient
+) -> None:
+    """The list shows the same sender, recipients, subject and attachment count for a
+    mail the server stored (handed to the index, its headers read when first shown)
+    as for the same file copied into a mailbox by hand (read from disk)."""
+    message = mail("Ünïcode =?utf-8?q?and?= invoice", attachment=b"%PDF-1.4 x")
+    message["Cc"] = '"Doe, Jane" <jane@example.com>, bob@example.com'
+    await send(console, message, to_addrs=["dev@localhost"])
+    served = await wait_for(http, "invoice")
+    mailbox = console.app.settings.paths.mailbox
+    (path,) = (mailbox / served["mailbox"]).glob("*.eml")
+    copy = mailbox / "copied@localhost"
+    copy.mkdir()
+    (copy / "copy.eml").write_bytes(path.read_bytes())
+    waited = await http.get(
+        "/api/v1/messages/wait", params={"to": "copied@localhost", "timeout": 10}
+    )
+    assert waited.status_code == 200, waited.text
+    listing = (await http.get("/api/v1/messages", params={"query": "invoice"})).json()
+    listed = {m["mailbox"]: m for m in listing["messages"]}
+    by_hand = listed["copied@localhost"]
+    shown = ("from", "to", "cc", "subject", "date", "attachments", "size")
+    assert {k: by_hand[k] for k in shown} == {k: listed[served["mailbox"]][k] for k in shown}
+    assert by_hand["attachments"] == 1
+    assert by_hand["cc"] == ["Doe, Jane <jane@example.com>", "bob@example.com"]
+
+
 async def test_search_and_paging(console: Console, http: httpx.AsyncClient) -> None:
     """?query= finds a word of the body; ?start=&limit= page newest first."""
     for n in range(5):

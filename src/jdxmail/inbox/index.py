@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jdxmail.inbox.message import HEAD_READ, Summary, header_section, parse_raw, parse_summary
+from jdxmail.inbox.message import (
+    HEAD_READ,
+    Summary,
+    count_attachments,
+    header_section,
+    parse_raw,
+    parse_summary,
+    summary_of,
+)
 from jdxmail.inbox.watch import MailboxWatcher
 
 __all__ = ["ID_PATTERN", "MailboxIndex", "MessageEntry", "Page", "Query", "RetentionLimits"]
@@ -62,18 +70,81 @@ _READ_ON_LOOP = 8
 _ENCODED = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(base64|quoted-printable)")
 
 
-@dataclass(frozen=True, slots=True)
 class MessageEntry:
-    """One message file of a local mailbox, as the list shows it."""
+    """One message file of a local mailbox, as the list shows it.
 
-    id: str
-    folder: str
-    name: str
-    size: int
-    time: float
-    summary: Summary
-    #: lower-case from, to, cc, subject and envelope, for searching in memory
-    search: str
+    A mail this process's spool hands over keeps its header section until something
+    reads its summary (a page of the list, a search, a wait): most mail in a busy
+    inbox is never looked at one by one, and reading the headers of each as it came
+    was a tenth of the server's work per message. Immutable once made.
+    """
+
+    __slots__ = (
+        "_attachments",
+        "_head",
+        "_search",
+        "_summary",
+        "folder",
+        "id",
+        "name",
+        "size",
+        "time",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        folder: str,
+        name: str,
+        size: int,
+        time: float,
+        summary: Summary | None = None,
+        *,
+        head: bytes = b"",
+        attachments: int = 0,
+    ) -> None:
+        """An entry with its *summary*, or with the header section *head* and the
+        count of *attachments* to make it from when first asked."""
+        self.id = id
+        self.folder = folder
+        self.name = name
+        self.size = size
+        self.time = time
+        self._summary = summary
+        self._head = head
+        self._attachments = attachments
+        self._search: str | None = None
+
+    @property
+    def summary(self) -> Summary:
+        """From, To, Subject… as the list shows them."""
+        summary = self._summary
+        if summary is None:
+            summary = self._summary = summary_of(self._head, self._attachments)
+            self._head = b""
+        return summary
+
+    @property
+    def search(self) -> str:
+        """Lower-case from, to, cc, subject and envelope, for searching in memory."""
+        search = self._search
+        if search is None:
+            search = self._search = _search_text(self.folder, self.summary)
+        return search
+
+    def _key(self) -> tuple[str, str, str, int, float, Summary]:
+        return (self.id, self.folder, self.name, self.size, self.time, self.summary)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MessageEntry):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.folder, self.name, self.size, self.time))
+
+    def __repr__(self) -> str:
+        return f"MessageEntry(id={self.id!r}, folder={self.folder!r}, name={self.name!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +426,15 @@ class MailboxIndex:
                 self._filed_first.clear()  # (events were lost: at worst a file read twice)
             self._filed_first.add(key)
         whole = head + data
-        entry = _entry(folder, name, len(whole), time.time(), parse_summary(whole, whole))
+        entry = MessageEntry(
+            message_id_for(folder, name),
+            folder,
+            name,
+            len(whole),
+            time.time(),
+            head=header_section(whole),
+            attachments=count_attachments(whole),
+        )
         self._add(entry, announce=self._ready.is_set())
         self._enforce_count()
 
@@ -616,7 +695,11 @@ def _load_entry(root: Path, folder: str, name: str) -> MessageEntry | None:
 
 
 def _entry(folder: str, name: str, size: int, when: float, summary: Summary) -> MessageEntry:
-    search = " ".join(
+    return MessageEntry(message_id_for(folder, name), folder, name, size, when, summary)
+
+
+def _search_text(folder: str, summary: Summary) -> str:
+    return " ".join(
         (
             summary.sender,
             *summary.to,
@@ -627,15 +710,6 @@ def _entry(folder: str, name: str, size: int, when: float, summary: Summary) -> 
             folder,
         )
     ).lower()
-    return MessageEntry(
-        id=message_id_for(folder, name),
-        folder=folder,
-        name=name,
-        size=size,
-        time=when,
-        summary=summary,
-        search=search,
-    )
 
 
 def _body_contains(raw: bytes, words: tuple[str, ...]) -> bool:

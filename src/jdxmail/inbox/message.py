@@ -26,14 +26,15 @@ __all__ = [
     "ParsedMessage",
     "Session",
     "Summary",
+    "count_attachments",
     "header_section",
     "parse_message",
     "parse_summary",
     "strip_envelope",
+    "summary_of",
 ]
 
 _ATTACHMENT = re.compile(rb"(?im)^content-disposition:[ \t]*attachment")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _OURS = re.compile(
     r"^from (?P<helo>\S+) \(\[(?P<ip>[^\]]*)\]\)\s+by (?P<host>\S+) \(jdxmail\) "
     r"with (?P<proto>\S+) id (?P<id>[^\s;]+);?(?:\s+\(authenticated user (?P<user>[^)]*)\))?"
@@ -105,8 +106,19 @@ class ParsedMessage:
 
 def header_section(raw: bytes) -> bytes:
     """The header section of *raw* (up to and including the blank line), or all of it."""
-    match = _HEADER_END.search(raw)
-    return raw if match is None else raw[: match.end()]
+    end = _header_end(raw)
+    return raw if end < 0 else raw[:end]
+
+
+def _header_end(raw: bytes | bytearray | mmap.mmap) -> int:
+    """Where the first ``\\r?\\n\\r?\\n`` of *raw* ends, or -1: the first LF followed
+    by LF or CRLF. Two plain searches (memchr speed) where the pattern tried every
+    position (~3 µs a 1 KB message, a tenth of the index's work per new message)."""
+    crlf = raw.find(b"\n\r\n")
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
 
 
 def _text(value: object) -> str:
@@ -225,8 +237,30 @@ def parse_summary(head: bytes, whole: bytes | mmap.mmap | None = None) -> Summar
     Attachments are counted in *whole* (the full file) when given: one fast scan for
     ``Content-Disposition: attachment`` lines, without parsing the MIME tree.
     """
-    attachments = len(_ATTACHMENT.findall(whole)) if whole is not None else 0
-    return _summary(header_lines(header_section(head)), attachments)
+    attachments = 0 if whole is None else count_attachments(whole)
+    return summary_of(header_section(head), attachments)
+
+
+def summary_of(section: bytes, attachments: int) -> Summary:
+    """The summary of a message from its header section *section* (as
+    :func:`header_section` cuts it) and its count of attachments."""
+    return _summary(header_lines(section), attachments)
+
+
+def count_attachments(whole: bytes | bytearray | mmap.mmap) -> int:
+    """How many ``Content-Disposition: attachment`` lines the whole message has."""
+    return len(_ATTACHMENT.findall(whole)) if _may_attach(whole) else 0
+
+
+def _may_attach(whole: bytes | bytearray | mmap.mmap) -> bool:
+    """False when *whole* (a message in memory, up to 1 MiB) has no ``attachment`` in
+    any case, so the case-blind line pattern need not run (~5 µs a 1 KB message)."""
+    if isinstance(whole, mmap.mmap) or len(whole) > _LOWER_LIMIT:
+        return True
+    return b"attachment" in whole.lower()
+
+
+_LOWER_LIMIT = 1 << 20
 
 
 def _session(headers: list[tuple[str, str]], envelope: Envelope) -> Session | None:

@@ -165,12 +165,13 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
             # oldest (raises if it was malformed)
             replies.append(waiter.result())
             self._response_waiter = loop.create_future()
+        buffer = self._buffer
+        if buffer:
+            take_replies(buffer, count, replies)
+        if len(replies) >= count:  # (often: they came with the previous message's)
+            return replies
         deadline = None if patience is None else loop.time() + patience
         while True:
-            if self._buffer:
-                take_replies(self._buffer, count, replies)
-            if len(replies) >= count:
-                return replies
             if self.transport is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
             more = self._more = loop.create_future()
@@ -181,6 +182,10 @@ class PipeliningProtocol(SMTPProtocol, SharedReadBuffer):
                 await more
             finally:
                 self._more = self._expiry = None
+            if buffer:
+                take_replies(buffer, count, replies)
+            if len(replies) >= count:
+                return replies
 
     def _set_expiry(self, deadline: float, patience: float) -> None:
         """Fail the wait for data in progress at *deadline* (loop time).

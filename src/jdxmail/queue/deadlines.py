@@ -58,12 +58,18 @@ class DeadlineWatch:
         #: the deadlines not over yet (few: one per attempt in progress)
         self._deadlines: dict[Deadline, None] = {}
         self._timer: asyncio.TimerHandle | None = None
+        #: the loop the attempts run in (see deadline)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def deadline(self, seconds: float) -> Deadline:
         """A deadline *seconds* from now for the current task, for a ``with`` block."""
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        # (with its loop given, current_task does not look the running loop up: that
+        # costs a getpid system call per lookup in CPython's asyncio)
+        task = asyncio.current_task(loop)
         assert task is not None
-        loop = task.get_loop()
         deadline = Deadline(self, task, loop.time() + seconds)
         self._deadlines[deadline] = None
         timer = self._timer

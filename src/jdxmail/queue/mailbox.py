@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _ALLOWED_PUNCTUATION = frozenset("._+-=@")
+#: a name safe_name keeps as it is: ASCII letters, digits and that punctuation, no leading dot
+_PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_+=@-][A-Za-z0-9._+=@-]*)?")
 _MAX_NAME_BYTES = 200
 _MAX_COLLISIONS = 10_000
 
@@ -43,6 +45,8 @@ def safe_name(text: str, max_bytes: int = _MAX_NAME_BYTES) -> str:
     Letters and digits (any script) and ``._+-=@`` are kept; a leading ``.`` becomes
     ``_`` (no hidden files, no ``.``/``..``); the UTF-8 form is cut to *max_bytes*.
     """
+    if len(text) <= max_bytes and _PLAIN_NAME.fullmatch(text):
+        return text  # (the common case, ASCII and safe already: same result, one match)
     chars = [c if (c.isalnum() or c in _ALLOWED_PUNCTUATION) else "_" for c in text]
     name = "".join(chars)
     if name.startswith("."):

@@ -274,11 +274,12 @@ class MessageDelivery:
         if tries.tried:
             state.attempts += 1
             state.last_try = now
-        self._fail_what_no_relay_can_carry(state, tries.lacking, now)
-        self._expire(message, state, now)
-        if state.pending():
+        if state.has_pending():  # (else nothing is left to fail or expire)
+            self._fail_what_no_relay_can_carry(state, tries.lacking, now)
+            self._expire(message, state, now)
+        if state.has_pending():
             await self._reschedule(message, state, tries.tried, tries.waits, now)
-        elif state.failed():
+        elif state.has_failed():
             await self._bounce_and_keep(message, state)
         else:
             self._finish(message, loaded)
@@ -291,11 +292,12 @@ class MessageDelivery:
         tries = _RelayTries()
         spooled = message.spooled
         eight_bit = has_8bit(message.data) if spooled is None else await spooled_has_8bit(spooled)
-        for pool in self.pools:
+        breakers = self.relays.breakers
+        for pool in self.relays.pools:
             pending = state.pending()
             if not pending:
                 break
-            breaker = self.breakers[pool.name]
+            breaker = breakers[pool.name]
             if not breaker.allows(now):
                 tries.waits.append(
                     (breaker.open_until, f"{pool.name} skipped after repeated failures")
@@ -317,7 +319,7 @@ class MessageDelivery:
                 continue
             tries.tried = True
             delivered = record_result(
-                message, state, result, self.clock(), more_relays=len(self.pools) > 1
+                message, state, result, self.clock(), more_relays=len(self.relays.pools) > 1
             )
             if not delivered:
                 await self._give_quota_back(pool, now)

@@ -48,6 +48,8 @@ class RelayPool:
         size: int,
     ) -> None:
         self.relay = relay
+        #: the relay's display name
+        self.name = relay.display_name
         self.local_hostname = local_hostname
         self.step_timeout = step_timeout
         self.size = size
@@ -65,11 +67,8 @@ class RelayPool:
         self._retired = False
         #: the deadlines of the attempts in progress here
         self.deadlines = DeadlineWatch()
-
-    @property
-    def name(self) -> str:
-        """The relay's display name."""
-        return self.relay.display_name
+        #: the loop the turns are waited for in (see turn)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> RelayConnection:
         """A new session: connect, TLS as configured, EHLO, AUTH. Raises StageError."""
@@ -150,7 +149,11 @@ class RelayPool:
         if self._free > 0 and not self._waiting:
             self._free -= 1
             return None
-        waiter = _Waiter(tx, asyncio.get_running_loop().create_future())
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # (looked up once: asyncio's get_running_loop makes a getpid system call)
+            loop = self._loop = asyncio.get_running_loop()
+        waiter = _Waiter(tx, loop.create_future())
         self._waiting.append(waiter)
         try:
             return await waiter.future

@@ -288,14 +288,14 @@ def _queued(
         return QueuedMessage(
             queue_id=queue_id,
             mail_from=str(header["mail_from"]),
-            recipients=tuple(str(r) for r in header["recipients"]),
+            recipients=tuple(map(str, header["recipients"])),
             data=data,
             message_id=str(header["message_id"]),
             auth_user=None if header["auth_user"] is None else str(header["auth_user"]),
             client_address=str(header["client"]),
             session_id=str(header["session"]),
             received_at=float(header["received_at"]),
-            mail_options=tuple(str(o) for o in header["mail_options"]),
+            mail_options=tuple(map(str, header["mail_options"])),
             spooled=spooled,
         )
     except CorruptSpoolFile:

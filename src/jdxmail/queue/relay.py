@@ -124,18 +124,19 @@ class AttemptResult:
 
 
 def _mail_options(
-    options: Sequence[str], client: aiosmtplib.SMTP, size: int
+    options: Sequence[str], eight_bit_mime: bool, size_offered: bool, size: int
 ) -> tuple[list[str], bool]:
-    """The MAIL FROM parameters to pass on, and whether SMTPUTF8 is needed."""
+    """The MAIL FROM parameters to pass on, and whether SMTPUTF8 is needed (with what
+    the relay offers: 8BITMIME, SIZE)."""
     passed: list[str] = []
     utf8 = False
     for option in options:
         upper = option.upper()
         if upper == "SMTPUTF8":
             utf8 = True
-        elif upper.startswith("BODY=") and client.supports_extension("8bitmime"):
+        elif upper.startswith("BODY=") and eight_bit_mime:
             passed.append(upper)
-    if client.supports_extension("size"):
+    if size_offered:
         passed.insert(0, f"SIZE={size}")
     return passed, utf8
 
@@ -215,9 +216,21 @@ def _quoted(address: str) -> str:
     recipient of every message); anything else, and every check on it (CR, LF,
     spaces, brackets), goes through ``quote_address``.
     """
-    if _DOT_ATOM_ADDRESS.fullmatch(address):
-        return f"<{address}>"
-    return quote_address(address)
+    quoted = _QUOTED.get(address)
+    if quoted is not None:
+        return quoted
+    if not _DOT_ATOM_ADDRESS.fullmatch(address):
+        return quote_address(address)
+    if len(_QUOTED) >= _QUOTED_KEPT:
+        _QUOTED.clear()
+    quoted = _QUOTED[address] = f"<{address}>"
+    return quoted
+
+
+#: plain addresses quoted lately (the same senders and recipients come again and
+#: again), and how many are kept before it starts over
+_QUOTED: dict[str, str] = {}
+_QUOTED_KEPT = 256
 
 
 def _reply_error(reply: aiosmtplib.SMTPResponse) -> aiosmtplib.SMTPResponseException:
@@ -283,6 +296,16 @@ class RelayConnection:
         self.relay = relay
         self.client = client
         self.messages = 0
+        #: the relay's display name (for results and the log)
+        self.name = relay.display_name
+        # What the relay's EHLO offered: fixed for the session's life (made after
+        # the last EHLO), looked up once rather than for every message.
+        self._size_offered = client.supports_extension("size")
+        self._8bitmime = client.supports_extension("8bitmime")
+        self._smtputf8 = client.supports_extension("smtputf8")
+        self._pipelining_offered = client.supports_extension("pipelining")
+        #: the protocol switched to a PipeliningProtocol (see pipelining)
+        self._pipelined: PipeliningProtocol | None = None
         #: a transaction is open (MAIL went out; not yet ended with DATA or RSET)
         self._transaction_open = False
         #: the transaction whose commands went out after the current message's data:
@@ -299,9 +322,13 @@ class RelayConnection:
 
     def pipelining(self) -> PipeliningProtocol | None:
         """The protocol to pipeline commands on (RFC 2920), if the relay offers it."""
-        if not self.client.supports_extension("pipelining"):
+        pipelined = self._pipelined
+        if pipelined is not None and pipelined is self.client.protocol:
+            return pipelined
+        if not self._pipelining_offered:
             return None
-        return pipelining_protocol(self.client)
+        pipelined = self._pipelined = pipelining_protocol(self.client)
+        return pipelined
 
     def prepare_ahead(self, tx: Transaction) -> bytes:
         """Like :meth:`prepare`, for *tx* to follow the current message on this session.
@@ -322,28 +349,30 @@ class RelayConnection:
         SMTPNotSupported when the message needs SMTPUTF8 and the relay lacks it,
         EightBitUnsupported when it has 8-bit content and the relay lacks 8BITMIME.
         """
-        client = self.client
-        result = tx.result = AttemptResult(relay=self.relay.display_name)
-        passed, utf8 = _mail_options(tx.options, client, payload_size(tx.data))
+        result = tx.result = AttemptResult(relay=self.name)
+        passed, utf8 = _mail_options(
+            tx.options, self._8bitmime, self._size_offered, payload_size(tx.data)
+        )
         encoding = "ascii"
         if utf8:
-            if not client.supports_extension("smtputf8"):
+            if not self._smtputf8:
                 raise aiosmtplib.SMTPNotSupported(
                     "the message needs SMTPUTF8 and the relay does not offer it"
                 )
             passed.append("SMTPUTF8")
             encoding = "utf-8"
         elif tx.eight_bit:
-            if not client.supports_extension("8bitmime"):
+            if not self._8bitmime:
                 raise EightBitUnsupported(
-                    f"the message has 8-bit content and {self.relay.display_name} "
-                    "does not offer 8BITMIME"
+                    f"the message has 8-bit content and {self.name} does not offer 8BITMIME"
                 )
             if not any(o.startswith("BODY=") for o in passed):
                 passed.append("BODY=8BITMIME")  # (RFC 6152: 8-bit data is declared)
         tx.encoding, tx.mail_parameters = encoding, passed
         sender = b"MAIL FROM:" + _quoted(tx.mail_from).encode(encoding)
-        commands = [b" ".join([sender, *(o.encode("ascii") for o in passed)]) + b"\r\n"]
+        if passed:
+            sender = b" ".join([sender, *(o.encode("ascii") for o in passed)])
+        commands = [sender, b"\r\n"]
         sent = tx.sent = []
         for recipient in tx.recipients:
             try:
@@ -448,9 +477,7 @@ class RelayConnection:
         text = " ".join(f"{reply.code} {reply.message}".split())
         result.final_reply = text
         status = enhanced_status(reply.code, reply.message, "2.0.0")
-        result.recipients.extend(
-            RecipientResult(r, Outcome.DELIVERED, status, text) for r in accepted
-        )
+        result.recipients += [RecipientResult(r, Outcome.DELIVERED, status, text) for r in accepted]
         return result
 
     async def _send_pipelined(

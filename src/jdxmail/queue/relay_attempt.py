@@ -35,9 +35,6 @@ __all__ = ["attempt_at", "needs_7bit_copy", "record_result", "spooled_has_8bit"]
 
 relay_log = logging.getLogger("jdxmail.relay")
 
-#: the state a recipient is left in after an attempt's outcome
-_STATUS_OF = {Outcome.DELIVERED: DELIVERED, Outcome.BOUNCE: FAILED, Outcome.RETRY: PENDING}
-
 
 async def spooled_has_8bit(spooled: SpooledBody) -> bool:
     """Whether a big message left in its spool file has bytes above 127 (read in a
@@ -255,11 +252,20 @@ def _record_recipients(
     extra = {"session": message.session_id}
     delivered: list[str] = []
     for item in result.recipients:
-        status = _STATUS_OF[item.outcome]
+        # the state a recipient is left in after the outcome (by identity: a dict keyed
+        # by the Enum would hash it with a Python call)
+        outcome = item.outcome
+        status = (
+            DELIVERED
+            if outcome is Outcome.DELIVERED
+            else FAILED
+            if outcome is Outcome.BOUNCE
+            else PENDING
+        )
         state.recipients[item.recipient] = RecipientState(
             status=status, code=item.status, reply=item.reply, relay=result.relay, at=now
         )
-        if item.outcome is Outcome.DELIVERED:
+        if outcome is Outcome.DELIVERED:
             delivered.append(item.recipient)
         else:
             relay_log.warning(
@@ -278,7 +284,7 @@ def _record_recipients(
         relay_log.info(
             "%s: delivered to %s via %s: %s",
             queue_id,
-            ", ".join(f"<{r}>" for r in delivered),
+            f"<{delivered[0]}>" if len(delivered) == 1 else ", ".join(f"<{r}>" for r in delivered),
             result.relay,
             result.final_reply,
             extra=extra,

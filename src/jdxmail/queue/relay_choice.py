@@ -159,10 +159,15 @@ class RelayChoice:
 
     def resting(self, now: float) -> float | None:
         """When the first breaker reopens, if every relay's breaker is open; else None."""
-        breakers = [self.breakers[p.name] for p in self.pools]
-        if not breakers or any(b.allows(now) for b in breakers):
-            return None
-        return min(b.open_until for b in breakers)
+        breakers = self.breakers
+        first: float | None = None
+        for pool in self.pools:
+            until = breakers[pool.name].open_until
+            if now >= until:  # (CircuitBreaker.allows)
+                return None
+            if first is None or until < first:
+                first = until
+        return first
 
     def reset_breakers(self) -> None:
         """Let every relay be tried now (``queue flush``)."""

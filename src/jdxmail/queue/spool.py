@@ -123,6 +123,8 @@ __all__ = [
 logger = logging.getLogger("jdxmail.queue")
 
 CommitMode = Literal["batch", "batch-fsync"]
+#: local recipients whose mailbox folder the spool keeps in memory (then it starts over)
+_FOLDERS_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -212,6 +214,8 @@ class Spool:
         #: the lines written before the data, the data (not for big messages)
         self.on_filed: Callable[[str, bytes, bytes | bytearray], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the mailbox folder of each local recipient seen lately
+        self._mailbox_folders: dict[str, Path] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -342,8 +346,13 @@ class Spool:
             return
         name = message_file_name(message.message_id, plan.queue_id)
         seen: set[Path] = set()
+        folders = self._mailbox_folders
         for recipient in message.local_recipients:
-            directory = mailbox_dir_for(self.mailbox_dir, recipient)
+            directory = folders.get(recipient)
+            if directory is None:
+                if len(folders) >= _FOLDERS_KEPT:
+                    folders.clear()
+                directory = folders[recipient] = mailbox_dir_for(self.mailbox_dir, recipient)
             if directory in seen:
                 continue
             seen.add(directory)

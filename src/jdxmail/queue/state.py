@@ -73,6 +73,20 @@ class DeliveryState:
         """Recipients still to be delivered."""
         return [r for r, s in self.recipients.items() if s.status == PENDING]
 
+    def has_pending(self) -> bool:
+        """Whether any recipient is still to be delivered."""
+        for state in self.recipients.values():  # noqa: SIM110 (any() resumes a generator per item)
+            if state.status == PENDING:
+                return True
+        return False
+
+    def has_failed(self) -> bool:
+        """Whether any recipient was given up on."""
+        for state in self.recipients.values():  # noqa: SIM110 (any() resumes a generator per item)
+            if state.status == FAILED:
+                return True
+        return False
+
     def failed(self) -> dict[str, RecipientState]:
         """Recipients given up on."""
         return {r: s for r, s in self.recipients.items() if s.status == FAILED}
