@@ -225,8 +225,7 @@ class Spool:
         Logs what the spool holds unless *announce* is false (a second process on the
         same spool). With *make_ahead* (a server), empty files for the first stores
         are made now rather than on first need, and it takes its folder in ``spare/``
-        (recycling.py). Raises SpoolError when the
-        directories cannot be created.
+        (recycling.py). Raises SpoolError when the directories cannot be created.
         """
         self._loop = asyncio.get_running_loop()
         counts = await asyncio.to_thread(self._prepare, make_ahead)
