@@ -38,8 +38,8 @@ from jdxmail.eventloop import LoopChoice
 from jdxmail.eventloop import run as run_loop
 from jdxmail.logs import configure_logging
 from jdxmail.process import settle_heap
-from jdxmail.queue.layout import new_queue_id
-from jdxmail.queue.recycling import SPARE_DIR
+from jdxmail.queue.layout import new_queue_id, process_tag
+from jdxmail.queue.recycling import SPARE_DIR, home_dir
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.files import settings_from_source, source_from_text
 
@@ -102,8 +102,10 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
 
 
 def _fill_spare(spare_dir: Path, count: int, size: int) -> None:
-    """Put *count* files of *size* bytes in *spare_dir*, named as the delivery process
-    names the queue files it gives back (``ID.N``, N blocks), and flush them."""
+    """Put *count* files of *size* bytes where the delivery process gives back the
+    queue files of this server (its folder in *spare_dir*), named as it names them
+    (``ID.N``, N blocks), and flush them."""
+    spare_dir = home_dir(spare_dir, process_tag())
     spare_dir.mkdir(parents=True)
     blocks = max(1, -(-size // 4096))
     data = b"x" * size

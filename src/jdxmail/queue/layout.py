@@ -23,6 +23,8 @@ __all__ = [
     "SpoolStats",
     "ids_in",
     "new_queue_id",
+    "process_tag",
+    "queue_id_tag",
     "queue_id_time",
     "spool_stats",
 ]
@@ -53,6 +55,8 @@ class _Ids:
         self._lock = threading.Lock()
         self._counter = 0
         self._last_us = 0
+        self.tag = ""
+        self.name_process()
 
     def next(self) -> str:
         with self._lock:
@@ -61,15 +65,30 @@ class _Ids:
             self._last_us = now_us
             self._counter = (self._counter + 1) & 0xFFFF
             counter = self._counter
-        return f"{now_us:013x}{os.getpid() & 0xFFFFF:05x}{counter:04x}"
+        return f"{now_us:013x}{self.tag}{counter:04x}"
+
+    def name_process(self) -> None:
+        """Take this process's tag (again in a forked child: ``serve --workers``)."""
+        self.tag = f"{os.getpid() & 0xFFFFF:05x}"
 
 
 _IDS = _Ids()
+os.register_at_fork(after_in_child=_IDS.name_process)
 
 
 def new_queue_id() -> str:
     """A new queue id: sortable by time, unique across processes sharing one spool."""
     return _IDS.next()
+
+
+def process_tag() -> str:
+    """The part of this process's queue ids that names it: its pid's low 20 bits, hex."""
+    return _IDS.tag
+
+
+def queue_id_tag(queue_id: str) -> str:
+    """The :func:`process_tag` of the process that made *queue_id* ("" if it has none)."""
+    return queue_id[13:18] if len(queue_id) == 22 else ""
 
 
 def queue_id_time(queue_id: str) -> float | None:

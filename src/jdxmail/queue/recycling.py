@@ -6,6 +6,17 @@ queue file is kept in ``spare/`` (:meth:`FileRecycler.give`) and the next store 
 over it (:meth:`FileRecycler.take`); when none fits, a thread keeps empty files made
 ahead in ``tmp/``. ``spare/`` is pruned back to about :data:`SPARE_LIMIT` files.
 The spool and the delivery engine call ``take``/``give`` and forget how.
+
+Several processes share ``spare/`` (``serve --workers``, the delivery process), so a
+spare taken from ``spare/`` itself is claimed first: renamed into ``tmp/``, written,
+then renamed into ``queue/``, two renames per message. A server also has a folder of
+its own, ``spare/pTAG/`` (TAG: the part of its queue ids naming its process), which
+it holds an ``flock`` on while it runs: the delivery process gives each delivered
+file back into the folder of the process that stored it, and that server writes its
+spares where they lie, then renames them once, into ``queue/``. No other process
+takes from a held folder, and a file half-written there is a spare still, never in
+``queue/``. A server starting gives back to ``spare/`` the files of folders nobody
+holds (their server stopped or died); a folder holding SPARE_LIMIT files gets no more.
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ import asyncio
 import collections
 import contextlib
 import enum
+import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -24,10 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jdxmail.queue.durable import unlink_quietly
+from jdxmail.queue.durable import DIR_FLAGS, unlink_quietly
+from jdxmail.queue.layout import process_tag, queue_id_tag
 from jdxmail.sizes import SPARE_MAX_SIZE
 
-__all__ = ["SPARE_DIR", "SPARE_LIMIT", "FileRecycler", "Reuse", "TmpFile", "tmp_file_name"]
+__all__ = [
+    "SPARE_DIR",
+    "SPARE_LIMIT",
+    "FileRecycler",
+    "Reuse",
+    "TmpFile",
+    "home_dir",
+    "tmp_file_name",
+]
 
 logger = logging.getLogger("jdxmail.queue")
 
@@ -43,6 +65,13 @@ _SPARE_IDLE_LOOK = 0.1
 _MADE_AHEAD = 64
 #: files given to spare/ between two counts of what spare/ holds
 _COUNT_EVERY = 128
+#: a server's own folder in spare/ is this prefix and its process tag
+_HOME_PREFIX = "p"
+#: seconds between two looks at a server's own folder when the last found some
+#: (a look finds the files given back since the one before: a few per look is cheap)
+_HOME_LOOK = 0.002
+#: how often a server starting tries for its own folder held a moment by another
+_HOME_TRIES = 20
 
 #: runs a slow job (removals wait for the disk) off the event loop
 Offload = Callable[[Callable[[], Any]], "asyncio.Future[Any]"]
@@ -94,6 +123,17 @@ class FileRecycler:
         #: look found none that fitted
         self._spares: dict[int, list[str]] = {}
         self._spares_seen_at = -_SPARE_IDLE_LOOK
+        #: a server's own folder in spare/ (its path with a separator; "" while it has
+        #: none), the descriptor holding its lock, the names there not taken yet by
+        #: block count, and when to look there again
+        self._home = ""
+        self._home_fd = -1
+        self._home_spares: dict[int, list[str]] = {}
+        self._home_look_at = 0.0
+        #: the delivery side: gives into each server's folder since it was counted,
+        #: and the folders not given into until the next count (full, or missing)
+        self._home_given: dict[str, int] = {}
+        self._home_closed: set[str] = set()
         self._make_ahead = make_ahead
         self._made: collections.deque[str] = collections.deque()
         self._wanted = threading.Event()
@@ -117,9 +157,13 @@ class FileRecycler:
         Up to SPARE_MAX_SIZE, a spare file moved there or an empty file made ahead;
         else (or when neither is at hand) a new name to create.
         """
-        path = self.tmp_path(stem)
         if size > SPARE_MAX_SIZE:
-            return TmpFile(path)
+            return TmpFile(self.tmp_path(stem))
+        if self._home:
+            home = self._take_home(_blocks(size))
+            if home is not None:
+                return TmpFile(home, Reuse.SPARE)
+        path = self.tmp_path(stem)
         if self.spare_dir is not None and self._take_spare(path, size):
             return TmpFile(path, Reuse.SPARE)
         made = self._take_made_ahead()
@@ -151,13 +195,27 @@ class FileRecycler:
             return True
         return False
 
+    def _take_home(self, need: int) -> str | None:
+        """A spare in this server's own folder to write where it lies (its path), or None.
+
+        Nobody else takes from that folder: what a look saw stays there until taken.
+        """
+        home = self._home
+        name = _pick(self._home_spares, need)
+        if name is None:
+            now = time.monotonic()
+            if now < self._home_look_at:
+                return None
+            self._home_spares = _spares_in(home)
+            name = _pick(self._home_spares, need)
+            self._home_look_at = now + (_SPARE_IDLE_LOOK if name is None else _HOME_LOOK)
+            if name is None:
+                return None
+        return home + name
+
     def _pick_spare(self, need: int) -> str | None:
         """A known spare of *need* blocks, else of the most blocks below that."""
-        for blocks in range(need, 0, -1):
-            names = self._spares.get(blocks)
-            if names:
-                return names.pop()
-        return None
+        return _pick(self._spares, need)
 
     def _take_made_ahead(self) -> str | None:
         """An empty tmp file made ahead on another core (its path), or None."""
@@ -178,6 +236,7 @@ class FileRecycler:
         """
         if not self._make_ahead:
             return
+
         if self._maker is None:
             self._maker = threading.Thread(
                 target=self._make_files, name="jdxmail-spool-ahead", daemon=True
@@ -205,6 +264,46 @@ class FileRecycler:
         """Forget the files made ahead (``tmp/`` was deleted under them)."""
         self._made.clear()
 
+    def forget_spares(self) -> None:
+        """Forget the spares seen (``spare/`` was deleted under them)."""
+        self._spares = {}
+        self._home_spares = {}
+
+    # -- a server's own folder -------------------------------------------------------
+
+    def hold_home(self) -> bool:
+        """At a server's start (blocking): give back to spare/ the files of server
+        folders nobody holds, then take this process's own (held until :meth:`close`).
+
+        False if it could not be taken (another process holds a folder of that name):
+        this server then claims every spare it writes.
+        """
+        spare_dir = self.spare_dir
+        if spare_dir is None:
+            return False
+        if self._home:
+            return True
+        own = home_dir(spare_dir, process_tag()).name
+        try:
+            with os.scandir(spare_dir) as entries:
+                others = [
+                    entry.path
+                    for entry in entries
+                    if entry.name.startswith(_HOME_PREFIX)
+                    and entry.name != own
+                    and entry.is_dir(follow_symlinks=False)
+                ]
+        except OSError:
+            others = []
+        for folder in others:
+            _give_back(folder, self._spare_prefix)
+        fd = _hold_home(os.path.join(spare_dir, own))
+        if fd < 0:
+            return False
+        self._home_fd = fd
+        self._home = os.path.join(spare_dir, own, "")
+        return True
+
     # -- giving back -------------------------------------------------------------------
 
     def spare_path(self, queue_id: str, size: int) -> str:
@@ -227,6 +326,23 @@ class FileRecycler:
             os.unlink(path)
             return
         queue_id = os.path.basename(path).rpartition(".")[0]
+        home = self._spare_prefix + _HOME_PREFIX + queue_id_tag(queue_id)
+        if home not in self._home_closed:
+            try:
+                os.rename(path, f"{home}{os.sep}{queue_id}.{_blocks(size)}")
+            except OSError:  # no such folder (its server's queue id, not a server's)
+                self._home_closed.add(home)
+            else:
+                given = self._home_given.get(home, 0) + 1
+                self._home_given[home] = given
+                if given >= _COUNT_EVERY:
+                    self._count_home(home)
+                return
+        else:
+            given = self._home_given.get(home, 0) + 1
+            self._home_given[home] = given
+            if given >= _COUNT_EVERY:
+                self._count_home(home)
         try:
             os.rename(path, self.spare_path(queue_id, size))
         except OSError:
@@ -235,6 +351,23 @@ class FileRecycler:
         self._given += 1
         if self._given % _COUNT_EVERY == 0:
             self.prune()
+
+    def _count_home(self, home: str) -> None:
+        """Whether to go on giving into server folder *home*: there and not full."""
+        self._home_given[home] = 0
+        held = 0
+        try:
+            with os.scandir(home) as entries:
+                for _ in entries:
+                    held += 1
+                    if held >= SPARE_LIMIT:
+                        break
+        except OSError:
+            held = SPARE_LIMIT
+        if held >= SPARE_LIMIT:
+            self._home_closed.add(home)
+        else:
+            self._home_closed.discard(home)
 
     def prune(self) -> None:
         """Keep ``spare/`` at about SPARE_LIMIT files: past it, remove the older half.
@@ -273,9 +406,87 @@ class FileRecycler:
             while self._made:
                 unlink_quietly(self._made.popleft())
         self._closing = False
+        if self._home_fd >= 0:
+            os.close(self._home_fd)  # (its files stay: given back at a next start)
+        self._home, self._home_fd, self._home_spares = "", -1, {}
 
 
-def _spares_in(directory: Path) -> dict[int, list[str]]:
+def home_dir(spare_dir: Path, tag: str) -> Path:
+    """The folder in *spare_dir* of the server whose queue ids carry *tag*."""
+    return spare_dir / f"{_HOME_PREFIX}{tag}"
+
+
+def _pick(spares: dict[int, list[str]], need: int) -> str | None:
+    """A name from *spares* of *need* blocks, else of the most blocks below that."""
+    for blocks in range(need, 0, -1):
+        names = spares.get(blocks)
+        if names:
+            return names.pop()
+    return None
+
+
+def _hold_home(folder: str) -> int:
+    """A descriptor holding the lock of server folder *folder* (made if missing), or -1.
+
+    Another server starting may hold it a moment (giving its files back, then removing
+    it): then try again; a server that runs holds it for good (-1 after a few tries).
+    """
+    for _ in range(_HOME_TRIES):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return -1
+        try:
+            fd = os.open(folder, DIR_FLAGS)
+        except FileNotFoundError:
+            continue  # (removed meanwhile)
+        except OSError:
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(folder).st_ino == os.fstat(fd).st_ino:
+                return fd  # held, and still the folder of that name
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        except OSError:
+            os.close(fd)
+            return -1
+        os.close(fd)
+        time.sleep(0.005)
+    return -1
+
+
+def _give_back(folder: str, spare_prefix: str) -> None:
+    """Move the files of server folder *folder* back to spare/ and remove it, unless
+    its server holds it (it runs)."""
+    try:
+        fd = os.open(folder, DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for _ in range(3):  # (the delivery process may give in meanwhile)
+            with os.scandir(folder) as entries:
+                for entry in list(entries):
+                    try:
+                        os.rename(entry.path, spare_prefix + entry.name)
+                    except OSError:
+                        unlink_quietly(entry.path)
+            try:
+                os.rmdir(folder)
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    return
+    except OSError:  # held: its server runs
+        return
+    finally:
+        os.close(fd)
+
+
+def _spares_in(directory: Path | str) -> dict[int, list[str]]:
     """Up to _SPARE_BATCH plain files of spare/, by the block count in their names."""
     found: dict[int, list[str]] = {}
     seen = 0

@@ -12,6 +12,8 @@ Layout under the spool directory::
     corrupt/        spool files that could not be read, moved aside
     spare/ID.N      queue files of delivered messages (N blocks of 4 KiB), kept to be
                     written over by the next stores (recycling.py)
+    spare/pTAG/ID.N the same, given back to the server that stored them, which
+                    writes them where they lie (held with flock while it runs)
     flush           touched by ``jdxmail queue flush``: a running engine makes every
                     queued message due at once
     retry/ID        left by ``jdxmail queue retry ID``: a running engine makes that
@@ -222,11 +224,11 @@ class Spool:
 
         Logs what the spool holds unless *announce* is false (a second process on the
         same spool). With *make_ahead* (a server), empty files for the first stores
-        are made now rather than on first need. Raises SpoolError when the
-        directories cannot be created.
+        are made now rather than on first need, and it takes its folder in ``spare/``
+        (recycling.py). Raises SpoolError when the directories cannot be created.
         """
         self._loop = asyncio.get_running_loop()
-        counts = await asyncio.to_thread(self._prepare)
+        counts = await asyncio.to_thread(self._prepare, make_ahead)
         log = logger.info if announce else logger.debug
         log(
             "spool %s: %d queued, %d failed; removed %d unfinished writes left by a previous run",
@@ -269,7 +271,7 @@ class Spool:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _prepare(self) -> dict[str, int]:
+    def _prepare(self, server: bool = False) -> dict[str, int]:
         try:
             for directory in self._directories():
                 directory.mkdir(parents=True, exist_ok=True)
@@ -289,6 +291,9 @@ class Spool:
             devices.setdefault(directory.stat().st_dev, directory)
         if self._pipelined and not self._sync_targets:
             self._sync_targets = [_open_folder(d) for d in devices.values()]
+        if server and self._pipelined:
+            # a server writes the spares given back to it where they lie
+            self.files.hold_home()
         queued = sum(1 for p in self.queue_dir.iterdir() if p.name.endswith(QUEUE_SUFFIX))
         failed = sum(1 for p in self.failed_dir.iterdir() if p.name.endswith(QUEUE_SUFFIX))
         return {"queued": queued, "failed": failed, "tmp_removed": removed}
@@ -520,6 +525,8 @@ class Spool:
                 self.files.forget_made_ahead()
             if self.mailbox_tmp_dir in missing:
                 self.mailbox_files.forget_made_ahead()
+            if self.spare_dir in missing:
+                self.files.forget_spares()
             logger.warning(
                 "spool: made again the folder(s) deleted while serving: %s",
                 ", ".join(str(d) for d in missing),
@@ -544,20 +551,29 @@ class Spool:
             for output in plan.outputs:
                 # (in batch mode the event loop writes every message small enough to
                 # take a recycled file for: take() runs on one thread at a time)
-                if message.tail is None:
-                    target = output.files.take(len(output.head) + message.size, plan.queue_id)
-                else:
-                    target = TmpFile(output.files.tmp_path(plan.queue_id))
-                output.tmp = target.path
-                plan.tmp_files.append(target.path)
-                write_synced(
-                    target.path,
-                    (output.head, message.data),
-                    sync=sync,
-                    reuse=target.reuse is Reuse.SPARE,
-                    empty=target.reuse is Reuse.EMPTY,
-                    tail=message.tail,
-                )
+                size = len(output.head) + message.size
+                while True:
+                    if message.tail is None:
+                        target = output.files.take(size, plan.queue_id)
+                    else:
+                        target = TmpFile(output.files.tmp_path(plan.queue_id))
+                    output.tmp = target.path
+                    try:
+                        write_synced(
+                            target.path,
+                            (output.head, message.data),
+                            sync=sync,
+                            reuse=target.reuse is Reuse.SPARE,
+                            empty=target.reuse is Reuse.EMPTY,
+                            tail=message.tail,
+                        )
+                    except FileNotFoundError:
+                        if target.reuse is not Reuse.SPARE:
+                            raise
+                        continue  # (a spare removed meanwhile: take another)
+                    finally:
+                        plan.tmp_files.append(target.path)
+                    break
         except BaseException:
             self._undo(plan)
             raise
