@@ -486,3 +486,24 @@ async def test_mail_without_a_blank_line_is_not_held_in_memory(
     assert held < count * len(raw) // 4, f"{held} bytes held for {count} messages"
     page = await app.inbox.page()
     assert [e.summary.subject for e in page.messages] == ["raw dump"] * count
+
+
+async def test_a_search_of_a_big_inbox_lets_sessions_run(start_server: StartServer) -> None:
+    """A search through thousands of messages nobody looked at yet gives the event loop
+    back as it goes (SMTP sessions are not held up until it ends), and finds them all."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    folder = app.inbox.root / "dev"
+    count = 3000
+    for n in range(count):
+        data = f"From: app@example.com\r\nSubject: note {n}\r\n\r\nbody\r\n".encode()
+        app.inbox.filed(str(folder / f"{n:05d}.eml"), b"", data)
+    search = asyncio.ensure_future(app.inbox.page(limit=10, query="subject:note"))
+    seen_running: list[bool] = []
+    # one turn after the search starts, another task gets to run before it ends
+    asyncio.get_running_loop().call_soon(lambda: seen_running.append(not search.done()))
+    page = await search
+    assert seen_running == [True]
+    assert page.total == count
+    assert [e.summary.subject for e in page.messages[:2]] == ["note 2999", "note 2998"]

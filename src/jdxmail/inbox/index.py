@@ -64,6 +64,8 @@ _READ_WHOLE = 1 << 20
 FILED_GRACE = 0.25
 #: at most this many hand-overs whose inotify event is still to come are remembered
 _FILED_FIRST_MAX = 4096
+#: a search gives the event loop back after looking at this many messages
+_SEARCH_SLICE = 500
 #: the longest header section a new entry keeps to read its summary from when first shown
 _HEAD_KEPT = 16 * 1024
 #: batches of new files up to this many are read on the loop (tens of µs each); a
@@ -354,10 +356,14 @@ class MailboxIndex:
             return cached[2]
         generation = self._generation
         candidates: list[tuple[MessageEntry, tuple[str, ...]]] = []
-        for entry in self.newest():
+        for count, entry in enumerate(list(self.newest()), 1):
             ok, words = query.header_match(entry)
             if ok:
                 candidates.append((entry, words))
+            if count % _SEARCH_SLICE == 0:
+                # A big inbox's first search also reads the summaries of mail nobody
+                # looked at yet (~12 us each): let the SMTP sessions run in between.
+                await asyncio.sleep(0)
         if any(words for _, words in candidates):
             paths = {e.id: self.path_of(e) for e, words in candidates if words}
             found = await asyncio.to_thread(_bodies_match, paths, candidates)
