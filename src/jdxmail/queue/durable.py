@@ -59,22 +59,33 @@ def write_synced(
     flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if existing else os.O_CREAT | os.O_EXCL)
     fd = os.open(path, flags, 0o600)
     try:
+        pieces = [part for part in parts if part]
+        total = sum(map(len, pieces))
         if reuse:
-            os.ftruncate(fd, sum(len(part) for part in parts))
-        views = [memoryview(part) for part in parts if part]
-        while views:
-            written = os.writev(fd, views)
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
+            os.ftruncate(fd, total)
+        # one writev takes it all, but for a signal or a full disk mid-way
+        written = os.writev(fd, pieces) if pieces else 0
+        if written < total:
+            _write_rest(fd, pieces, written)
         if tail is not None:
             _copy_tail(tail, fd)
         if sync:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_rest(fd: int, pieces: list[bytes | bytearray], written: int) -> None:
+    """Write what a first ``writev`` of *pieces* left (its first *written* bytes are in)."""
+    views = [memoryview(piece) for piece in pieces]
+    while views:
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+        if views:
+            written = os.writev(fd, views)
 
 
 def _copy_tail(tail: DataTail, fd: int) -> None:

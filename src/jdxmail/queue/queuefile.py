@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import errno
 import json
+import json.encoder
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,30 @@ class SpooledBody:
 #: one encoder and decoder for every envelope line (json.dumps/loads set one up per call)
 _ENVELOPE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _ENVELOPE_DECODER = json.JSONDecoder()
+#: the C encoder under _ENVELOPE_ENCODER, made once: JSONEncoder.encode builds one per
+#: call (~1.2 µs of the ~3.4 an envelope took). No cycle check: an envelope is flat.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_ENVELOPE_CHUNKS: Callable[[dict[str, Any], int], Sequence[str]] | None = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None,
+        _ENVELOPE_ENCODER.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+)
+
+
+def _encode_envelope(header: dict[str, Any]) -> str:
+    if _ENVELOPE_CHUNKS is None:
+        return _ENVELOPE_ENCODER.encode(header)
+    return "".join(_ENVELOPE_CHUNKS(header, 0))
 
 
 def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
@@ -246,7 +271,7 @@ def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
         "size": message.size,
         "crc32": message.crc32(),
     }
-    line = _ENVELOPE_ENCODER.encode(header).encode("ascii")
+    line = _encode_envelope(header).encode("ascii")
     return b"".join((MAGIC, line, b"\n"))
 
 

@@ -1,0 +1,118 @@
+"""A queue file's bytes stay what they were: the envelope line made by the C encoder
+kept once must equal json's own encoding of it, and a write that the kernel takes in
+part must still leave the whole file on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from jdxmail.queue.durable import _write_rest, write_synced
+from jdxmail.queue.queuefile import MAGIC, AcceptedMessage, encode_queued_head, read_queued_fd
+
+texts = st.text(st.characters(codec="utf-8"), max_size=30)
+addresses = st.lists(texts, max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    texts,
+    addresses,
+    addresses,
+    st.one_of(st.none(), texts),
+    st.floats(min_value=0, max_value=4e9),
+    st.lists(texts, max_size=2),
+)
+@example("", [], [], None, 0.0, [])
+@example('a"\\\x00\n\u2028é', ["x@y"], ["bob@localhost"], "ü", 1733000000.123456, ["SMTPUTF8"])
+def test_envelope_line_is_json_encoding(
+    mail_from: str,
+    relay: list[str],
+    local: list[str],
+    auth_user: str | None,
+    received_at: float,
+    options: list[str],
+) -> None:
+    """The envelope line of every message is exactly json's ASCII, compact encoding."""
+    message = AcceptedMessage(
+        mail_from=mail_from,
+        relay_recipients=tuple(relay),
+        local_recipients=tuple(local),
+        data=b"Subject: x\r\n\r\nbody\r\n",
+        message_id=mail_from + "@id",
+        auth_user=auth_user,
+        client_address="127.0.0.1",
+        session_id="s1",
+        received_at=received_at,
+        mail_options=tuple(options),
+    )
+    head = encode_queued_head("0123456789abc12345", message)
+    assert head.startswith(MAGIC)
+    assert head.endswith(b"\n")
+    line = head[len(MAGIC) : -1].decode("ascii")
+    expected = {
+        "id": "0123456789abc12345",
+        "mail_from": mail_from,
+        "recipients": relay,
+        "local_recipients": local,
+        "message_id": mail_from + "@id",
+        "auth_user": auth_user,
+        "client": "127.0.0.1",
+        "session": "s1",
+        "received_at": received_at,
+        "mail_options": options,
+        "size": message.size,
+        "crc32": message.crc32(),
+    }
+    assert line == json.dumps(expected, ensure_ascii=True, separators=(",", ":"))
+
+
+def test_queue_file_written_and_read_back(tmp_path: Path) -> None:
+    """A queue file written over a longer spare reads back as the message, nothing more."""
+    message = AcceptedMessage(
+        mail_from="a@example.com",
+        relay_recipients=("b@example.net",),
+        local_recipients=(),
+        data=bytearray(b"Subject: hi\r\n\r\n" + b"x" * 1000 + b"\r\n"),
+        message_id="m@example.com",
+        auth_user=None,
+        client_address="127.0.0.1",
+        session_id="s1",
+        received_at=1733000000.5,
+    )
+    path = tmp_path / "spare"
+    path.write_bytes(b"y" * 8000)  # a delivered message's longer file, written over
+    head = encode_queued_head("0123456789abc12345", message)
+    write_synced(path, (head, message.data), reuse=True)
+    assert path.stat().st_size == len(head) + len(message.data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        queued = read_queued_fd(fd, "0123456789abc12345")
+    finally:
+        os.close(fd)
+    assert queued.data == message.data
+    assert queued.mail_from == "a@example.com"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=50), min_size=1, max_size=4), st.data())
+def test_rest_of_a_partial_write_completes_the_file(
+    tmp_path_factory: pytest.TempPathFactory, pieces: list[bytes], data: st.DataObject
+) -> None:
+    """Whatever part a first writev took, the file ends up holding every piece once."""
+    whole = b"".join(pieces)
+    written = data.draw(st.integers(min_value=0, max_value=len(whole)))
+    folder = tmp_path_factory.mktemp("rest")
+    path = folder / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, whole[:written])  # what the first writev took
+        _write_rest(fd, [piece for piece in pieces if piece], written)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == whole
