@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import smtplib
 import threading
 import time
+import tracemalloc
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -482,3 +484,55 @@ async def test_chaos_at_auth_answers_535(start_server: StartServer) -> None:
     await client.ehlo()
     reply = await client.cmd("AUTH PLAIN AHVzZXIAcGFzcw==")
     assert reply == "535 5.7.8 Chaos: authentication failure injected by jdxmail"
+
+
+async def test_mail_without_a_blank_line_is_not_held_in_memory(
+    start_server: StartServer,
+) -> None:
+    """Messages with no blank line (raw data, all of it 'header section') are listed
+    without the server keeping each whole message in memory until someone looks."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    line = b"x" * 998 + b"\r\n"
+    raw = b"Subject: raw dump\r\n" + line * 256  # ~250 KB, no blank line anywhere
+    count = 12
+
+    def go() -> None:
+        with smtplib.SMTP("127.0.0.1", port_of(app)) as client:
+            for _ in range(count):
+                client.sendmail("dump@example.com", ["dev@localhost"], raw)
+
+    tracemalloc.start()
+    try:
+        waiting = asyncio.ensure_future(arrival(app.inbox, count))
+        await asyncio.to_thread(go)
+        await waiting
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < count * len(raw) // 4, f"{held} bytes held for {count} messages"
+    page = await app.inbox.page()
+    assert [e.summary.subject for e in page.messages] == ["raw dump"] * count
+
+
+async def test_a_search_of_a_big_inbox_lets_sessions_run(start_server: StartServer) -> None:
+    """A search through thousands of messages nobody looked at yet gives the event loop
+    back as it goes (SMTP sessions are not held up until it ends), and finds them all."""
+    app = await start_server()
+    assert app.inbox is not None
+    await app.inbox.ready()
+    folder = app.inbox.root / "dev"
+    count = 3000
+    for n in range(count):
+        data = f"From: app@example.com\r\nSubject: note {n}\r\n\r\nbody\r\n".encode()
+        app.inbox.filed(str(folder / f"{n:05d}.eml"), b"", data)
+    search = asyncio.ensure_future(app.inbox.page(limit=10, query="subject:note"))
+    seen_running: list[bool] = []
+    # one turn after the search starts, another task gets to run before it ends
+    asyncio.get_running_loop().call_soon(lambda: seen_running.append(not search.done()))
+    page = await search
+    assert seen_running == [True]
+    assert page.total == count
+    assert [e.summary.subject for e in page.messages[:2]] == ["note 2999", "note 2998"]

@@ -64,6 +64,10 @@ _READ_WHOLE = 1 << 20
 FILED_GRACE = 0.25
 #: at most this many hand-overs whose inotify event is still to come are remembered
 _FILED_FIRST_MAX = 4096
+#: a search gives the event loop back after looking at this many messages
+_SEARCH_SLICE = 500
+#: the longest header section a new entry keeps to read its summary from when first shown
+_HEAD_KEPT = 16 * 1024
 #: batches of new files up to this many are read on the loop (tens of µs each); a
 #: thread hop per handful of files cost more than the reading, in lock hand-overs
 _READ_ON_LOOP = 8
@@ -354,10 +358,14 @@ class MailboxIndex:
             return cached[2]
         generation = self._generation
         candidates: list[tuple[MessageEntry, tuple[str, ...]]] = []
-        for entry in self.newest():
+        for count, entry in enumerate(list(self.newest()), 1):
             ok, words = query.header_match(entry)
             if ok:
                 candidates.append((entry, words))
+            if count % _SEARCH_SLICE == 0:
+                # A big inbox's first search also reads the summaries of mail nobody
+                # looked at yet (~12 us each): let the SMTP sessions run in between.
+                await asyncio.sleep(0)
         if any(words for _, words in candidates):
             paths = {e.id: self.path_of(e) for e, words in candidates if words}
             found = await asyncio.to_thread(_bodies_match, paths, candidates)
@@ -429,14 +437,22 @@ class MailboxIndex:
                 self._filed_first.clear()  # (events were lost: at worst a file read twice)
             self._filed_first.add(key)
         whole = head + data
+        section = header_section(whole)
+        attachments = count_attachments(whole)
+        summary = None
+        if len(section) > _HEAD_KEPT:
+            # (read now: kept until first shown, a long section, such as all of a
+            # message with no blank line, would hold that much memory per entry)
+            summary, section = summary_of(section, attachments), b""
         entry = MessageEntry(
             message_id_for(folder, name),
             folder,
             name,
             len(whole),
             time.time(),
-            head=header_section(whole),
-            attachments=count_attachments(whole),
+            summary,
+            head=section,
+            attachments=attachments,
         )
         self._add(entry, announce=self._ready.is_set())
         self._enforce_count()
