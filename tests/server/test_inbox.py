@@ -216,6 +216,35 @@ async def test_max_messages_keeps_the_newest(tmp_path: Path, start_server: Start
     assert sorted(m.summary.subject for m in app.inbox.newest()) == ["m1", "m2"]
 
 
+async def test_a_reload_lowering_max_messages_applies_to_the_next_mail(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    """After a reload sets Mailbox.MaxMessages to 1, the next mail leaves one file."""
+    base = make_settings(tmp_path)
+    lowered = base.model_copy(
+        update={"mailbox": base.mailbox.model_copy(update={"max_messages": 1})}
+    )
+    app = await start_server(base, reload_settings=lambda: lowered)
+    assert app.inbox is not None
+    await app.inbox.ready()
+    waiting = asyncio.ensure_future(arrival(app.inbox, 2))
+    for n in range(2):
+        await send(app, html_mail(f"m{n}"))
+    await waiting
+    assert len(list((tmp_path / "mailbox").glob("*/*.eml"))) == 2
+    assert app.reload()
+    waiting = asyncio.ensure_future(arrival(app.inbox))
+    await send(app, html_mail("m2"))
+    await waiting
+    for _ in range(200):
+        files = list((tmp_path / "mailbox").glob("*/*.eml"))
+        if len(files) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(files) == 1
+    assert [m.summary.subject for m in app.inbox.newest()] == ["m2"]
+
+
 async def test_ids_are_never_paths(start_server: StartServer) -> None:
     """Anything that is not a known id (path tricks included) finds nothing."""
     app = await start_server()

@@ -266,6 +266,7 @@ class MailboxIndex:
         self._loader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._watcher: MailboxWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -276,6 +277,7 @@ class MailboxIndex:
 
     async def start(self) -> None:
         """Watch the mailboxes and index what is there (in the background)."""
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         self._watcher = MailboxWatcher(self.root, self._on_file, self._on_folder, self._on_overflow)
         if not self._watcher.start():
@@ -420,8 +422,9 @@ class MailboxIndex:
     def filed(self, path: str, head: bytes, data: bytes | bytearray) -> None:
         """This process's spool stored *head* + *data* as the mailbox file *path*
         (durable, under its final name): list it without reading the file."""
-        directory, name = os.path.split(path)
-        root, folder = os.path.split(directory)
+        # (the spool joins the mailbox root, the folder and the name with os.sep)
+        directory, _, name = path.rpartition(os.sep)
+        root, _, folder = directory.rpartition(os.sep)
         if root != self._root_text or not name.endswith(".eml"):
             return  # (not under this index's root: its inotify event will tell)
         key = (folder, name)
@@ -492,7 +495,8 @@ class MailboxIndex:
 
     def _kick_later(self, key: tuple[str, str]) -> None:
         """Read file *key* FILED_GRACE from now, unless the spool hands it over first."""
-        loop = asyncio.get_running_loop()
+        # (once per new file: the loop kept, asyncio's lookup makes a getpid call)
+        loop = self._loop or asyncio.get_running_loop()
         self._waiting.pop(key, None)  # (again: its wait starts over, at the end)
         self._waiting[key] = loop.time() + FILED_GRACE
         if self._load_timer is None:
@@ -564,7 +568,11 @@ class MailboxIndex:
         self._by_key[(entry.folder, entry.name)] = entry.id
         key = (entry.time, next(self._arrivals), entry.id)
         self._order_key[entry.id] = key
-        bisect.insort(self._order, key)
+        order = self._order
+        if not order or order[-1] <= key:  # (the common case: newer than every other)
+            order.append(key)
+        else:
+            bisect.insort(order, key)
         self._generation += 1
         if not announce:
             return

@@ -130,11 +130,18 @@ class MailboxWatcher:
             self.close()
             self.on_overflow()
             return
+        folders = self._folders
         for wd, mask, raw in events:
             if self._fd is None:
                 break
             try:
-                self._event(wd, mask, os.fsdecode(raw))
+                name = os.fsdecode(raw)
+                if mask == IN_CREATE and (folder := folders.get(wd)) is not None:
+                    # the common event, a file linked into a mailbox: as _event would
+                    if name.endswith(".eml") and not name.startswith("."):
+                        self.on_file(folder, name, True)
+                else:
+                    self._event(wd, mask, name)
             except Exception:
                 logger.exception("the mailbox watcher's handler failed")
 

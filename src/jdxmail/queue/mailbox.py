@@ -15,6 +15,7 @@ message; the two lines are written with the data in the same ``writev``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -78,8 +79,13 @@ def message_file_name(message_id: str, fallback: str) -> str:
     return name if name.strip("_") else fallback
 
 
+@functools.lru_cache(maxsize=1024)
 def delivery_head(mail_from: str, recipient: str) -> bytes:
-    """The ``Return-Path`` and ``Delivered-To`` lines put before a mailbox copy."""
+    """The ``Return-Path`` and ``Delivered-To`` lines put before a mailbox copy.
+
+    Kept for the last senders and recipients seen: the same few pairs come again and
+    again in a dev inbox, and the lines are made per local recipient of every message.
+    """
     sender = _LINE_BREAKS.sub("", mail_from)
     rcpt = _LINE_BREAKS.sub("", recipient)
     text = f"Return-Path: <{sender}>\r\nDelivered-To: <{rcpt}>\r\n"

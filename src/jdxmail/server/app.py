@@ -381,10 +381,19 @@ class SmtpServerApp:
         recorder.relays = engine.relay_health
         return [*components, engine]
 
+    #: the Mailbox section (frozen; a reload replaces it) and the limits made from it
+    _limits_made: tuple[object, RetentionLimits] | None = None
+
     def _mailbox_limits(self) -> RetentionLimits:
+        # (asked once per stored mailbox file: made again only when a reload changed them)
         mailbox = self.settings.mailbox
+        made = self._limits_made
+        if made is not None and made[0] is mailbox:
+            return made[1]
         max_age = None if mailbox.max_age is None else float(mailbox.max_age)
-        return RetentionLimits(max_messages=mailbox.max_messages, max_age=max_age)
+        limits = RetentionLimits(max_messages=mailbox.max_messages, max_age=max_age)
+        self._limits_made = (mailbox, limits)
+        return limits
 
     def add_component(self, component: Component) -> None:
         """Run *component* with the server: started before the listeners, stopped after."""
