@@ -11,7 +11,6 @@ import errno
 import json
 import json.encoder
 import os
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,17 @@ __all__ = [
     "SpoolFull",
     "SpooledBody",
     "as_spool_error",
+    "crc32",
     "crc32_combine",
     "encode_queued_head",
     "read_queued_fd",
     "read_queued_message",
 ]
+
+try:  # the `fast` extra: zlib-ng's CRC-32 (SIMD), the same values ~15x faster at 100 KB
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover (installed with the dev extra)
+    from zlib import crc32
 
 MAGIC = b"JDXSPOOL 1\n"
 QUEUE_SUFFIX = ".msg"
@@ -91,7 +96,7 @@ class DataTail:
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-        self.crc32 = zlib.crc32(data, self.crc32)
+        self.crc32 = crc32(data, self.crc32)
         self.size += len(data)
 
     def close(self) -> None:
@@ -128,7 +133,7 @@ class AcceptedMessage:
 
     def crc32(self) -> int:
         """The CRC-32 of the whole data."""
-        crc = zlib.crc32(self.data)
+        crc = crc32(self.data)
         if self.tail is None:
             return crc
         return crc32_combine(crc, self.tail.crc32, self.tail.size)
@@ -305,7 +310,7 @@ def _queued(
             f"{queue_id}: the envelope is that of another message ({header.get('id')!r})"
         )
     try:
-        if spooled is None and (len(data) != header["size"] or zlib.crc32(data) != header["crc32"]):
+        if spooled is None and (len(data) != header["size"] or crc32(data) != header["crc32"]):
             raise CorruptSpoolFile(
                 f"{queue_id}: data is {len(data)} bytes or has a bad checksum "
                 f"(envelope says {header['size']} bytes)"
@@ -374,7 +379,7 @@ def _kept_in_file(
     crc = 0
     try:
         for piece in body.pieces():
-            crc = zlib.crc32(piece, crc)
+            crc = crc32(piece, crc)
     except CorruptSpoolFile as exc:
         raise CorruptSpoolFile(f"{queue_id}: {exc}") from None
     if os.pread(fd, 1, start + size) or crc != header.get("crc32"):
