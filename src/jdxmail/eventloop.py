@@ -18,6 +18,7 @@ __all__ = [
     "LoopChoice",
     "LoopUnavailableError",
     "describe_running_loop",
+    "kept_loop",
     "resolve",
     "run",
     "running_loop_choice",
@@ -95,3 +96,15 @@ def describe_running_loop() -> str:
         except PackageNotFoundError:
             return "uvloop"
     return f"asyncio ({type(asyncio.get_running_loop()).__name__})"
+
+
+def kept_loop(kept: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """*kept* while it is open, else the running loop (to keep in its place).
+
+    What a server's session or a relay pool does per message keeps its loop: CPython
+    3.11's ``asyncio.get_running_loop()`` makes a ``getpid`` system call on every
+    call (to notice a fork). Use as ``loop = self._loop = kept_loop(self._loop)``.
+    """
+    if kept is None or kept.is_closed():
+        return asyncio.get_running_loop()
+    return kept

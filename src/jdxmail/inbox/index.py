@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jdxmail.eventloop import kept_loop
 from jdxmail.inbox.message import (
     HEAD_READ,
     Summary,
@@ -495,8 +496,7 @@ class MailboxIndex:
 
     def _kick_later(self, key: tuple[str, str]) -> None:
         """Read file *key* FILED_GRACE from now, unless the spool hands it over first."""
-        # (once per new file: the loop kept, asyncio's lookup makes a getpid call)
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop = kept_loop(self._loop)  # (once per new file)
         self._waiting.pop(key, None)  # (again: its wait starts over, at the end)
         self._waiting[key] = loop.time() + FILED_GRACE
         if self._load_timer is None:

@@ -15,6 +15,8 @@ import asyncio
 from types import TracebackType
 from typing import Any
 
+from jdxmail.eventloop import kept_loop
+
 __all__ = ["Deadline", "DeadlineWatch"]
 
 
@@ -63,11 +65,8 @@ class DeadlineWatch:
 
     def deadline(self, seconds: float) -> Deadline:
         """A deadline *seconds* from now for the current task, for a ``with`` block."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            loop = self._loop = asyncio.get_running_loop()
-        # (with its loop given, current_task does not look the running loop up: that
-        # costs a getpid system call per lookup in CPython's asyncio)
+        loop = self._loop = kept_loop(self._loop)
+        # (with its loop given, current_task does not look the running loop up)
         task = asyncio.current_task(loop)
         assert task is not None
         deadline = Deadline(self, task, loop.time() + seconds)

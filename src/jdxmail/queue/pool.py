@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from jdxmail.client_tls import client_tls_context
+from jdxmail.eventloop import kept_loop
 from jdxmail.queue.deadlines import DeadlineWatch
 from jdxmail.queue.outcomes import RelayUnusable, Stage
 from jdxmail.queue.relay import RelayConnection, StageError, Transaction
@@ -149,10 +150,7 @@ class RelayPool:
         if self._free > 0 and not self._waiting:
             self._free -= 1
             return None
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            # (looked up once: asyncio's get_running_loop makes a getpid system call)
-            loop = self._loop = asyncio.get_running_loop()
+        loop = self._loop = kept_loop(self._loop)
         waiter = _Waiter(tx, loop.create_future())
         self._waiting.append(waiter)
         try:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from jdxmail import replies
 from jdxmail.data_encoding import find_dot_line, has_bare_line_ending, to_crlf, unstuffed
+from jdxmail.eventloop import kept_loop
 from jdxmail.logs import SessionLog
 from jdxmail.queue.spool import AcceptedMessage, DataTail, SpoolError, SpoolFull
 from jdxmail.read_buffer import SharedReadBuffer
@@ -374,11 +375,8 @@ class SmtpSession(SharedReadBuffer):
         return due if deadline is None or deadline > due else deadline
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, looked up once: CPython 3.11's get_running_loop() makes a
-        getpid system call on every call (to notice a fork), several per message."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        """The loop the session runs on (looked up once: several waits per message)."""
+        loop = self._loop = kept_loop(self._loop)
         return loop
 
     def _check_idle(self) -> None:
