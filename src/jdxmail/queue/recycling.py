@@ -327,22 +327,16 @@ class FileRecycler:
             return
         queue_id = os.path.basename(path).rpartition(".")[0]
         home = self._spare_prefix + _HOME_PREFIX + queue_id_tag(queue_id)
-        if home not in self._home_closed:
+        if home in self._home_closed:
+            self._given_home(home)  # (looked at again every _COUNT_EVERY gives)
+        else:
             try:
                 os.rename(path, f"{home}{os.sep}{queue_id}.{_blocks(size)}")
             except OSError:  # no such folder (its server's queue id, not a server's)
                 self._home_closed.add(home)
             else:
-                given = self._home_given.get(home, 0) + 1
-                self._home_given[home] = given
-                if given >= _COUNT_EVERY:
-                    self._count_home(home)
+                self._given_home(home)
                 return
-        else:
-            given = self._home_given.get(home, 0) + 1
-            self._home_given[home] = given
-            if given >= _COUNT_EVERY:
-                self._count_home(home)
         try:
             os.rename(path, self.spare_path(queue_id, size))
         except OSError:
@@ -351,6 +345,13 @@ class FileRecycler:
         self._given += 1
         if self._given % _COUNT_EVERY == 0:
             self.prune()
+
+    def _given_home(self, home: str) -> None:
+        """Count a give meant for server folder *home*; each _COUNT_EVERY, look at it."""
+        given = self._home_given.get(home, 0) + 1
+        self._home_given[home] = given
+        if given >= _COUNT_EVERY:
+            self._count_home(home)
 
     def _count_home(self, home: str) -> None:
         """Whether to go on giving into server folder *home*: there and not full."""

@@ -162,11 +162,11 @@ class RelayChoice:
         breakers = self.breakers
         first: float | None = None
         for pool in self.pools:
-            until = breakers[pool.name].open_until
-            if now >= until:  # (CircuitBreaker.allows)
+            breaker = breakers[pool.name]
+            if breaker.allows(now):
                 return None
-            if first is None or until < first:
-                first = until
+            if first is None or breaker.open_until < first:
+                first = breaker.open_until
         return first
 
     def reset_breakers(self) -> None:

@@ -75,15 +75,15 @@ class DeliveryState:
 
     def has_pending(self) -> bool:
         """Whether any recipient is still to be delivered."""
-        for state in self.recipients.values():  # noqa: SIM110 (any() resumes a generator per item)
-            if state.status == PENDING:
-                return True
-        return False
+        return self._has(PENDING)
 
     def has_failed(self) -> bool:
         """Whether any recipient was given up on."""
+        return self._has(FAILED)
+
+    def _has(self, status: str) -> bool:
         for state in self.recipients.values():  # noqa: SIM110 (any() resumes a generator per item)
-            if state.status == FAILED:
+            if state.status == status:
                 return True
         return False
 
