@@ -114,36 +114,24 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
 
     def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
         """Log *msg* % *args* at DEBUG with this session's id."""
-        logger = self.logger
-        if logger.isEnabledFor(logging.DEBUG) and (
-            kwargs
-            or _direct is None
-            or not _direct.log(logger, logging.DEBUG, msg, args, self.session)
-        ):
-            kwargs["extra"] = self.extra
-            logger._log(logging.DEBUG, msg, args, **kwargs)
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self._line(logging.DEBUG, msg, args, kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         """Log *msg* % *args* at INFO with this session's id."""
-        logger = self.logger
-        if logger.isEnabledFor(logging.INFO) and (
-            kwargs
-            or _direct is None
-            or not _direct.log(logger, logging.INFO, msg, args, self.session)
-        ):
-            kwargs["extra"] = self.extra
-            logger._log(logging.INFO, msg, args, **kwargs)
+        if self.logger.isEnabledFor(logging.INFO):
+            self._line(logging.INFO, msg, args, kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
         """Log *msg* % *args* at WARNING with this session's id."""
+        if self.logger.isEnabledFor(logging.WARNING):
+            self._line(logging.WARNING, msg, args, kwargs)
+
+    def _line(self, level: int, msg: object, args: tuple[object, ...], kwargs: Any) -> None:
         logger = self.logger
-        if logger.isEnabledFor(logging.WARNING) and (
-            kwargs
-            or _direct is None
-            or not _direct.log(logger, logging.WARNING, msg, args, self.session)
-        ):
+        if kwargs or _direct is None or not _direct.log(logger, level, msg, args, self.session):
             kwargs["extra"] = self.extra
-            logger._log(logging.WARNING, msg, args, **kwargs)
+            logger._log(level, msg, args, **kwargs)
 
 
 class MaskingFilter(logging.Filter):
@@ -182,14 +170,7 @@ class CategoryFormatter(logging.Formatter):
         cached: tuple[CategoryFormatter, str] | None = getattr(record, "_jdxmail_line", None)
         if cached is not None and cached[0] is self:
             return cached[1]
-        line = self.line(
-            record.created,
-            record.msecs,
-            record.levelname,
-            record.name,
-            getattr(record, "session", None),
-            _text(record),
-        )
+        line = self.line(*_line_values(record))
         if record.exc_info:
             # One line per record keeps grep useful: the error type and text, no traceback.
             exc = record.exc_info[1]
@@ -214,6 +195,18 @@ class CategoryFormatter(logging.Formatter):
         if head is None:
             head = self._heads[key] = f"{key[0]:<5} {category_of(key[1]):<5} ["
         return f"{stamp[1]}.{int(msecs):03d} {head}{session or '-'}] {text}"
+
+
+def _line_values(record: logging.LogRecord) -> tuple[float, float, str, str, object, str]:
+    """What a formatter's ``line`` takes of *record*: time, level, logger, session, text."""
+    return (
+        record.created,
+        record.msecs,
+        record.levelname,
+        record.name,
+        getattr(record, "session", None),
+        _text(record),
+    )
 
 
 #: attributes every LogRecord has: anything else came from ``extra=`` (a field)
@@ -246,15 +239,7 @@ class JsonFormatter(logging.Formatter):
             if key in _RECORD_ATTRIBUTES or key.startswith("_") or key == "session":
                 continue
             fields[key] = _mask(value) if isinstance(value, str) else _plain(value)
-        data = self._data(
-            record.created,
-            record.msecs,
-            record.levelname,
-            record.name,
-            getattr(record, "session", None),
-            _text(record),
-            fields,
-        )
+        data = self._data(*_line_values(record), fields)
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             data["error"] = _mask(f"{type(exc).__name__}: {exc}")
