@@ -83,11 +83,19 @@ def _section(console: bool) -> str:
 
 
 def _kind(console: bool) -> str:
-    return "console user" if console else "user"
+    from jdxmail.settings.edit import user_kind  # noqa: PLC0415
+
+    return user_kind(_section(console))
+
+
+def _option(console: bool) -> str:
+    from jdxmail.settings.edit import user_option  # noqa: PLC0415
+
+    return user_option(_section(console))
 
 
 def _names_hint(console: bool) -> str:
-    return f"see the names with `jdxmail user list{' --console' if console else ''}`"
+    return f"see the names with `jdxmail user list{_option(console)}`"
 
 
 def _apply(
@@ -309,7 +317,7 @@ def check_user(
         fail(
             f"user {name!r}: the stored Password is not a {user.hash_type.value} hash (JDX-B2)",
             "run `jdxmail validate-config`, or reset it with "
-            f"`jdxmail user passwd{' --console' if console else ''} {name}`",
+            f"`jdxmail user passwd{_option(console)} {name}`",
         )
     if matches:
         out_console.print(f"match: this is the password of {name!r}")

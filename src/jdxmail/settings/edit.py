@@ -49,6 +49,8 @@ __all__ = [
     "edit_config",
     "edit_users",
     "lock_path",
+    "user_kind",
+    "user_option",
 ]
 
 #: seconds a writer waits for another writer of the same config to finish
@@ -73,8 +75,7 @@ class UserNotFoundError(ConfigError, KeyError):
     """No user of that name is in the config."""
 
     def __init__(self, name: str, source: ConfigSource, section: str = "SmtpServer") -> None:
-        kind = "console user" if section == "WebUI" else "user"
-        super().__init__(f"no {kind} {name!r} in {source.name}")
+        super().__init__(f"no {user_kind(section)} {name!r} in {source.name}")
         self.name = name
 
     def __str__(self) -> str:
@@ -92,6 +93,16 @@ class UserEdit:
     hash_type: str | None = None
     #: the section whose Users list is edited: "SmtpServer" or "WebUI"
     section: str = "SmtpServer"
+
+
+def user_kind(section: str) -> str:
+    """What a user of *section*'s Users is called in messages."""
+    return "console user" if section == "WebUI" else "user"
+
+
+def user_option(section: str) -> str:
+    """The ``jdxmail user`` option that edits *section*'s Users ("" for SmtpServer)."""
+    return " --console" if section == "WebUI" else ""
 
 
 def _users_in(settings: Settings | None, section: str) -> list[UserSettings]:
@@ -413,12 +424,11 @@ def _default_toml() -> str:
 
 def _duplicate_finding(source: ConfigSource, name: str, index: int, section: str) -> Finding:
     path = (section, "Users", index, "UserName")
-    console = " --console" if section == "WebUI" else ""
     return Finding(
         Severity.ERROR,
         "users.duplicate",
-        f"{'console ' if console else ''}user {name!r} already exists",
-        f"change its password with `jdxmail user passwd{console} {name}`",
+        f"{user_kind(section)} {name!r} already exists",
+        f"change its password with `jdxmail user passwd{user_option(section)} {name}`",
         path,
         source.line_of(path),
     )
