@@ -138,7 +138,7 @@ class MailboxWatcher:
                 name = os.fsdecode(raw)
                 if mask == IN_CREATE and (folder := folders.get(wd)) is not None:
                     # the common event, a file linked into a mailbox: as _event would
-                    if name.endswith(".eml") and not name.startswith("."):
+                    if _is_mail_file(name):
                         self.on_file(folder, name, True)
                 else:
                     self._event(wd, mask, name)
@@ -162,12 +162,17 @@ class MailboxWatcher:
             if mask & IN_IGNORED:
                 del self._folders[wd]
                 self.on_overflow()
-            elif mask & IN_ISDIR or name.startswith(".") or not name.endswith(".eml"):
+            elif mask & IN_ISDIR or not _is_mail_file(name):
                 return
             elif mask & _ARRIVED:
                 self.on_file(folder, name, True)
             elif mask & _LEFT:
                 self.on_file(folder, name, False)
+
+
+def _is_mail_file(name: str) -> bool:
+    """A message file of a mailbox (not the spool's hidden work files)."""
+    return name.endswith(".eml") and not name.startswith(".")
 
 
 def _folders_of(root: Path) -> list[str]:
