@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -29,15 +30,20 @@ MESSAGE_ID = re.compile(rb"(?im)^Message-ID:\s*<([^>]+)>")
 class Serve:
     """A ``jdxmail serve`` subprocess on a free port; its log goes to a file."""
 
-    def __init__(self, cwd: Path, config: Path, index: int) -> None:
+    def __init__(
+        self, cwd: Path, config: Path, index: int, *, extra: Sequence[str] = (), group: bool = False
+    ) -> None:
+        """Start it with *extra* arguments; *group*: in a process group of its own."""
         self.log = cwd / f"serve-{index}.err"
+        argv = [sys.executable, "-m", "jdxmail", "serve", "--port", "0", "--config", str(config)]
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jdxmail", "serve", "--port", "0", "--config", str(config)],
+                [*argv, *extra],
                 cwd=cwd,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
+                start_new_session=group,
             )
         self.port = 0
         assert self.proc.stdout is not None
@@ -47,8 +53,7 @@ class Serve:
                 self.port = int(found.group(2))
                 break
         if not self.port:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.kill()
             raise AssertionError(f"serve did not start: {self.log.read_text()}")
 
     def kill(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from tests.queue.conftest import StartUpstream, relay_for
-from tests.queue.test_fault import ADDRESS, Serve, _received_ids, _send
+from tests.queue.test_fault import Serve, _received_ids, _send
 from tests.queue.test_spool import make_message
 
 from jdxmail.queue.layout import new_queue_id, process_tag, queue_id_tag
@@ -32,27 +32,7 @@ class ServeWorkers(Serve):
     """``jdxmail serve --workers N`` as a subprocess on a free port (see :class:`Serve`)."""
 
     def __init__(self, cwd: Path, config: Path, index: int, workers: int) -> None:
-        self.log = cwd / f"serve-{index}.err"
-        argv = [sys.executable, "-m", "jdxmail", "serve", "--port", "0", "--config", str(config)]
-        with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [*argv, "--workers", str(workers)],
-                cwd=cwd,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                start_new_session=True,
-            )
-        self.port = 0
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            found = ADDRESS.search(line)
-            if found:
-                self.port = int(found.group(2))
-                break
-        if not self.port:
-            self.kill()
-            raise AssertionError(f"serve did not start: {self.log.read_text()}")
+        super().__init__(cwd, config, index, extra=["--workers", str(workers)], group=True)
 
     def kill(self) -> None:
         """SIGKILL serve, its workers and its delivery process, as a crash would."""
