@@ -107,6 +107,30 @@ def test_queue_file_written_and_read_back(tmp_path: Path) -> None:
     assert queued.mail_from == "a@example.com"
 
 
+@pytest.mark.parametrize("longer_by", [-100_000, -1, 0, 1, 7000])
+def test_spare_of_any_size_holds_exactly_the_new_file(tmp_path: Path, longer_by: int) -> None:
+    """A spare shorter, as long as or longer than the new queue file (by *longer_by*
+    bytes; empty at the first) ends up holding exactly it: no byte of the delivered
+    message it held is left after the new one."""
+    message = AcceptedMessage(
+        mail_from="a@example.com",
+        relay_recipients=("b@example.net",),
+        local_recipients=(),
+        data=b"Subject: hi\r\n\r\n" + b"x" * 1000 + b"\r\n",
+        message_id="m@example.com",
+        auth_user=None,
+        client_address="127.0.0.1",
+        session_id="s1",
+        received_at=1733000000.5,
+    )
+    head = encode_queued_head("0123456789abc12345", message)
+    path = tmp_path / "spare"
+    whole = len(head) + len(message.data)
+    path.write_bytes(b"y" * max(0, whole + longer_by))
+    write_synced(path, (head, message.data), reuse=True)
+    assert path.read_bytes() == head + message.data
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(min_size=0, max_size=50), min_size=1, max_size=4), st.data())
 def test_rest_of_a_partial_write_completes_the_file(

@@ -61,14 +61,17 @@ def write_synced(
     try:
         pieces = [part for part in parts if part]
         total = sum(map(len, pieces))
-        if reuse:
-            os.ftruncate(fd, total)
         # one writev takes it all, but for a signal or a full disk mid-way
         written = os.writev(fd, pieces) if pieces else 0
         if written < total:
             _write_rest(fd, pieces, written)
         if tail is not None:
             _copy_tail(tail, fd)
+            total += tail.size
+        # A reused file longer than the new data is cut after the write: an fstat is
+        # cheaper than an ftruncate, which recycled files of the same size never need.
+        if reuse and os.fstat(fd).st_size > total:
+            os.ftruncate(fd, total)
         if sync:
             os.fsync(fd)
     finally:
