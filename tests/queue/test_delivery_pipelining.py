@@ -305,3 +305,30 @@ async def test_stop_while_a_message_waits_for_the_reply_to_its_data(
     assert "unexpectedly" not in caplog.text
     assert "Traceback" not in caplog.text
     assert all(r.levelno < logging.ERROR for r in caplog.records)
+
+
+async def test_recipient_refused_for_the_whole_relay_sends_no_data(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A 421 to one RCPT while the other recipient and DATA are accepted: the data is not
+    sent to the other (the message is retried for both: no duplicate later), and the
+    message lined up behind it is not thrown out of step by a stray RSET."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    try:
+        for n in range(3):
+            await spool.store(message(n, to=("a@example.net", "b@example.net")))
+    finally:
+        await spool.close()
+    upstream = await upstream_factory(
+        UpstreamSpec(pipelining=True, rcpt_replies={"b@example.net": "421 4.7.0 try later"})
+    )
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+    )
+    await running.engine.wait_idle()
+    assert upstream.received == []
+    queued = running.spool.queued_ids()
+    assert len(queued) == 3
+    replies = [state_of(running.spool.spool_dir, q).last_reply for q in queued]
+    assert any("421" in reply for reply in replies)
