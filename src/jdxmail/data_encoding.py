@@ -33,8 +33,8 @@ _LF_FLAGS = bytes(1 if byte == 10 else 0 for byte in range(256))
 #: bigger data is checked this many bytes at a time (the checks make two copies)
 _WINDOW = 1 << 18
 #: data from this size on has its line length sampled to pick the faster check
-_SAMPLED_FROM = 8192
-_SAMPLE = 2048
+_SAMPLED_FROM = 2048
+_SAMPLE = 1024
 #: more line ends than this in a sample: short lines, where the flags win
 _SHORT_LINES = _SAMPLE // 48
 
