@@ -9,12 +9,14 @@ import logging
 from pathlib import Path
 
 import pytest
+import trustme
 from tests.conftest import BOTH_LOOPS
 from tests.queue.conftest import (
     BOTH_WAYS,
     RunEngine,
     StartUpstream,
     UpstreamSpec,
+    ca_file,
     message,
     raw_upstream,
     relay_for,
@@ -217,15 +219,18 @@ async def test_stop_while_messages_wait_for_a_turn_keeps_them_all(
 
 @BOTH_LOOPS
 @BOTH_WAYS
+@pytest.mark.parametrize("tls", ["none", "starttls"])
 async def test_big_messages_arrive_exact_with_the_next_commands_behind_them(
     tmp_path: Path,
     upstream_factory: StartUpstream,
     run_engine: RunEngine,
     upstream_pipelining: bool,
+    tls: str,
+    ca: trustme.CA,
 ) -> None:
-    """Messages of 20 to 100 KB (written to the relay beside their final dot line and
-    the next message's commands, not copied with them) arrive exact on either loop:
-    lines starting with a dot stuffed, one session, each message once."""
+    """Messages of 16 to 100 KB (written to the relay beside their final dot line and
+    the next message's commands, not copied with them) arrive exact on either loop,
+    in plaintext and over STARTTLS: dot lines stuffed, one session, each message once."""
     spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
     await spool.open()
     lines = [b".leading dot\r\n", b"x" * 76 + b"\r\n", b"..two\r\n", b"base64+/=\r\n"]
@@ -238,9 +243,10 @@ async def test_big_messages_arrive_exact_with_the_next_commands_behind_them(
             sent.append(item.data)
     finally:
         await spool.close()
-    upstream = await upstream_factory()
+    upstream = await upstream_factory(UpstreamSpec(tls=tls))
+    relay = relay_for(upstream, ca_file=None if tls == "none" else ca_file(tmp_path, ca))
     running = await run_engine(
-        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+        settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
     )
     await upstream.wait_for(len(sent))
     await running.engine.wait_idle()
