@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,122 @@ async def test_big_messages_arrive_exact_with_the_next_commands_behind_them(
     assert upstream.connections == 1
     assert upstream.chained >= 1 or not upstream_pipelining
     assert spool_stats(running.spool.spool_dir).queued == 0
+
+
+def _chaining_relay(
+    after_second_data: str,
+) -> tuple[
+    Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    list[bytes],
+    asyncio.Event,
+]:
+    """A PIPELINING relay whose first session, after the second message's data,
+    drops the connection (``"drop"``) or says nothing more (``"silent"``); every
+    later session takes mail normally. Returns the handler, the data it took and
+    an event set once the second message's data is in."""
+    got: list[bytes] = []
+    stalled = asyncio.Event()
+    sessions = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sessions
+        sessions += 1
+        first = sessions == 1
+        messages = 0
+        writer.write(b"220 chain.invalid ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-chain.invalid\r\n250 PIPELINING\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                data = await reader.readuntil(b"\r\n.\r\n")
+                messages += 1
+                if first and messages == 2:
+                    stalled.set()
+                    if after_second_data == "silent":
+                        await reader.read()  # (until the engine gives up on the session)
+                    break
+                got.append(data)
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 ok\r\n")
+        writer.close()
+
+    return handler, got, stalled
+
+
+@pytest.mark.parametrize(
+    ("after_second_data", "reply"),
+    [("drop", "Connection lost"), ("silent", "no reply within 1 s")],
+)
+async def test_relay_failing_after_data_sent_behind_the_message_before(
+    tmp_path: Path, run_engine: RunEngine, after_second_data: str, reply: str
+) -> None:
+    """The data of a message sent as soon as the replies to its commands came (by the
+    message before it) and then lost or never answered: that message waits for a
+    retry with the reason, the one lined up behind it goes on a new session."""
+    sent = await _queued_before_start(tmp_path, 3)
+    handler, got, _ = _chaining_relay(after_second_data)
+    async with raw_upstream(handler, time_out=1) as relay:
+        running = await run_engine(
+            settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
+        )
+        await running.engine.wait_idle()
+    (waiting,) = running.spool.queued_ids()
+    retried = read_queued_message(running.spool.queue_path(waiting)).data
+    assert sorted(got) == sorted(data + b".\r\n" for data in sent if data != retried)
+    state = state_of(running.spool.spool_dir, waiting)
+    assert state.attempts == 1
+    assert reply in state.last_reply
+
+
+async def test_stop_while_a_message_waits_for_the_reply_to_its_data(
+    tmp_path: Path, run_engine: RunEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() while a message's data, sent behind the message before it, waits for a
+    reply that does not come: it and the message lined up behind it stay queued,
+    the first is delivered, nothing crashes."""
+    await _queued_before_start(tmp_path, 3)
+    handler, got, stalled = _chaining_relay("silent")
+    async with raw_upstream(handler, time_out=30) as relay:
+        running = await run_engine(
+            settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
+        )
+        await stalled.wait()
+        await running.engine.stop(0.2)
+    assert len(got) == 1
+    assert spool_stats(running.spool.spool_dir).queued == 2
+    assert "unexpectedly" not in caplog.text
+    assert "Traceback" not in caplog.text
+    assert all(r.levelno < logging.ERROR for r in caplog.records)
+
+
+async def test_recipient_refused_for_the_whole_relay_sends_no_data(
+    tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
+) -> None:
+    """A 421 to one RCPT while the other recipient and DATA are accepted: the data is not
+    sent to the other (the message is retried for both: no duplicate later), and the
+    message lined up behind it is not thrown out of step by a stray RSET."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    try:
+        for n in range(3):
+            await spool.store(message(n, to=("a@example.net", "b@example.net")))
+    finally:
+        await spool.close()
+    upstream = await upstream_factory(
+        UpstreamSpec(pipelining=True, rcpt_replies={"b@example.net": "421 4.7.0 try later"})
+    )
+    running = await run_engine(
+        settings_for(tmp_path, relay_for(upstream)), DeliveryOptions(connections_per_relay=1)
+    )
+    await running.engine.wait_idle()
+    assert upstream.received == []
+    queued = running.spool.queued_ids()
+    assert len(queued) == 3
+    replies = [state_of(running.spool.spool_dir, q).last_reply for q in queued]
+    assert any("421" in reply for reply in replies)

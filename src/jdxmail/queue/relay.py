@@ -577,6 +577,14 @@ class RelayConnection:
             data = tx.data
             if mail_reply.code != 250 or not accepted:
                 protocol.write(b".\r\n")  # an empty content: nobody to send to
+            elif any(verdict.scope is not Scope.RECIPIENT for _, verdict in refusals):
+                # A recipient refused for the whole attempt (a 421, an unexpected
+                # reply) while DATA was let go: the data would reach the others though
+                # the message is retried for all. The 354 cannot be taken back, so the
+                # session goes; nothing was lined up behind on it.
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+                return mail_reply, data_reply, final, accepted, refusals
             elif _is_small(data):
                 # with the next waiting message's commands, when one can go ahead
                 ahead = b"" if line is None else line.line_up(self, tx)
