@@ -583,7 +583,7 @@ class RelayConnection:
                 # the message is retried for all. The 354 cannot be taken back, so the
                 # session goes; nothing was lined up behind on it.
                 if protocol.transport is not None:
-                    protocol.transport.abort()
+                    cast(asyncio.WriteTransport, protocol.transport).abort()
                 return mail_reply, data_reply, final, accepted, refusals
             elif _is_small(data):
                 # with the next waiting message's commands, when one can go ahead
