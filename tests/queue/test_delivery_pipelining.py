@@ -10,11 +10,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import trustme
+from tests.conftest import BOTH_LOOPS
 from tests.queue.conftest import (
     BOTH_WAYS,
     RunEngine,
     StartUpstream,
     UpstreamSpec,
+    ca_file,
     message,
     raw_upstream,
     relay_for,
@@ -213,6 +216,46 @@ async def test_stop_while_messages_wait_for_a_turn_keeps_them_all(
     assert "unexpectedly" not in caplog.text
     assert "Traceback" not in caplog.text
     assert all(r.levelno < logging.ERROR for r in caplog.records)
+
+
+@BOTH_LOOPS
+@BOTH_WAYS
+@pytest.mark.parametrize("tls", ["none", "starttls"])
+async def test_big_messages_arrive_exact_with_the_next_commands_behind_them(
+    tmp_path: Path,
+    upstream_factory: StartUpstream,
+    run_engine: RunEngine,
+    upstream_pipelining: bool,
+    tls: str,
+    ca: trustme.CA,
+) -> None:
+    """Messages of 16 to 100 KB (written to the relay beside their final dot line and
+    the next message's commands, not copied with them) arrive exact on either loop,
+    in plaintext and over STARTTLS: dot lines stuffed, one session, each message once."""
+    spool = Spool(tmp_path / "spool", tmp_path / "mailbox")
+    await spool.open()
+    lines = [b".leading dot\r\n", b"x" * 76 + b"\r\n", b"..two\r\n", b"base64+/=\r\n"]
+    sent = []
+    try:
+        for n, size in enumerate((100_000, 20_000, 16 * 1024, 64 * 1024 + 5, 99_999)):
+            body = b"".join(lines[i % len(lines)] for i in range(size // 20))
+            item = message(n, body=body + b"." * (n % 2))  # (odd ones end without CRLF)
+            await spool.store(item)
+            sent.append(item.data)
+    finally:
+        await spool.close()
+    upstream = await upstream_factory(UpstreamSpec(tls=tls))
+    relay = relay_for(upstream, ca_file=None if tls == "none" else ca_file(tmp_path, ca))
+    running = await run_engine(
+        settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
+    )
+    await upstream.wait_for(len(sent))
+    await running.engine.wait_idle()
+    got = sorted(m.data for m in upstream.received)
+    assert got == sorted(d if d.endswith(b"\r\n") else d + b"\r\n" for d in sent)
+    assert upstream.connections == 1
+    assert upstream.chained >= 1 or not upstream_pipelining
+    assert spool_stats(running.spool.spool_dir).queued == 0
 
 
 def _chaining_relay(

@@ -186,3 +186,41 @@ def test_queue_file_checked_with_zlibs_checksum_reads_back(tmp_path: Path) -> No
     bad.write_bytes(head + data[:-1] + b"\x00")
     with bad.open("rb") as file, pytest.raises(CorruptSpoolFile):
         read_queued_fd(file.fileno(), "Q1")
+
+
+@pytest.mark.parametrize("recipients", [1, 300, 4000])
+@pytest.mark.parametrize("size", [0, 3000, 65_000, 65_536, 100_000])
+@pytest.mark.parametrize("tail", [b"", b"x", None])
+def test_read_sized_by_the_claim_reads_the_same(
+    tmp_path: Path, recipients: int, size: int, tail: bytes | None
+) -> None:
+    """A queue file read with its size known (the claim's fstat) gives the same message
+    as one read without, whatever the envelope's length (4 KiB, 64 KiB and more), and a
+    file one byte too long or too short is refused either way."""
+    data = bytes(range(256)) * (size // 256) + b"\r\n" * ((size % 256) // 2) + b"." * (size % 2)
+    message = AcceptedMessage(
+        mail_from="a@example.com",
+        relay_recipients=tuple(f"r{n}@example.net" for n in range(recipients)),
+        local_recipients=(),
+        data=data,
+        message_id="m@example.com",
+        auth_user=None,
+        client_address="127.0.0.1",
+        session_id="s1",
+        received_at=1733000000.5,
+    )
+    content = encode_queued_head("Q1", message) + data
+    content = content[:-1] if tail is None else content + tail
+    path = tmp_path / "Q1.msg"
+    path.write_bytes(content)
+    with path.open("rb") as file:
+        if tail != b"":
+            with pytest.raises(CorruptSpoolFile):
+                read_queued_fd(file.fileno(), "Q1", file_size=len(content))
+            with pytest.raises(CorruptSpoolFile):
+                read_queued_fd(file.fileno(), "Q1")
+            return
+        sized = read_queued_fd(file.fileno(), "Q1", file_size=len(content))
+        assert sized == read_queued_fd(file.fileno(), "Q1")
+    assert sized.data == data
+    assert len(sized.recipients) == recipients

@@ -71,7 +71,9 @@ def read_claimed(spool: Spool, loaded: ClaimedMessage, queue_id: str) -> None:
     """Read the claimed queue file and its state into *loaded*."""
     fd = loaded.fd
     try:
-        loaded.message = read_queued_fd(fd, queue_id, keep_over=KEEP_IN_FILE_OVER)
+        loaded.message = read_queued_fd(
+            fd, queue_id, keep_over=KEEP_IN_FILE_OVER, file_size=loaded.size
+        )
     except CorruptSpoolFile as exc:
         loaded.corrupt = str(exc)
         return

@@ -345,18 +345,27 @@ def read_queued_message(path: Path) -> QueuedMessage:
 
 #: how much of a queue file is read first to find its envelope line
 _HEAD_READ = 1 << 16
+#: how much is read first of a file known to be bigger than _HEAD_READ: its
+#: envelope line (usually under a KiB), the data then read on its own
+_ENVELOPE_READ = 1 << 12
 
 
-def read_queued_fd(fd: int, queue_id: str, *, keep_over: int | None = None) -> QueuedMessage:
+def read_queued_fd(
+    fd: int, queue_id: str, *, keep_over: int | None = None, file_size: int | None = None
+) -> QueuedMessage:
     """Read and check the queue file open on *fd*, holding its data in memory once.
 
     Data over *keep_over* bytes stays in the file: it is checked (size, checksum)
     in pieces here and the message's ``spooled`` says where it is; ``data`` then
-    holds its first 64 KiB. Raises CorruptSpoolFile or OSError.
+    holds its first 64 KiB. *file_size*, when the caller knows it (the claim's
+    ``fstat``), only sizes the reads. Raises CorruptSpoolFile or OSError.
     """
-    head = os.pread(fd, _HEAD_READ, 0)
-    while len(head) % _HEAD_READ == 0 and head and b"\n" not in head[len(MAGIC) :]:
-        more = os.pread(fd, _HEAD_READ, len(head))  # an envelope longer than 64 KiB
+    # A small file is read whole at once and its data sliced out; of a big one only
+    # the envelope line first (not 64 KiB read twice), then the data into its own bytes.
+    first = _HEAD_READ if file_size is None or file_size <= _HEAD_READ else _ENVELOPE_READ
+    head = os.pread(fd, first, 0)
+    while len(head) % first == 0 and head and head.find(b"\n", len(MAGIC)) < 0:
+        more = os.pread(fd, first, len(head))  # an envelope longer than *first*
         if not more:
             break
         head += more
@@ -366,7 +375,7 @@ def read_queued_fd(fd: int, queue_id: str, *, keep_over: int | None = None) -> Q
         raise CorruptSpoolFile(f"{queue_id}: unreadable envelope (no size)")
     if keep_over is not None and size > keep_over:
         return _kept_in_file(header, fd, start, size, queue_id)
-    whole = len(head) % _HEAD_READ != 0 or len(head) - start > size  # all read already
+    whole = len(head) % first != 0 or len(head) - start > size  # all read already
     # Else one byte more than announced, to notice a file that is too long.
     data = head[start:] if whole else os.pread(fd, size + 1, start)
     return _queued(header, data, queue_id)

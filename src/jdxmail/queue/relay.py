@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeGuard
+from typing import Protocol, TypeGuard, cast
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -151,10 +151,29 @@ def payload_size(data: Payload) -> int:
     return data.size if isinstance(data, SpooledBody) else len(data)
 
 
+#: from this size on, a message in memory is handed to the transport beside its final
+#: ``.`` line (and the next commands) instead of copied with them into one bytes:
+#: uvloop writes the pieces with one writev; asyncio's own loop joins them itself
+_GATHER_FROM = 16 * 1024
+
+
+def _write_data(protocol: SMTPProtocol, data: bytes, ahead: bytes = b"") -> None:
+    """Write the DATA payload of *data* (at most CHUNK bytes), then *ahead*."""
+    if len(data) < _GATHER_FROM:
+        protocol.write(dot_stuffed(data, crlf=True) + ahead)
+        return
+    transport = protocol.transport
+    if transport is None or transport.is_closing():  # (as protocol.write checks)
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    cast(asyncio.WriteTransport, transport).writelines(
+        (stuffed_body(data, crlf=True), b".\r\n" + ahead)
+    )
+
+
 async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
     if _is_small(data):
-        protocol.write(dot_stuffed(data, crlf=True))
+        _write_data(protocol, data)
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
@@ -564,12 +583,12 @@ class RelayConnection:
                 # the message is retried for all. The 354 cannot be taken back, so the
                 # session goes; nothing was lined up behind on it.
                 if protocol.transport is not None:
-                    protocol.transport.abort()
+                    cast(asyncio.WriteTransport, protocol.transport).abort()
                 return mail_reply, data_reply, final, accepted, refusals
             elif _is_small(data):
                 # with the next waiting message's commands, when one can go ahead
                 ahead = b"" if line is None else line.line_up(self, tx)
-                protocol.write(dot_stuffed(data, crlf=True) + ahead)
+                _write_data(protocol, data, ahead)
             else:
                 await _write_payload(protocol, data)
             final = (await protocol.read_replies(1, timeout))[0]
