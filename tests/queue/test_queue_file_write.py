@@ -82,17 +82,7 @@ def test_envelope_line_is_json_encoding(
 
 def test_queue_file_written_and_read_back(tmp_path: Path) -> None:
     """A queue file written over a longer spare reads back as the message, nothing more."""
-    message = AcceptedMessage(
-        mail_from="a@example.com",
-        relay_recipients=("b@example.net",),
-        local_recipients=(),
-        data=bytearray(b"Subject: hi\r\n\r\n" + b"x" * 1000 + b"\r\n"),
-        message_id="m@example.com",
-        auth_user=None,
-        client_address="127.0.0.1",
-        session_id="s1",
-        received_at=1733000000.5,
-    )
+    message = _queued(bytearray(b"Subject: hi\r\n\r\n" + b"x" * 1000 + b"\r\n"))
     path = tmp_path / "spare"
     path.write_bytes(b"y" * 8000)  # a delivered message's longer file, written over
     head = encode_queued_head("0123456789abc12345", message)
@@ -112,17 +102,7 @@ def test_spare_of_any_size_holds_exactly_the_new_file(tmp_path: Path, longer_by:
     """A spare shorter, as long as or longer than the new queue file (by *longer_by*
     bytes; empty at the first) ends up holding exactly it: no byte of the delivered
     message it held is left after the new one."""
-    message = AcceptedMessage(
-        mail_from="a@example.com",
-        relay_recipients=("b@example.net",),
-        local_recipients=(),
-        data=b"Subject: hi\r\n\r\n" + b"x" * 1000 + b"\r\n",
-        message_id="m@example.com",
-        auth_user=None,
-        client_address="127.0.0.1",
-        session_id="s1",
-        received_at=1733000000.5,
-    )
+    message = _queued(b"Subject: hi\r\n\r\n" + b"x" * 1000 + b"\r\n")
     head = encode_queued_head("0123456789abc12345", message)
     path = tmp_path / "spare"
     whole = len(head) + len(message.data)
@@ -165,17 +145,7 @@ def test_queue_file_checked_with_zlibs_checksum_reads_back(tmp_path: Path) -> No
     """A 100 KB queue file whose envelope carries zlib's CRC-32 (as every jdxmail so
     far wrote it) is read back whole, and one with a byte changed is refused."""
     data = bytes(range(256)) * 400
-    message = AcceptedMessage(
-        mail_from="a@example.com",
-        relay_recipients=("b@example.net",),
-        local_recipients=(),
-        data=data,
-        message_id="m@example.com",
-        auth_user=None,
-        client_address="127.0.0.1",
-        session_id="s1",
-        received_at=1733000000.5,
-    )
+    message = _queued(data)
     good = tmp_path / "good.msg"
     good.write_bytes(encode_queued_head("Q1", message) + data)
     head = encode_queued_head("Q1", message)
@@ -198,17 +168,7 @@ def test_read_sized_by_the_claim_reads_the_same(
     as one read without, whatever the envelope's length (4 KiB, 64 KiB and more), and a
     file one byte too long or too short is refused either way."""
     data = bytes(range(256)) * (size // 256) + b"\r\n" * ((size % 256) // 2) + b"." * (size % 2)
-    message = AcceptedMessage(
-        mail_from="a@example.com",
-        relay_recipients=tuple(f"r{n}@example.net" for n in range(recipients)),
-        local_recipients=(),
-        data=data,
-        message_id="m@example.com",
-        auth_user=None,
-        client_address="127.0.0.1",
-        session_id="s1",
-        received_at=1733000000.5,
-    )
+    message = _queued(data, tuple(f"r{n}@example.net" for n in range(recipients)))
     content = encode_queued_head("Q1", message) + data
     content = content[:-1] if tail is None else content + tail
     path = tmp_path / "Q1.msg"
@@ -224,3 +184,20 @@ def test_read_sized_by_the_claim_reads_the_same(
         assert sized == read_queued_fd(file.fileno(), "Q1")
     assert sized.data == data
     assert len(sized.recipients) == recipients
+
+
+def _queued(
+    data: bytes | bytearray, relay_recipients: tuple[str, ...] = ("b@example.net",)
+) -> AcceptedMessage:
+    """A message as serve would queue it, with *data*."""
+    return AcceptedMessage(
+        mail_from="a@example.com",
+        relay_recipients=relay_recipients,
+        local_recipients=(),
+        data=data,
+        message_id="m@example.com",
+        auth_user=None,
+        client_address="127.0.0.1",
+        session_id="s1",
+        received_at=1733000000.5,
+    )
