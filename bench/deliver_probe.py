@@ -3,7 +3,7 @@
 Usage::
 
     python bench/deliver_probe.py [--count 3000] [--size 1024] [--rounds 3] [--profile]
-                                  [--loop asyncio|uvloop]
+                                  [--loop asyncio|uvloop] [--text]
 
 Fills a fresh spool with *count* messages (one recipient each) while no engine runs,
 then starts a :class:`~jdxmail.queue.worker.DeliveryEngine` in this process, relaying
@@ -44,12 +44,20 @@ from jdxmail.queue.spool import AcceptedMessage, Spool
 from jdxmail.queue.worker import DeliveryEngine
 from jdxmail.settings.files import settings_from_source, source_from_text
 
+#: ``--text``: lines of prose (dots inside lines, none starting one), as most mail has
+_TEXT_LINE = b"Some words of a sentence. Then another one, and more. End of it.\r\n"
+#: whether this tree's AcceptedMessage carries the server's dot_lines flag
+_FLAGGED = "dot_lines" in getattr(AcceptedMessage, "__dataclass_fields__", {})
 
-def _message(size: int, n: int) -> AcceptedMessage:
+
+def _message(size: int, n: int, text: bool = False) -> AcceptedMessage:
     head = f"From: a@bench.invalid\r\nTo: b@bench.invalid\r\nSubject: {n}\r\n\r\n".encode()
-    line = b"x" * 76 + b"\r\n"
+    line = _TEXT_LINE if text else b"x" * 76 + b"\r\n"
     body = line * max(1, (size - len(head)) // len(line))
+    # as the server sets it: no line of either body starts with a dot
+    flags = {"dot_lines": False} if _FLAGGED else {}
     return AcceptedMessage(
+        **flags,  # type: ignore[arg-type]
         mail_from="a@bench.invalid",
         relay_recipients=("b@bench.invalid",),
         local_recipients=(),
@@ -62,12 +70,12 @@ def _message(size: int, n: int) -> AcceptedMessage:
     )
 
 
-async def _fill(spool_dir: Path, count: int, size: int) -> None:
+async def _fill(spool_dir: Path, count: int, size: int, text: bool = False) -> None:
     spool = Spool(spool_dir / "spool", spool_dir / "mailbox")
     await spool.open(announce=False)
     try:
         for start in range(0, count, 200):
-            batch = [_message(size, n) for n in range(start, min(count, start + 200))]
+            batch = [_message(size, n, text) for n in range(start, min(count, start + 200))]
             await asyncio.gather(*(spool.store(m) for m in batch))
     finally:
         await spool.close()
@@ -116,6 +124,7 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the last round")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--text", action="store_true", help="prose lines (dots inside lines)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jdx-deliver-") as tmp:
         work = Path(tmp)
@@ -129,7 +138,7 @@ def main() -> int:
             figures = CpuFigures()
             for rnd in range(args.rounds):
                 root = work / f"r{rnd}"
-                asyncio.run(_fill(root, args.count, args.size))
+                asyncio.run(_fill(root, args.count, args.size, args.text))
                 profile = cProfile.Profile() if args.profile and rnd == args.rounds - 1 else None
                 if profile is not None:
                     profile.enable()

@@ -97,25 +97,27 @@ def unstuffed(content: bytes | bytearray) -> bytes | bytearray:
     return content.replace(b"\r\n.", b"\r\n")
 
 
-def dot_stuffed(data: bytes, *, crlf: bool = False) -> bytes:
+def dot_stuffed(data: bytes, *, crlf: bool = False, dot_lines: bool = True) -> bytes:
     """The DATA payload for *data*: CRLF line endings, leading dots doubled, ``.`` line.
 
     With *crlf* the caller vouches that *data* has CRLF line endings only (spooled
     mail: the server normalised or refused bare CR/LF when it took it), so they are
     not counted again and this is a single ``replace``; aiosmtplib's general path
-    runs two regular expressions over the whole message.
+    runs two regular expressions over the whole message. With *dot_lines* False it
+    vouches that no line of *data* starts with a dot (the server saw none when it
+    took the message), so *data* is not searched for one again.
     """
-    return stuffed_body(data, crlf=crlf) + b".\r\n"
+    return stuffed_body(data, crlf=crlf, dot_lines=dot_lines) + b".\r\n"
 
 
-def stuffed_body(data: bytes, *, crlf: bool = False) -> bytes:
+def stuffed_body(data: bytes, *, crlf: bool = False, dot_lines: bool = True) -> bytes:
     """*data* dot-stuffed and ending in CRLF; *data* itself when nothing changes
-    (*crlf* as for :func:`dot_stuffed`)."""
+    (*crlf* and *dot_lines* as for :func:`dot_stuffed`)."""
     if not crlf and has_bare_line_ending(data):
         data = to_crlf(data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return _stuffed(data, line_start=True)
+    return _stuffed(data, line_start=True) if dot_lines else data
 
 
 #: messages larger than this are written in pieces of this size, each after the

@@ -99,3 +99,40 @@ async def test_bdat_end_of_data_lookalike_is_relayed_as_one_message(
     assert len(upstream.received) == 1
     assert upstream.received[0].mail_from == "a@localhost"
     assert upstream.received[0].data.endswith(data)
+
+
+@pytest.mark.parametrize(
+    ("sent", "relayed"),
+    [
+        pytest.param(b"Subject: a\r\n\r\nplain. text.\r\n", b"plain. text.\r\n", id="none"),
+        pytest.param(b"..first\r\nsecond\r\n", b".first\r\nsecond\r\n", id="first-line"),
+        pytest.param(b"Subject: a\r\n\r\nx\r\n..y\r\n", b"x\r\n.y\r\n", id="later-line"),
+        pytest.param(b"Subject: a\r\n\r\nx\n..y\r\n", b"x\r\n.y\r\n", id="bare-lf"),
+        pytest.param(b"Subject: a\r\n\r\nx\r\n\x00.y\r\n", b"x\r\n.y\r\n", id="nul"),
+    ],
+)
+async def test_lines_starting_with_a_dot_reach_the_relay_intact(
+    tmp_path: Path, upstream_factory: StartUpstream, sent: bytes, relayed: bytes
+) -> None:
+    """A line that starts with a dot once stored (however it came to) reaches the relay
+    with its dot; a message without one (sent without a search) arrives unchanged."""
+    upstream = await upstream_factory()
+    settings = make_settings(
+        tmp_path,
+        TrustedNetworks=["127.0.0.1/32"],
+        BareLineEndings="Normalize",
+        NulBytes="Strip",
+        RelayServers=[{"Host": "127.0.0.1", "Port": upstream.port, "UseTls": False}],
+    )
+    app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0)
+    await app.start()
+    try:
+        client = await Client.connect(port_of(app))
+        await open_data(client, rcpt="victim@example.org")
+        client.send(sent + b".\r\n")
+        assert (await client.line()).startswith("250 ")
+        await client.close()
+        await upstream.wait_for(1)
+    finally:
+        await app.stop(1.0)
+    assert upstream.received[0].data.endswith(relayed)

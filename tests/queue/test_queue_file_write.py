@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,28 @@ def test_queue_file_written_and_read_back(tmp_path: Path) -> None:
         os.close(fd)
     assert queued.data == message.data
     assert queued.mail_from == "a@example.com"
+
+
+def test_dot_lines_flag_kept_and_old_files_read_as_unknown(tmp_path: Path) -> None:
+    """A message the server saw without dot lines reads back so; a file without the key
+    (an older jdxmail's) reads back as not known, its data searched as before."""
+    data = b"Subject: hi\r\n\r\nno dots at line starts.\r\n"
+    flagged = replace(_queued(data), dot_lines=False)
+    for name, message in (("new", flagged), ("old", _queued(data))):
+        head = encode_queued_head("0123456789abc12345", message)
+        (tmp_path / name).write_bytes(head + data)
+    assert b'"dot_lines":false' in (tmp_path / "new").read_bytes()
+    assert b"dot_lines" not in (tmp_path / "old").read_bytes()
+    read = {}
+    for name in ("new", "old"):
+        fd = os.open(tmp_path / name, os.O_RDONLY)
+        try:
+            read[name] = read_queued_fd(fd, "0123456789abc12345")
+        finally:
+            os.close(fd)
+    assert read["new"].dot_lines is False
+    assert read["old"].dot_lines is True
+    assert read["new"].data == read["old"].data == data
 
 
 @pytest.mark.parametrize("longer_by", [-100_000, -1, 0, 1, 7000])

@@ -122,6 +122,9 @@ class AcceptedMessage:
     session_id: str
     received_at: float
     mail_options: tuple[str, ...] = ()
+    #: False: the server saw that no line of *data* starts with a dot (the delivery
+    #: process then does not search it again); True: not known
+    dot_lines: bool = True
     #: the rest of the data, after *data*, for a message too big to hold in memory
     #: (storing it hands the tail over to the spool, which closes it)
     tail: DataTail | None = None
@@ -201,6 +204,8 @@ class QueuedMessage:
     received_at: float
     mail_options: tuple[str, ...]
     spooled: SpooledBody | None = None
+    #: as AcceptedMessage.dot_lines (True in files written without the key)
+    dot_lines: bool = True
 
     @property
     def size(self) -> int:
@@ -276,6 +281,8 @@ def encode_queued_head(queue_id: str, message: AcceptedMessage) -> bytes:
         "size": message.size,
         "crc32": message.crc32(),
     }
+    if not message.dot_lines:  # (an optional key: older files lack it, older readers skip it)
+        header["dot_lines"] = False
     line = _encode_envelope(header).encode("ascii")
     return b"".join((MAGIC, line, b"\n"))
 
@@ -327,6 +334,7 @@ def _queued(
             received_at=float(header["received_at"]),
             mail_options=tuple(map(str, header["mail_options"])),
             spooled=spooled,
+            dot_lines=header.get("dot_lines") is not False,
         )
     except CorruptSpoolFile:
         raise

@@ -157,29 +157,32 @@ def payload_size(data: Payload) -> int:
 _GATHER_FROM = 16 * 1024
 
 
-def _write_data(protocol: SMTPProtocol, data: bytes, ahead: bytes = b"") -> None:
-    """Write the DATA payload of *data* (at most CHUNK bytes), then *ahead*."""
+def _write_data(
+    protocol: SMTPProtocol, data: bytes, ahead: bytes = b"", *, dot_lines: bool = True
+) -> None:
+    """Write the DATA payload of *data* (at most CHUNK bytes), then *ahead*
+    (*dot_lines* as for :func:`dot_stuffed`)."""
     if len(data) < _GATHER_FROM:
-        protocol.write(dot_stuffed(data, crlf=True) + ahead)
+        protocol.write(dot_stuffed(data, crlf=True, dot_lines=dot_lines) + ahead)
         return
     transport = protocol.transport
     if transport is None or transport.is_closing():  # (as protocol.write checks)
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     cast(asyncio.WriteTransport, transport).writelines(
-        (stuffed_body(data, crlf=True), b".\r\n" + ahead)
+        (stuffed_body(data, crlf=True, dot_lines=dot_lines), b".\r\n" + ahead)
     )
 
 
-async def _write_payload(protocol: SMTPProtocol, data: Payload) -> None:
+async def _write_payload(protocol: SMTPProtocol, data: Payload, *, dot_lines: bool = True) -> None:
     """Write the DATA payload of *data*; in pieces when it is big."""
     if _is_small(data):
-        _write_data(protocol, data)
+        _write_data(protocol, data, dot_lines=dot_lines)
         return
     pieces: Iterable[bytes | memoryview]
     if isinstance(data, SpooledBody):
         pieces = stuffed_pieces(data.pieces(CHUNK))
     else:
-        view = memoryview(stuffed_body(data, crlf=True))
+        view = memoryview(stuffed_body(data, crlf=True, dot_lines=dot_lines))
         pieces = (view[start : start + CHUNK] for start in range(0, len(view), CHUNK))
     for piece in pieces:
         protocol.write(piece)  # type: ignore[arg-type]
@@ -192,7 +195,9 @@ def _is_small(data: Payload) -> TypeGuard[bytes]:
     return not isinstance(data, SpooledBody) and len(data) <= CHUNK
 
 
-async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPResponse:
+async def send_data(
+    client: aiosmtplib.SMTP, data: Payload, *, dot_lines: bool = True
+) -> aiosmtplib.SMTPResponse:
     """DATA with *data* on *client*, like ``client.data()`` but without its regex passes.
 
     Uses the same protocol steps as aiosmtplib's own DATA command (through
@@ -211,7 +216,7 @@ async def send_data(client: aiosmtplib.SMTP, data: Payload) -> aiosmtplib.SMTPRe
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             expect_reply(protocol)
-            await _write_payload(protocol, data)
+            await _write_payload(protocol, data, dot_lines=dot_lines)
             reply = await protocol.read_response(timeout=timeout)
             if reply.code != 250:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
@@ -298,6 +303,8 @@ class Transaction:
         self.mail_parameters: list[str] = []
         #: the data has bytes above 127 (needs 8BITMIME, or a 7bit copy)
         self.eight_bit = False
+        #: False: no line of the data starts with a dot (it is sent without a search)
+        self.dot_lines = True
 
 
 class WaitingLine(Protocol):
@@ -465,7 +472,7 @@ class RelayConnection:
             return result
         tx.stage = Stage.DATA
         try:
-            reply = await send_data(client, tx.data)
+            reply = await send_data(client, tx.data, dot_lines=tx.dot_lines)
         except aiosmtplib.SMTPResponseException as exc:
             return await self._refused_data(tx, accepted, exc)
         return self._delivered(tx, accepted, reply)
@@ -588,9 +595,9 @@ class RelayConnection:
             elif _is_small(data):
                 # with the next waiting message's commands, when one can go ahead
                 ahead = b"" if line is None else line.line_up(self, tx)
-                _write_data(protocol, data, ahead)
+                _write_data(protocol, data, ahead, dot_lines=tx.dot_lines)
             else:
-                await _write_payload(protocol, data)
+                await _write_payload(protocol, data, dot_lines=tx.dot_lines)
             final = (await protocol.read_replies(1, timeout))[0]
         return mail_reply, data_reply, final, accepted, refusals
 

@@ -103,6 +103,8 @@ def _transaction_for(
         return AttemptResult(pool.name, failure=classify(Stage.CONNECT, exc))
     tx = Transaction(mail_from, recipients, data, message.mail_options)
     tx.eight_bit = eight_bit
+    # (a rewritten From: header is a new data, searched as before)
+    tx.dot_lines = message.dot_lines or data is not message.data
     return tx
 
 
@@ -117,6 +119,7 @@ async def _convert_to_7bit(
         reason = f"no 7bit copy of the 8-bit message could be made ({exc})"
         return AttemptResult(pool.name, failure=classify(Stage.MAIL, EightBitUnsupported(reason)))
     tx.eight_bit = False
+    tx.dot_lines = True  # (a new data: searched as before)
     relay_log.info(
         "%s: %s offers no 8BITMIME; sending a 7bit copy (quoted-printable/base64)",
         message.queue_id,
