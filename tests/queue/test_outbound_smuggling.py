@@ -28,15 +28,7 @@ async def test_relayed_message_has_no_smuggling_bytes(
 ) -> None:
     """Each fake end-of-data reaches the relay as one clean message or not at all."""
     upstream = await upstream_factory()
-    settings = make_settings(
-        tmp_path,
-        TrustedNetworks=["127.0.0.1/32"],
-        BareLineEndings=bare,
-        NulBytes=nul,
-        RelayServers=[{"Host": "127.0.0.1", "Port": upstream.port, "UseTls": False}],
-    )
-    app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0)
-    await app.start()
+    app = await _relaying_app(tmp_path, upstream.port, bare=bare, nul=nul)
     try:
         client = await Client.connect(port_of(app))
         await open_data(client, rcpt="victim@example.org")
@@ -117,15 +109,7 @@ async def test_lines_starting_with_a_dot_reach_the_relay_intact(
     """A line that starts with a dot once stored (however it came to) reaches the relay
     with its dot; a message without one (sent without a search) arrives unchanged."""
     upstream = await upstream_factory()
-    settings = make_settings(
-        tmp_path,
-        TrustedNetworks=["127.0.0.1/32"],
-        BareLineEndings="Normalize",
-        NulBytes="Strip",
-        RelayServers=[{"Host": "127.0.0.1", "Port": upstream.port, "UseTls": False}],
-    )
-    app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0)
-    await app.start()
+    app = await _relaying_app(tmp_path, upstream.port, bare="Normalize", nul="Strip")
     try:
         client = await Client.connect(port_of(app))
         await open_data(client, rcpt="victim@example.org")
@@ -136,3 +120,17 @@ async def test_lines_starting_with_a_dot_reach_the_relay_intact(
     finally:
         await app.stop(1.0)
     assert upstream.received[0].data.endswith(relayed)
+
+
+async def _relaying_app(tmp_path: Path, relay_port: int, *, bare: str, nul: str) -> SmtpServerApp:
+    """A started server trusting 127.0.0.1 that relays everything to *relay_port*."""
+    settings = make_settings(
+        tmp_path,
+        TrustedNetworks=["127.0.0.1/32"],
+        BareLineEndings=bare,
+        NulBytes=nul,
+        RelayServers=[{"Host": "127.0.0.1", "Port": relay_port, "UseTls": False}],
+    )
+    app = SmtpServerApp(settings, port=0, auth_failure_delay=0.0)
+    await app.start()
+    return app
