@@ -42,12 +42,15 @@ from jdxmail.queue.layout import new_queue_id, process_tag
 from jdxmail.queue.recycling import SPARE_DIR, home_dir
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.settings.files import settings_from_source, source_from_text
+from jdxmail.settings.model import Settings
 
 _SENDER, _RECIPIENT, _HELO = "bench@example.com", "rcpt@example.net", "bench.example.com"
 _LOCAL = "bob@localhost"
 
 
-async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+def probe_settings(root: Path, *, inbox: bool = False) -> Settings:
+    """The settings of a probe's server, its spool, mailboxes and logs under *root*:
+    relaying everything, or with *inbox* the dev inbox (no relay, local recipients)."""
     config: dict[str, object] = {
         "SmtpServer": {
             "BindAddress": "127.0.0.1",
@@ -63,10 +66,14 @@ async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, fl
             "Logs": str(root / "logs"),
         },
     }
-    if args.inbox:  # the dev inbox: no relay, local recipients, the index as serve runs it
+    if inbox:
         del config["RelayServer"]
-    source = source_from_text(root / "c.json", json.dumps(config))
-    settings = settings_from_source(source).settings
+    return settings_from_source(source_from_text(root / "c.json", json.dumps(config))).settings
+
+
+async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+    # (the dev inbox with --inbox: its index as serve runs it)
+    settings = probe_settings(root, inbox=args.inbox)
     if args.spare:
         _fill_spare(root / "spool" / SPARE_DIR, args.count, args.size)
     echo = open(root / "console.log", "w", encoding="utf-8") if args.console else None  # noqa: ASYNC230, SIM115

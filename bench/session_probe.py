@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_figures import CpuFigures
-from ingest_probe import _fill_spare
+from ingest_probe import _fill_spare, probe_settings
 
 from jdxmail.eventloop import LoopChoice
 from jdxmail.eventloop import run as run_loop
@@ -40,7 +39,6 @@ from jdxmail.process import settle_heap
 from jdxmail.queue.recycling import SPARE_DIR
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.server.smtp import SmtpSession
-from jdxmail.settings.files import settings_from_source, source_from_text
 
 _HEAD = (
     b"From: <bench@example.com>\r\nTo: <rcpt@example.net>\r\n"
@@ -103,20 +101,7 @@ async def _client(session: SmtpSession, transport: _Transport, count: int) -> No
 
 
 async def _round(root: Path, args: argparse.Namespace) -> tuple[float, float, float]:
-    config: dict[str, object] = {
-        "SmtpServer": {
-            "BindAddress": "127.0.0.1",
-            "HostName": "jdxmail.bench.invalid",
-            "TrustedNetworks": ["127.0.0.0/8"],
-        },
-        "RelayServer": {"Host": "127.0.0.1", "Port": 9, "UseTls": False},
-        "Paths": {
-            "Spool": str(root / "spool"),
-            "Mailbox": str(root / "mailbox"),
-            "Logs": str(root / "logs"),
-        },
-    }
-    settings = settings_from_source(source_from_text(root / "c.json", json.dumps(config))).settings
+    settings = probe_settings(root)
     # spare/ filled as a delivery process keeps it (ingest_probe's --spare)
     _fill_spare(root / "spool" / SPARE_DIR, args.count, len(_DATA))
     echo = open(root / "console.log", "w", encoding="utf-8")  # noqa: ASYNC230, SIM115
