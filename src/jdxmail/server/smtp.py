@@ -15,6 +15,7 @@ import asyncio
 import email.utils
 import enum
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -1671,25 +1672,8 @@ def _closing_bracket(text: str) -> int:
     return -1
 
 
-#: addresses _check_address passed, without and with SMTPUTF8 (the same senders and
-#: recipients come back message after message; the check is pure)
-_ADDRESSES_PASSED: tuple[set[str], set[str]] = (set(), set())
-_ADDRESSES_KEPT = 1024
-
-
-def _check_address(address: str, smtputf8: bool) -> None:
-    """Refuse addresses that could not be delivered or would corrupt a header."""
-    passed = _ADDRESSES_PASSED[smtputf8]
-    if address in passed:
-        return
-    _check_new_address(address, smtputf8)
-    if len(passed) >= _ADDRESSES_KEPT:
-        passed.clear()
-    passed.add(address)
-
-
 def _check_new_address(address: str, smtputf8: bool) -> None:
-    """_check_address of an address not passed lately."""
+    """Refuse addresses that could not be delivered or would corrupt a header."""
     if not address:
         return
     if _CONTROL.search(address):
@@ -1725,6 +1709,12 @@ def _check_new_address(address: str, smtputf8: bool) -> None:
                 raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain")) from None
         if len(ascii_domain) > 253 or not _DOMAIN.fullmatch(ascii_domain):
             raise _SyntaxProblem(replies.BAD_ADDRESS.format(detail="bad domain"))
+
+
+#: _check_new_address for the addresses it passed lately: the same senders and
+#: recipients come back message after message, and the check is pure (a refusal is
+#: an exception, which the cache never keeps)
+_check_address = functools.lru_cache(maxsize=1024)(_check_new_address)
 
 
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+")
