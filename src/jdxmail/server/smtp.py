@@ -1151,10 +1151,10 @@ class SmtpSession(SharedReadBuffer):
             return
         self._messages += 1
         size = len(body) + (tail.size if tail is not None else 0)
-        # The reader saw no CRLF-dot, and cleaning changed nothing (no un-stuffed first
-        # line, normalised line end or stripped NUL that could make one): no line of
-        # the stored data starts with a dot (the trace headers' lines never do).
-        no_dot_lines = not dot_lines and body is content
+        # A stored line may start with a dot when the reader saw a CRLF-dot or cleaning
+        # changed the data (an un-stuffed first line, a normalised line end or a
+        # stripped NUL can make one); else none does (the trace headers' never do).
+        stored_dot_lines = dot_lines or body is not content
         received_at = time.time()
         data, message_id = add_trace_headers(
             body,
@@ -1181,7 +1181,7 @@ class SmtpSession(SharedReadBuffer):
             session_id=self.id,
             received_at=received_at,
             mail_options=transaction.options,
-            dot_lines=not no_dot_lines,
+            dot_lines=stored_dot_lines,
             tail=tail,
         )
         started = time.perf_counter()
