@@ -10,6 +10,7 @@ import smtplib
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from jdxmail.queue.spool import AcceptedMessage, Spool
 from jdxmail.server.app import SmtpServerApp
 from jdxmail.server.chaos import ChaosRule
 from jdxmail.server.smtp import add_trace_headers
+from jdxmail.settings.model import Settings
 from tests.server.conftest import Client, StartServer, make_settings, port_of
 
 
@@ -75,6 +77,25 @@ async def serving_one_mail(start_server: StartServer, subject: str) -> SmtpServe
     await send(app, html_mail(subject))
     await waiting
     return app
+
+
+def with_mailbox(tmp_path: Path, **update: object) -> Settings:
+    """make_settings(tmp_path) with the Mailbox section's *update* (e.g. max_messages)."""
+    base = make_settings(tmp_path)
+    return base.model_copy(update={"mailbox": base.mailbox.model_copy(update=update)})
+
+
+def mail_files(tmp_path: Path) -> list[Path]:
+    """The message files in every mailbox under *tmp_path*."""
+    return list((tmp_path / "mailbox").glob("*/*.eml"))
+
+
+async def settled(condition: Callable[[], bool]) -> None:
+    """Wait up to ~2 s for *condition* (a watcher's or the retention's work) to hold."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
 
 
 async def test_sent_mail_is_listed_with_envelope_and_session(start_server: StartServer) -> None:
@@ -187,19 +208,15 @@ async def test_mail_stored_by_another_process_shows_up(
     (entry,) = await waiting
     assert entry.summary.subject == "from elsewhere"
     assert entry.folder == "new-box@localhost"
-    app.inbox.path_of(entry).unlink()
-    for _ in range(200):
-        if app.inbox.get(entry.id) is None:
-            break
-        await asyncio.sleep(0.01)
+    inbox = app.inbox
+    inbox.path_of(entry).unlink()
+    await settled(lambda: inbox.get(entry.id) is None)
     assert app.inbox.get(entry.id) is None
 
 
 async def test_max_messages_keeps_the_newest(tmp_path: Path, start_server: StartServer) -> None:
     """With Mailbox.MaxMessages 2, sending three messages leaves the two newest files."""
-    settings = make_settings(tmp_path).model_copy(
-        update={"mailbox": make_settings(tmp_path).mailbox.model_copy(update={"max_messages": 2})}
-    )
+    settings = with_mailbox(tmp_path, max_messages=2)
     app = await start_server(settings)
     assert app.inbox is not None
     await app.inbox.ready()
@@ -207,12 +224,8 @@ async def test_max_messages_keeps_the_newest(tmp_path: Path, start_server: Start
     for n in range(3):
         await send(app, html_mail(f"m{n}"))
     await waiting
-    for _ in range(200):
-        files = list((tmp_path / "mailbox").glob("*/*.eml"))
-        if len(files) == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert len(files) == 2
+    await settled(lambda: len(mail_files(tmp_path)) == 2)
+    assert len(mail_files(tmp_path)) == 2
     assert sorted(m.summary.subject for m in app.inbox.newest()) == ["m1", "m2"]
 
 
@@ -220,11 +233,8 @@ async def test_a_reload_lowering_max_messages_applies_to_the_next_mail(
     tmp_path: Path, start_server: StartServer
 ) -> None:
     """After a reload sets Mailbox.MaxMessages to 1, the next mail leaves one file."""
-    base = make_settings(tmp_path)
-    lowered = base.model_copy(
-        update={"mailbox": base.mailbox.model_copy(update={"max_messages": 1})}
-    )
-    app = await start_server(base, reload_settings=lambda: lowered)
+    lowered = with_mailbox(tmp_path, max_messages=1)
+    app = await start_server(make_settings(tmp_path), reload_settings=lambda: lowered)
     assert app.inbox is not None
     await app.inbox.ready()
     waiting = asyncio.ensure_future(arrival(app.inbox, 2))
@@ -236,12 +246,8 @@ async def test_a_reload_lowering_max_messages_applies_to_the_next_mail(
     waiting = asyncio.ensure_future(arrival(app.inbox))
     await send(app, html_mail("m2"))
     await waiting
-    for _ in range(200):
-        files = list((tmp_path / "mailbox").glob("*/*.eml"))
-        if len(files) == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert len(files) == 1
+    await settled(lambda: len(mail_files(tmp_path)) == 1)
+    assert len(mail_files(tmp_path)) == 1
     assert [m.summary.subject for m in app.inbox.newest()] == ["m2"]
 
 
@@ -340,17 +346,11 @@ async def test_max_age_removes_old_messages_at_start(
         path.write_bytes(b"Subject: " + path.stem.encode() + b"\r\n\r\nx\r\n")
     two_days_ago = time.time() - 2 * 86400
     os.utime(old, (two_days_ago, two_days_ago))
-    base = make_settings(tmp_path)
-    settings = base.model_copy(
-        update={"mailbox": base.mailbox.model_copy(update={"max_age": 86400})}
-    )
+    settings = with_mailbox(tmp_path, max_age=86400)
     app = await start_server(settings)
     assert app.inbox is not None
     await app.inbox.ready()
-    for _ in range(200):
-        if not old.exists():
-            break
-        await asyncio.sleep(0.01)
+    await settled(lambda: not old.exists())
     assert not old.exists()
     assert new.exists()
     assert [m.summary.subject for m in app.inbox.newest()] == ["new@x"]
@@ -427,10 +427,8 @@ async def test_a_removed_mailbox_folder_leaves_and_comes_back(
     app = await serving_one_mail(start_server, "before")
     assert app.inbox is not None
     await asyncio.to_thread(shutil.rmtree, tmp_path / "mailbox" / "dev@localhost")
-    for _ in range(200):
-        if len(app.inbox) == 0:
-            break
-        await asyncio.sleep(0.01)
+    inbox = app.inbox
+    await settled(lambda: len(inbox) == 0)
     assert len(app.inbox) == 0
     waiting = asyncio.ensure_future(arrival(app.inbox))
     await send(app, html_mail("after"))
