@@ -380,6 +380,10 @@ class PostfixRelay(Peer):
                 master.kill()
 
 
+#: RelayServer.TimeOut of a server whose delivery is held (the key's maximum, s)
+HELD_RELAY_TIMEOUT = 3600
+
+
 class JdxmailServe(Peer):
     """``jdxmail serve`` with a config made for the benchmark, relaying to the sink."""
 
@@ -442,7 +446,14 @@ class JdxmailServe(Peer):
             },
         }
         if not self.inbox:
-            config["RelayServer"] = {"Host": LOOPBACK, "Port": self.sink_port, "UseTls": False}
+            relay: dict[str, object] = {"Host": LOOPBACK, "Port": self.sink_port, "UseTls": False}
+            if not self.relays:
+                # Delivery held on purpose (a relay that never answers the data): its
+                # sessions must stay stalled for the whole run (~16 min), not time out
+                # after SmtpServer.TimeOut and open the breaker, reschedule and log
+                # while the server is measured. 3600 s is the key's maximum.
+                relay["TimeOut"] = HELD_RELAY_TIMEOUT
+            config["RelayServer"] = relay
         return config
 
     def start(self) -> None:

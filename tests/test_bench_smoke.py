@@ -229,3 +229,25 @@ def test_probe_reports_rate_and_cpu_per_message(script: str, tool: str | None) -
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "msgs/s, CPU per message:" in proc.stdout
     assert "µs user +" in proc.stdout
+
+
+def test_held_servers_relay_sessions_outlast_the_run(tmp_path: Path) -> None:
+    """The bench's held server (delivery stalled on purpose, "ingest alone" rows) gets a
+    relay time-out of an hour, so its stalled sessions never time out and reschedule
+    mail while it is measured; a relaying server keeps SmtpServer.TimeOut."""
+    from jdxmail.settings.files import load_settings
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import peers  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    timeouts: dict[str, int] = {}
+    for label, relays in (("held", False), ("relaying", True)):
+        server = peers.JdxmailServe(tmp_path, 2525, label=label, relays=relays)
+        config = tmp_path / f"{label}.json"
+        config.write_text(json.dumps(server.config()))
+        settings = load_settings(config, environ={}).settings
+        (relay,) = settings.relays
+        timeouts[label] = relay.time_out or settings.smtp_server.time_out
+    assert timeouts == {"held": 3600, "relaying": 120}
