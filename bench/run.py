@@ -944,7 +944,7 @@ def _e2e_ratio_note(run: Run, key: str) -> str:
 
 
 def project(run: Run) -> None:
-    """msgs/s on 4, 8 and 16 cores from this run's CPU per relayed message (1 KB x20).
+    """msgs/s (and per core) on 4, 8 and 16 cores from this run's CPU per relayed message.
 
     Model: every core busy, as many ingest workers as it takes, and the one delivery
     process, which cannot use more than one core: msgs/s = min(N ÷ (ingest + delivery
@@ -961,10 +961,12 @@ def project(run: Run) -> None:
         return
     for cores in (4, 8, 16):
         by_cores, by_delivery = cores / (ingest + delivery), 1 / delivery
+        rate = min(by_cores, by_delivery)
         run.projection.append(
             {
                 "cores": cores,
-                "msgs_per_s": min(by_cores, by_delivery),
+                "msgs_per_s": rate,
+                "per_core": rate / cores,
                 "bound": "all cores" if by_cores <= by_delivery else "the delivery process",
                 "ingest_ms": ingest * 1000,
                 "delivery_ms": delivery * 1000,
@@ -1235,10 +1237,10 @@ def report(run: Run, workloads: list[Workload]) -> str:
             f"projection from the 1 KB x20 end-to-end run: ingest {basis['ingest_ms']:.2f} ms"
             f" + delivery {basis['delivery_ms']:.2f} ms of CPU per relayed message",
             PROJECTION_MODEL,
-            f"{'cores':>5} {'msgs/s':>8}  bound by",
+            f"{'cores':>5} {'msgs/s':>8} {'per core':>8}  bound by",
         ]
         lines.extend(
-            f"{row['cores']:>5} {row['msgs_per_s']:>8,.0f}  {row['bound']}"
+            f"{row['cores']:>5} {row['msgs_per_s']:>8,.0f} {row['per_core']:>8,.0f}  {row['bound']}"
             for row in run.projection
         )
     return "\n".join(lines)

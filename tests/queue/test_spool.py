@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -95,6 +96,17 @@ async def test_store_leaves_complete_queue_file(spool: Spool, tmp_path: Path) ->
     assert queued.mail_options == ("BODY=8BITMIME",)
     assert queued.auth_user == "alice"
     assert unfinished(tmp_path / "spool" / "tmp") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+async def test_flush_thread_yields_to_running_work(spool: Spool) -> None:
+    """The spool's flush thread runs under SCHED_BATCH (``chrt -p`` shows it), and stores land."""
+    queue_id = await spool.store(make_message())
+    [thread] = [t for t in threading.enumerate() if t.name == "jdxmail-spool"]
+    assert thread.native_id is not None
+    assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop's thread keeps its own
+    assert read_queued_message(spool.queue_path(queue_id)).data == make_message().data
 
 
 @pytest.mark.parametrize("mode", ["batch", "batch-fsync", "per-message"])

@@ -4,11 +4,18 @@ Work submitted while the thread is busy queues up; the thread takes all of it at
 once, does it, and hands the outcome back to the event loop with one
 ``call_soon_threadsafe``, instead of a thread-pool hop and a loop wake-up per item:
 the thread takes the interpreter lock a few times per batch, whatever its size.
+
+The thread runs under Linux's ``SCHED_BATCH`` policy: woken by a submit, it does not
+preempt what runs on a busy core, so on a saturated machine the loop stores a few
+more messages before the thread's turn comes and one flush covers them all; on a core
+with time to spare it runs at once, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -72,6 +79,7 @@ class BatchThread(Generic[T, R]):
             return batch
 
     def _run(self) -> None:
+        _yield_on_wake_up()
         while (batch := self._take()) is not None:
             outcome = self._work(batch)
             try:
@@ -79,6 +87,20 @@ class BatchThread(Generic[T, R]):
             except RuntimeError:  # the loop is closed: nobody waits any more
                 if self._lost is not None:
                     self._lost(outcome)
+
+
+def _yield_on_wake_up() -> None:
+    """Put the calling thread under ``SCHED_BATCH`` (Linux; elsewhere nothing changes).
+
+    A batch thread gets the same share of the CPU, but its wake-up does not preempt
+    the running task: on two busy cores the spool's flush thread took 0.26 ``syncfs``
+    calls per message (one worker, 20 sessions), under ``SCHED_BATCH`` 0.08
+    (docs/performance.md).
+    """
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is not None:
+        with contextlib.suppress(OSError):  # a sandbox may forbid it: keep the default
+            os.sched_setscheduler(0, policy, os.sched_param(0))
 
 
 _Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
