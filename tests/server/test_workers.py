@@ -76,25 +76,3 @@ def test_worker_startup_error_is_printed_once(tmp_path: Path) -> None:
     assert result.stderr.count("error:") == 1
     assert "ImplicitTlsPort needs a certificate" in result.stderr
     assert "listening on" not in result.stdout
-
-
-def test_workers_store_every_message_with_a_lock_file_left_from_before(
-    tmp_path: Path, serve: list[ServeProcess]
-) -> None:
-    """Two workers sharing their flushes file every message, also when the spool
-    holds the flush lock file of an earlier run (with anything in it)."""
-    spool = tmp_path / "data" / "smtp" / "spool"
-    spool.mkdir(parents=True)
-    (spool / "syncfs.lock").write_bytes(b"\xff" * 64)
-    server = ServeProcess(tmp_path, "--workers", "2")
-    serve.append(server)
-    for number in range(40):
-        with smtp_client(server.port) as client:
-            client.sendmail(
-                "app@localhost", ["someone@example.org"], f"Subject: {number}\r\n\r\nhi\r\n"
-            )
-    code, _ = server.stop(signal.SIGTERM)
-    assert code == 0
-    mailbox = tmp_path / "data" / "smtp" / "mailbox" / "someone@example.org"
-    subjects = {line for path in mailbox.glob("*.eml") for line in path.read_text().splitlines()}
-    assert {f"Subject: {number}" for number in range(40)} <= subjects

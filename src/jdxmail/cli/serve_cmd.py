@@ -258,7 +258,6 @@ def serve(
             tls_port=settings.smtp_server.tls.implicit_tls_port if tls_port is None else tls_port,
             trailer=_trailer(loaded.source.name, log_file, settings.paths.mailbox),
             loop=loop,
-            spool=settings.paths.spool,
         )
         raise typer.Exit(int(code))
     app = make_app()
@@ -290,7 +289,6 @@ def _serve_workers(
     tls_port: int | None,
     trailer: str,
     loop: LoopChoice,
-    spool: Path,
 ) -> ExitCode:
     from jdxmail.server.app import BoundAddress  # noqa: PLC0415
     from jdxmail.server.errors import ServerError  # noqa: PLC0415
@@ -330,7 +328,6 @@ def _serve_workers(
             started=started,
             report=status_lines,
             loop=loop,
-            spool=spool,
         )
     except ServerError as exc:
         fail_with(exc)

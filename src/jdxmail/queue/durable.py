@@ -10,25 +10,20 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import mmap
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
 
 from jdxmail.process import libc
 from jdxmail.queue.queuefile import DataTail
 
 __all__ = [
     "DIR_FLAGS",
-    "SYNC_LOCK_FILE",
-    "FileSystemSync",
     "claim",
     "claim_sized",
     "fsync_dir",
     "has_syncfs",
     "move_no_replace",
-    "share_flushes",
     "sync_file_system",
     "unlink_quietly",
     "write_synced",
@@ -164,170 +159,6 @@ def _syncfs_fd(fd: int, shown: str) -> None:
 
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-#: the file in the spool whose lock its processes take to run a syncfs (empty)
-SYNC_LOCK_FILE = "syncfs.lock"
-
-
-class _SharedCounters(ctypes.Structure):
-    """The flush counters of one spool, in memory shared by the processes of a serve."""
-
-    _fields_ = (
-        ("dev", ctypes.c_uint64),  # the lock file's device and inode: which spool
-        ("ino", ctypes.c_uint64),
-        ("begun", ctypes.c_uint64),
-        ("done", ctypes.c_uint64),
-    )
-
-
-#: set by share_flushes() in the parent, inherited by the processes it forks
-_shared_counters: _SharedCounters | None = None
-
-
-def share_flushes(spool_dir: Path) -> bool:
-    """Let the processes forked from now on share the flushes of *spool_dir*.
-
-    ``serve --workers`` calls it before forking its workers: their flushes then go
-    through counters in memory they all inherit (not in the spool's lock file, whose
-    page every syncfs would then write out). Returns False (each process flushes on
-    its own) when the spool's lock file cannot be made.
-    """
-    global _shared_counters  # noqa: PLW0603 (the processes forked next inherit it)
-    try:
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(spool_dir / SYNC_LOCK_FILE, _LOCK_FLAGS, 0o600)
-        try:
-            here = os.fstat(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-    block = mmap.mmap(-1, ctypes.sizeof(_SharedCounters))  # shared with the children
-    counters = _SharedCounters.from_buffer(block)
-    counters.dev, counters.ino = here.st_dev, here.st_ino
-    _shared_counters = counters
-    return True
-
-
-def _load_flock() -> Callable[[int, int], int]:
-    # Through PyDLL, which keeps the interpreter lock over the call: for the calls that
-    # never wait (a try, an unlock), handing the lock to the event loop and waiting to
-    # get it back would cost more than the call.
-    try:
-        function = ctypes.PyDLL(None).flock
-    except (OSError, AttributeError):
-        return _flock_released
-    function.argtypes = (ctypes.c_int, ctypes.c_int)
-    function.restype = ctypes.c_int
-    return cast("Callable[[int, int], int]", function)
-
-
-def _flock_released(fd: int, operation: int) -> int:
-    try:
-        fcntl.flock(fd, operation)
-    except BlockingIOError:
-        return -1
-    return 0
-
-
-#: flock(2) for a try (LOCK_NB) or an unlock: 0 when done, -1 when the lock is taken
-_flock_held = _load_flock()
-
-_LOCK_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-class FileSystemSync:
-    """The flush of one file system, shared by the processes of one serve on the spool.
-
-    ``sync(ticket())`` makes durable whatever this thread wrote before ``ticket()``.
-    In the processes forked after :func:`share_flushes` of the spool whose
-    *lock_file* this is, syncfs calls are shared, group-commit style: each runs
-    under an exclusive ``flock`` of the lock file, and two counters in the memory
-    they share say ``begun`` (syncfs calls begun, bumped under the lock just before
-    the call) and ``done`` (the number of the last one that returned, set under the
-    lock right after it). ``ticket()`` reads ``begun`` after the caller's writes;
-    ``sync(ticket)`` takes the lock and skips its own syncfs when ``ticket < done``:
-
-    - ``done`` = *d* is only ever set by the process that bumped ``begun`` to *d*,
-      after its syncfs returned: syncfs number *d* completed.
-    - The ticket *t* was read after the writes' system calls returned, and *t* < *d*:
-      the bump to *d* came after that read (the counters only grow; an aligned
-      8-byte word is read and written in one access, never half of it; the system
-      calls in between take kernel locks, which order the writes, the read and the
-      bump on every CPU Linux runs on). So syncfs *d* began after the writes
-      returned, and a syncfs flushes every write (data and names) made before it
-      began, on the file system of the lock file, which is *folder*'s.
-    - A holder killed in its syncfs releases the lock with its death (flock) but
-      never sets ``done``: its number never counts as done. A syncfs that failed
-      leaves ``done`` as it was, too.
-
-    Elsewhere (one process; another spool; the lock file on another file system or
-    not to be opened) every ``sync`` runs syncfs itself.
-    """
-
-    def __init__(self, folder: Path, lock_file: Path | None = None) -> None:
-        self.folder = folder
-        #: a descriptor open on *folder*, or *folder* itself if it could not be opened
-        #: (every flush then reports the error)
-        self._target: Path | int = folder
-        with contextlib.suppress(OSError):
-            self._target = os.open(folder, DIR_FLAGS)
-        self._lock_fd = -1
-        self._counters: _SharedCounters | None = None
-        if lock_file is not None and _shared_counters is not None:
-            with contextlib.suppress(OSError):
-                self._share(lock_file, _shared_counters)
-
-    def _share(self, lock_file: Path, counters: _SharedCounters) -> None:
-        fd = os.open(lock_file, _LOCK_FLAGS, 0o600)
-        here = os.fstat(fd)
-        if (here.st_dev, here.st_ino) != (counters.dev, counters.ino) or (
-            here.st_dev != os.stat(self.folder).st_dev
-        ):
-            os.close(fd)  # another spool's, or another file system: flush alone
-            return
-        self._lock_fd, self._counters = fd, counters
-
-    @property
-    def shared(self) -> bool:
-        """Whether this flush is shared with other processes."""
-        return self._counters is not None
-
-    def ticket(self) -> int:
-        """Call after the writes ``sync`` is to make durable; pass the result to it."""
-        return 0 if self._counters is None else int(self._counters.begun)
-
-    def sync(self, ticket: int) -> bool:
-        """Make every write made before *ticket* was taken durable; True if syncfs ran.
-
-        Waits while another process's syncfs runs. Raises OSError from syncfs.
-        """
-        counters = self._counters
-        if counters is None:
-            sync_file_system(self._target)
-            return True
-        if _flock_held(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB) != 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # another's syncfs runs: wait for it
-        try:
-            if ticket < counters.done:
-                return False
-            number = counters.begun + 1
-            counters.begun = number
-            sync_file_system(self._target)
-            counters.done = number
-            return True
-        finally:
-            _flock_held(self._lock_fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Close the descriptors (the lock file stays, for the others)."""
-        self._counters = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-        if isinstance(self._target, int):
-            os.close(self._target)
-            self._target = self.folder
 
 
 def move_no_replace(source: str, target: str) -> None:

@@ -19,8 +19,6 @@ Layout under the spool directory::
     retry/ID        left by ``jdxmail queue retry ID``: a running engine makes that
                     message due at once and removes the file
     quota.json      per-relay daily counters
-    syncfs.lock     (``serve --workers``) locked while a worker runs a syncfs, so
-                    that the workers share their flushes
 
 and under the mailbox directory, ``.tmp/`` for mailbox files being written.
 
@@ -58,12 +56,12 @@ from typing import Literal
 from jdxmail.process import tmp_writer_alive
 from jdxmail.queue.batching import BatchThread
 from jdxmail.queue.durable import (
-    SYNC_LOCK_FILE,
-    FileSystemSync,
+    DIR_FLAGS,
     claim,
     claim_sized,
     fsync_dir,
     has_syncfs,
+    sync_file_system,
     unlink_quietly,
     write_synced,
 )
@@ -200,9 +198,9 @@ class Spool:
         #: files written and placed by the loop, syncfs by the sync thread (else the
         #: writer thread writes, fsyncs each file, renames and fsyncs the directories)
         self._pipelined = commit_mode == "batch" and has_syncfs()
-        #: what each flush syncs: one folder per file system (the spool's own shared
-        #: by the workers of ``serve --workers``)
-        self._syncs: list[FileSystemSync] = []
+        #: what each flush syncs: a descriptor open on one folder per file system (or
+        #: the folder, if it could not be opened: each flush then reports the error)
+        self._sync_targets: list[Path | int] = []
         self._closing = False
         self._thread: BatchThread[_PendingStore, list[_PendingStore]] | None = None
         #: spare files, files made ahead and tmp names, of tmp/ and of the mailboxes' .tmp/
@@ -259,9 +257,10 @@ class Spool:
             await self._drained.wait()
         await asyncio.to_thread(thread.close)
         self._thread = None
-        syncs, self._syncs = self._syncs, []
-        for sync in syncs:
-            sync.close()
+        targets, self._sync_targets = self._sync_targets, []
+        for target in targets:
+            if isinstance(target, int):
+                os.close(target)
         await asyncio.to_thread(self.files.close)
         await asyncio.to_thread(self.mailbox_files.close)
 
@@ -290,9 +289,8 @@ class Spool:
         devices: dict[int, Path] = {}
         for directory in (self.tmp_dir, self.mailbox_tmp_dir):
             devices.setdefault(directory.stat().st_dev, directory)
-        if self._pipelined and not self._syncs:
-            lock_file = self.spool_dir / SYNC_LOCK_FILE
-            self._syncs = [FileSystemSync(d, lock_file) for d in devices.values()]
+        if self._pipelined and not self._sync_targets:
+            self._sync_targets = [_open_folder(d) for d in devices.values()]
         if server and self._pipelined:
             # a server writes the spares given back to it where they lie
             self.files.hold_home()
@@ -440,11 +438,9 @@ class Spool:
                     job.on_disk = _OnDisk.WRITTEN
                 except OSError as exc:
                     job.error = as_spool_error(exc)
-        # (taken after every write of the batch: see FileSystemSync)
-        tickets = [sync.ticket() for sync in self._syncs]
         try:
-            for sync, ticket in zip(self._syncs, tickets, strict=True):
-                sync.sync(ticket)
+            for target in self._sync_targets:
+                sync_file_system(target)
         except OSError as exc:
             self._fail_all(batch, as_spool_error(exc))
         done: list[_PendingStore] = []
@@ -629,3 +625,11 @@ class Spool:
     def queued_ids(self) -> list[str]:
         """Ids of every queued message, oldest first (sync; call in a thread)."""
         return sorted(ids_in(self.queue_dir))
+
+
+def _open_folder(directory: Path) -> Path | int:
+    """A descriptor open on *directory*, or *directory* itself if it cannot be opened."""
+    try:
+        return os.open(directory, DIR_FLAGS)
+    except OSError:
+        return directory

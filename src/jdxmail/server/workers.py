@@ -14,9 +14,6 @@ relays, the first worker starts the delivery process (``--delivery process``, se
 :mod:`jdxmail.server.delivery`) which relays what every worker stores; with
 ``--delivery inline`` each worker runs a delivery engine, and the engines share the
 spool safely: each claims a message with an exclusive ``flock`` first.
-The workers share their spool's flushes (see
-:class:`~jdxmail.queue.durable.FileSystemSync`): one ``syncfs`` makes the messages
-every worker wrote before it durable, rather than one per worker.
 SIGTERM, SIGINT and SIGHUP sent to the parent are passed on to every worker; when
 one worker ends on its own, the others are stopped too; when the parent is killed,
 Linux sends every worker SIGTERM (``PR_SET_PDEATHSIG``).
@@ -32,12 +29,10 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jdxmail.eventloop import LoopChoice, run
 from jdxmail.process import end_with_parent, read_report, send_report, settle_heap
-from jdxmail.queue.durable import share_flushes
 from jdxmail.server.errors import ServerError, bind_error
 
 if TYPE_CHECKING:
@@ -99,12 +94,10 @@ def run_workers(
     started: Callable[[list[str]], None],
     report: Callable[[SmtpServerApp], list[str]],
     loop: LoopChoice = LoopChoice.ASYNCIO,
-    spool: Path | None = None,
 ) -> int:
     """Run *count* worker processes until they stop; return 0 when all ended cleanly.
 
-    Each worker runs its server on a new event loop of *loop* (``serve --loop``);
-    the workers share the flushes of *spool*, when given.
+    Each worker runs its server on a new event loop of *loop* (``serve --loop``).
 
     *report* runs in the first worker once it is ready and returns lines for the
     parent; *started* gets those lines once every worker is ready. Raises
@@ -122,8 +115,6 @@ def run_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    if spool is not None:
-        share_flushes(spool)
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     try:
         lines: list[str] = []
