@@ -92,10 +92,9 @@ class BatchThread(Generic[T, R]):
 def _yield_on_wake_up() -> None:
     """Put the calling thread under ``SCHED_BATCH`` (Linux; elsewhere nothing changes).
 
-    A batch thread gets the same share of the CPU, but its wake-up does not preempt
-    the running task: on two busy cores the spool's flush thread took 0.26 ``syncfs``
-    calls per message (one worker, 20 sessions), under ``SCHED_BATCH`` 0.08
-    (docs/performance.md).
+    The thread gets the same share of the CPU, but its wake-up does not preempt the
+    task running on a busy core: the event loop goes on with the sessions, and the
+    thread's turn, when it comes, carries more work (docs/performance.md, tenth round).
     """
     policy = getattr(os, "SCHED_BATCH", None)
     if policy is not None:
