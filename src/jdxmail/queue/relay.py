@@ -275,6 +275,15 @@ def _rcpt_verdicts(
     return accepted, refusals
 
 
+def _refused_whole(refusals: list[tuple[str, Verdict]]) -> Verdict | None:
+    """The first RCPT refusal that fails the whole attempt (a 421, an unexpected
+    reply), not only its recipient; None if every refusal is a recipient's own."""
+    for _, verdict in refusals:
+        if verdict.scope is not Scope.RECIPIENT:
+            return verdict
+    return None
+
+
 class Transaction:
     """One message's MAIL, RCPT and DATA at one relay, and how far it got.
 
@@ -538,12 +547,13 @@ class RelayConnection:
             await self._reset()
             result.failure = classify(Stage.MAIL, _reply_error(mail_reply))
             return result
-        for recipient, verdict in refusals:
-            if verdict.scope is not Scope.RECIPIENT:
+        if refusals:
+            whole = _refused_whole(refusals)
+            if whole is not None:
                 await self._reset()
-                result.failure = verdict
+                result.failure = whole
                 return result
-            result.recipients.append(RecipientResult.judged(recipient, verdict))
+            result.recipients.extend(RecipientResult.judged(r, v) for r, v in refusals)
         if not accepted:
             await self._reset()
             return result
@@ -584,7 +594,7 @@ class RelayConnection:
             data = tx.data
             if mail_reply.code != 250 or not accepted:
                 protocol.write(b".\r\n")  # an empty content: nobody to send to
-            elif any(verdict.scope is not Scope.RECIPIENT for _, verdict in refusals):
+            elif refusals and _refused_whole(refusals) is not None:
                 # A recipient refused for the whole attempt (a 421, an unexpected
                 # reply) while DATA was let go: the data would reach the others though
                 # the message is retried for all. The 354 cannot be taken back, so the
