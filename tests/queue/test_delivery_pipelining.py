@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,51 @@ async def _queued_before_start(tmp_path: Path, count: int) -> list[bytes]:
     return [bytes(item.data) for item in sent]
 
 
+@dataclass
+class _FailingRelay:
+    """A PIPELINING relay whose first session, after the data of message *fail_at*,
+    drops the connection (``"drop"``), reads what came with that data into ``ahead``
+    and then drops it (``"read-ahead"``), or says nothing more (``"silent"``); every
+    later session takes mail normally. ``got``: the data taken; ``stalled``: set once
+    the failing message's data is in; ``sessions``: how many were opened."""
+
+    fail_at: int
+    after: str
+    got: list[bytes] = field(default_factory=list)
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: int = 0
+    ahead: bytes = b""
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        first = self.sessions == 1
+        messages = 0
+        writer.write(b"220 chain.invalid ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-chain.invalid\r\n250 PIPELINING\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                data = await reader.readuntil(b"\r\n.\r\n")
+                messages += 1
+                if first and messages == self.fail_at:
+                    self.stalled.set()
+                    if self.after == "silent":
+                        await reader.read()  # (until the engine gives up on the session)
+                    elif self.after == "read-ahead":
+                        self.ahead = await asyncio.wait_for(reader.read(65536), 1)
+                    break
+                self.got.append(data)
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 ok\r\n")
+        writer.close()
+
+
 async def test_next_message_goes_out_with_the_data_before_it(
     tmp_path: Path, upstream_factory: StartUpstream, run_engine: RunEngine
 ) -> None:
@@ -157,45 +202,18 @@ async def test_session_lost_after_data_sends_the_next_message_on_a_new_one(
     """The relay drops the session after a message's data, with the next message's
     commands already sent: that one goes on a new session; the dropped one is retried."""
     sent = await _queued_before_start(tmp_path, 2)
-    got: list[bytes] = []
-    sessions = 0
-    ahead = b""
-
-    async def drops_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sessions, ahead
-        sessions += 1
-        first = sessions == 1
-        writer.write(b"220 flaky.invalid ESMTP\r\n")
-        await reader.readline()
-        writer.write(b"250-flaky.invalid\r\n250 PIPELINING\r\n")
-        while line := await reader.readline():
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                writer.write(b"354 go ahead\r\n")
-                data = await reader.readuntil(b"\r\n.\r\n")
-                if first:  # gone before the reply to the data
-                    ahead = await asyncio.wait_for(reader.read(65536), 1)  # what came with it
-                    break
-                got.append(data)
-                writer.write(b"250 2.0.0 queued\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            else:
-                writer.write(b"250 2.0.0 ok\r\n")
-        writer.close()
-
-    async with raw_upstream(drops_first, time_out=5) as relay:
+    upstream = _FailingRelay(fail_at=1, after="read-ahead")  # gone before the data's reply
+    async with raw_upstream(upstream.handler, time_out=5) as relay:
         running = await run_engine(
             settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
         )
         await running.engine.wait_idle()
-    assert ahead.startswith(b"MAIL FROM:")
-    assert ahead.endswith(b"DATA\r\n")
-    assert sessions == 2
+    assert upstream.ahead.startswith(b"MAIL FROM:")
+    assert upstream.ahead.endswith(b"DATA\r\n")
+    assert upstream.sessions == 2
     (waiting,) = running.spool.queued_ids()
     retried = read_queued_message(running.spool.queue_path(waiting)).data
-    assert got == [next(data for data in sent if data != retried) + b".\r\n"]
+    assert upstream.got == [next(data for data in sent if data != retried) + b".\r\n"]
     assert state_of(running.spool.spool_dir, waiting).attempts == 1
 
 
@@ -258,52 +276,6 @@ async def test_big_messages_arrive_exact_with_the_next_commands_behind_them(
     assert spool_stats(running.spool.spool_dir).queued == 0
 
 
-def _chaining_relay(
-    after_second_data: str,
-) -> tuple[
-    Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-    list[bytes],
-    asyncio.Event,
-]:
-    """A PIPELINING relay whose first session, after the second message's data,
-    drops the connection (``"drop"``) or says nothing more (``"silent"``); every
-    later session takes mail normally. Returns the handler, the data it took and
-    an event set once the second message's data is in."""
-    got: list[bytes] = []
-    stalled = asyncio.Event()
-    sessions = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sessions
-        sessions += 1
-        first = sessions == 1
-        messages = 0
-        writer.write(b"220 chain.invalid ESMTP\r\n")
-        await reader.readline()
-        writer.write(b"250-chain.invalid\r\n250 PIPELINING\r\n")
-        while line := await reader.readline():
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                writer.write(b"354 go ahead\r\n")
-                data = await reader.readuntil(b"\r\n.\r\n")
-                messages += 1
-                if first and messages == 2:
-                    stalled.set()
-                    if after_second_data == "silent":
-                        await reader.read()  # (until the engine gives up on the session)
-                    break
-                got.append(data)
-                writer.write(b"250 2.0.0 queued\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            else:
-                writer.write(b"250 2.0.0 ok\r\n")
-        writer.close()
-
-    return handler, got, stalled
-
-
 @pytest.mark.parametrize(
     ("after_second_data", "reply"),
     [("drop", "Connection lost"), ("silent", "no reply within 1 s")],
@@ -315,15 +287,15 @@ async def test_relay_failing_after_data_sent_behind_the_message_before(
     message before it) and then lost or never answered: that message waits for a
     retry with the reason, the one lined up behind it goes on a new session."""
     sent = await _queued_before_start(tmp_path, 3)
-    handler, got, _ = _chaining_relay(after_second_data)
-    async with raw_upstream(handler, time_out=1) as relay:
+    upstream = _FailingRelay(fail_at=2, after=after_second_data)
+    async with raw_upstream(upstream.handler, time_out=1) as relay:
         running = await run_engine(
             settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
         )
         await running.engine.wait_idle()
     (waiting,) = running.spool.queued_ids()
     retried = read_queued_message(running.spool.queue_path(waiting)).data
-    assert sorted(got) == sorted(data + b".\r\n" for data in sent if data != retried)
+    assert sorted(upstream.got) == sorted(data + b".\r\n" for data in sent if data != retried)
     state = state_of(running.spool.spool_dir, waiting)
     assert state.attempts == 1
     assert reply in state.last_reply
@@ -336,14 +308,14 @@ async def test_stop_while_a_message_waits_for_the_reply_to_its_data(
     reply that does not come: it and the message lined up behind it stay queued,
     the first is delivered, nothing crashes."""
     await _queued_before_start(tmp_path, 3)
-    handler, got, stalled = _chaining_relay("silent")
-    async with raw_upstream(handler, time_out=30) as relay:
+    upstream = _FailingRelay(fail_at=2, after="silent")
+    async with raw_upstream(upstream.handler, time_out=30) as relay:
         running = await run_engine(
             settings_for(tmp_path, relay), DeliveryOptions(connections_per_relay=1)
         )
-        await stalled.wait()
+        await upstream.stalled.wait()
         await running.engine.stop(0.2)
-    assert len(got) == 1
+    assert len(upstream.got) == 1
     assert spool_stats(running.spool.spool_dir).queued == 2
     assert "unexpectedly" not in caplog.text
     assert "Traceback" not in caplog.text
